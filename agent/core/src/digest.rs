@@ -1,0 +1,176 @@
+//! The hash functions of protocol v1 (docs/PROTOCOL.md §4). Every input starts with a
+//! domain-separation label so a digest of one kind can never stand in for another.
+
+use tiny_keccak::{Hasher, Keccak};
+
+/// Length of the per-message secret salt.
+pub const SALT_LEN: usize = 16;
+/// Length of a component digest carried in the header.
+pub const DIGEST_LEN: usize = 16;
+/// Length of one envelope-recipient digest.
+pub const RCPT_DIGEST_LEN: usize = 8;
+/// Length of the on-chain commitment.
+pub const COMMITMENT_LEN: usize = 24;
+
+/// The per-message secret salt.
+pub type Salt = [u8; SALT_LEN];
+/// A salted, truncated component digest.
+pub type Digest = [u8; DIGEST_LEN];
+/// A salted, truncated envelope-recipient digest.
+pub type RcptDigest = [u8; RCPT_DIGEST_LEN];
+/// The commitment recorded on chain.
+pub type Commitment = [u8; COMMITMENT_LEN];
+
+const COMPONENT_LABEL: &[u8] = b"mailstamp:v1:component";
+const RCPT_LABEL: &[u8] = b"mailstamp:v1:rcpt";
+const TOKEN_LABEL: &[u8] = b"mailstamp:v1:token";
+const COMMIT_LABEL: &[u8] = b"mailstamp:v1:commit";
+
+/// keccak256 of one byte string.
+pub fn keccak256(data: &[u8]) -> [u8; 32] {
+    let mut k = Keccak::v256();
+    k.update(data);
+    let mut out = [0u8; 32];
+    k.finalize(&mut out);
+    out
+}
+
+fn truncate<const N: usize>(full: [u8; 32]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&full[..N]);
+    out
+}
+
+/// A keccak state that has absorbed label, salt and component name: feed the value, then
+/// [`ComponentHasher::finish`]. Cloning it lets us hash many prefixes of one value in one pass.
+#[derive(Clone)]
+pub struct ComponentHasher(Keccak);
+
+impl ComponentHasher {
+    /// Starts the digest of component `name` under `salt`.
+    pub fn new(salt: &Salt, name: &str) -> Self {
+        let mut k = Keccak::v256();
+        k.update(COMPONENT_LABEL);
+        k.update(salt);
+        // Names are short ASCII (checked by the header decoder); the length prefix keeps
+        // (name, value) pairs unambiguous.
+        k.update(&[name.len().min(255) as u8]);
+        k.update(name.as_bytes());
+        Self(k)
+    }
+
+    /// Absorbs more of the value.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The truncated digest.
+    pub fn finish(self) -> Digest {
+        let mut out = [0u8; 32];
+        self.0.finalize(&mut out);
+        truncate(out)
+    }
+}
+
+/// Digest of component `name` with canonical value `value`.
+pub fn component_digest(salt: &Salt, name: &str, value: &[u8]) -> Digest {
+    let mut h = ComponentHasher::new(salt, name);
+    h.update(value);
+    h.finish()
+}
+
+/// Digest of one canonical envelope recipient.
+pub fn rcpt_digest(salt: &Salt, rcpt: &str) -> RcptDigest {
+    let mut k = Keccak::v256();
+    k.update(RCPT_LABEL);
+    k.update(salt);
+    k.update(rcpt.as_bytes());
+    let mut out = [0u8; 32];
+    k.finalize(&mut out);
+    truncate(out)
+}
+
+/// The record key derived from the salt: knowing the token tells nothing about the salt.
+pub fn token(salt: &Salt) -> [u8; 32] {
+    let mut k = Keccak::v256();
+    k.update(TOKEN_LABEL);
+    k.update(salt);
+    let mut out = [0u8; 32];
+    k.finalize(&mut out);
+    out
+}
+
+/// Everything the commitment binds, in protocol order.
+pub struct CommitInput<'a> {
+    /// EIP-155 chain id.
+    pub chain_id: u64,
+    /// Registry contract address.
+    pub registry: &'a [u8; 20],
+    /// Writer (transaction sender) address.
+    pub writer: &'a [u8; 20],
+    /// Record key.
+    pub token: &'a [u8; 32],
+    /// Component names in header order.
+    pub names: &'a [String],
+    /// Component digests, one per name.
+    pub digests: &'a [Digest],
+    /// Sorted envelope-recipient digests.
+    pub rcpts: &'a [RcptDigest],
+}
+
+/// The commitment over a stamp: what goes on chain.
+pub fn commitment(input: &CommitInput<'_>) -> Commitment {
+    let mut k = Keccak::v256();
+    k.update(COMMIT_LABEL);
+    k.update(&input.chain_id.to_be_bytes());
+    k.update(input.registry);
+    k.update(input.writer);
+    k.update(input.token);
+    k.update(&(input.names.len() as u32).to_be_bytes());
+    for (name, digest) in input.names.iter().zip(input.digests) {
+        k.update(&[name.len().min(255) as u8]);
+        k.update(name.as_bytes());
+        k.update(digest);
+    }
+    k.update(&(input.rcpts.len() as u32).to_be_bytes());
+    for r in input.rcpts {
+        k.update(r);
+    }
+    let mut out = [0u8; 32];
+    k.finalize(&mut out);
+    truncate(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keccak_matches_the_known_empty_digest() {
+        assert_eq!(
+            hex::encode(keccak256(b"")),
+            "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+        );
+    }
+
+    #[test]
+    fn salt_and_name_both_change_the_digest() {
+        let s1 = [1u8; SALT_LEN];
+        let s2 = [2u8; SALT_LEN];
+        let d = component_digest(&s1, "subject", b"hi");
+        assert_ne!(d, component_digest(&s2, "subject", b"hi"));
+        assert_ne!(d, component_digest(&s1, "to", b"hi"));
+        assert_eq!(d, component_digest(&s1, "subject", b"hi"));
+    }
+
+    #[test]
+    fn incremental_equals_one_shot() {
+        let s = [7u8; SALT_LEN];
+        let mut h = ComponentHasher::new(&s, "text.0");
+        h.update(b"hello ");
+        let snapshot = h.clone();
+        h.update(b"world");
+        assert_eq!(h.finish(), component_digest(&s, "text.0", b"hello world"));
+        assert_eq!(snapshot.finish(), component_digest(&s, "text.0", b"hello "));
+    }
+}

@@ -1,0 +1,395 @@
+//! The `Mail-Stamp:` header field (docs/PROTOCOL.md §2): encoding, folding and a strict,
+//! bounded decoder. A header that does not decode is the verdict `invalid`, never a panic.
+
+use std::collections::BTreeSet;
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+
+use crate::component::ComponentName;
+use crate::digest::{
+    self, CommitInput, Commitment, DIGEST_LEN, Digest, RCPT_DIGEST_LEN, RcptDigest, SALT_LEN, Salt,
+};
+
+/// The header field name.
+pub const FIELD_NAME: &str = "Mail-Stamp";
+/// The only protocol version this code speaks.
+pub const VERSION: u32 = 1;
+/// Longest header value we decode (bytes, folded). Larger is `invalid`.
+pub const MAX_VALUE_LEN: usize = 8192;
+/// Most components one header may list.
+pub const MAX_COMPONENTS: usize = 64;
+/// Most envelope-recipient digests one header may carry.
+pub const MAX_RCPTS: usize = 512;
+
+/// Why a header did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// Longer than [`MAX_VALUE_LEN`].
+    #[error("header value is {0} bytes, more than the {MAX_VALUE_LEN} allowed")]
+    Oversized(usize),
+    /// A `tag=value` pair is malformed.
+    #[error("malformed tag list near `{0}`")]
+    Syntax(String),
+    /// A tag appears twice.
+    #[error("tag `{0}` appears twice")]
+    Duplicate(String),
+    /// A required tag is absent.
+    #[error("required tag `{0}` is missing")]
+    Missing(&'static str),
+    /// A tag's value is not what the protocol allows.
+    #[error("tag `{tag}`: {why}")]
+    BadValue {
+        /// The tag.
+        tag: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// Not version 1.
+    #[error("unsupported version `{0}` (this agent speaks v=1)")]
+    Version(String),
+}
+
+fn bad(tag: &'static str, why: impl Into<String>) -> HeaderError {
+    HeaderError::BadValue {
+        tag,
+        why: why.into(),
+    }
+}
+
+/// How the commitment was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One registry record per message (`m=d`).
+    Direct,
+}
+
+/// A decoded `Mail-Stamp:` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StampHeader {
+    /// EIP-155 chain id of the registry.
+    pub chain_id: u64,
+    /// Registry contract address.
+    pub registry: [u8; 20],
+    /// The address that wrote the record.
+    pub writer: [u8; 20],
+    /// Per-message secret salt.
+    pub salt: Salt,
+    /// Recording mode.
+    pub mode: Mode,
+    /// Stamped component names, in order.
+    pub names: Vec<ComponentName>,
+    /// One digest per name.
+    pub digests: Vec<Digest>,
+    /// Sorted, distinct envelope-recipient digests; `None` when `rcpt` was not stamped.
+    pub rcpts: Option<Vec<RcptDigest>>,
+}
+
+impl StampHeader {
+    /// The registry key derived from the salt.
+    pub fn token(&self) -> [u8; 32] {
+        digest::token(&self.salt)
+    }
+
+    /// The commitment this header claims is on chain.
+    pub fn commitment(&self) -> Commitment {
+        let names: Vec<String> = self.names.iter().map(|n| n.to_string()).collect();
+        let rcpts = self.rcpts.as_deref().unwrap_or(&[]);
+        let token = self.token();
+        digest::commitment(&CommitInput {
+            chain_id: self.chain_id,
+            registry: &self.registry,
+            writer: &self.writer,
+            token: &token,
+            names: &names,
+            digests: &self.digests,
+            rcpts,
+        })
+    }
+
+    /// The header value on one line.
+    pub fn value(&self) -> String {
+        self.tags()
+            .iter()
+            .map(|(t, v)| format!("{t}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn tags(&self) -> Vec<(&'static str, String)> {
+        let names: Vec<String> = self.names.iter().map(|n| n.to_string()).collect();
+        let mut d = Vec::with_capacity(self.digests.len() * DIGEST_LEN);
+        for x in &self.digests {
+            d.extend_from_slice(x);
+        }
+        let mut tags = vec![
+            ("v", VERSION.to_string()),
+            ("c", self.chain_id.to_string()),
+            ("r", format!("0x{}", hex::encode(self.registry))),
+            ("w", format!("0x{}", hex::encode(self.writer))),
+            ("m", "d".to_owned()),
+            ("s", B64.encode(self.salt)),
+            ("h", names.join(":")),
+            ("d", B64.encode(d)),
+        ];
+        if let Some(rcpts) = &self.rcpts {
+            tags.push(("e", B64.encode(rcpts.concat())));
+        }
+        tags
+    }
+
+    /// The header value folded to lines of at most 78 characters (with the field name),
+    /// continuation lines starting with a tab, lines joined by `eol`.
+    pub fn folded_value(&self, eol: &str) -> String {
+        const WIDTH: usize = 76;
+        let mut out = String::new();
+        let mut col = FIELD_NAME.len() + 2;
+        for (i, (t, v)) in self.tags().iter().enumerate() {
+            let mut piece = format!("{t}={v}");
+            if i + 1 < self.tags().len() {
+                piece.push(';');
+            }
+            // Start a new line when the tag does not fit; split long base64 values (FWS inside
+            // a value is allowed and removed by the decoder).
+            if col > FIELD_NAME.len() + 2 && col + 1 + piece.len() > WIDTH {
+                out.push_str(eol);
+                out.push('\t');
+                col = 8;
+            } else if !out.is_empty() {
+                out.push(' ');
+                col += 1;
+            }
+            let mut rest = piece.as_str();
+            while col + rest.len() > WIDTH {
+                let room = WIDTH.saturating_sub(col).max(16).min(rest.len());
+                out.push_str(&rest[..room]);
+                out.push_str(eol);
+                out.push('\t');
+                col = 8;
+                rest = &rest[room..];
+            }
+            out.push_str(rest);
+            col += rest.len();
+        }
+        out
+    }
+
+    /// Decodes a header value. Strict about every tag this version defines; tags it does not
+    /// know are ignored (they are not covered by the commitment and change nothing).
+    pub fn decode(value: &str) -> Result<Self, HeaderError> {
+        if value.len() > MAX_VALUE_LEN {
+            return Err(HeaderError::Oversized(value.len()));
+        }
+        let mut seen = BTreeSet::new();
+        let (mut v, mut c, mut r, mut w, mut m, mut s, mut h, mut d, mut e) =
+            (None, None, None, None, None, None, None, None, None);
+        for pair in value.split(';') {
+            if pair.trim().is_empty() {
+                continue;
+            }
+            let Some((tag, val)) = pair.split_once('=') else {
+                return Err(HeaderError::Syntax(pair.trim().chars().take(32).collect()));
+            };
+            let tag = tag.trim();
+            if tag.is_empty() || tag.len() > 16 || !tag.bytes().all(|b| b.is_ascii_lowercase()) {
+                return Err(HeaderError::Syntax(tag.chars().take(32).collect()));
+            }
+            if !seen.insert(tag.to_owned()) {
+                return Err(HeaderError::Duplicate(tag.to_owned()));
+            }
+            let val: String = val.chars().filter(|ch| !ch.is_ascii_whitespace()).collect();
+            match tag {
+                "v" => v = Some(val),
+                "c" => c = Some(val),
+                "r" => r = Some(val),
+                "w" => w = Some(val),
+                "m" => m = Some(val),
+                "s" => s = Some(val),
+                "h" => h = Some(val),
+                "d" => d = Some(val),
+                "e" => e = Some(val),
+                _ => {}
+            }
+        }
+        let v = v.ok_or(HeaderError::Missing("v"))?;
+        if v != "1" {
+            return Err(HeaderError::Version(v.chars().take(16).collect()));
+        }
+        let c = c.ok_or(HeaderError::Missing("c"))?;
+        if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("c", "chain id must be a decimal number"));
+        }
+        let chain_id: u64 = c.parse().map_err(|_| bad("c", "chain id out of range"))?;
+        let registry = address_tag("r", r.ok_or(HeaderError::Missing("r"))?)?;
+        let writer = address_tag("w", w.ok_or(HeaderError::Missing("w"))?)?;
+        let mode = match m.as_deref() {
+            None | Some("d") => Mode::Direct,
+            Some(other) => return Err(bad("m", format!("unknown mode `{}`", trunc(other)))),
+        };
+        let salt_bytes = b64_tag("s", &s.ok_or(HeaderError::Missing("s"))?)?;
+        let salt: Salt = salt_bytes
+            .try_into()
+            .map_err(|_| bad("s", format!("salt must be {SALT_LEN} bytes")))?;
+        let h = h.ok_or(HeaderError::Missing("h"))?;
+        let mut names = Vec::new();
+        let mut uniq = BTreeSet::new();
+        for n in h.split(':').filter(|n| !n.is_empty()) {
+            let name = ComponentName::parse(n)
+                .ok_or_else(|| bad("h", format!("unknown component `{}`", trunc(n))))?;
+            if name.family == crate::Family::Rcpt {
+                return Err(bad("h", "rcpt is carried in tag e, not h"));
+            }
+            if !uniq.insert(name) {
+                return Err(bad("h", format!("component `{name}` listed twice")));
+            }
+            names.push(name);
+            if names.len() > MAX_COMPONENTS {
+                return Err(bad("h", format!("more than {MAX_COMPONENTS} components")));
+            }
+        }
+        let d = b64_tag("d", &d.ok_or(HeaderError::Missing("d"))?)?;
+        if d.len() != names.len() * DIGEST_LEN {
+            return Err(bad(
+                "d",
+                format!(
+                    "{} bytes of digests for {} components",
+                    d.len(),
+                    names.len()
+                ),
+            ));
+        }
+        let digests = d
+            .chunks_exact(DIGEST_LEN)
+            .map(array::<DIGEST_LEN>)
+            .collect();
+        let rcpts = match e {
+            None => None,
+            Some(e) => {
+                let raw = b64_tag("e", &e)?;
+                if raw.len() % RCPT_DIGEST_LEN != 0 || raw.len() / RCPT_DIGEST_LEN > MAX_RCPTS {
+                    return Err(bad("e", "recipient digests have the wrong length"));
+                }
+                let list: Vec<RcptDigest> = raw
+                    .chunks_exact(RCPT_DIGEST_LEN)
+                    .map(array::<RCPT_DIGEST_LEN>)
+                    .collect();
+                if list.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(bad("e", "recipient digests must be sorted and distinct"));
+                }
+                Some(list)
+            }
+        };
+        Ok(Self {
+            chain_id,
+            registry,
+            writer,
+            salt,
+            mode,
+            names,
+            digests,
+            rcpts,
+        })
+    }
+}
+
+fn array<const N: usize>(chunk: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(chunk);
+    out
+}
+
+fn trunc(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+fn address_tag(tag: &'static str, v: String) -> Result<[u8; 20], HeaderError> {
+    let hex_part = v
+        .strip_prefix("0x")
+        .ok_or_else(|| bad(tag, "address must start with 0x"))?;
+    if hex_part.len() != 40 {
+        return Err(bad(tag, "address must be 40 hex digits"));
+    }
+    let mut out = [0u8; 20];
+    hex::decode_to_slice(hex_part, &mut out).map_err(|_| bad(tag, "address is not hex"))?;
+    Ok(out)
+}
+
+fn b64_tag(tag: &'static str, v: &str) -> Result<Vec<u8>, HeaderError> {
+    B64.decode(v)
+        .map_err(|e| bad(tag, format!("not base64: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Family;
+
+    fn sample() -> StampHeader {
+        StampHeader {
+            chain_id: 31337,
+            registry: [0x11; 20],
+            writer: [0x22; 20],
+            salt: [0x33; SALT_LEN],
+            mode: Mode::Direct,
+            names: vec![
+                ComponentName::single(Family::From),
+                ComponentName {
+                    family: Family::Text,
+                    index: 0,
+                },
+            ],
+            digests: vec![[1; DIGEST_LEN], [2; DIGEST_LEN]],
+            rcpts: Some(vec![[1; RCPT_DIGEST_LEN], [9; RCPT_DIGEST_LEN]]),
+        }
+    }
+
+    #[test]
+    fn round_trips_on_one_line_and_folded() {
+        let h = sample();
+        assert_eq!(StampHeader::decode(&h.value()).unwrap(), h);
+        let folded = h.folded_value("\r\n");
+        for (i, line) in folded.split("\r\n").enumerate() {
+            let len = line.len() + if i == 0 { FIELD_NAME.len() + 2 } else { 0 };
+            assert!(len <= 78, "line too long: {line}");
+        }
+        assert_eq!(StampHeader::decode(&folded).unwrap(), h);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let good = sample().value();
+        let cases = [
+            String::new(),
+            "v=2".to_owned(),
+            "garbage".to_owned(),
+            good.replace("v=1", "v=1; v=1"),
+            good.replace("h=from:text.0", "h=from:text.0:bogus"),
+            good.replace("h=from:text.0", "h=from:from"),
+            good.replace("r=0x", "r=0y"),
+            good.replace("c=31337", "c=-1"),
+            good.replace("c=31337", "c=999999999999999999999"),
+            good.replace("m=d", "m=z"),
+            format!("{good}; x={}", "A".repeat(MAX_VALUE_LEN)),
+            good.replace("s=", "s=!!"),
+            good[..good.len() - 5].to_owned(),
+        ];
+        for c in cases {
+            assert!(StampHeader::decode(&c).is_err(), "accepted: {c}");
+        }
+    }
+
+    #[test]
+    fn unknown_tags_are_ignored() {
+        let h = sample();
+        assert_eq!(
+            StampHeader::decode(&format!("{}; zz=future", h.value())).unwrap(),
+            h
+        );
+    }
+
+    #[test]
+    fn unsorted_recipients_are_rejected() {
+        let mut h = sample();
+        h.rcpts = Some(vec![[9; RCPT_DIGEST_LEN], [1; RCPT_DIGEST_LEN]]);
+        assert!(StampHeader::decode(&h.value()).is_err());
+    }
+}

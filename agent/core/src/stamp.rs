@@ -1,0 +1,135 @@
+//! Outbound: compute a stamp for a message (docs/PROTOCOL.md §4) and put its header on.
+
+use std::collections::BTreeSet;
+
+use mail_parser::Message;
+
+use crate::component::{self, ComponentName, Envelope, Family, Selection, Value};
+use crate::digest::{self, Commitment, ComponentHasher, Digest, RcptDigest, Salt};
+use crate::header::{FIELD_NAME, Mode, StampHeader};
+
+/// Where a stamp is recorded and who records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainRef {
+    /// EIP-155 chain id.
+    pub chain_id: u64,
+    /// Registry contract address.
+    pub registry: [u8; 20],
+    /// The writer: the address that sends the `stamp` transaction.
+    pub writer: [u8; 20],
+}
+
+/// Why a message cannot be stamped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StampError {
+    /// No From address: RFC 5322 requires one and the stamp binds it.
+    #[error("the message has no From address; add a From header before stamping")]
+    NoFrom,
+    /// `rcpt` is selected but there is no recipient at all.
+    #[error("no recipients: give envelope recipients or To/Cc/Bcc headers")]
+    NoRecipients,
+    /// More recipients than one header can carry.
+    #[error("{0} recipients, more than the {max} one stamp can carry; split the message", max = crate::header::MAX_RCPTS)]
+    TooManyRecipients(usize),
+}
+
+/// A computed stamp: the header to add and the record to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The header.
+    pub header: StampHeader,
+    /// The registry key.
+    pub token: [u8; 32],
+    /// The registry value.
+    pub commitment: Commitment,
+}
+
+/// Digest of a component value.
+pub(crate) fn value_digest(salt: &Salt, name: &ComponentName, value: &Value) -> Digest {
+    let mut h = ComponentHasher::new(salt, &name.to_string());
+    match value {
+        Value::Bytes(b) => h.update(b),
+        Value::Lines(l) => Value::feed_lines(l, l.len(), &mut h),
+    }
+    h.finish()
+}
+
+/// Canonical, sorted, distinct digests of envelope recipients.
+pub(crate) fn rcpt_digests(salt: &Salt, rcpts: &[String]) -> Vec<RcptDigest> {
+    let set: BTreeSet<RcptDigest> = rcpts
+        .iter()
+        .map(|r| digest::rcpt_digest(salt, &crate::canon::address(r)))
+        .collect();
+    set.into_iter().collect()
+}
+
+/// Computes the stamp of `msg`. Envelope recipients come from `env`; when it has none, the
+/// To, Cc and Bcc addresses stand in (what `sendmail -t` would send to).
+pub fn prepare(
+    msg: &Message<'_>,
+    env: &Envelope,
+    salt: Salt,
+    chain: &ChainRef,
+    sel: &Selection,
+) -> Result<Prepared, StampError> {
+    if component::from_address(msg).is_empty() {
+        return Err(StampError::NoFrom);
+    }
+    let parts = component::decompose(msg, env, sel);
+    let names: Vec<ComponentName> = parts.values.iter().map(|(n, _)| *n).collect();
+    let digests = parts
+        .values
+        .iter()
+        .map(|(n, v)| value_digest(&salt, n, v))
+        .collect();
+    let rcpts = if sel.has(Family::Rcpt) {
+        let list = if env.rcpts.is_empty() {
+            component::header_recipients(msg)
+        } else {
+            env.rcpts.clone()
+        };
+        if list.is_empty() {
+            return Err(StampError::NoRecipients);
+        }
+        let d = rcpt_digests(&salt, &list);
+        if d.len() > crate::header::MAX_RCPTS {
+            return Err(StampError::TooManyRecipients(d.len()));
+        }
+        Some(d)
+    } else {
+        None
+    };
+    let header = StampHeader {
+        chain_id: chain.chain_id,
+        registry: chain.registry,
+        writer: chain.writer,
+        salt,
+        mode: Mode::Direct,
+        names,
+        digests,
+        rcpts,
+    };
+    Ok(Prepared {
+        token: header.token(),
+        commitment: header.commitment(),
+        header,
+    })
+}
+
+/// The line ending a message uses (CRLF if its first line ends so, else LF).
+pub fn line_ending(raw: &[u8]) -> &'static str {
+    match raw.iter().position(|&b| b == b'\n') {
+        Some(i) if i > 0 && raw[i - 1] == b'\r' => "\r\n",
+        _ => "\n",
+    }
+}
+
+/// The message with the stamp header put on top, in the message's own line ending.
+pub fn insert_header(raw: &[u8], header: &StampHeader) -> Vec<u8> {
+    let eol = line_ending(raw);
+    let field = format!("{FIELD_NAME}: {}{eol}", header.folded_value(eol));
+    let mut out = Vec::with_capacity(field.len() + raw.len());
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(raw);
+    out
+}

@@ -1,0 +1,590 @@
+//! Inbound: find the stamp, compare the message with it, and decide (docs/PROTOCOL.md §5).
+//!
+//! Verification is split in two so that this crate stays free of I/O: [`inspect`] finds and
+//! decodes the header; the caller looks the record up on chain; [`evaluate`] decides. The
+//! outcome is shaped like mail-auth's results: a chain that cannot be read is `temperror`,
+//! never `spam`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mail_parser::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::canon;
+use crate::component::{self, ComponentName, Decomposed, Envelope, Family, Selection, Value};
+use crate::digest::{Commitment, ComponentHasher, Digest};
+use crate::header::{FIELD_NAME, StampHeader};
+use crate::stamp::{rcpt_digests, value_digest};
+
+/// A footer a list may append: at most this many lines…
+pub const MAX_FOOTER_LINES: usize = 24;
+/// …and at most this many bytes.
+pub const MAX_FOOTER_BYTES: usize = 4096;
+
+/// The decision about one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every component matches (or differs only in ways further processing explains).
+    Wanted,
+    /// Enough matches to pass the threshold, but some differences are not explained.
+    Suspect,
+    /// A forged, replayed or altered stamp: required components differ, too little matches,
+    /// the record does not exist or does not match the header.
+    Spam,
+    /// No `Mail-Stamp:` header.
+    Unstamped,
+    /// A header that does not decode, or names a registry or chain we do not trust.
+    Invalid,
+    /// The chain could not be asked, or the record is not confirmed yet: try again later.
+    Temperror,
+}
+
+impl Verdict {
+    /// The lowercase name used in headers, JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Wanted => "wanted",
+            Verdict::Suspect => "suspect",
+            Verdict::Spam => "spam",
+            Verdict::Unstamped => "unstamped",
+            Verdict::Invalid => "invalid",
+            Verdict::Temperror => "temperror",
+        }
+    }
+}
+
+/// How one component compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Same digest.
+    Match,
+    /// Differs in a way further processing recognises as benign.
+    Explained,
+    /// Differs.
+    Mismatch,
+    /// Stamped, but the message no longer has it.
+    Missing,
+    /// In the message, but not stamped.
+    Added,
+    /// The verifier cannot compute it here (e.g. origin IP unknown); not scored.
+    Unavailable,
+}
+
+/// One component's comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentResult {
+    /// Component name (`subject`, `text.0`, `rcpt`…).
+    pub name: String,
+    /// Outcome.
+    pub status: Status,
+    /// Its weight in the score.
+    pub weight: u32,
+    /// What further processing found, or why it is unavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Matching policy: weights, required components, threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Weighted share at or above which a partial match is `suspect` rather than `spam`.
+    pub threshold: f64,
+    /// Weight per family; a family not listed weighs 1.
+    pub weights: BTreeMap<Family, u32>,
+    /// Families whose mismatch makes the message `spam` whatever the score.
+    pub required: BTreeSet<Family>,
+    /// A record older than this many seconds at verification is a replay (`spam`);
+    /// `None` disables the check.
+    pub max_age_secs: Option<u64>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        use Family::*;
+        let weights = [
+            (From, 3),
+            (FromLocal, 1),
+            (FromDomain, 1),
+            (To, 2),
+            (Cc, 1),
+            (Rcpt, 3),
+            (Subject, 2),
+            (Date, 1),
+            (MessageId, 1),
+            (Parts, 1),
+            (Text, 3),
+            (Signature, 1),
+            (Html, 2),
+            (Attachment, 3),
+            (Origin, 1),
+        ]
+        .into_iter()
+        .collect();
+        Self {
+            threshold: 0.75,
+            weights,
+            required: [From, Rcpt].into_iter().collect(),
+            max_age_secs: Some(7 * 24 * 3600),
+        }
+    }
+}
+
+impl Policy {
+    /// The weight of a family.
+    pub fn weight(&self, f: Family) -> u32 {
+        self.weights.get(&f).copied().unwrap_or(1)
+    }
+}
+
+/// What the chain says about the record a header points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A confirmed record.
+    Found {
+        /// The recorded commitment.
+        commitment: Commitment,
+        /// Block timestamp of the record (unix seconds).
+        time: u64,
+    },
+    /// The record exists but is not yet as deep as the confirmation policy asks.
+    Unconfirmed,
+    /// No record under (writer, token).
+    NotFound,
+    /// The chain could not be read (RPC down, timeout…), with the reason.
+    Unavailable(String),
+}
+
+/// Where the stamp points, for audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StampInfo {
+    /// Chain id.
+    pub chain_id: u64,
+    /// Registry address, 0x-hex.
+    pub registry: String,
+    /// Writer address, 0x-hex.
+    pub writer: String,
+    /// Record key, 0x-hex.
+    pub token: String,
+    /// Block timestamp of the record, when found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<u64>,
+}
+
+impl StampInfo {
+    /// The audit facts of a header.
+    pub fn of(h: &StampHeader) -> Self {
+        Self {
+            chain_id: h.chain_id,
+            registry: format!("0x{}", hex::encode(h.registry)),
+            writer: format!("0x{}", hex::encode(h.writer)),
+            token: format!("0x{}", hex::encode(h.token())),
+            time: None,
+        }
+    }
+}
+
+/// The outcome of verifying one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Weighted share of matching components, when components were compared.
+    pub score: Option<f64>,
+    /// Why, in a few words.
+    pub reason: Option<String>,
+    /// Per-component results.
+    pub components: Vec<ComponentResult>,
+    /// The record the stamp points to.
+    pub stamp: Option<StampInfo>,
+}
+
+impl Report {
+    /// A report without component comparison.
+    pub fn bare(verdict: Verdict, reason: impl Into<String>, stamp: Option<&StampHeader>) -> Self {
+        Self {
+            verdict,
+            score: None,
+            reason: Some(reason.into()),
+            components: Vec::new(),
+            stamp: stamp.map(StampInfo::of),
+        }
+    }
+}
+
+/// What [`inspect`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inspection {
+    /// No `Mail-Stamp:` header.
+    Unstamped,
+    /// A header that does not decode, and why.
+    Invalid(String),
+    /// A decoded header.
+    Stamped(Box<StampHeader>),
+}
+
+/// Finds and decodes the topmost `Mail-Stamp:` header. The value is taken from the raw bytes
+/// (offsets mail-parser records), so folding is undone by the decoder, not by guesswork.
+pub fn inspect(msg: &Message<'_>) -> Inspection {
+    let raw = msg.raw_message();
+    let Some(h) = msg
+        .headers()
+        .iter()
+        .find(|h| h.name().eq_ignore_ascii_case(FIELD_NAME))
+    else {
+        return Inspection::Unstamped;
+    };
+    let (start, end) = (h.offset_start() as usize, h.offset_end() as usize);
+    let Some(bytes) = raw.get(start..end.max(start)) else {
+        return Inspection::Invalid("header offsets out of range".into());
+    };
+    let Ok(value) = std::str::from_utf8(bytes) else {
+        return Inspection::Invalid("header is not UTF-8".into());
+    };
+    match StampHeader::decode(value) {
+        Ok(h) => Inspection::Stamped(Box::new(h)),
+        Err(e) => Inspection::Invalid(e.to_string()),
+    }
+}
+
+/// Decides about a stamped message, given what the chain said.
+pub fn evaluate(
+    msg: &Message<'_>,
+    header: &StampHeader,
+    env: &Envelope,
+    lookup: &Lookup,
+    policy: &Policy,
+    now: Option<u64>,
+) -> Report {
+    let mut info = StampInfo::of(header);
+    let time = match lookup {
+        Lookup::Unavailable(why) => {
+            return Report::bare(
+                Verdict::Temperror,
+                format!("chain unavailable: {why}"),
+                Some(header),
+            );
+        }
+        Lookup::Unconfirmed => {
+            return Report::bare(Verdict::Temperror, "record not confirmed yet", Some(header));
+        }
+        Lookup::NotFound => {
+            return Report::bare(
+                Verdict::Spam,
+                "no record on chain for this stamp",
+                Some(header),
+            );
+        }
+        Lookup::Found { commitment, time } => {
+            if *commitment != header.commitment() {
+                let mut r = Report::bare(
+                    Verdict::Spam,
+                    "header does not match the recorded commitment",
+                    Some(header),
+                );
+                if let Some(s) = &mut r.stamp {
+                    s.time = Some(*time);
+                }
+                return r;
+            }
+            *time
+        }
+    };
+    info.time = Some(time);
+
+    let components = compare(msg, header, env, policy);
+    let (mut num, mut den) = (0u64, 0u64);
+    for c in &components {
+        match c.status {
+            Status::Match | Status::Explained => {
+                num += u64::from(c.weight);
+                den += u64::from(c.weight);
+            }
+            Status::Mismatch | Status::Missing | Status::Added => den += u64::from(c.weight),
+            Status::Unavailable => {}
+        }
+    }
+    let score = if den == 0 {
+        1.0
+    } else {
+        num as f64 / den as f64
+    };
+    let differing: Vec<&str> = components
+        .iter()
+        .filter(|c| matches!(c.status, Status::Mismatch | Status::Missing | Status::Added))
+        .map(|c| c.name.as_str())
+        .collect();
+    let required_bad: Vec<&str> = components
+        .iter()
+        .filter(|c| matches!(c.status, Status::Mismatch | Status::Missing))
+        .filter(|c| {
+            ComponentName::parse(&c.name)
+                .map(|n| n.family)
+                .or_else(|| (c.name == "rcpt").then_some(Family::Rcpt))
+                .is_some_and(|f| policy.required.contains(&f))
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    let required_unknown: Vec<&str> = components
+        .iter()
+        .filter(|c| c.status == Status::Unavailable && c.name == "rcpt")
+        .filter(|_| policy.required.contains(&Family::Rcpt))
+        .map(|c| c.name.as_str())
+        .collect();
+    let explained: Vec<String> = components
+        .iter()
+        .filter(|c| c.status == Status::Explained)
+        .map(|c| format!("{}: {}", c.name, c.note.as_deref().unwrap_or("benign")))
+        .collect();
+
+    let stale = match (policy.max_age_secs, now) {
+        (Some(max), Some(now)) => now > time.saturating_add(max),
+        _ => false,
+    };
+    let (verdict, reason) = if stale {
+        (
+            Verdict::Spam,
+            Some(format!(
+                "stamp recorded more than {}s ago: replay",
+                policy.max_age_secs.unwrap_or(0)
+            )),
+        )
+    } else if !required_bad.is_empty() {
+        (
+            Verdict::Spam,
+            Some(format!(
+                "required component differs: {}",
+                required_bad.join(", ")
+            )),
+        )
+    } else if differing.is_empty() && required_unknown.is_empty() {
+        let reason =
+            (!explained.is_empty()).then(|| format!("explained: {}", explained.join("; ")));
+        (Verdict::Wanted, reason)
+    } else if score >= policy.threshold {
+        let mut why = Vec::new();
+        if !differing.is_empty() {
+            why.push(format!("differs: {}", differing.join(", ")));
+        }
+        if !required_unknown.is_empty() {
+            why.push("recipients unknown".to_owned());
+        }
+        (Verdict::Suspect, Some(why.join("; ")))
+    } else {
+        (
+            Verdict::Spam,
+            Some(format!(
+                "score {score:.2} below threshold {:.2}; differs: {}",
+                policy.threshold,
+                differing.join(", ")
+            )),
+        )
+    };
+    Report {
+        verdict,
+        score: Some(score),
+        reason,
+        components,
+        stamp: Some(info),
+    }
+}
+
+fn selection_of(header: &StampHeader) -> Selection {
+    let mut s: BTreeSet<Family> = header.names.iter().map(|n| n.family).collect();
+    // The signature is cut from the first text part whether or not text is stamped.
+    s.insert(Family::Signature);
+    Selection(s)
+}
+
+fn compare(
+    msg: &Message<'_>,
+    header: &StampHeader,
+    env: &Envelope,
+    policy: &Policy,
+) -> Vec<ComponentResult> {
+    let sel = selection_of(header);
+    let got = component::decompose(msg, env, &sel);
+    let mut out = Vec::with_capacity(header.names.len() + 1);
+    let result = |name: String, status, weight, note: Option<String>| ComponentResult {
+        name,
+        status,
+        weight,
+        note,
+    };
+
+    for (name, want) in header.names.iter().zip(&header.digests) {
+        let weight = policy.weight(name.family);
+        let (status, note) = match got.get(name) {
+            None if name.family == Family::Origin => (
+                Status::Unavailable,
+                Some("client IP not known here".to_owned()),
+            ),
+            None => (Status::Missing, None),
+            Some(v) if value_digest(&header.salt, name, v) == *want => (Status::Match, None),
+            Some(v) => match explain(header, name, v, want, &got) {
+                Some(why) => (Status::Explained, Some(why.to_owned())),
+                None => (Status::Mismatch, None),
+            },
+        };
+        out.push(result(name.to_string(), status, weight, note));
+    }
+
+    // Items of a stamped indexed family beyond what was stamped were added on the way.
+    for fam in [Family::Text, Family::Html, Family::Attachment] {
+        if !header.names.iter().any(|n| n.family == fam) {
+            continue;
+        }
+        let stamped: BTreeSet<&ComponentName> =
+            header.names.iter().filter(|n| n.family == fam).collect();
+        for (name, v) in got
+            .values
+            .iter()
+            .filter(|(n, _)| n.family == fam && !stamped.contains(n))
+        {
+            let footer = fam == Family::Text && matches!(v, Value::Lines(l) if is_footer_sized(l));
+            let (status, note) = if footer {
+                (Status::Explained, Some("list footer part added".to_owned()))
+            } else {
+                (Status::Added, None)
+            };
+            out.push(result(name.to_string(), status, policy.weight(fam), note));
+        }
+    }
+
+    if let Some(set) = &header.rcpts {
+        let (status, note) = compare_rcpts(msg, header, env, set);
+        out.push(result(
+            "rcpt".to_owned(),
+            status,
+            policy.weight(Family::Rcpt),
+            note,
+        ));
+    }
+    out
+}
+
+fn is_footer_sized(lines: &[String]) -> bool {
+    lines.len() <= MAX_FOOTER_LINES
+        && lines.iter().map(|l| l.len() + 1).sum::<usize>() <= MAX_FOOTER_BYTES
+}
+
+/// Further processing v1: benign changes that relays and lists make.
+fn explain(
+    header: &StampHeader,
+    name: &ComponentName,
+    got: &Value,
+    want: &Digest,
+    all: &Decomposed,
+) -> Option<&'static str> {
+    match (name.family, got) {
+        (Family::Subject, Value::Bytes(b)) => {
+            let s = std::str::from_utf8(b).ok()?;
+            let rest = canon::strip_subject_tags(s)?;
+            (value_digest(&header.salt, name, &Value::Bytes(rest.as_bytes().to_vec())) == *want)
+                .then_some("subject tag added by a list")
+        }
+        (Family::Text | Family::Signature, Value::Lines(lines)) => {
+            // Try every cut point within the last MAX_FOOTER_LINES lines / MAX_FOOTER_BYTES.
+            let label = name.to_string();
+            let mut removed = 0usize;
+            for k in (0..lines.len()).rev() {
+                removed += lines[k].len() + 1;
+                if lines.len() - k > MAX_FOOTER_LINES || removed > MAX_FOOTER_BYTES {
+                    break;
+                }
+                let mut h = ComponentHasher::new(&header.salt, &label);
+                Value::feed_lines(lines, k, &mut h);
+                if h.finish() == *want {
+                    return Some("footer appended by a list");
+                }
+            }
+            None
+        }
+        (Family::Parts, Value::Bytes(_)) => {
+            // Extra text parts at the end, each footer-sized, and nothing else changed.
+            let stamped_text = header
+                .names
+                .iter()
+                .filter(|n| n.family == Family::Text)
+                .count();
+            let extra: Vec<&Value> = all
+                .values
+                .iter()
+                .filter(|(n, _)| n.family == Family::Text && usize::from(n.index) >= stamped_text)
+                .map(|(_, v)| v)
+                .collect();
+            if stamped_text == 0 || all.counts.text <= stamped_text {
+                return None;
+            }
+            if !extra
+                .iter()
+                .all(|v| matches!(v, Value::Lines(l) if is_footer_sized(l)))
+            {
+                return None;
+            }
+            let mut counts = all.counts;
+            counts.text = stamped_text;
+            (value_digest(&header.salt, name, &Value::Bytes(counts.value())) == *want)
+                .then_some("list footer part added")
+        }
+        _ => None,
+    }
+}
+
+/// Envelope recipients must all be stamped ones. Without an envelope we fall back on the
+/// delivery trace headers the receiving MTA added (X-Original-To, Delivered-To), and then on
+/// To/Cc, where one stamped address is enough (a Bcc copy lists nobody there).
+fn compare_rcpts(
+    msg: &Message<'_>,
+    header: &StampHeader,
+    env: &Envelope,
+    set: &[[u8; 8]],
+) -> (Status, Option<String>) {
+    let (list, strict, source) = if !env.rcpts.is_empty() {
+        (env.rcpts.clone(), true, "envelope")
+    } else {
+        let trace: Vec<String> = msg
+            .headers()
+            .iter()
+            .filter(|h| {
+                h.name().eq_ignore_ascii_case("X-Original-To")
+                    || h.name().eq_ignore_ascii_case("Delivered-To")
+            })
+            .filter_map(|h| h.value().as_text().map(canon::address))
+            .take(1)
+            .collect();
+        if !trace.is_empty() {
+            (trace, true, "delivery headers")
+        } else {
+            let mut hdr: Vec<String> = Vec::new();
+            for a in msg.all_to().chain(msg.all_cc()) {
+                hdr.extend(a.iter().filter_map(|x| x.address()).map(canon::address));
+            }
+            (hdr, false, "To/Cc headers")
+        }
+    };
+    if list.is_empty() {
+        return (
+            Status::Unavailable,
+            Some("no recipient known to check".to_owned()),
+        );
+    }
+    let got = rcpt_digests(&header.salt, &list);
+    let found = got.iter().filter(|d| set.binary_search(d).is_ok()).count();
+    let ok = if strict {
+        found == got.len()
+    } else {
+        found > 0
+    };
+    let note = format!("checked against {source}");
+    if ok {
+        (Status::Match, Some(note))
+    } else {
+        (
+            Status::Mismatch,
+            Some(format!("{note}: not a stamped recipient")),
+        )
+    }
+}
