@@ -1,1 +1,541 @@
-fn main() {}
+//! `mailstamp`: the command-line face of the agent. It parses flags, loads the configuration
+//! and key, and prints; the work is done in the library (`mailstamp::ops`, `mailstamp::chain`).
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use alloy::primitives::{Address, B256};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use mailstamp::{
+    chain::{self, Chain},
+    config::{Config, Confirmations, Overrides},
+    keys,
+    ops::{self, VerifyContext},
+};
+use mailstamp_core::{Envelope, Inspection, Report, Status, Verdict, inspect};
+use serde_json::json;
+
+/// Exit status of `verify`: the most severe verdict among the messages.
+const EXIT_HELP: &str = "Exit status of verify: 0 all wanted; 10 suspect; 11 unstamped; 12 invalid; 13 spam; \
+14 temperror (the highest among the messages wins). 1: error (config, I/O, chain); 2: bad usage.";
+
+#[derive(Parser)]
+#[command(name = "mailstamp", version, about = "Stamp outgoing mail on an EVM chain; verify incoming mail against its stamp.", after_help = EXIT_HELP)]
+struct Cli {
+    /// Configuration file (TOML; see mailstamp.example.toml).
+    #[arg(long, short, env = "MAILSTAMP_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// JSON-RPC endpoint (overrides chain.rpc_url).
+    #[arg(long, env = "MAILSTAMP_RPC_URL", global = true)]
+    rpc_url: Option<String>,
+    /// Registry contract address (overrides chain.registry).
+    #[arg(long, env = "MAILSTAMP_REGISTRY", global = true)]
+    registry: Option<Address>,
+    /// When a record counts: a depth (1 = latest block) or latest|safe|finalized.
+    #[arg(long, env = "MAILSTAMP_CONFIRMATIONS", global = true)]
+    confirmations: Option<Confirmations>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Deploy the StampRegistry (via the CREATE2 deployer: same address on every chain).
+    Deploy {
+        /// Encrypted keystore of the deployer (else MAILSTAMP_PRIVATE_KEY).
+        #[arg(long)]
+        keystore: Option<PathBuf>,
+        /// Deploy with a plain CREATE (for chains without the CREATE2 deployer).
+        #[arg(long)]
+        no_create2: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stamp messages: stdin to stdout, or FILES into --out-dir.
+    Stamp {
+        /// Message files (none or `-`: read stdin, write stdout).
+        files: Vec<PathBuf>,
+        /// Directory for stamped copies (required with files).
+        #[arg(long, short)]
+        out_dir: Option<PathBuf>,
+        /// Envelope recipient (repeat); default: the To, Cc and Bcc addresses.
+        #[arg(long = "rcpt")]
+        rcpts: Vec<String>,
+        /// IP address the message was submitted from (stamps the `origin` component).
+        #[arg(long)]
+        client_ip: Option<IpAddr>,
+        /// Encrypted keystore of the writer (else writer.keystore or MAILSTAMP_PRIVATE_KEY).
+        #[arg(long)]
+        keystore: Option<PathBuf>,
+        /// Print one JSON object per message on stdout (files mode).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify messages against their stamps.
+    #[command(after_help = EXIT_HELP)]
+    Verify {
+        /// Message files or directories (none or `-`: stdin).
+        paths: Vec<PathBuf>,
+        /// Envelope recipient as received (repeat); default: X-Original-To / Delivered-To,
+        /// else To/Cc.
+        #[arg(long = "rcpt")]
+        rcpts: Vec<String>,
+        /// Client IP of the receiving session (checks the `origin` component).
+        #[arg(long)]
+        client_ip: Option<IpAddr>,
+        /// Verify as of this unix time (default: now), for the replay check.
+        #[arg(long)]
+        at: Option<u64>,
+        /// One JSON object per message instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the on-chain record of a stamp: by token, or by a stamped message file.
+    Audit {
+        /// A token (0x + 64 hex) or a message file.
+        target: String,
+        /// The writer, when auditing by token (default: any writer).
+        #[arg(long)]
+        writer: Option<Address>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MAILSTAMP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mailstamp: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("mailstamp: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8> {
+    let over = Overrides {
+        rpc_url: cli.rpc_url,
+        registry: cli.registry,
+        confirmations: cli.confirmations,
+    };
+    let cfg = Config::load(cli.config.as_deref(), &over)?;
+    match cli.cmd {
+        Cmd::Deploy {
+            keystore,
+            no_create2,
+            json,
+        } => deploy(&cfg, keystore.as_deref(), !no_create2, json).await,
+        Cmd::Stamp {
+            files,
+            out_dir,
+            rcpts,
+            client_ip,
+            keystore,
+            json,
+        } => {
+            let env = Envelope { rcpts, client_ip };
+            stamp(
+                &cfg,
+                keystore.as_deref(),
+                &files,
+                out_dir.as_deref(),
+                &env,
+                json,
+            )
+            .await
+        }
+        Cmd::Verify {
+            paths,
+            rcpts,
+            client_ip,
+            at,
+            json,
+        } => {
+            let env = Envelope { rcpts, client_ip };
+            verify(&cfg, &paths, &env, at, json).await
+        }
+        Cmd::Audit {
+            target,
+            writer,
+            json,
+        } => audit(&cfg, &target, writer, json).await,
+    }
+}
+
+async fn deploy(cfg: &Config, keystore: Option<&Path>, create2: bool, json: bool) -> Result<u8> {
+    let signer = keys::load(&cfg.writer, keystore)?;
+    let timeout = std::time::Duration::from_secs(cfg.chain.timeout_secs);
+    let d = chain::deploy(&cfg.chain.rpc_url, signer, create2, timeout).await?;
+    if json {
+        println!("{}", serde_json::to_string(&d)?);
+    } else if d.already_deployed {
+        println!(
+            "StampRegistry already deployed at {} on chain {} (nothing to do)",
+            d.address, d.chain_id
+        );
+    } else {
+        let tx = d.tx.map(|t| t.to_string()).unwrap_or_default();
+        println!(
+            "StampRegistry deployed at {} on chain {} (tx {tx})",
+            d.address, d.chain_id
+        );
+        if let Some(link) = cfg.tx_link(&tx) {
+            println!("explorer: {link}");
+        }
+    }
+    Ok(0)
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .take(mailstamp_core::MAX_MESSAGE_BYTES as u64 + 1)
+            .read_to_end(&mut buf)
+            .context("reading stdin")?;
+    } else {
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        f.take(mailstamp_core::MAX_MESSAGE_BYTES as u64 + 1)
+            .read_to_end(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(buf)
+}
+
+async fn stamp(
+    cfg: &Config,
+    keystore: Option<&Path>,
+    files: &[PathBuf],
+    out_dir: Option<&Path>,
+    env: &Envelope,
+    json: bool,
+) -> Result<u8> {
+    let stdin_mode = files.is_empty() || (files.len() == 1 && files[0] == Path::new("-"));
+    if !stdin_mode && out_dir.is_none() {
+        bail!(
+            "stamping files needs --out-dir DIR for the stamped copies (or pipe one message through stdin)"
+        );
+    }
+    let signer = keys::load(&cfg.writer, keystore)?;
+    let chain = Chain::connect(&cfg.chain, cfg.registry()?, Some(signer)).await?;
+    chain.check_registry().await?;
+    let sel = cfg.stamp.selection();
+    if stdin_mode {
+        let raw = read_input(Path::new("-"))?;
+        let s = ops::stamp(&chain, &raw, env, &sel).await?;
+        std::io::stdout().write_all(&s.message)?;
+        eprintln!(
+            "stamped: token {} tx {} block {}",
+            s.token, s.recorded.tx, s.recorded.block
+        );
+        return Ok(0);
+    }
+    let dir = out_dir.unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut failed = 0;
+    if !json {
+        println!("{:<40} {:<68} {:<68} BLOCK", "FILE", "TOKEN", "TX");
+    }
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "message".into());
+        let r = async {
+            let raw = read_input(f)?;
+            let s = ops::stamp(&chain, &raw, env, &sel).await?;
+            let out = dir.join(&name);
+            std::fs::write(&out, &s.message)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            Ok::<_, anyhow::Error>(s)
+        }
+        .await;
+        match r {
+            Ok(s) if json => println!(
+                "{}",
+                json!({"file": f, "token": s.token, "tx": s.recorded.tx, "block": s.recorded.block,
+                       "explorer": cfg.tx_link(&s.recorded.tx.to_string())})
+            ),
+            Ok(s) => println!(
+                "{name:<40} {:<68} {:<68} {}",
+                s.token.to_string(),
+                s.recorded.tx.to_string(),
+                s.recorded.block
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("mailstamp: {}: {e:#}", f.display());
+            }
+        }
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Ok(vec![PathBuf::from("-")]);
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("cannot list {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn exit_code(v: Verdict) -> u8 {
+    match v {
+        Verdict::Wanted => 0,
+        Verdict::Suspect => 10,
+        Verdict::Unstamped => 11,
+        Verdict::Invalid => 12,
+        Verdict::Spam => 13,
+        Verdict::Temperror => 14,
+    }
+}
+
+fn differing(r: &Report) -> String {
+    let d: Vec<&str> = r
+        .components
+        .iter()
+        .filter(|c| !matches!(c.status, Status::Match | Status::Unavailable))
+        .map(|c| c.name.as_str())
+        .collect();
+    d.join(",")
+}
+
+async fn verify(
+    cfg: &Config,
+    paths: &[PathBuf],
+    env: &Envelope,
+    at: Option<u64>,
+    json: bool,
+) -> Result<u8> {
+    let files = expand(paths)?;
+    // A chain that cannot be reached is not an error here: each message becomes `temperror`.
+    let registry = cfg.registry()?;
+    let chain = Chain::connect(&cfg.chain, registry, None).await;
+    let ctx = VerifyContext {
+        trusted: cfg.trusted_registries(),
+        policy: cfg.verify.policy(),
+        now: Some(at.unwrap_or_else(ops::now)),
+    };
+    if !json {
+        println!(
+            "{:<36} {:<10} {:>5}  {:<28} {:<14} REASON",
+            "FILE", "VERDICT", "SCORE", "DIFFERS", "TX"
+        );
+    }
+    let mut worst = 0u8;
+    for f in &files {
+        let raw = match read_input(f) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("mailstamp: {e:#}");
+                worst = worst.max(1);
+                continue;
+            }
+        };
+        let report = match &chain {
+            Ok(c) => ops::verify(c, &ctx, &raw, env).await,
+            Err(e) => Report::bare(
+                Verdict::Temperror,
+                format!("chain unavailable: {e:#}"),
+                None,
+            ),
+        };
+        let ev = match &chain {
+            Ok(c) => event_of(c, &report, cfg.chain.from_block).await,
+            Err(_) => None,
+        };
+        let (tx, block) = (ev.as_ref().map(|e| e.tx), ev.as_ref().map(|e| e.block));
+        worst = worst.max(exit_code(report.verdict));
+        let file = f.display().to_string();
+        if json {
+            let s = report.stamp.as_ref();
+            let comps: Vec<_> = report
+                .components
+                .iter()
+                .map(|c| json!({"name": c.name, "match": c.status, "weight": c.weight, "note": c.note}))
+                .collect();
+            println!(
+                "{}",
+                json!({
+                    "file": file, "verdict": report.verdict, "score": report.score, "reason": report.reason,
+                    "components": comps,
+                    "chain_id": s.map(|s| s.chain_id), "registry": s.map(|s| &s.registry),
+                    "writer": s.map(|s| &s.writer), "token": s.map(|s| &s.token),
+                    "time": s.and_then(|s| s.time), "tx": tx, "block": block,
+                    "explorer": tx.and_then(|t| cfg.tx_link(&t.to_string())),
+                })
+            );
+        } else {
+            let name = Path::new(&file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(file.clone());
+            let score = report
+                .score
+                .map(|s| format!("{s:.2}"))
+                .unwrap_or_else(|| "-".into());
+            let txs = tx
+                .map(|t| {
+                    let s = t.to_string();
+                    format!("{}…{}", &s[..8], &s[s.len() - 4..])
+                })
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{:<36} {:<10} {:>5}  {:<28} {:<14} {}",
+                trunc(&name, 36),
+                report.verdict.as_str(),
+                score,
+                trunc(&differing(&report), 28),
+                txs,
+                report.reason.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(worst)
+}
+
+/// The recording transaction of a found stamp (none when the record was not found).
+async fn event_of(c: &Chain, report: &Report, from: u64) -> Option<chain::Recorded> {
+    let s = report.stamp.as_ref().filter(|s| s.time.is_some())?;
+    let w = s.writer.parse::<Address>().ok()?;
+    let t = s.token.parse::<B256>().ok()?;
+    c.find_event(w, t, from).await.ok().flatten()
+}
+
+fn trunc(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+async fn audit(cfg: &Config, target: &str, writer: Option<Address>, json: bool) -> Result<u8> {
+    let chain = Chain::connect(&cfg.chain, cfg.registry()?, None).await?;
+    let (token, writer, header) = if Path::new(target).is_file() {
+        let raw = read_input(Path::new(target))?;
+        let msg = mailstamp_core::parse(&raw).context("not an RFC 5322 message")?;
+        match inspect(&msg) {
+            Inspection::Stamped(h) => (
+                B256::from(h.token()),
+                Some(Address::from(h.writer)),
+                Some(h),
+            ),
+            Inspection::Unstamped => bail!("{target} has no Mail-Stamp header"),
+            Inspection::Invalid(why) => bail!("{target}: Mail-Stamp header does not decode: {why}"),
+        }
+    } else {
+        let t: B256 = target.parse().with_context(|| {
+            format!("`{target}` is neither a file nor a token (0x followed by 64 hex digits)")
+        })?;
+        (t, writer, None)
+    };
+    // Find the event first: it names the writer when only the token is known.
+    let filter_writer = writer;
+    let ev = find_any(&chain, filter_writer, token, cfg.chain.from_block).await?;
+    let Some((w, rec)) = ev else {
+        bail!(
+            "no Stamped event for token {token} in registry {} from block {}",
+            chain.registry,
+            cfg.chain.from_block
+        );
+    };
+    let lookup = chain.lookup(w, token).await;
+    let (commitment, time) = match &lookup {
+        mailstamp_core::Lookup::Found { commitment, time } => {
+            (Some(format!("0x{}", hex::encode(commitment))), Some(*time))
+        }
+        _ => (None, chain.block_time(rec.block).await.ok().flatten()),
+    };
+    let matches = header
+        .as_ref()
+        .map(|h| commitment.as_deref() == Some(&format!("0x{}", hex::encode(h.commitment()))));
+    let confirmed = matches!(lookup, mailstamp_core::Lookup::Found { .. });
+    let link = cfg.tx_link(&rec.tx.to_string());
+    if json {
+        println!(
+            "{}",
+            json!({"chain_id": chain.chain_id, "registry": chain.registry, "writer": w, "token": token,
+                   "commitment": commitment, "time": time, "block": rec.block, "tx": rec.tx,
+                   "confirmed": confirmed, "header_matches": matches, "explorer": link})
+        );
+    } else {
+        println!("chain       {}", chain.chain_id);
+        println!("registry    {}", chain.registry);
+        println!("writer      {w}");
+        println!("token       {token}");
+        println!(
+            "commitment  {}",
+            commitment.as_deref().unwrap_or("(not confirmed yet)")
+        );
+        if let Some(t) = time {
+            println!("time        {} ({t})", ops::rfc3339(t));
+        }
+        println!("block       {}", rec.block);
+        println!("tx          {}", rec.tx);
+        println!("confirmed   {}", if confirmed { "yes" } else { "no" });
+        if let Some(m) = matches {
+            println!(
+                "header      {}",
+                if m {
+                    "matches the record"
+                } else {
+                    "DOES NOT match the record"
+                }
+            );
+        }
+        if let Some(l) = link {
+            println!("explorer    {l}");
+        }
+    }
+    Ok(0)
+}
+
+async fn find_any(
+    chain: &Chain,
+    writer: Option<Address>,
+    token: B256,
+    from: u64,
+) -> Result<Option<(Address, chain::Recorded)>> {
+    match writer {
+        Some(w) => Ok(chain.find_event(w, token, from).await?.map(|r| (w, r))),
+        None => chain.find_event_any_writer(token, from).await,
+    }
+}

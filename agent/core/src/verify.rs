@@ -87,8 +87,7 @@ pub struct ComponentResult {
 }
 
 /// Matching policy: weights, required components, threshold.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Policy {
     /// Weighted share at or above which a partial match is `suspect` rather than `spam`.
     pub threshold: f64,

@@ -1,0 +1,7 @@
+//! The mailstamp agent: configuration, the chain client, the writer key, and the commands the
+//! CLI runs (stamp, verify, audit, deploy). The verdict logic itself lives in `mailstamp-core`.
+
+pub mod chain;
+pub mod config;
+pub mod keys;
+pub mod ops;
