@@ -210,8 +210,12 @@ impl Chain {
         at: BlockId,
     ) -> Result<(FixedBytes<24>, u64)> {
         let reg = StampRegistry::new(self.registry, &self.provider);
-        let r = reg.getStamp(writer, token).block(at).call().await?;
-        Ok((r.commitment, r.time))
+        match reg.getStamp(writer, token).block(at).call().await {
+            Ok(r) => Ok((r.commitment, r.time)),
+            // No code at that block (the registry was deployed later): no record there yet.
+            Err(alloy::contract::Error::ZeroData(..)) => Ok((FixedBytes::ZERO, 0)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// What the chain says about (writer, token): a confirmed record, an unconfirmed one, none,

@@ -347,7 +347,9 @@ async fn verify(
     let files = expand(paths)?;
     // A chain that cannot be reached is not an error here: each message becomes `temperror`.
     let registry = cfg.registry()?;
-    let chain = Chain::connect(&cfg.chain, registry, None).await;
+    let chain = Chain::connect(&cfg.chain, registry, None)
+        .await
+        .map_err(|e| format!("{e:#}"));
     let ctx = VerifyContext {
         trusted: cfg.trusted_registries(),
         policy: cfg.verify.policy(),
@@ -369,14 +371,7 @@ async fn verify(
                 continue;
             }
         };
-        let report = match &chain {
-            Ok(c) => ops::verify(c, &ctx, &raw, env).await,
-            Err(e) => Report::bare(
-                Verdict::Temperror,
-                format!("chain unavailable: {e:#}"),
-                None,
-            ),
-        };
+        let report = ops::verify(chain.as_ref().map_err(String::as_str), &ctx, &raw, env).await;
         let ev = match &chain {
             Ok(c) => event_of(c, &report, cfg.chain.from_block).await,
             Err(_) => None,

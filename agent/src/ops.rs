@@ -69,7 +69,14 @@ pub struct VerifyContext {
 }
 
 /// Verifies one message. Never fails: every problem is a verdict (`invalid`, `temperror`…).
-pub async fn verify(chain: &Chain, ctx: &VerifyContext, raw: &[u8], env: &Envelope) -> Report {
+/// `chain` is the connection, or why there is none: an unstamped or garbled message is judged
+/// without the chain, a stamped one is `temperror` until the chain answers.
+pub async fn verify(
+    chain: Result<&Chain, &str>,
+    ctx: &VerifyContext,
+    raw: &[u8],
+    env: &Envelope,
+) -> Report {
     if raw.len() > MAX_MESSAGE_BYTES {
         return Report::bare(
             Verdict::Invalid,
@@ -95,6 +102,16 @@ pub async fn verify(chain: &Chain, ctx: &VerifyContext, raw: &[u8], env: &Envelo
             return Report::bare(Verdict::Invalid, format!("Mail-Stamp header: {why}"), None);
         }
         Inspection::Stamped(h) => h,
+    };
+    let chain = match chain {
+        Ok(c) => c,
+        Err(why) => {
+            return Report::bare(
+                Verdict::Temperror,
+                format!("chain unavailable: {why}"),
+                Some(&header),
+            );
+        }
     };
     if header.chain_id != chain.chain_id {
         return Report::bare(

@@ -1,1 +1,10 @@
-fn main() {}
+//! Integration tests of the mailstamp agent: a real anvil started from `anvil.toml`, the real
+//! registry deployed from the checked-in artifact, the real `mailstamp` binary, and real mail
+//! from the SpamAssassin corpus (installed by `scripts/setup`). One binary so it compiles once.
+
+mod harness;
+
+mod abi_drift;
+mod chain_e2e;
+mod cli;
+mod corpus;

