@@ -50,3 +50,48 @@ for key, value in table.items():
         sys.exit(f"anvil_flags: unsupported value for {key}: {value!r}")
 PY
 }
+
+# start_anvil LOGFILE — start anvil in the background with the flags of anvil.toml on a free
+# port; sets ANVIL_PID and ANVIL_RPC. Pair it with `trap stop_anvil EXIT` so no anvil is left
+# behind, success or failure.
+start_anvil() {
+  local log="$1" lines port=""
+  lines="$(anvil_flags port=0)"
+  local -a flags
+  mapfile -t flags <<<"$lines"
+  anvil "${flags[@]}" >"$log" 2>&1 &
+  ANVIL_PID=$!
+  for _ in $(seq 100); do
+    port="$(sed -n 's/^Listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log")"
+    [[ -n "$port" ]] && break
+    if ! kill -0 "$ANVIL_PID" 2>/dev/null; then
+      cat "$log" >&2
+      echo "anvil exited before listening" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  if [[ -z "$port" ]]; then
+    cat "$log" >&2
+    echo "anvil did not report its port" >&2
+    return 1
+  fi
+  ANVIL_RPC="http://127.0.0.1:$port"
+  export ANVIL_PID ANVIL_RPC
+}
+
+# stop_anvil — stop the anvil start_anvil started, if any.
+stop_anvil() {
+  if [[ -n "${ANVIL_PID:-}" ]]; then
+    kill "$ANVIL_PID" 2>/dev/null || true
+    wait "$ANVIL_PID" 2>/dev/null || true
+    ANVIL_PID=""
+  fi
+}
+
+# dev_key N — the private key of dev account N of anvil.toml's mnemonic.
+dev_key() {
+  local mnemonic
+  mnemonic="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["mnemonic"])' "$ROOT/anvil.toml")"
+  cast wallet private-key "$mnemonic" "$1"
+}

@@ -331,7 +331,7 @@ fn differing(r: &Report) -> String {
     let d: Vec<&str> = r
         .components
         .iter()
-        .filter(|c| !matches!(c.status, Status::Match | Status::Unavailable))
+        .filter(|c| !matches!(c.status, Status::Match | Status::Explained | Status::Unavailable))
         .map(|c| c.name.as_str())
         .collect();
     d.join(",")

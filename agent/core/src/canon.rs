@@ -64,9 +64,13 @@ pub fn trimmed_len(lines: &[String], k: usize) -> usize {
 }
 
 /// The index of the RFC 3676 signature separator (`-- `, which canonicalises to `--`),
-/// the last one in the text, if any.
+/// the first one in the text, if any. The first, not the last: lists append footers that
+/// start with their own `-- ` (ILUG, many Majordomo lists), and with the last separator such
+/// a footer would push the author's signature into the text and replace the signature, so
+/// neither component would still be a prefix of what was stamped. Lists only append, so
+/// the first separator stays where the author put it.
 pub fn signature_separator(lines: &[String]) -> Option<usize> {
-    lines.iter().rposition(|l| l == "--")
+    lines.iter().position(|l| l == "--")
 }
 
 /// A mailbox address in canonical form: trimmed, angle brackets removed, lower case.
@@ -105,20 +109,21 @@ pub fn lf_bytes(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Strips leading `[tag]` prefixes that mailing lists put on subjects.
-/// Returns `None` when there is no tag to strip.
-pub fn strip_subject_tags(s: &str) -> Option<&str> {
+/// The subject with one, two, … leading `[tag]` prefixes removed, shortest removal first:
+/// a list adds its tag in front of whatever tags the subject already had, so each cut is a
+/// candidate for what the sender wrote. Empty when there is no tag.
+pub fn subject_tag_cuts(s: &str) -> Vec<&str> {
+    let mut cuts = Vec::new();
     let mut rest = s.trim_start();
-    let mut stripped = false;
     while let Some(tail) = rest.strip_prefix('[') {
         let Some(end) = tail.find(']') else { break };
-        if end == 0 || end > 64 {
+        if end == 0 || end > 64 || cuts.len() >= 4 {
             break;
         }
         rest = tail[end + 1..].trim_start();
-        stripped = true;
+        cuts.push(rest);
     }
-    stripped.then_some(rest)
+    cuts
 }
 
 #[cfg(test)]
@@ -139,9 +144,10 @@ mod tests {
     }
 
     #[test]
-    fn signature_separator_is_the_last_dash_dash_space_line() {
-        let lines = text_lines("body\n-- \nold sig\n-- \nAlice\n");
-        assert_eq!(signature_separator(&lines), Some(3));
+    fn signature_separator_is_the_first_dash_dash_space_line() {
+        let lines = text_lines("body\n-- \nAlice\n-- \nlist footer\n");
+        assert_eq!(signature_separator(&lines), Some(1));
+        assert_eq!(signature_separator(&text_lines("> -- \nquoted sig")), None);
         assert_eq!(signature_separator(&text_lines("no sig")), None);
     }
 
@@ -153,11 +159,11 @@ mod tests {
     }
 
     #[test]
-    fn subject_tags_are_stripped_only_when_present() {
-        assert_eq!(strip_subject_tags("[list] [x] Hello"), Some("Hello"));
-        assert_eq!(strip_subject_tags("Hello [list]"), None);
-        assert_eq!(strip_subject_tags("[] Hello"), None);
-        assert_eq!(strip_subject_tags("[unterminated Hello"), None);
+    fn subject_tags_are_cut_one_at_a_time() {
+        assert_eq!(subject_tag_cuts("[list] [ILUG] Hello"), vec!["[ILUG] Hello", "Hello"]);
+        assert!(subject_tag_cuts("Hello [list]").is_empty());
+        assert!(subject_tag_cuts("[] Hello").is_empty());
+        assert!(subject_tag_cuts("[unterminated Hello").is_empty());
     }
 
     #[test]
