@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The chain client: typed bindings to `StampRegistry` (from the checked-in Forge artifact
 //! `agent/abi/StampRegistry.json`), deployment through the CREATE2 deployer, recording, and the
 //! confirmed lookups verification needs. Every RPC call has a timeout; a failure to reach the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! Configuration: a documented TOML file (see `mailstamp.example.toml`), overridden by
 //! environment variables, overridden by flags. Secrets (the writer key, keystore password)
 //! come only from files or the environment and are never printed.

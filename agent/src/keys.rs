@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The writer key: from `MAILSTAMP_PRIVATE_KEY` or an encrypted keystore. The key is never
 //! printed or logged; errors name where we looked, not what we found.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The mailstamp agent: configuration, the chain client, the writer key, and the commands the
 //! CLI runs (stamp, verify, audit, deploy). The verdict logic itself lives in `mailstamp-core`.
 

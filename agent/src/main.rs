@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! `mailstamp`: the command-line face of the agent. It parses flags, loads the configuration
 //! and key, and prints; the work is done in the library (`mailstamp::ops`, `mailstamp::chain`).
 
@@ -65,7 +66,8 @@ enum Cmd {
         /// Envelope recipient (repeat); default: the To, Cc and Bcc addresses.
         #[arg(long = "rcpt")]
         rcpts: Vec<String>,
-        /// IP address the message was submitted from (stamps the `origin` component).
+        /// IP address this server delivers the message from (its egress address); stamps the
+        /// `origin` component, which receivers compare with their SMTP client IP.
         #[arg(long)]
         client_ip: Option<IpAddr>,
         /// Encrypted keystore of the writer (else writer.keystore or MAILSTAMP_PRIVATE_KEY).

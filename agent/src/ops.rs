@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The operations behind the CLI verbs, on one message at a time: stamp (decompose, record,
 //! add the header) and verify (find the stamp, ask the chain, decide). The milter and relay
 //! will call the same functions.

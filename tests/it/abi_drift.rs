@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The Rust bindings come from the checked-in artifact `agent/abi/StampRegistry.json`; this
 //! fails when it drifts from a fresh `forge build` of `contracts/`.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The agent library against a real anvil: deploy, stamp, confirmations, chain outage,
 //! untrusted registries, write-once records.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The `mailstamp` binary end to end against anvil: deploy, stamp (stdin and files), verify
 //! (table, JSON, exit status), audit, and the errors a user sees.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The whole SpamAssassin corpus through the pure core: every message stamped and verified
 //! `wanted`; every message with one changed body letter never `wanted`; garbled headers
 //! `invalid` without a panic.

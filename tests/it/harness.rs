@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! Shared test plumbing: paths, anvil from `anvil.toml`, corpus access, tampering helpers.
 
 use std::path::{Path, PathBuf};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! Integration tests of the mailstamp agent: a real anvil started from `anvil.toml`, the real
 //! registry deployed from the checked-in artifact, the real `mailstamp` binary, and real mail
 //! from the SpamAssassin corpus (installed by `scripts/setup`). One binary so it compiles once.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! Canonical forms: what a component *means*, independent of how a relay encoded it.
 //!
 //! Everything here works on text mail-parser has already decoded (RFC 2047 words, QP, base64,
@@ -160,7 +161,10 @@ mod tests {
 
     #[test]
     fn subject_tags_are_cut_one_at_a_time() {
-        assert_eq!(subject_tag_cuts("[list] [ILUG] Hello"), vec!["[ILUG] Hello", "Hello"]);
+        assert_eq!(
+            subject_tag_cuts("[list] [ILUG] Hello"),
+            vec!["[ILUG] Hello", "Hello"]
+        );
         assert!(subject_tag_cuts("Hello [list]").is_empty());
         assert!(subject_tag_cuts("[] Hello").is_empty());
         assert!(subject_tag_cuts("[unterminated Hello").is_empty());

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! Decomposition: a parsed message becomes named components in canonical form
 //! (docs/PROTOCOL.md §3). Which families are taken is the caller's [`Selection`].
 
@@ -46,7 +47,7 @@ pub enum Family {
     Html,
     /// Each attachment: file name and content hash.
     Attachment,
-    /// The IP address the message was submitted from / is expected to arrive from.
+    /// The IP address the writer delivers from, compared with the receiver's SMTP client IP.
     Origin,
 }
 
@@ -214,6 +215,15 @@ pub enum Value {
 }
 
 impl Value {
+    /// The exact bytes that are hashed for this value (after the salt and name): `Bytes` as
+    /// they are, `Lines` joined by LF with trailing empty lines dropped.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        match self {
+            Value::Bytes(b) => b.clone(),
+            Value::Lines(l) => l[..canon::trimmed_len(l, l.len())].join("\n").into_bytes(),
+        }
+    }
+
     /// Feeds the canonical bytes of `lines[..k]` (trailing empty lines dropped) to `h`.
     pub(crate) fn feed_lines(lines: &[String], k: usize, h: &mut crate::digest::ComponentHasher) {
         let k = canon::trimmed_len(lines, k);
@@ -417,13 +427,13 @@ pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decompos
 
     // The signature block comes off the first text part.
     let mut signature: Vec<String> = Vec::new();
-    if let Some(first) = texts.first_mut() {
-        if let Some(sep) = canon::signature_separator(first) {
-            signature = first.split_off(sep + 1);
-            first.pop(); // the separator itself
-            canon::trim_empty_ends(first);
-            canon::trim_empty_ends(&mut signature);
-        }
+    if let Some(first) = texts.first_mut()
+        && let Some(sep) = canon::signature_separator(first)
+    {
+        signature = first.split_off(sep + 1);
+        first.pop(); // the separator itself
+        canon::trim_empty_ends(first);
+        canon::trim_empty_ends(&mut signature);
     }
     if sel.has(Family::Text) {
         for (i, t) in texts.into_iter().take(MAX_PER_FAMILY).enumerate() {
@@ -455,14 +465,14 @@ pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decompos
             push(name, Value::Bytes(a), &mut out);
         }
     }
-    if sel.has(Family::Origin) {
-        if let Some(ip) = env.client_ip {
-            push(
-                single(Family::Origin),
-                Value::Bytes(ip.to_string().into_bytes()),
-                &mut out,
-            );
-        }
+    if sel.has(Family::Origin)
+        && let Some(ip) = env.client_ip
+    {
+        push(
+            single(Family::Origin),
+            Value::Bytes(ip.to_string().into_bytes()),
+            &mut out,
+        );
     }
     out
 }
@@ -487,6 +497,25 @@ mod tests {
             "text", "from.0", "att.16", "text.01", "text.", "nope", "html.-1", "",
         ] {
             assert!(ComponentName::parse(s).is_none(), "{s}");
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_are_what_is_hashed() {
+        let salt = [5u8; crate::digest::SALT_LEN];
+        let name = ComponentName {
+            family: Family::Text,
+            index: 0,
+        };
+        for v in [
+            Value::Lines(vec!["a".into(), "".into(), "b c".into(), "".into()]),
+            Value::Lines(vec![]),
+            Value::Bytes(b"x\0y".to_vec()),
+        ] {
+            assert_eq!(
+                crate::stamp::value_digest(&salt, &name, &v),
+                crate::digest::component_digest(&salt, "text.0", &v.canonical_bytes())
+            );
         }
     }
 

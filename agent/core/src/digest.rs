@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The hash functions of protocol v1 (docs/PROTOCOL.md §4). Every input starts with a
 //! domain-separation label so a digest of one kind can never stand in for another.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The `Mail-Stamp:` header field (docs/PROTOCOL.md §2): encoding, folding and a strict,
 //! bounded decoder. A header that does not decode is the verdict `invalid`, never a panic.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! The pure mailstamp pipeline: decompose → canonicalise → hash → commit → match.
 //!
 //! No I/O, no async, no chain: bytes in, decisions out. The agent crate does the talking to

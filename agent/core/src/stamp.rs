@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! Outbound: compute a stamp for a message (docs/PROTOCOL.md §4) and put its header on.
 
 use std::collections::BTreeSet;

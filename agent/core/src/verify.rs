@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! Inbound: find the stamp, compare the message with it, and decide (docs/PROTOCOL.md §5).
 //!
 //! Verification is split in two so that this crate stays free of I/O: [`inspect`] finds and

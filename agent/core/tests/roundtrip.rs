@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! Stamp-then-verify over real corpus messages: everything intact is `wanted`, under LF and
 //! CRLF; a changed body word, recipient, From or attachment never is.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
 //! Helpers shared by the core's integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
