@@ -242,3 +242,55 @@ fn errors_say_what_is_wrong_and_what_to_do() {
         assert!(o.status.success() && stdout(&o).contains("Usage"), "{verb}");
     }
 }
+
+#[test]
+fn the_writer_key_can_come_from_an_encrypted_keystore() {
+    let a = anvil();
+    let dir = TempDir::new("keystore");
+    let key = key_hex(&a, 4);
+    let st = std::process::Command::new(crate::harness::tool("cast"))
+        .args(["wallet", "import", "writer", "--keystore-dir"])
+        .arg(&dir.0)
+        .args(["--private-key", &key, "--unsafe-password", "correct horse"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ks = dir.0.join("writer");
+    let url = a.endpoint();
+    let env = [
+        ("MAILSTAMP_RPC_URL", url.as_str()),
+        ("MAILSTAMP_KEYSTORE_PASSWORD", "correct horse"),
+    ];
+    let o = mailstamp(
+        &["deploy", "--json", "--keystore", ks.to_str().unwrap()],
+        &env,
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let wrong = [
+        ("MAILSTAMP_RPC_URL", url.as_str()),
+        ("MAILSTAMP_KEYSTORE_PASSWORD", "wrong"),
+    ];
+    let o = mailstamp(
+        &["deploy", "--keystore", ks.to_str().unwrap()],
+        &wrong,
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot open keystore"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("correct horse"));
+
+    let nopw = [("MAILSTAMP_RPC_URL", url.as_str())];
+    let o = mailstamp(&["deploy", "--keystore", ks.to_str().unwrap()], &nopw, None);
+    assert!(
+        stderr(&o).contains("MAILSTAMP_KEYSTORE_PASSWORD"),
+        "{}",
+        stderr(&o)
+    );
+}

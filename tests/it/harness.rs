@@ -153,6 +153,8 @@ pub(crate) fn mailstamp(args: &[&str], env: &[(&str, &str)], input: Option<&[u8]
         .env_remove("MAILSTAMP_CONFIG")
         .env_remove("MAILSTAMP_RPC_URL")
         .env_remove("MAILSTAMP_REGISTRY")
+        .env_remove("MAILSTAMP_KEYSTORE_PASSWORD")
+        .env_remove("MAILSTAMP_CONFIRMATIONS")
         .env_remove("MAILSTAMP_PRIVATE_KEY")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
