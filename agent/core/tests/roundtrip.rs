@@ -190,3 +190,34 @@ proptest! {
         prop_assert_ne!(r.verdict, Verdict::Wanted, "{}: {}", name, describe(&r));
     }
 }
+
+#[test]
+fn the_selection_decides_what_is_stamped() {
+    use mailstamp_core::{Family, Selection, prepare};
+    let (name, raw) = &fixtures("corpus")[3];
+    let msg = parse(raw).unwrap();
+    let sel = Selection(
+        [Family::From, Family::Rcpt, Family::Subject]
+            .into_iter()
+            .collect(),
+    );
+    let p = prepare(&msg, &env(&[RCPT]), [5; 16], &CHAIN, &sel).unwrap();
+    let names: Vec<String> = p.header.names.iter().map(|n| n.to_string()).collect();
+    assert_eq!(names, ["from", "subject"], "{name}");
+    assert!(p.header.rcpts.is_some());
+    let stamped = mailstamp_core::insert_header(raw, &p.header);
+    let rec = mailstamp_core::Lookup::Found {
+        commitment: p.commitment,
+        time: 1_700_000_000,
+    };
+    assert_eq!(verify(&stamped, &[RCPT], &rec).verdict, Verdict::Wanted);
+    // The body is not stamped, so changing it changes nothing; the subject is.
+    if let Some(t) = body_ranges(&stamped, false)
+        .first()
+        .and_then(|&r| flip_letter(&stamped, r, 0))
+    {
+        assert_eq!(verify(&t, &[RCPT], &rec).verdict, Verdict::Wanted);
+    }
+    let s = String::from_utf8_lossy(&stamped).replacen("\nSubject: ", "\nSubject: CHANGED ", 1);
+    assert_ne!(verify(s.as_bytes(), &[RCPT], &rec).verdict, Verdict::Wanted);
+}
