@@ -483,7 +483,10 @@ fn explain(
             let s = std::str::from_utf8(b).ok()?;
             canon::subject_tag_cuts(s)
                 .into_iter()
-                .any(|rest| value_digest(&header.salt, name, &Value::Bytes(rest.as_bytes().to_vec())) == *want)
+                .any(|rest| {
+                    value_digest(&header.salt, name, &Value::Bytes(rest.as_bytes().to_vec()))
+                        == *want
+                })
                 .then_some("subject tag added by a list")
         }
         (Family::Text | Family::Signature, Value::Lines(lines)) => {
