@@ -333,7 +333,12 @@ fn differing(r: &Report) -> String {
     let d: Vec<&str> = r
         .components
         .iter()
-        .filter(|c| !matches!(c.status, Status::Match | Status::Explained | Status::Unavailable))
+        .filter(|c| {
+            !matches!(
+                c.status,
+                Status::Match | Status::Explained | Status::Unavailable
+            )
+        })
         .map(|c| c.name.as_str())
         .collect();
     d.join(",")
