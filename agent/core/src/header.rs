@@ -144,9 +144,10 @@ impl StampHeader {
         const WIDTH: usize = 76;
         let mut out = String::new();
         let mut col = FIELD_NAME.len() + 2;
-        for (i, (t, v)) in self.tags().iter().enumerate() {
+        let tags = self.tags();
+        for (i, (t, v)) in tags.iter().enumerate() {
             let mut piece = format!("{t}={v}");
-            if i + 1 < self.tags().len() {
+            if i + 1 < tags.len() {
                 piece.push(';');
             }
             // Start a new line when the tag does not fit; split long base64 values (FWS inside

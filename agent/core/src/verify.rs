@@ -78,6 +78,9 @@ pub enum Status {
 pub struct ComponentResult {
     /// Component name (`subject`, `text.0`, `rcpt`…).
     pub name: String,
+    /// Its family.
+    #[serde(skip)]
+    pub family: Option<Family>,
     /// Outcome.
     pub status: Status,
     /// Its weight in the score.
@@ -316,22 +319,29 @@ pub fn evaluate(
         .filter(|c| matches!(c.status, Status::Mismatch | Status::Missing | Status::Added))
         .map(|c| c.name.as_str())
         .collect();
+    let is_required = |c: &&ComponentResult| c.family.is_some_and(|f| policy.required.contains(&f));
     let required_bad: Vec<&str> = components
         .iter()
         .filter(|c| matches!(c.status, Status::Mismatch | Status::Missing))
-        .filter(|c| {
-            ComponentName::parse(&c.name)
-                .map(|n| n.family)
-                .or_else(|| (c.name == "rcpt").then_some(Family::Rcpt))
-                .is_some_and(|f| policy.required.contains(&f))
-        })
+        .filter(is_required)
         .map(|c| c.name.as_str())
         .collect();
     let required_unknown: Vec<&str> = components
         .iter()
-        .filter(|c| c.status == Status::Unavailable && c.name == "rcpt")
-        .filter(|_| policy.required.contains(&Family::Rcpt))
+        .filter(|c| c.status == Status::Unavailable)
+        .filter(is_required)
         .map(|c| c.name.as_str())
+        .collect();
+    // A stamp that leaves out a required family proves nothing about it: a writer could stamp
+    // an empty list and have any content pass.
+    let unstamped_required: Vec<&str> = policy
+        .required
+        .iter()
+        .filter(|f| match f {
+            Family::Rcpt => header.rcpts.is_none(),
+            f => !header.names.iter().any(|n| n.family == **f),
+        })
+        .map(|f| f.as_str())
         .collect();
     let explained: Vec<String> = components
         .iter()
@@ -349,6 +359,14 @@ pub fn evaluate(
             Some(format!(
                 "stamp recorded more than {}s ago: replay",
                 policy.max_age_secs.unwrap_or(0)
+            )),
+        )
+    } else if !unstamped_required.is_empty() {
+        (
+            Verdict::Spam,
+            Some(format!(
+                "required component not stamped: {}",
+                unstamped_required.join(", ")
             )),
         )
     } else if !required_bad.is_empty() {
@@ -407,15 +425,15 @@ fn compare(
     let sel = selection_of(header);
     let got = component::decompose(msg, env, &sel);
     let mut out = Vec::with_capacity(header.names.len() + 1);
-    let result = |name: String, status, weight, note: Option<String>| ComponentResult {
-        name,
+    let result = |name: &ComponentName, status, note: Option<String>| ComponentResult {
+        name: name.to_string(),
+        family: Some(name.family),
         status,
-        weight,
+        weight: policy.weight(name.family),
         note,
     };
 
     for (name, want) in header.names.iter().zip(&header.digests) {
-        let weight = policy.weight(name.family);
         let (status, note) = match got.get(name) {
             None if name.family == Family::Origin => (
                 Status::Unavailable,
@@ -428,7 +446,7 @@ fn compare(
                 None => (Status::Mismatch, None),
             },
         };
-        out.push(result(name.to_string(), status, weight, note));
+        out.push(result(name, status, note));
     }
 
     // Items of a stamped indexed family beyond what was stamped were added on the way.
@@ -449,18 +467,13 @@ fn compare(
             } else {
                 (Status::Added, None)
             };
-            out.push(result(name.to_string(), status, policy.weight(fam), note));
+            out.push(result(name, status, note));
         }
     }
 
     if let Some(set) = &header.rcpts {
         let (status, note) = compare_rcpts(msg, header, env, set);
-        out.push(result(
-            "rcpt".to_owned(),
-            status,
-            policy.weight(Family::Rcpt),
-            note,
-        ));
+        out.push(result(&ComponentName::single(Family::Rcpt), status, note));
     }
     out
 }

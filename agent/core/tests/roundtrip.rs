@@ -221,3 +221,21 @@ fn the_selection_decides_what_is_stamped() {
     let s = String::from_utf8_lossy(&stamped).replacen("\nSubject: ", "\nSubject: CHANGED ", 1);
     assert_ne!(verify(s.as_bytes(), &[RCPT], &rec).verdict, Verdict::Wanted);
 }
+
+#[test]
+fn a_stamp_that_leaves_out_a_required_family_is_spam() {
+    use mailstamp_core::{Family, Selection, prepare};
+    let (_, raw) = &fixtures("corpus")[5];
+    let msg = parse(raw).unwrap();
+    // A writer that stamps only the subject, hoping any From will then pass.
+    let sel = Selection([Family::Subject, Family::Rcpt].into_iter().collect());
+    let p = prepare(&msg, &env(&[RCPT]), [6; 16], &CHAIN, &sel).unwrap();
+    let stamped = mailstamp_core::insert_header(raw, &p.header);
+    let rec = mailstamp_core::Lookup::Found {
+        commitment: p.commitment,
+        time: 1_700_000_000,
+    };
+    let r = verify(&stamped, &[RCPT], &rec);
+    assert_eq!(r.verdict, Verdict::Spam);
+    assert!(r.reason.unwrap().contains("not stamped: from"));
+}
