@@ -242,55 +242,33 @@ impl Chain {
         r.unwrap_or_else(|e| Lookup::Unavailable(format!("{e:#}")))
     }
 
-    /// The `Stamped` event of (writer, token): its transaction and block, for audit.
+    /// The `Stamped` event of `token` by `writer` (by any writer when `None`: the first one),
+    /// with the writer, transaction and block, for audit.
     pub async fn find_event(
         &self,
-        writer: Address,
-        token: B256,
-        from_block: u64,
-    ) -> Result<Option<Recorded>> {
-        let filter = Filter::new()
-            .address(self.registry)
-            .event_signature(StampRegistry::Stamped::SIGNATURE_HASH)
-            .topic1(writer.into_word())
-            .topic2(token)
-            .from_block(from_block);
-        let logs = within(self.timeout, "eth_getLogs", async {
-            Ok(self.provider.get_logs(&filter).await?)
-        })
-        .await?;
-        Ok(logs.first().and_then(|l| {
-            Some(Recorded {
-                tx: l.transaction_hash?,
-                block: l.block_number?,
-            })
-        }))
-    }
-
-    /// The `Stamped` event of `token` by any writer (the first one), for audit by token.
-    pub async fn find_event_any_writer(
-        &self,
+        writer: Option<Address>,
         token: B256,
         from_block: u64,
     ) -> Result<Option<(Address, Recorded)>> {
-        let filter = Filter::new()
+        let mut filter = Filter::new()
             .address(self.registry)
             .event_signature(StampRegistry::Stamped::SIGNATURE_HASH)
             .topic2(token)
             .from_block(from_block);
+        if let Some(w) = writer {
+            filter = filter.topic1(w.into_word());
+        }
         let logs = within(self.timeout, "eth_getLogs", async {
             Ok(self.provider.get_logs(&filter).await?)
         })
         .await?;
         Ok(logs.first().and_then(|l| {
             let writer = Address::from_word(*l.topics().get(1)?);
-            Some((
-                writer,
-                Recorded {
-                    tx: l.transaction_hash?,
-                    block: l.block_number?,
-                },
-            ))
+            let rec = Recorded {
+                tx: l.transaction_hash?,
+                block: l.block_number?,
+            };
+            Some((writer, rec))
         }))
     }
 

@@ -438,7 +438,11 @@ async fn event_of(c: &Chain, report: &Report, from: u64) -> Option<chain::Record
     let s = report.stamp.as_ref().filter(|s| s.time.is_some())?;
     let w = s.writer.parse::<Address>().ok()?;
     let t = s.token.parse::<B256>().ok()?;
-    c.find_event(w, t, from).await.ok().flatten()
+    c.find_event(Some(w), t, from)
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, r)| r)
 }
 
 fn trunc(s: &str, n: usize) -> String {
@@ -470,8 +474,9 @@ async fn audit(cfg: &Config, target: &str, writer: Option<Address>, json: bool) 
         (t, writer, None)
     };
     // Find the event first: it names the writer when only the token is known.
-    let filter_writer = writer;
-    let ev = find_any(&chain, filter_writer, token, cfg.chain.from_block).await?;
+    let ev = chain
+        .find_event(writer, token, cfg.chain.from_block)
+        .await?;
     let Some((w, rec)) = ev else {
         bail!(
             "no Stamped event for token {token} in registry {} from block {}",
@@ -528,16 +533,4 @@ async fn audit(cfg: &Config, target: &str, writer: Option<Address>, json: bool) 
         }
     }
     Ok(0)
-}
-
-async fn find_any(
-    chain: &Chain,
-    writer: Option<Address>,
-    token: B256,
-    from: u64,
-) -> Result<Option<(Address, chain::Recorded)>> {
-    match writer {
-        Some(w) => Ok(chain.find_event(w, token, from).await?.map(|r| (w, r))),
-        None => chain.find_event_any_writer(token, from).await,
-    }
 }

@@ -2,6 +2,7 @@
 //! The agent library against a real anvil: deploy, stamp, confirmations, chain outage,
 //! untrusted registries, write-once records.
 
+use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::{Address, B256, FixedBytes};
 use alloy::providers::{Provider, ProviderBuilder};
 use mailstamp::chain::{self, Chain};
@@ -29,6 +30,27 @@ fn env(r: &str) -> Envelope {
     }
 }
 
+const T: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Deploys the registry with account `i` (CREATE2 unless `plain`).
+async fn deploy(a: &AnvilInstance, i: usize, plain: bool) -> chain::Deployed {
+    chain::deploy(&a.endpoint(), signer(a, i), !plain, T)
+        .await
+        .unwrap()
+}
+
+/// Connects to `registry`, as writer account `i` when given, counting records `depth` deep.
+async fn connect(a: &AnvilInstance, registry: Address, writer: Option<usize>, depth: u64) -> Chain {
+    let s = writer.map(|i| signer(a, i));
+    Chain::connect(
+        &cfg(&a.endpoint(), Confirmations::Depth(depth)),
+        registry,
+        s,
+    )
+    .await
+    .unwrap()
+}
+
 fn ctx(registry: Address) -> VerifyContext {
     VerifyContext {
         trusted: vec![registry],
@@ -40,54 +62,21 @@ fn ctx(registry: Address) -> VerifyContext {
 #[tokio::test]
 async fn deploy_is_deterministic_and_idempotent() {
     let a = anvil();
-    let d1 = chain::deploy(
-        &a.endpoint(),
-        signer(&a, 0),
-        true,
-        std::time::Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let d1 = deploy(&a, 0, false).await;
     assert_eq!(d1.address, chain::predicted_address());
     assert!(!d1.already_deployed && d1.tx.is_some());
-    let d2 = chain::deploy(
-        &a.endpoint(),
-        signer(&a, 1),
-        true,
-        std::time::Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let d2 = deploy(&a, 1, false).await;
     assert_eq!(d2.address, d1.address);
     assert!(d2.already_deployed && d2.tx.is_none());
-    let c = Chain::connect(
-        &cfg(&a.endpoint(), Confirmations::Depth(1)),
-        d1.address,
-        None,
-    )
-    .await
-    .unwrap();
+    let c = connect(&a, d1.address, None, 1).await;
     assert_eq!(c.check_registry().await.unwrap(), "1.0.0");
 }
 
 #[tokio::test]
 async fn corpus_sample_round_trips_on_chain_and_tampering_never_passes() {
     let a = anvil();
-    let d = chain::deploy(
-        &a.endpoint(),
-        signer(&a, 0),
-        true,
-        std::time::Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let c = Chain::connect(
-        &cfg(&a.endpoint(), Confirmations::Depth(1)),
-        d.address,
-        Some(signer(&a, 0)),
-    )
-    .await
-    .unwrap();
+    let d = deploy(&a, 0, false).await;
+    let c = connect(&a, d.address, Some(0), 1).await;
     let sample: Vec<_> = corpus().into_iter().step_by(151).collect(); // 41 messages, all groups
     assert!(sample.len() >= 40);
     let (mut wanted, mut tampered, mut tampered_wanted, mut replay_wanted) = (0, 0, 0, 0);
@@ -135,33 +124,14 @@ async fn corpus_sample_round_trips_on_chain_and_tampering_never_passes() {
 #[tokio::test]
 async fn depth_and_outage_give_temperror_never_spam() {
     let a = anvil();
-    let d = chain::deploy(
-        &a.endpoint(),
-        signer(&a, 0),
-        true,
-        std::time::Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let writer = Chain::connect(
-        &cfg(&a.endpoint(), Confirmations::Depth(1)),
-        d.address,
-        Some(signer(&a, 0)),
-    )
-    .await
-    .unwrap();
+    let d = deploy(&a, 0, false).await;
+    let writer = connect(&a, d.address, Some(0), 1).await;
     let (_, raw) = &corpus()[7];
     let s = ops::stamp(&writer, raw, &env(RCPT), &Selection::default())
         .await
         .unwrap();
 
-    let deep = Chain::connect(
-        &cfg(&a.endpoint(), Confirmations::Depth(3)),
-        d.address,
-        None,
-    )
-    .await
-    .unwrap();
+    let deep = connect(&a, d.address, None, 3).await;
     let r = ops::verify(Ok(&deep), &ctx(d.address), &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Temperror, "{:?}", r.reason);
     assert!(r.reason.unwrap().contains("not confirmed"));
@@ -180,54 +150,22 @@ async fn depth_and_outage_give_temperror_never_spam() {
 #[tokio::test]
 async fn foreign_registry_chain_and_forged_records() {
     let a = anvil();
-    let d = chain::deploy(
-        &a.endpoint(),
-        signer(&a, 0),
-        true,
-        std::time::Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let d = deploy(&a, 0, false).await;
     // A second registry (plain CREATE) that the verifier does not trust.
-    let rogue = chain::deploy(
-        &a.endpoint(),
-        signer(&a, 2),
-        false,
-        std::time::Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let rogue = deploy(&a, 2, true).await;
     assert_ne!(rogue.address, d.address);
-    let rogue_writer = Chain::connect(
-        &cfg(&a.endpoint(), Confirmations::Depth(1)),
-        rogue.address,
-        Some(signer(&a, 2)),
-    )
-    .await
-    .unwrap();
+    let rogue_writer = connect(&a, rogue.address, Some(2), 1).await;
     let (_, raw) = &corpus()[11];
     let s = ops::stamp(&rogue_writer, raw, &env(RCPT), &Selection::default())
         .await
         .unwrap();
-    let verifier = Chain::connect(
-        &cfg(&a.endpoint(), Confirmations::Depth(1)),
-        d.address,
-        None,
-    )
-    .await
-    .unwrap();
+    let verifier = connect(&a, d.address, None, 1).await;
     let r = ops::verify(Ok(&verifier), &ctx(d.address), &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Invalid);
     assert!(r.reason.unwrap().contains("not trusted"));
 
     // A header whose record does not exist (made up by a forger) is spam, not temperror.
-    let honest = Chain::connect(
-        &cfg(&a.endpoint(), Confirmations::Depth(1)),
-        d.address,
-        Some(signer(&a, 0)),
-    )
-    .await
-    .unwrap();
+    let honest = connect(&a, d.address, Some(0), 1).await;
     let s = ops::stamp(&honest, raw, &env(RCPT), &Selection::default())
         .await
         .unwrap();
@@ -250,21 +188,8 @@ async fn foreign_registry_chain_and_forged_records() {
 #[tokio::test]
 async fn a_record_is_write_once_and_the_error_is_decoded() {
     let a = anvil();
-    let d = chain::deploy(
-        &a.endpoint(),
-        signer(&a, 0),
-        true,
-        std::time::Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let c = Chain::connect(
-        &cfg(&a.endpoint(), Confirmations::Depth(1)),
-        d.address,
-        Some(signer(&a, 0)),
-    )
-    .await
-    .unwrap();
+    let d = deploy(&a, 0, false).await;
+    let c = connect(&a, d.address, Some(0), 1).await;
     let token = B256::repeat_byte(7);
     c.stamp(token, FixedBytes::repeat_byte(1)).await.unwrap();
     let e = c

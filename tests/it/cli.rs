@@ -210,31 +210,18 @@ fn errors_say_what_is_wrong_and_what_to_do() {
     );
 
     // Dead chain: verify says temperror per message (exit 14), it does not crash.
-    let o = mailstamp(
-        &[
-            "verify",
-            "--rpc-url",
-            "http://127.0.0.1:9",
-            "--registry",
-            "0x0000000000000000000000000000000000000001",
-        ],
-        &none,
-        Some(stamped_sample().as_slice()),
-    );
+    let dead = [
+        "verify",
+        "--rpc-url",
+        "http://127.0.0.1:9",
+        "--registry",
+        "0x0000000000000000000000000000000000000001",
+    ];
+    let o = mailstamp(&dead, &none, Some(stamped_sample().as_slice()));
     assert_eq!(o.status.code(), Some(14), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("temperror"));
     // …while an unstamped message needs no chain to be judged.
-    let o = mailstamp(
-        &[
-            "verify",
-            "--rpc-url",
-            "http://127.0.0.1:9",
-            "--registry",
-            "0x0000000000000000000000000000000000000001",
-        ],
-        &none,
-        Some(b"From: a@b.example\nSubject: x\n\nhi\n"),
-    );
+    let o = mailstamp(&dead, &none, Some(b"From: a@b.example\nSubject: x\n\nhi\n"));
     assert_eq!(o.status.code(), Some(11), "{}{}", stdout(&o), stderr(&o));
 
     for verb in ["deploy", "stamp", "verify", "audit"] {
