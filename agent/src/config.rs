@@ -11,6 +11,9 @@ use anyhow::{Context, Result, bail};
 use mailstamp_core::{Family, Policy, Selection};
 use serde::Deserialize;
 
+use crate::dns::DnsConfig;
+use crate::onboard::ProviderConfig;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +26,31 @@ pub struct Config {
     pub stamp: StampConfig,
     /// Inbound options.
     pub verify: VerifyConfig,
+    /// Resolver used for writer records and onboarding checks.
+    pub dns: DnsConfig,
+    /// Operator trust map: domain → writers allowed to stamp for it. Wins over DNS (private
+    /// deployments, partners).
+    pub trust: BTreeMap<String, Vec<Address>>,
+    /// Hosting-provider mode and customer onboarding (seed 000).
+    pub provider: ProviderConfig,
+    /// The agent's durable state.
+    pub store: StoreConfig,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/mailstamp/state.sqlite"),
+        }
+    }
 }
 
 /// `[chain]`
@@ -113,12 +141,16 @@ pub struct WriterConfig {
 pub struct StampConfig {
     /// Families to stamp (default: all).
     pub components: Vec<Family>,
+    /// Refuse to stamp for a From domain whose writer record (or trust-map entry) does not list
+    /// this agent's writer: receivers would not count such a stamp anyway.
+    pub check_writer: bool,
 }
 
 impl Default for StampConfig {
     fn default() -> Self {
         Self {
             components: Family::ALL.to_vec(),
+            check_writer: true,
         }
     }
 }
@@ -181,6 +213,8 @@ pub struct Overrides {
     pub registry: Option<Address>,
     /// `--confirmations` / `MAILSTAMP_CONFIRMATIONS`.
     pub confirmations: Option<Confirmations>,
+    /// `--store` / `MAILSTAMP_STORE`.
+    pub store: Option<PathBuf>,
 }
 
 impl Config {
@@ -202,6 +236,9 @@ impl Config {
         }
         if let Some(c) = &over.confirmations {
             cfg.chain.confirmations = c.clone();
+        }
+        if let Some(p) = &over.store {
+            cfg.store.path = p.clone();
         }
         cfg.check()?;
         Ok(cfg)
@@ -228,6 +265,9 @@ impl Config {
             bail!(
                 "chain.confirmations = 0 would count records that are not on chain; use 1 or more"
             );
+        }
+        if self.provider.enabled {
+            self.provider.require()?;
         }
         if self.stamp.components.is_empty() {
             bail!(

@@ -4,5 +4,10 @@
 
 pub mod chain;
 pub mod config;
+pub mod dns;
 pub mod keys;
+pub mod maps;
+pub mod milter;
+pub mod onboard;
 pub mod ops;
+pub mod store;

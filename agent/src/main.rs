@@ -14,8 +14,10 @@ use mailstamp::{
     chain::{self, Chain},
     config::{Config, Confirmations, Overrides},
     keys,
-    ops::{self, VerifyContext},
+    ops::{self, StampContext, VerifyContext},
 };
+
+mod onboard_cmd;
 use mailstamp_core::{Envelope, Inspection, Report, Status, Verdict, inspect};
 use serde_json::json;
 
@@ -38,6 +40,9 @@ struct Cli {
     /// When a record counts: a depth (1 = latest block) or latest|safe|finalized.
     #[arg(long, env = "MAILSTAMP_CONFIRMATIONS", global = true)]
     confirmations: Option<Confirmations>,
+    /// The agent's state file (overrides store.path).
+    #[arg(long, env = "MAILSTAMP_STORE", global = true)]
+    store: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -96,6 +101,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run beside an MTA as a milter: stamp outbound mail, verify inbound mail, apply the
+    /// connection / sender / recipient maps ([milter] and [maps] in the config; docs/MTA.md).
+    /// SIGHUP reloads the config and maps; SIGTERM stops after the commands under way.
+    Milter {
+        /// Where to listen: inet:HOST:PORT (port 0: any free port) or unix:/path/to/socket.
+        #[arg(long)]
+        listen: String,
+        /// Encrypted keystore of the writer (else writer.keystore or MAILSTAMP_PRIVATE_KEY;
+        /// without a key outbound mail meets milter.on_stamp_error).
+        #[arg(long)]
+        keystore: Option<PathBuf>,
+    },
     /// Show the on-chain record of a stamp: by token, or by a stamped message file.
     Audit {
         /// A token (0x + 64 hex) or a message file.
@@ -107,6 +124,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Onboard customer domains (provider mode): account-specific DNS names, proof of control.
+    #[command(subcommand)]
+    Onboard(onboard_cmd::OnboardCmd),
 }
 
 fn main() -> ExitCode {
@@ -142,9 +162,15 @@ async fn run(cli: Cli) -> Result<u8> {
         rpc_url: cli.rpc_url,
         registry: cli.registry,
         confirmations: cli.confirmations,
+        store: cli.store,
     };
+    // The milter reads [milter] and [maps] from the same file, and reloads it on SIGHUP.
+    if let Cmd::Milter { listen, keystore } = cli.cmd {
+        return milter(cli.config, over, &listen, keystore.as_deref()).await;
+    }
     let cfg = Config::load(cli.config.as_deref(), &over)?;
     match cli.cmd {
+        Cmd::Milter { .. } => bail!("the milter is started before the config is loaded"),
         Cmd::Deploy {
             keystore,
             no_create2,
@@ -184,6 +210,7 @@ async fn run(cli: Cli) -> Result<u8> {
             writer,
             json,
         } => audit(&cfg, &target, writer, json).await,
+        Cmd::Onboard(cmd) => onboard_cmd::run(&cfg, cmd).await,
     }
 }
 
@@ -245,10 +272,10 @@ async fn stamp(
     let signer = keys::load(&cfg.writer, keystore)?;
     let chain = Chain::connect(&cfg.chain, cfg.registry()?, Some(signer)).await?;
     chain.check_registry().await?;
-    let sel = cfg.stamp.selection();
+    let ctx = StampContext::from_config(cfg)?;
     if stdin_mode {
         let raw = read_input(Path::new("-"))?;
-        let s = ops::stamp(&chain, &raw, env, &sel).await?;
+        let s = ops::stamp(&chain, &ctx, &raw, env).await?;
         std::io::stdout().write_all(&s.message)?;
         eprintln!(
             "stamped: token {} tx {} block {}",
@@ -269,7 +296,7 @@ async fn stamp(
             .unwrap_or_else(|| "message".into());
         let r = async {
             let raw = read_input(f)?;
-            let s = ops::stamp(&chain, &raw, env, &sel).await?;
+            let s = ops::stamp(&chain, &ctx, &raw, env).await?;
             let out = dir.join(&name);
             std::fs::write(&out, &s.message)
                 .with_context(|| format!("cannot write {}", out.display()))?;
@@ -357,11 +384,7 @@ async fn verify(
     let chain = Chain::connect(&cfg.chain, registry, None)
         .await
         .map_err(|e| format!("{e:#}"));
-    let ctx = VerifyContext {
-        trusted: cfg.trusted_registries(),
-        policy: cfg.verify.policy(),
-        now: Some(at.unwrap_or_else(ops::now)),
-    };
+    let ctx = VerifyContext::from_config(cfg, Some(at.unwrap_or_else(ops::now)))?;
     if !json {
         println!(
             "{:<36} {:<10} {:>5}  {:<28} {:<14} REASON",
@@ -400,7 +423,9 @@ async fn verify(
                     "components": comps,
                     "chain_id": s.map(|s| s.chain_id), "registry": s.map(|s| &s.registry),
                     "writer": s.map(|s| &s.writer), "token": s.map(|s| &s.token),
-                    "time": s.and_then(|s| s.time), "tx": tx, "block": block,
+                    "time": s.and_then(|s| s.time),
+                    "writer_auth": report.writer_auth.as_ref().map(|w| w.as_str()),
+                    "writer_auth_detail": report.writer_auth.as_ref().map(|w| w.detail()), "tx": tx, "block": block,
                     "explorer": tx.and_then(|t| cfg.tx_link(&t.to_string())),
                 })
             );
@@ -533,4 +558,63 @@ async fn audit(cfg: &Config, target: &str, writer: Option<Address>, json: bool) 
         }
     }
     Ok(0)
+}
+
+/// `mailstamp milter`: binds, serves until SIGTERM/SIGINT, reloads on SIGHUP.
+async fn milter(
+    config: Option<PathBuf>,
+    over: Overrides,
+    listen: &str,
+    keystore: Option<&Path>,
+) -> Result<u8> {
+    use mailstamp::milter::{self, Milter, Settings};
+    use tokio::signal::unix::{SignalKind, signal};
+    let settings = Settings::load(config.as_deref(), &over)?;
+    let has_key = keystore.is_some()
+        || settings.cfg.writer.keystore.is_some()
+        || std::env::var_os(keys::PRIVATE_KEY_ENV).is_some();
+    let signer = if has_key {
+        Some(keys::load(&settings.cfg.writer, keystore)?)
+    } else {
+        eprintln!(
+            "mailstamp milter: no writer key: outbound mail cannot be stamped (milter.on_stamp_error applies)"
+        );
+        None
+    };
+    let m = std::sync::Arc::new(Milter::new(settings, signer, config.map(|p| (p, over))));
+    let (mut term, mut int, mut hup) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::hangup())?,
+    );
+    let (listener, addr) = milter::bind(listen).await?;
+    eprintln!("mailstamp milter: listening on {addr}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut server = tokio::spawn(milter::run(
+        listener,
+        m.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    let result = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(0),
+            _ = int.recv() => break Ok(0),
+            _ = hup.recv() => match m.reload().await {
+                Ok(()) => eprintln!("mailstamp milter: reloaded the config and maps"),
+                Err(e) => eprintln!("mailstamp milter: reload failed, the old config and maps stay in force: {e:#}"),
+            },
+            r = &mut server => break match r {
+                Ok(Ok(())) => Ok(0),
+                Ok(Err(e)) => Err(anyhow::anyhow!("the milter stopped: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the milter task failed: {e}")),
+            },
+        }
+    };
+    stop.cancel();
+    if !server.is_finished() {
+        let _ = server.await;
+    }
+    milter::unbind(listen);
+    eprintln!("mailstamp milter: stopped");
+    result
 }

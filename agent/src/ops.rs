@@ -10,7 +10,15 @@ use mailstamp_core::{
     evaluate, insert_header, inspect, parse, prepare,
 };
 
+use std::sync::Arc;
+
+use mailstamp_core::WriterAuth;
+use mailstamp_core::writers::{RECORD_LABEL, WriterRecord};
+
 use crate::chain::{Chain, Recorded};
+use crate::config::Config;
+use crate::dns::Authority;
+use crate::store::Store;
 
 /// A stamped message and where its record landed.
 #[derive(Debug, Clone)]
@@ -31,9 +39,48 @@ pub fn fresh_salt() -> Result<mailstamp_core::digest::Salt> {
     Ok(salt)
 }
 
-/// Stamps one message: computes the components with a fresh salt, records the commitment,
-/// and returns the message with the header only once the record is in a block.
-pub async fn stamp(chain: &Chain, raw: &[u8], env: &Envelope, sel: &Selection) -> Result<Stamped> {
+/// What outbound stamping needs besides the chain.
+#[derive(Clone, Debug)]
+pub struct StampContext {
+    /// Families to stamp.
+    pub selection: Selection,
+    /// Writer records and the trust map.
+    pub authority: Authority,
+    /// Refuse From domains that do not list our writer.
+    pub check_writer: bool,
+    /// Provider mode: stamp only for active customer domains.
+    pub active_only: Option<Arc<Store>>,
+}
+
+impl StampContext {
+    /// Outbound options from the config: selection, writer check, provider mode (which opens
+    /// the store). Build it once and reuse it: it holds the resolver and its cache.
+    pub fn from_config(cfg: &Config) -> Result<Self> {
+        let active_only = if cfg.provider.enabled {
+            let store = Store::open(&cfg.store.path)
+                .context("provider mode needs the store (store.path / --store)")?;
+            Some(Arc::new(store))
+        } else {
+            None
+        };
+        Ok(Self {
+            selection: cfg.stamp.selection(),
+            authority: Authority::new(&cfg.dns, &cfg.trust)?,
+            check_writer: cfg.stamp.check_writer,
+            active_only,
+        })
+    }
+}
+
+/// Stamps one message: checks that we may write for its From domain, computes the components
+/// with a fresh salt, records the commitment, and returns the message with the header only once
+/// the record is in a block.
+pub async fn stamp(
+    chain: &Chain,
+    ctx: &StampContext,
+    raw: &[u8],
+    env: &Envelope,
+) -> Result<Stamped> {
     if raw.len() > MAX_MESSAGE_BYTES {
         bail!(
             "message is {} bytes, more than the {MAX_MESSAGE_BYTES} this agent stamps",
@@ -42,12 +89,36 @@ pub async fn stamp(chain: &Chain, raw: &[u8], env: &Envelope, sel: &Selection) -
     }
     let writer = chain.writer.context("stamping needs a writer key")?;
     let msg = parse(raw).context("not an RFC 5322 message: no header section found")?;
+    let from = mailstamp_core::component::from_address(&msg);
+    let (_, domain) = mailstamp_core::canon::split_address(&from);
+    if let Some(store) = &ctx.active_only
+        && !store.is_active(domain)?
+    {
+        bail!(
+            "From domain `{domain}` is not an active customer domain here: onboard it first \
+             (`mailstamp onboard add {domain} --account ID`, then `onboard verify`)"
+        );
+    }
+    if ctx.check_writer {
+        match ctx.authority.check(domain, writer).await {
+            WriterAuth::Pass(_) => {}
+            WriterAuth::TempError(e) => {
+                bail!("cannot check the writer record of `{domain}` now (retry later): {e}")
+            }
+            other => bail!(
+                "refusing to stamp for `{domain}`: {}; publish {RECORD_LABEL}.{domain} TXT \"{}\" \
+                 (or pin it in [trust]), else receivers will not count the stamp",
+                other.detail(),
+                WriterRecord::format(&[writer.0.0])
+            ),
+        }
+    }
     let chain_ref = ChainRef {
         chain_id: chain.chain_id,
         registry: chain.registry.0.0,
         writer: writer.0.0,
     };
-    let p = prepare(&msg, env, fresh_salt()?, &chain_ref, sel)?;
+    let p = prepare(&msg, env, fresh_salt()?, &chain_ref, &ctx.selection)?;
     let recorded = chain
         .stamp(B256::from(p.token), FixedBytes::from(p.commitment))
         .await?;
@@ -59,14 +130,29 @@ pub async fn stamp(chain: &Chain, raw: &[u8], env: &Envelope, sel: &Selection) -
 }
 
 /// What verification needs besides the message.
-#[derive(Debug, Clone)]
+#[derive(Clone, Debug)]
 pub struct VerifyContext {
+    /// Writer records and the trust map.
+    pub authority: Authority,
     /// Registries whose records count.
     pub trusted: Vec<Address>,
     /// Matching policy.
     pub policy: Policy,
     /// Verification time (unix seconds) for the replay check.
     pub now: Option<u64>,
+}
+
+impl VerifyContext {
+    /// Inbound options from the config (trusted registries, policy, writer checks), with the
+    /// replay check as of `now`. Build it once and reuse it: it holds the resolver and its cache.
+    pub fn from_config(cfg: &Config, now: Option<u64>) -> Result<Self> {
+        Ok(Self {
+            authority: Authority::new(&cfg.dns, &cfg.trust)?,
+            trusted: cfg.trusted_registries(),
+            policy: cfg.verify.policy(),
+            now,
+        })
+    }
 }
 
 /// Verifies one message. Never fails: every problem is a verdict (`invalid`, `temperror`…).
@@ -134,10 +220,15 @@ pub async fn verify(
             Some(&header),
         );
     }
-    let lookup = chain
-        .lookup(Address::from(header.writer), B256::from(header.token()))
-        .await;
-    evaluate(&msg, &header, env, &lookup, &ctx.policy, ctx.now)
+    // The record and the writer check are independent: ask the chain and DNS at once.
+    let writer = Address::from(header.writer);
+    let from = mailstamp_core::component::from_address(&msg);
+    let (_, domain) = mailstamp_core::canon::split_address(&from);
+    let (lookup, auth) = tokio::join!(
+        chain.lookup(writer, B256::from(header.token())),
+        ctx.authority.check(domain, writer)
+    );
+    evaluate(&msg, &header, env, &lookup, &auth, &ctx.policy, ctx.now)
 }
 
 /// Current unix time in seconds.

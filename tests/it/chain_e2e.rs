@@ -7,10 +7,10 @@ use alloy::primitives::{Address, B256, FixedBytes};
 use alloy::providers::{Provider, ProviderBuilder};
 use mailstamp::chain::{self, Chain};
 use mailstamp::config::{ChainConfig, Confirmations};
-use mailstamp::ops::{self, VerifyContext};
+use mailstamp::ops::{self, StampContext, VerifyContext};
 use mailstamp_core::{Envelope, Policy, Selection, Verdict};
 
-use crate::harness::{anvil, corpus, signer, tamper_body};
+use crate::harness::{anvil, authority, corpus, corpus_trust, signer, tamper_body};
 
 const RCPT: &str = "bob@b.example";
 
@@ -51,11 +51,23 @@ async fn connect(a: &AnvilInstance, registry: Address, writer: Option<usize>, de
     .unwrap()
 }
 
-fn ctx(registry: Address) -> VerifyContext {
+/// Verification trusting `registry`, with writer account 0 pinned for every corpus domain.
+fn ctx(a: &AnvilInstance, registry: Address) -> VerifyContext {
     VerifyContext {
+        authority: authority(&corpus_trust(signer(a, 0).address())),
         trusted: vec![registry],
         policy: Policy::default(),
         now: Some(ops::now()),
+    }
+}
+
+/// Stamping as writer account `i`, which the trust map pins for every corpus domain.
+fn sctx(a: &AnvilInstance, i: usize) -> StampContext {
+    StampContext {
+        selection: Selection::default(),
+        authority: authority(&corpus_trust(signer(a, i).address())),
+        check_writer: true,
+        active_only: None,
     }
 }
 
@@ -81,10 +93,10 @@ async fn corpus_sample_round_trips_on_chain_and_tampering_never_passes() {
     assert!(sample.len() >= 40);
     let (mut wanted, mut tampered, mut tampered_wanted, mut replay_wanted) = (0, 0, 0, 0);
     for (name, raw) in &sample {
-        let s = ops::stamp(&c, raw, &env(RCPT), &Selection::default())
+        let s = ops::stamp(&c, &sctx(&a, 0), raw, &env(RCPT))
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        let r = ops::verify(Ok(&c), &ctx(d.address), &s.message, &env(RCPT)).await;
+        let r = ops::verify(Ok(&c), &ctx(&a, d.address), &s.message, &env(RCPT)).await;
         if r.verdict == Verdict::Wanted {
             wanted += 1;
         } else {
@@ -92,7 +104,7 @@ async fn corpus_sample_round_trips_on_chain_and_tampering_never_passes() {
         }
         if let Some(t) = tamper_body(&s.message) {
             tampered += 1;
-            if ops::verify(Ok(&c), &ctx(d.address), &t, &env(RCPT))
+            if ops::verify(Ok(&c), &ctx(&a, d.address), &t, &env(RCPT))
                 .await
                 .verdict
                 == Verdict::Wanted
@@ -100,9 +112,14 @@ async fn corpus_sample_round_trips_on_chain_and_tampering_never_passes() {
                 tampered_wanted += 1;
             }
         }
-        if ops::verify(Ok(&c), &ctx(d.address), &s.message, &env("eve@b.example"))
-            .await
-            .verdict
+        if ops::verify(
+            Ok(&c),
+            &ctx(&a, d.address),
+            &s.message,
+            &env("eve@b.example"),
+        )
+        .await
+        .verdict
             == Verdict::Wanted
         {
             replay_wanted += 1;
@@ -127,22 +144,23 @@ async fn depth_and_outage_give_temperror_never_spam() {
     let d = deploy(&a, 0, false).await;
     let writer = connect(&a, d.address, Some(0), 1).await;
     let (_, raw) = &corpus()[7];
-    let s = ops::stamp(&writer, raw, &env(RCPT), &Selection::default())
+    let s = ops::stamp(&writer, &sctx(&a, 0), raw, &env(RCPT))
         .await
         .unwrap();
 
     let deep = connect(&a, d.address, None, 3).await;
-    let r = ops::verify(Ok(&deep), &ctx(d.address), &s.message, &env(RCPT)).await;
+    let vctx = ctx(&a, d.address);
+    let r = ops::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Temperror, "{:?}", r.reason);
     assert!(r.reason.unwrap().contains("not confirmed"));
 
     let p = ProviderBuilder::new().connect_http(a.endpoint_url());
     let _: serde_json::Value = p.raw_request("anvil_mine".into(), (2u64,)).await.unwrap();
-    let r = ops::verify(Ok(&deep), &ctx(d.address), &s.message, &env(RCPT)).await;
+    let r = ops::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Wanted, "{:?}", r.reason);
 
     drop(a); // the chain goes away
-    let r = ops::verify(Ok(&deep), &ctx(d.address), &s.message, &env(RCPT)).await;
+    let r = ops::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Temperror, "{:?}", r.reason);
     assert!(r.reason.unwrap().contains("chain unavailable"));
 }
@@ -156,17 +174,17 @@ async fn foreign_registry_chain_and_forged_records() {
     assert_ne!(rogue.address, d.address);
     let rogue_writer = connect(&a, rogue.address, Some(2), 1).await;
     let (_, raw) = &corpus()[11];
-    let s = ops::stamp(&rogue_writer, raw, &env(RCPT), &Selection::default())
+    let s = ops::stamp(&rogue_writer, &sctx(&a, 2), raw, &env(RCPT))
         .await
         .unwrap();
     let verifier = connect(&a, d.address, None, 1).await;
-    let r = ops::verify(Ok(&verifier), &ctx(d.address), &s.message, &env(RCPT)).await;
+    let r = ops::verify(Ok(&verifier), &ctx(&a, d.address), &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Invalid);
     assert!(r.reason.unwrap().contains("not trusted"));
 
     // A header whose record does not exist (made up by a forger) is spam, not temperror.
     let honest = connect(&a, d.address, Some(0), 1).await;
-    let s = ops::stamp(&honest, raw, &env(RCPT), &Selection::default())
+    let s = ops::stamp(&honest, &sctx(&a, 0), raw, &env(RCPT))
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&s.message).into_owned();
@@ -177,7 +195,7 @@ async fn foreign_registry_chain_and_forged_records() {
     let forged = text.replacen(&mine, &other, 1);
     let r = ops::verify(
         Ok(&verifier),
-        &ctx(d.address),
+        &ctx(&a, d.address),
         forged.as_bytes(),
         &env(RCPT),
     )

@@ -2,7 +2,9 @@
 //! The `mailstamp` binary end to end against anvil: deploy, stamp (stdin and files), verify
 //! (table, JSON, exit status), audit, and the errors a user sees.
 
-use crate::harness::{TempDir, anvil, corpus, key_hex, mailstamp, tamper_body};
+use crate::harness::{
+    TempDir, anvil, corpus, corpus_domains, key_hex, mailstamp, signer, tamper_body,
+};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -25,16 +27,29 @@ fn deploy_stamp_verify_audit_through_the_binary() {
     assert!(o.status.success(), "{}", stderr(&o));
     let d: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let registry = d["address"].as_str().unwrap().to_owned();
+    // The key never shows up in anything we print.
+    assert!(!stdout(&o).contains(&key[2..]) && !stderr(&o).contains(&key[2..]));
+
+    // The corpus domains publish no writer records: the operator pins our writer for them in
+    // the trust map, and DNS points at a closed port so nothing leaves the machine.
+    let dir = TempDir::new("cli");
+    let config = dir.0.join("mailstamp.toml");
+    let writer = signer(&a, 0).address();
+    let mut toml = String::from(
+        "[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\nattempts = 1\n\n[trust]\n",
+    );
+    for d in corpus_domains() {
+        toml.push_str(&format!("\"{d}\" = [\"{writer:#x}\"]\n"));
+    }
+    std::fs::write(&config, toml).unwrap();
     let env = [
         ("MAILSTAMP_RPC_URL", url.as_str()),
         ("MAILSTAMP_PRIVATE_KEY", key.as_str()),
         ("MAILSTAMP_REGISTRY", registry.as_str()),
+        ("MAILSTAMP_CONFIG", config.to_str().unwrap()),
     ];
-    // The key never shows up in anything we print.
-    assert!(!stdout(&o).contains(&key[2..]) && !stderr(&o).contains(&key[2..]));
 
     // Files mode.
-    let dir = TempDir::new("cli");
     let (inbox, out) = (dir.0.join("in"), dir.0.join("out"));
     std::fs::create_dir_all(&inbox).unwrap();
     let msgs: Vec<_> = corpus().into_iter().step_by(997).take(4).collect();

@@ -29,6 +29,7 @@ fn every_corpus_message_verifies_and_no_tampered_one_does() {
     assert_eq!(all.len(), 6046, "the full corpus");
     let (mut stamped_n, mut wanted, mut refused) = (0usize, 0usize, Vec::new());
     let (mut tampered, mut tampered_wanted) = (0usize, 0usize);
+    let pass = mailstamp_core::WriterAuth::Pass("writer listed (test)".into());
     for (i, (name, raw)) in all.iter().enumerate() {
         let Some(msg) = parse(raw) else {
             refused.push(format!("{name}: unparseable"));
@@ -52,9 +53,15 @@ fn every_corpus_message_verifies_and_no_tampered_one_does() {
         let check = |bytes: &[u8]| {
             let m = parse(bytes).expect("a stamped message parses");
             match inspect(&m) {
-                Inspection::Stamped(h) => {
-                    evaluate(&m, &h, &env(), &lookup, &Policy::default(), Some(2_000))
-                }
+                Inspection::Stamped(h) => evaluate(
+                    &m,
+                    &h,
+                    &env(),
+                    &lookup,
+                    &pass,
+                    &Policy::default(),
+                    Some(2_000),
+                ),
                 other => panic!("{name}: {other:?}"),
             }
         };

@@ -195,3 +195,46 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The From domains of every corpus message (computed once).
+pub(crate) fn corpus_domains() -> &'static Vec<String> {
+    static DOMAINS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    DOMAINS.get_or_init(|| {
+        let mut v: Vec<String> = corpus()
+            .iter()
+            .filter_map(|(_, raw)| mailstamp_core::parse(raw))
+            .map(|m| {
+                let from = mailstamp_core::component::from_address(&m);
+                mailstamp_core::canon::split_address(&from).1.to_owned()
+            })
+            .filter(|d| !d.is_empty())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    })
+}
+
+/// A trust map pinning `writer` for every corpus From domain: the operator's way to trust a
+/// writer without DNS, which these chain tests use since the corpus domains publish nothing.
+pub(crate) fn corpus_trust(
+    writer: alloy::primitives::Address,
+) -> std::collections::BTreeMap<String, Vec<alloy::primitives::Address>> {
+    corpus_domains()
+        .iter()
+        .map(|d| (d.clone(), vec![writer]))
+        .collect()
+}
+
+/// An authority with `trust` whose DNS is a closed loopback port: a domain outside the trust
+/// map gets `temperror` quickly instead of reaching out.
+pub(crate) fn authority(
+    trust: &std::collections::BTreeMap<String, Vec<alloy::primitives::Address>>,
+) -> mailstamp::dns::Authority {
+    let cfg = mailstamp::dns::DnsConfig {
+        nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+        timeout_secs: 1,
+        attempts: 1,
+    };
+    mailstamp::dns::Authority::new(&cfg, trust).unwrap()
+}

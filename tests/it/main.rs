@@ -9,3 +9,7 @@ mod abi_drift;
 mod chain_e2e;
 mod cli;
 mod corpus;
+mod dns;
+mod dnsfix;
+mod milter;
+mod postfix;

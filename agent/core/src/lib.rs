@@ -11,11 +11,13 @@ pub mod digest;
 pub mod header;
 pub mod stamp;
 pub mod verify;
+pub mod writers;
 
 pub use component::{ComponentName, Envelope, Family, Selection};
 pub use header::{HeaderError, StampHeader};
 pub use stamp::{ChainRef, Prepared, StampError, insert_header, prepare};
 pub use verify::{Inspection, Lookup, Policy, Report, Status, Verdict, evaluate, inspect};
+pub use writers::WriterAuth;
 
 /// Largest message the core takes (bytes). Larger input is refused by the callers with a
 /// clear error rather than parsed: bounded memory and time.

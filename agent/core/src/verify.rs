@@ -16,6 +16,7 @@ use crate::component::{self, ComponentName, Decomposed, Envelope, Family, Select
 use crate::digest::{Commitment, ComponentHasher, Digest};
 use crate::header::{FIELD_NAME, StampHeader};
 use crate::stamp::{rcpt_digests, value_digest};
+use crate::writers::WriterAuth;
 
 /// A footer a list may append: at most this many lines…
 pub const MAX_FOOTER_LINES: usize = 24;
@@ -202,6 +203,9 @@ pub struct Report {
     pub components: Vec<ComponentResult>,
     /// The record the stamp points to.
     pub stamp: Option<StampInfo>,
+    /// Whether the writer may write for the From domain, when that was checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer_auth: Option<WriterAuth>,
 }
 
 impl Report {
@@ -213,6 +217,7 @@ impl Report {
             reason: Some(reason.into()),
             components: Vec::new(),
             stamp: stamp.map(StampInfo::of),
+            writer_auth: None,
         }
     }
 }
@@ -252,12 +257,16 @@ pub fn inspect(msg: &Message<'_>) -> Inspection {
     }
 }
 
-/// Decides about a stamped message, given what the chain said.
+/// Decides about a stamped message, given what the chain said about its record and what the
+/// From domain's writer record said about its writer (DESIGN property 2): a valid stamp from a
+/// writer the domain does not list is `spam`; from a domain that lists nobody it is at best
+/// `suspect`; DNS trouble is `temperror` unless the message is spam anyway.
 pub fn evaluate(
     msg: &Message<'_>,
     header: &StampHeader,
     env: &Envelope,
     lookup: &Lookup,
+    auth: &WriterAuth,
     policy: &Policy,
     now: Option<u64>,
 ) -> Report {
@@ -400,12 +409,40 @@ pub fn evaluate(
             )),
         )
     };
+    let (verdict, reason) = apply_writer_auth(verdict, reason, auth);
     Report {
         verdict,
         score: Some(score),
         reason,
         components,
         stamp: Some(info),
+        writer_auth: Some(auth.clone()),
+    }
+}
+
+/// Folds the writer check into a verdict reached from the components.
+fn apply_writer_auth(
+    verdict: Verdict,
+    reason: Option<String>,
+    auth: &WriterAuth,
+) -> (Verdict, Option<String>) {
+    let because = |what: &str| {
+        let mut r = format!("{what}: {}", auth.detail());
+        if let Some(old) = &reason {
+            r.push_str("; ");
+            r.push_str(old);
+        }
+        Some(r)
+    };
+    match (verdict, auth) {
+        (_, WriterAuth::Pass(_)) | (Verdict::Spam, _) => (verdict, reason),
+        (_, WriterAuth::Fail(_)) => (Verdict::Spam, because("unauthorised-writer")),
+        (_, WriterAuth::TempError(_)) => (Verdict::Temperror, because("writer check failed")),
+        (Verdict::Wanted | Verdict::Suspect, WriterAuth::None(_) | WriterAuth::PermError(_)) => (
+            Verdict::Suspect,
+            because("writer not authorised by the From domain"),
+        ),
+        (v, _) => (v, reason),
     }
 }
 

@@ -849,7 +849,15 @@ fn inbound(raw: &[u8]) {
             },
         ] {
             for env in [env(&[]), env(&[RCPT])] {
-                let r = evaluate(&msg, &h, &env, &lookup, &Policy::default(), Some(1));
+                let r = evaluate(
+                    &msg,
+                    &h,
+                    &env,
+                    &lookup,
+                    &common::pass(),
+                    &Policy::default(),
+                    Some(1),
+                );
                 if let Some(s) = r.score {
                     assert!((0.0..=1.0).contains(&s));
                 }

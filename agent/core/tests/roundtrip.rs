@@ -239,3 +239,58 @@ fn a_stamp_that_leaves_out_a_required_family_is_spam() {
     assert_eq!(r.verdict, Verdict::Spam);
     assert!(r.reason.unwrap().contains("not stamped: from"));
 }
+
+#[test]
+fn the_writer_check_decides_between_wanted_suspect_spam_and_temperror() {
+    use mailstamp_core::{Inspection, Policy, WriterAuth, evaluate, inspect};
+    let (_, raw) = &fixtures("corpus")[2];
+    let (stamped, rec) = stamp(raw, &[RCPT], 4);
+    let run = |bytes: &[u8], auth: WriterAuth| {
+        let msg = parse(bytes).unwrap();
+        let Inspection::Stamped(h) = inspect(&msg) else {
+            panic!()
+        };
+        evaluate(
+            &msg,
+            &h,
+            &env(&[RCPT]),
+            &rec,
+            &auth,
+            &Policy::default(),
+            Some(1_700_000_100),
+        )
+    };
+    let r = run(&stamped, WriterAuth::Pass("listed".into()));
+    assert_eq!(r.verdict, Verdict::Wanted);
+    let r = run(
+        &stamped,
+        WriterAuth::Fail("_mailstamp.x does not list 0xbb…".into()),
+    );
+    assert_eq!(r.verdict, Verdict::Spam);
+    assert!(r.reason.unwrap().starts_with("unauthorised-writer"));
+    let r = run(&stamped, WriterAuth::None("no record".into()));
+    assert_eq!(
+        r.verdict,
+        Verdict::Suspect,
+        "no writer record never counts as wanted"
+    );
+    let r = run(&stamped, WriterAuth::PermError("malformed".into()));
+    assert_eq!(r.verdict, Verdict::Suspect);
+    let r = run(&stamped, WriterAuth::TempError("timeout".into()));
+    assert_eq!(r.verdict, Verdict::Temperror, "DNS trouble is never spam");
+    // …unless the message is spam on its own: another recipient stays spam whatever DNS says.
+    let msg = parse(&stamped).unwrap();
+    let Inspection::Stamped(h) = inspect(&msg) else {
+        panic!()
+    };
+    let r = evaluate(
+        &msg,
+        &h,
+        &env(&["eve@b.example"]),
+        &rec,
+        &WriterAuth::TempError("t".into()),
+        &Policy::default(),
+        Some(1_700_000_100),
+    );
+    assert_eq!(r.verdict, Verdict::Spam);
+}

@@ -73,6 +73,11 @@ pub fn stamp(raw: &[u8], rcpts: &[&str], seed: u8) -> (Vec<u8>, Lookup) {
     )
 }
 
+/// The writer check as it comes out when the From domain lists the writer.
+pub fn pass() -> mailstamp_core::WriterAuth {
+    mailstamp_core::WriterAuth::Pass("writer listed (test)".into())
+}
+
 /// Verifies `raw` against `lookup` as received by `rcpts`.
 pub fn verify(raw: &[u8], rcpts: &[&str], lookup: &Lookup) -> Report {
     let msg = parse(raw).expect("parses");
@@ -82,6 +87,7 @@ pub fn verify(raw: &[u8], rcpts: &[&str], lookup: &Lookup) -> Report {
             &h,
             &env(rcpts),
             lookup,
+            &pass(),
             &Policy::default(),
             Some(1_700_000_100),
         ),

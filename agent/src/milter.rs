@@ -1,0 +1,1328 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! `mailstamp milter`: the agent beside Postfix or Sendmail, on indymilter. It owns the milter
+//! session (one per SMTP connection), the `[milter]` configuration, the outbound/inbound
+//! decision, and the one function that turns a verdict into a milter reply ([`disposition`]).
+//! Stamping and verification themselves are `ops::stamp` / `ops::verify`; the maps are
+//! [`crate::maps`].
+
+use std::ffi::CString;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use alloy::primitives::{Address, B256};
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{Context as _, Result, bail};
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
+    ProtoOpts, SetErrorReply, SocketInfo, Status,
+};
+use mailstamp_core::{Envelope, MAX_MESSAGE_BYTES, Report, Verdict};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::chain::Chain;
+use crate::config::{Config, Overrides};
+use crate::dns::Authority;
+use crate::maps::{Action, AddrAction, ConnAction, Maps, MapsConfig, Net, VerifyPolicy};
+use crate::ops::{self, StampContext, VerifyContext};
+use crate::store::Store;
+
+/// Name of the verdict header a Sieve rule can file on.
+pub const VERDICT_HEADER: &str = "X-Mailstamp-Verdict";
+/// Name of the score header (present when components were compared).
+pub const SCORE_HEADER: &str = "X-Mailstamp-Score";
+/// Header added to outbound mail passed unstamped by `on_stamp_error = "pass"`.
+pub const UNSTAMPED_HEADER: &str = "X-Mailstamp-Unstamped";
+/// The eom actions the milter uses: add headers, delete forged ones, quarantine.
+const NEEDED_ACTIONS: Actions = Actions::ADD_HEADER
+    .union(Actions::CHANGE_HEADER)
+    .union(Actions::QUARANTINE);
+
+/// What to do when the chain cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TroublePolicy {
+    /// Answer 451: the MTA keeps the message and retries.
+    Tempfail,
+    /// Let the message through, marked (outbound: `X-Mailstamp-Unstamped`; inbound:
+    /// `mailstamp=temperror`).
+    Pass,
+}
+
+/// The action per verdict (`[milter.actions]`); `temperror` is `on_temperror`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionTable {
+    /// All components match.
+    pub wanted: Action,
+    /// Most of it matches.
+    pub suspect: Action,
+    /// Forged, altered or replayed.
+    pub spam: Action,
+    /// No stamp.
+    pub unstamped: Action,
+    /// A stamp that does not decode or names an untrusted registry.
+    pub invalid: Action,
+}
+
+impl Default for ActionTable {
+    fn default() -> Self {
+        Self {
+            wanted: Action::AddHeader,
+            suspect: Action::AddHeader,
+            spam: Action::AddHeader,
+            unstamped: Action::AddHeader,
+            invalid: Action::AddHeader,
+        }
+    }
+}
+
+impl ActionTable {
+    /// The configured action for `v` (`temperror` has none here: see `on_temperror`).
+    pub fn get(&self, v: Verdict) -> Option<Action> {
+        match v {
+            Verdict::Wanted => Some(self.wanted),
+            Verdict::Suspect => Some(self.suspect),
+            Verdict::Spam => Some(self.spam),
+            Verdict::Unstamped => Some(self.unstamped),
+            Verdict::Invalid => Some(self.invalid),
+            Verdict::Temperror => None,
+        }
+    }
+}
+
+/// `[milter]` in the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MilterConfig {
+    /// The authserv-id of `Authentication-Results:` (default: this host's name).
+    pub authserv_id: Option<String>,
+    /// Clients in these networks send outbound mail (stamped, not verified).
+    pub trusted_networks: Vec<Net>,
+    /// Postfix `{daemon_name}` values (`-o milter_macro_daemon_name=…`) whose mail is outbound.
+    pub outbound_daemons: Vec<String>,
+    /// SASL-authenticated senders (`{auth_authen}` set) send outbound mail.
+    pub outbound_authenticated: bool,
+    /// Largest message taken (bytes); bigger ones get `552 5.3.4`.
+    pub max_message_bytes: usize,
+    /// Most SMTP sessions served at once (read at start; not changed by a reload).
+    pub max_sessions: usize,
+    /// Outbound mail when the stamp cannot be recorded: `tempfail` (default) or `pass`.
+    pub on_stamp_error: TroublePolicy,
+    /// Inbound mail whose verdict is `temperror`: `tempfail` (default) or `pass`.
+    pub on_temperror: TroublePolicy,
+    /// Look up the recording transaction of a found stamp and name it in the header.
+    pub lookup_tx: bool,
+    /// Action per verdict.
+    pub actions: ActionTable,
+}
+
+impl Default for MilterConfig {
+    fn default() -> Self {
+        Self {
+            authserv_id: None,
+            trusted_networks: Vec::new(),
+            outbound_daemons: Vec::new(),
+            outbound_authenticated: true,
+            max_message_bytes: 25 * 1024 * 1024,
+            max_sessions: 100,
+            on_stamp_error: TroublePolicy::Tempfail,
+            on_temperror: TroublePolicy::Tempfail,
+            lookup_tx: true,
+            actions: ActionTable::default(),
+        }
+    }
+}
+
+/// The `[milter]` and `[maps]` sections; every other section belongs to [`Config`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct MilterFile {
+    milter: MilterConfig,
+    maps: MapsConfig,
+}
+
+/// Everything a message is judged with; replaced as a whole on reload.
+#[derive(Clone)]
+pub struct Settings {
+    /// The agent configuration (chain, stamp, verify).
+    pub cfg: Config,
+    /// `[milter]`.
+    pub milter: MilterConfig,
+    /// The loaded maps.
+    pub maps: Maps,
+    /// The authserv-id in use.
+    pub authserv_id: String,
+    /// Outbound: selection, writer check, provider mode.
+    pub stamp: StampContext,
+    /// Writer records and the trust map, for inbound checks.
+    pub authority: Authority,
+}
+
+impl Settings {
+    /// Builds settings from parts (the maps already loaded).
+    pub fn new(cfg: Config, milter: MilterConfig, maps: Maps) -> Result<Self> {
+        if milter.max_message_bytes == 0 || milter.max_message_bytes > MAX_MESSAGE_BYTES {
+            bail!("milter.max_message_bytes must be between 1 and {MAX_MESSAGE_BYTES}");
+        }
+        if milter.max_sessions == 0 {
+            bail!("milter.max_sessions must be at least 1");
+        }
+        let authserv_id = match &milter.authserv_id {
+            Some(id) if id.is_empty() || id.contains([';', ' ', '\t', '\r', '\n']) => {
+                bail!("milter.authserv_id `{id}` must be one token (a host name)")
+            }
+            Some(id) => id.clone(),
+            None => hostname(),
+        };
+        let authority = Authority::new(&cfg.dns, &cfg.trust)?;
+        let active_only = if cfg.provider.enabled {
+            Some(Arc::new(Store::open(&cfg.store.path).context(
+                "provider mode needs the store (store.path / --store)",
+            )?))
+        } else {
+            None
+        };
+        let stamp = StampContext {
+            selection: cfg.stamp.selection(),
+            authority: authority.clone(),
+            check_writer: cfg.stamp.check_writer,
+            active_only,
+        };
+        Ok(Self {
+            cfg,
+            milter,
+            maps,
+            authserv_id,
+            stamp,
+            authority,
+        })
+    }
+
+    /// Reads the configuration file: `[milter]` and `[maps]` here, the rest as [`Config`]
+    /// (with `over` applied), and the map files (relative to the file's directory).
+    pub fn load(path: Option<&Path>, over: &Overrides) -> Result<Self> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?,
+            None => String::new(),
+        };
+        let name = path.map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
+        let mut table: toml::Table = text
+            .parse()
+            .with_context(|| format!("config file {name}"))?;
+        let mut ours = toml::Table::new();
+        for k in ["milter", "maps"] {
+            if let Some(v) = table.remove(k) {
+                ours.insert(k.to_owned(), v);
+            }
+        }
+        let file: MilterFile = toml::Value::Table(ours)
+            .try_into()
+            .with_context(|| format!("config file {name}"))?;
+        let rest = toml::to_string(&table).context("re-encoding the config")?;
+        let mut cfg = Config::parse(&rest).with_context(|| format!("config file {name}"))?;
+        if let Some(u) = &over.rpc_url {
+            cfg.chain.rpc_url = u.clone();
+        }
+        if let Some(r) = over.registry {
+            cfg.chain.registry = Some(r);
+        }
+        if let Some(c) = &over.confirmations {
+            cfg.chain.confirmations = c.clone();
+        }
+        if let Some(p) = &over.store {
+            cfg.store.path = p.clone();
+        }
+        let base = path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let maps = Maps::load(&file.maps, &base)?;
+        Self::new(cfg, file.milter, maps)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The milter: settings (reloadable), the writer key, and a lazily (re)connected chain.
+pub struct Milter {
+    settings: RwLock<Arc<Settings>>,
+    source: Option<(PathBuf, Overrides)>,
+    signer: Option<PrivateKeySigner>,
+    chain: tokio::sync::Mutex<Option<Chain>>,
+}
+
+impl Milter {
+    /// A milter judging with `settings`, stamping with `signer` (none: outbound mail cannot be
+    /// stamped and meets `on_stamp_error`). `source` is the config file [`Milter::reload`]
+    /// reads again.
+    pub fn new(
+        settings: Settings,
+        signer: Option<PrivateKeySigner>,
+        source: Option<(PathBuf, Overrides)>,
+    ) -> Self {
+        Self {
+            settings: RwLock::new(Arc::new(settings)),
+            source,
+            signer,
+            chain: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the config file and maps again. On any error the old settings stay in force and
+    /// the error (with file and line for a map) is returned. Sessions under way keep the
+    /// settings they started the message with.
+    pub async fn reload(&self) -> Result<()> {
+        let Some((path, over)) = &self.source else {
+            bail!("no config file to reload");
+        };
+        let new = Settings::load(Some(path), over)?;
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        // The chain settings may have changed: connect afresh on the next message.
+        *self.chain.lock().await = None;
+        Ok(())
+    }
+
+    /// The chain connection, made on first use and after any failure.
+    async fn chain(&self) -> Result<Chain, String> {
+        let mut slot = self.chain.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let s = self.settings();
+        let registry = s.cfg.registry().map_err(|e| format!("{e:#}"))?;
+        let c = Chain::connect(&s.cfg.chain, registry, self.signer.clone())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the connection (after an error), so that the next message reconnects with a
+    /// fresh nonce cache.
+    async fn drop_chain(&self) {
+        *self.chain.lock().await = None;
+    }
+}
+
+/// Serves milter connections on `listener` until `shutdown` completes; sessions under way
+/// finish their current command.
+pub async fn run(
+    listener: impl indymilter::Listener,
+    milter: Arc<Milter>,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    let config = indymilter::Config {
+        max_connections: milter.settings().milter.max_sessions,
+        actions: NEEDED_ACTIONS,
+        ..indymilter::Config::default()
+    };
+    indymilter::run(listener, callbacks(milter), config, shutdown).await
+}
+
+/// A listening socket of either kind.
+pub type Listener = indymilter::EitherListener<tokio::net::TcpListener, tokio::net::UnixListener>;
+
+/// Binds `inet:HOST:PORT` or `unix:/path`. A Unix socket file that no milter answers on any
+/// more (left by a crash) is removed first; one that answers is an error. Returns the listener
+/// and the address actually bound (the port the OS chose for port 0).
+pub async fn bind(spec: &str) -> Result<(Listener, String)> {
+    if let Some(addr) = spec.strip_prefix("inet:") {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {spec}"))?;
+        let a = l.local_addr()?;
+        return Ok((indymilter::EitherListener::Tcp(l), format!("inet:{a}")));
+    }
+    if let Some(path) = spec.strip_prefix("unix:") {
+        use std::os::unix::fs::FileTypeExt;
+        let p = Path::new(path);
+        if let Ok(md) = std::fs::symlink_metadata(p) {
+            if !md.file_type().is_socket() {
+                bail!("{path} exists and is not a socket; refusing to replace it");
+            }
+            if tokio::net::UnixStream::connect(p).await.is_ok() {
+                bail!("another milter is listening on {path}");
+            }
+            std::fs::remove_file(p)
+                .with_context(|| format!("cannot remove stale socket {path}"))?;
+        }
+        let l = tokio::net::UnixListener::bind(p)
+            .with_context(|| format!("cannot listen on {spec}"))?;
+        return Ok((indymilter::EitherListener::Unix(l), spec.to_owned()));
+    }
+    bail!("--listen `{spec}`: give inet:HOST:PORT or unix:/path/to/socket")
+}
+
+/// Removes the socket file of a `unix:` listen address (after shutdown).
+pub fn unbind(spec: &str) {
+    if let Some(path) = spec.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Per-connection state.
+#[derive(Default)]
+pub struct Session {
+    client_ip: Option<IpAddr>,
+    /// The connection map accepted the client: the HELO and sender maps are skipped.
+    client_accepted: bool,
+    /// The client is in `trusted_networks` or came through an outbound daemon.
+    outbound_client: bool,
+    msg: Option<Msg>,
+}
+
+/// Per-message state, from MAIL FROM to end of message.
+struct Msg {
+    settings: Arc<Settings>,
+    outbound: bool,
+    rcpts: Vec<String>,
+    sender_policy: Option<VerifyPolicy>,
+    rcpt_policies: Vec<Option<VerifyPolicy>>,
+    raw: Vec<u8>,
+    /// Occurrences seen per header name (lowercase), for deleting by index.
+    seen: std::collections::HashMap<String, i32>,
+    /// Incoming headers that claim our results: (name, index among that name).
+    forged: Vec<(String, i32)>,
+}
+
+impl Msg {
+    fn count(&mut self, name: &str) -> i32 {
+        let c = self.seen.entry(name.to_ascii_lowercase()).or_insert(0);
+        *c = c.saturating_add(1);
+        *c
+    }
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+fn callbacks(m: Arc<Milter>) -> Callbacks<Session> {
+    let (m1, m2, m3, m4, m5, m6) = (
+        m.clone(),
+        m.clone(),
+        m.clone(),
+        m.clone(),
+        m.clone(),
+        m.clone(),
+    );
+    Callbacks::new()
+        .on_negotiate(|cx, actions, opts| Box::pin(negotiate(cx, actions, opts)))
+        .on_connect(move |cx, host, info| {
+            let m = m1.clone();
+            Box::pin(async move { connect(&m, cx, &host.to_string_lossy(), info) })
+        })
+        .on_helo(move |cx, helo| {
+            let m = m2.clone();
+            Box::pin(async move { self::helo(&m, cx, &helo.to_string_lossy()) })
+        })
+        .on_mail(move |cx, args| {
+            let m = m3.clone();
+            Box::pin(async move { mail(&m, cx, &args) })
+        })
+        .on_rcpt(move |cx, args| {
+            let _ = &m4;
+            Box::pin(async move { rcpt(cx, &args) })
+        })
+        .on_header(move |cx, name, value| {
+            let _ = &m5;
+            Box::pin(async move { header(cx, &name.to_string_lossy(), value.as_bytes()) })
+        })
+        .on_eoh(|cx| Box::pin(async move { append(cx, b"\r\n") }))
+        .on_body(|cx, chunk| Box::pin(async move { append(cx, &chunk) }))
+        .on_eom(move |cx| {
+            let m = m6.clone();
+            Box::pin(async move { eom(&m, cx).await })
+        })
+        .on_abort(|cx| {
+            Box::pin(async move {
+                if let Some(s) = cx.data.as_mut() {
+                    s.msg = None;
+                }
+                Status::Continue
+            })
+        })
+}
+
+async fn negotiate(
+    cx: &mut NegotiateContext<Session>,
+    actions: Actions,
+    opts: ProtoOpts,
+) -> Status {
+    // Without LEADING_SPACE the MTA strips the space after the colon: the header values we
+    // hash would differ from the ones the receiver hashes.
+    if !opts.contains(ProtoOpts::LEADING_SPACE) || !actions.contains(NEEDED_ACTIONS) {
+        warn!(
+            "the MTA offers neither LEADING_SPACE nor the header actions mailstamp needs (milter protocol 6 required); refusing the session"
+        );
+        return Status::Reject;
+    }
+    cx.requested_actions = NEEDED_ACTIONS;
+    cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+    cx.requested_macros
+        .insert(MacroStage::Connect, c("{daemon_name}"));
+    cx.requested_macros
+        .insert(MacroStage::Mail, c("{auth_authen}"));
+    cx.requested_macros.insert(MacroStage::Eom, c("i"));
+    Status::Continue
+}
+
+/// Sets an SMTP reply and returns the matching status.
+fn refuse(reply: &mut indymilter::SmtpReply, permanent: bool, xcode: &str, text: &str) -> Status {
+    let text = clean(text, 400);
+    let (code, status) = if permanent {
+        ("550", Status::Reject)
+    } else {
+        ("451", Status::Tempfail)
+    };
+    let code = if xcode == "5.3.4" { "552" } else { code };
+    if let Err(e) = reply.set_error_reply(code, Some(xcode), [text]) {
+        warn!("cannot set the SMTP reply: {e}");
+    }
+    status
+}
+
+/// Printable ASCII only, at most `max` characters.
+fn clean(s: &str, max: usize) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(max)
+        .collect()
+}
+
+fn missing_state(reply: &mut indymilter::SmtpReply, stage: &str) -> Status {
+    warn!("milter {stage} without session state: tempfail");
+    refuse(
+        reply,
+        false,
+        "4.3.0",
+        "mailstamp: session state lost, try again later",
+    )
+}
+
+fn connect(m: &Milter, cx: &mut Context<Session>, host: &str, info: SocketInfo) -> Status {
+    let s = m.settings();
+    let ip = match info {
+        SocketInfo::Inet(a) => Some(a.ip()),
+        _ => None,
+    };
+    let daemon = cx
+        .macros
+        .get(&c("{daemon_name}"))
+        .map(|d| d.to_string_lossy().into_owned());
+    let mut session = Session {
+        client_ip: ip,
+        outbound_client: ip
+            .is_some_and(|ip| s.milter.trusted_networks.iter().any(|n| n.contains(ip)))
+            || daemon.is_some_and(|d| s.milter.outbound_daemons.contains(&d)),
+        ..Session::default()
+    };
+    let status = match s.maps.connection.at_connect(ip, host) {
+        Some(ConnAction::Accept) => {
+            session.client_accepted = true;
+            Status::Continue
+        }
+        Some(ConnAction::Reject(t)) => refuse(
+            &mut cx.reply,
+            true,
+            "5.7.1",
+            t.as_deref()
+                .unwrap_or("mailstamp: client refused by the connection map"),
+        ),
+        Some(ConnAction::Tempfail(t)) => refuse(
+            &mut cx.reply,
+            false,
+            "4.7.1",
+            t.as_deref()
+                .unwrap_or("mailstamp: client deferred by the connection map"),
+        ),
+        Some(ConnAction::Continue) | None => Status::Continue,
+    };
+    if status != Status::Continue {
+        info!(client = ?ip, host, ?status, "connection map");
+    }
+    cx.data = Some(session);
+    status
+}
+
+fn helo(m: &Milter, cx: &mut Context<Session>, helo: &str) -> Status {
+    let Some(session) = cx.data.as_mut() else {
+        return missing_state(&mut cx.reply, "helo");
+    };
+    if session.client_accepted {
+        return Status::Continue;
+    }
+    let s = m.settings();
+    let status = match s.maps.connection.at_helo(helo) {
+        Some(ConnAction::Accept) => {
+            session.client_accepted = true;
+            Status::Continue
+        }
+        Some(ConnAction::Reject(t)) => refuse(
+            &mut cx.reply,
+            true,
+            "5.7.1",
+            t.as_deref()
+                .unwrap_or("mailstamp: HELO name refused by the connection map"),
+        ),
+        Some(ConnAction::Tempfail(t)) => refuse(
+            &mut cx.reply,
+            false,
+            "4.7.1",
+            t.as_deref()
+                .unwrap_or("mailstamp: HELO name deferred by the connection map"),
+        ),
+        Some(ConnAction::Continue) | None => Status::Continue,
+    };
+    if status != Status::Continue {
+        info!(helo, ?status, "connection map (HELO)");
+    }
+    status
+}
+
+fn addr_of(args: &[CString]) -> String {
+    args.first()
+        .map(|a| {
+            a.to_string_lossy()
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn mail(m: &Milter, cx: &mut Context<Session>, args: &[CString]) -> Status {
+    let authenticated = cx
+        .macros
+        .get(&c("{auth_authen}"))
+        .is_some_and(|v| !v.to_bytes().is_empty());
+    let Some(session) = cx.data.as_mut() else {
+        return missing_state(&mut cx.reply, "mail");
+    };
+    let s = m.settings();
+    let sender = addr_of(args);
+    // SIZE= is the client's promise; refuse early rather than buffer what we will refuse.
+    let declared = args.iter().skip(1).find_map(|a| {
+        let a = a.to_string_lossy();
+        a.get(..5)
+            .filter(|p| p.eq_ignore_ascii_case("SIZE="))
+            .and_then(|_| a[5..].parse::<u64>().ok())
+    });
+    if declared.is_some_and(|n| n > s.milter.max_message_bytes as u64) {
+        return too_big(&mut cx.reply, s.milter.max_message_bytes);
+    }
+    let outbound = session.outbound_client || (s.milter.outbound_authenticated && authenticated);
+    let mut sender_policy = None;
+    if !session.client_accepted {
+        match s.maps.sender.lookup(&sender, s.maps.delimiter) {
+            Some(AddrAction::Reject(t)) => {
+                info!(sender, "sender map: reject");
+                let t = t
+                    .as_deref()
+                    .unwrap_or("Sender address rejected by mailstamp");
+                return refuse(&mut cx.reply, true, "5.7.1", &format!("<{sender}>: {t}"));
+            }
+            Some(AddrAction::Tempfail(t)) => {
+                info!(sender, "sender map: tempfail");
+                let t = t
+                    .as_deref()
+                    .unwrap_or("Sender address deferred by mailstamp");
+                return refuse(&mut cx.reply, false, "4.7.1", &format!("<{sender}>: {t}"));
+            }
+            Some(AddrAction::Discard) => {
+                info!(sender, "sender map: discard");
+                return Status::Discard;
+            }
+            Some(AddrAction::Verify(p)) => sender_policy = Some(p.clone()),
+            Some(AddrAction::Accept | AddrAction::Continue) | None => {}
+        }
+    }
+    session.msg = Some(Msg {
+        settings: s,
+        outbound,
+        rcpts: Vec::new(),
+        sender_policy,
+        rcpt_policies: Vec::new(),
+        raw: Vec::new(),
+        seen: std::collections::HashMap::new(),
+        forged: Vec::new(),
+    });
+    Status::Continue
+}
+
+fn too_big(reply: &mut indymilter::SmtpReply, limit: usize) -> Status {
+    refuse(
+        reply,
+        true,
+        "5.3.4",
+        &format!("Message size exceeds the mailstamp limit of {limit} bytes"),
+    )
+}
+
+fn rcpt(cx: &mut Context<Session>, args: &[CString]) -> Status {
+    let Some(msg) = cx.data.as_mut().and_then(|s| s.msg.as_mut()) else {
+        return missing_state(&mut cx.reply, "rcpt");
+    };
+    let rcpt = addr_of(args);
+    let s = &msg.settings;
+    let mut policy = None;
+    match s.maps.recipient.lookup(&rcpt, s.maps.delimiter) {
+        Some(AddrAction::Reject(t)) => {
+            info!(rcpt, "recipient map: reject");
+            let t = t
+                .as_deref()
+                .unwrap_or("Recipient address rejected by mailstamp");
+            return refuse(&mut cx.reply, true, "5.7.1", &format!("<{rcpt}>: {t}"));
+        }
+        Some(AddrAction::Tempfail(t)) => {
+            info!(rcpt, "recipient map: tempfail");
+            let t = t
+                .as_deref()
+                .unwrap_or("Recipient address deferred by mailstamp");
+            return refuse(&mut cx.reply, false, "4.7.1", &format!("<{rcpt}>: {t}"));
+        }
+        Some(AddrAction::Discard) => {
+            info!(rcpt, "recipient map: discard");
+            return Status::Discard;
+        }
+        Some(AddrAction::Verify(p)) => policy = Some(p.clone()),
+        Some(AddrAction::Accept | AddrAction::Continue) | None => {}
+    }
+    msg.rcpts.push(rcpt);
+    msg.rcpt_policies.push(policy);
+    Status::Continue
+}
+
+/// Appends `bytes`, turning bare LF (how the milter protocol carries folded header lines) into
+/// CRLF.
+fn push_crlf(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let mut prev = 0u8;
+    for &b in bytes {
+        if b == b'\n' && prev != b'\r' {
+            buf.push(b'\r');
+        }
+        buf.push(b);
+        prev = b;
+    }
+}
+
+/// The authserv-id an `Authentication-Results:` value starts with.
+fn authserv_id_of(value: &[u8]) -> String {
+    let v = String::from_utf8_lossy(value);
+    v.trim_start()
+        .split([';', ' ', '\t', '\r', '\n'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+fn header(cx: &mut Context<Session>, name: &str, value: &[u8]) -> Status {
+    let Some(msg) = cx.data.as_mut().and_then(|s| s.msg.as_mut()) else {
+        return missing_state(&mut cx.reply, "header");
+    };
+    let limit = msg.settings.milter.max_message_bytes;
+    if msg.raw.len() + name.len() + value.len() * 2 + 3 > limit {
+        return too_big(&mut cx.reply, limit);
+    }
+    let index = msg.count(name);
+    if !msg.outbound {
+        // Headers that claim our results came from outside: they go, or a Sieve rule could
+        // be fooled by a sender who writes them.
+        let ours = name.eq_ignore_ascii_case(VERDICT_HEADER)
+            || name.eq_ignore_ascii_case(SCORE_HEADER)
+            || (name.eq_ignore_ascii_case("Authentication-Results")
+                && authserv_id_of(value) == msg.settings.authserv_id.to_ascii_lowercase());
+        if ours {
+            msg.forged.push((name.to_owned(), index));
+        }
+    }
+    msg.raw.extend_from_slice(name.as_bytes());
+    msg.raw.push(b':');
+    push_crlf(&mut msg.raw, value);
+    msg.raw.extend_from_slice(b"\r\n");
+    Status::Continue
+}
+
+fn append(cx: &mut Context<Session>, bytes: &[u8]) -> Status {
+    let Some(msg) = cx.data.as_mut().and_then(|s| s.msg.as_mut()) else {
+        return missing_state(&mut cx.reply, "body");
+    };
+    let limit = msg.settings.milter.max_message_bytes;
+    if msg.raw.len() + bytes.len() > limit {
+        msg.raw = Vec::new();
+        return too_big(&mut cx.reply, limit);
+    }
+    msg.raw.extend_from_slice(bytes);
+    Status::Continue
+}
+
+async fn eom(m: &Milter, cx: &mut EomContext<Session>) -> Status {
+    let Some((msg, client_ip)) = cx
+        .data
+        .as_mut()
+        .and_then(|s| s.msg.take().map(|msg| (msg, s.client_ip)))
+    else {
+        return missing_state(&mut cx.reply, "eom");
+    };
+    let queue_id = cx
+        .macros
+        .get(&c("i"))
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if msg.outbound {
+        outbound(m, cx, msg, &queue_id).await
+    } else {
+        inbound(m, cx, msg, client_ip, &queue_id).await
+    }
+}
+
+/// The value of the header that `ops::stamp` put in front of `raw`, in milter form: the
+/// leading space kept, folded lines joined by LF (the MTA adds the CR).
+fn stamp_value(stamped: &[u8], raw_len: usize) -> Option<String> {
+    let field = stamped.get(..stamped.len().checked_sub(raw_len)?)?;
+    let field = std::str::from_utf8(field).ok()?;
+    let (name, value) = field.split_once(':')?;
+    if !name.eq_ignore_ascii_case(mailstamp_core::header::FIELD_NAME) {
+        return None;
+    }
+    Some(value.trim_end_matches(['\r', '\n']).replace("\r\n", "\n"))
+}
+
+async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
+    let s = &msg.settings;
+    let env = Envelope {
+        rcpts: msg.rcpts.clone(),
+        client_ip: None,
+    };
+    let result = match m.chain().await {
+        Ok(chain) => ops::stamp(&chain, &s.stamp, &msg.raw, &env)
+            .await
+            .map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("chain unavailable: {e}")),
+    };
+    match result {
+        Ok(st) => {
+            let Some(value) = stamp_value(&st.message, msg.raw.len()) else {
+                warn!(queue_id, "stamped message has no leading Mail-Stamp field");
+                return refuse(&mut cx.reply, false, "4.3.0", "mailstamp: internal error");
+            };
+            if let Err(e) = cx
+                .actions
+                .insert_header(0, mailstamp_core::header::FIELD_NAME, value)
+                .await
+            {
+                warn!(queue_id, "cannot add Mail-Stamp: {e}");
+                return refuse(
+                    &mut cx.reply,
+                    false,
+                    "4.3.0",
+                    "mailstamp: cannot add the stamp header",
+                );
+            }
+            info!(queue_id, token = %st.token, tx = %st.recorded.tx, block = st.recorded.block, rcpts = msg.rcpts.len(), "stamped");
+            Status::Continue
+        }
+        Err(e) => {
+            m.drop_chain().await;
+            warn!(queue_id, "cannot stamp: {e}");
+            match s.milter.on_stamp_error {
+                TroublePolicy::Tempfail => refuse(
+                    &mut cx.reply,
+                    false,
+                    "4.7.1",
+                    "mailstamp: cannot record the stamp now, try again later",
+                ),
+                TroublePolicy::Pass => {
+                    if let Err(e) = cx
+                        .actions
+                        .add_header(UNSTAMPED_HEADER, " temporary chain error")
+                        .await
+                    {
+                        warn!(queue_id, "cannot add {UNSTAMPED_HEADER}: {e}");
+                    }
+                    Status::Continue
+                }
+            }
+        }
+    }
+}
+
+/// What happens to an inbound message: the milter reply and the headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disposition {
+    /// The action chosen.
+    pub action: Action,
+    /// The milter reply at end of message.
+    pub status: Status,
+    /// Reply code, enhanced code and text for reject / tempfail.
+    pub reply: Option<(&'static str, &'static str, String)>,
+    /// Whether the result headers are added.
+    pub headers: bool,
+    /// Whether the message is quarantined.
+    pub quarantine: bool,
+}
+
+/// The RFC 8601 result of a verdict for method `mailstamp`.
+pub fn ar_result(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Wanted => "pass",
+        Verdict::Suspect => "neutral",
+        Verdict::Spam => "fail",
+        Verdict::Unstamped => "none",
+        Verdict::Invalid => "permerror",
+        Verdict::Temperror => "temperror",
+    }
+}
+
+/// THE mapping from a verdict to the milter's answer. The action is the configured one for
+/// the verdict, overridden per sender/recipient by `verify` policies; with several recipients
+/// the strictest action wins (one message, one answer). `temperror` follows `on_temperror`:
+/// a slow chain never makes spam.
+pub fn disposition(
+    verdict: Verdict,
+    mc: &MilterConfig,
+    sender: Option<&VerifyPolicy>,
+    rcpts: &[Option<VerifyPolicy>],
+) -> Disposition {
+    let action = match mc.actions.get(verdict) {
+        None => match mc.on_temperror {
+            TroublePolicy::Tempfail => Action::Tempfail,
+            TroublePolicy::Pass => Action::AddHeader,
+        },
+        Some(global) => {
+            let for_rcpt = |p: &Option<VerifyPolicy>| {
+                p.as_ref()
+                    .and_then(|p| p.action(verdict))
+                    .or_else(|| sender.and_then(|p| p.action(verdict)))
+                    .unwrap_or(global)
+            };
+            if rcpts.is_empty() {
+                for_rcpt(&None)
+            } else {
+                rcpts.iter().map(for_rcpt).max().unwrap_or(global)
+            }
+        }
+    };
+    let v = verdict.as_str();
+    let (status, reply) = match action {
+        Action::Accept | Action::AddHeader | Action::Quarantine => (Status::Continue, None),
+        Action::Discard => (Status::Discard, None),
+        Action::Tempfail => (
+            Status::Tempfail,
+            Some((
+                "451",
+                "4.7.1",
+                if verdict == Verdict::Temperror {
+                    "mailstamp: the stamp cannot be checked now, try again later".to_owned()
+                } else {
+                    format!("mailstamp: message deferred (verdict {v})")
+                },
+            )),
+        ),
+        Action::Reject => (
+            Status::Reject,
+            Some((
+                "550",
+                "5.7.1",
+                format!("mailstamp: message refused, its stamp verdict is {v}"),
+            )),
+        ),
+    };
+    Disposition {
+        action,
+        status,
+        reply,
+        headers: matches!(action, Action::AddHeader | Action::Quarantine),
+        quarantine: action == Action::Quarantine,
+    }
+}
+
+/// The From domain, for `header.from`.
+fn from_domain(raw: &[u8]) -> Option<String> {
+    let msg = mailstamp_core::parse(raw)?;
+    let a = msg.from()?.first()?.address()?;
+    let d = a.rsplit_once('@')?.1.trim().to_ascii_lowercase();
+    (!d.is_empty()
+        && d.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+    .then_some(d)
+}
+
+/// The `Authentication-Results:` value (leading space, LF-folded) for a report.
+pub fn ar_value(
+    authserv_id: &str,
+    report: &Report,
+    from: Option<&str>,
+    tx: Option<B256>,
+) -> String {
+    let mut v = format!(
+        " {authserv_id};\n\tmailstamp={} ({}",
+        ar_result(report.verdict),
+        report.verdict.as_str()
+    );
+    if let Some(sc) = report.score {
+        v.push_str(&format!(", score {sc:.2}"));
+    }
+    v.push(')');
+    if let Some(r) = &report.reason {
+        let r = clean(r, 200).replace(['"', '\\'], "'");
+        v.push_str(&format!("\n\treason=\"{r}\""));
+    }
+    if let Some(d) = from {
+        v.push_str(&format!("\n\theader.from={d}"));
+    }
+    if let Some(st) = &report.stamp {
+        v.push_str(&format!(
+            "\n\tpolicy.chain={} policy.writer={}\n\tpolicy.token={}",
+            st.chain_id, st.writer, st.token
+        ));
+    }
+    if let Some(tx) = tx {
+        v.push_str(&format!("\n\tpolicy.tx={tx}"));
+    }
+    v
+}
+
+async fn inbound(
+    m: &Milter,
+    cx: &mut EomContext<Session>,
+    msg: Msg,
+    client_ip: Option<IpAddr>,
+    queue_id: &str,
+) -> Status {
+    let s = &msg.settings;
+    let mut policy = s.cfg.verify.policy();
+    let thresholds = msg
+        .rcpt_policies
+        .iter()
+        .chain(std::iter::once(&msg.sender_policy))
+        .filter_map(|p| p.as_ref().and_then(|p| p.threshold));
+    if let Some(t) = thresholds.reduce(f64::max) {
+        policy.threshold = t;
+    }
+    let ctx = VerifyContext {
+        authority: s.authority.clone(),
+        trusted: s.cfg.trusted_registries(),
+        policy,
+        now: Some(ops::now()),
+    };
+    let env = Envelope {
+        rcpts: msg.rcpts.clone(),
+        client_ip,
+    };
+    let chain = m.chain().await;
+    let report = ops::verify(chain.as_ref().map_err(String::as_str), &ctx, &msg.raw, &env).await;
+    if report.verdict == Verdict::Temperror {
+        m.drop_chain().await;
+    }
+    let d = disposition(
+        report.verdict,
+        &s.milter,
+        msg.sender_policy.as_ref(),
+        &msg.rcpt_policies,
+    );
+    info!(
+        queue_id,
+        verdict = report.verdict.as_str(),
+        score = report.score,
+        action = ?d.action,
+        reason = report.reason.as_deref().unwrap_or(""),
+        "verified"
+    );
+    for (name, index) in msg.forged.iter().rev() {
+        if let Err(e) = cx
+            .actions
+            .change_header(name.as_str(), *index, None::<&str>)
+            .await
+        {
+            warn!(queue_id, "cannot remove a forged {name}: {e}");
+        }
+    }
+    if d.headers {
+        let tx = match (&chain, &report.stamp) {
+            (Ok(c), Some(st)) if s.milter.lookup_tx && st.time.is_some() => {
+                match (st.writer.parse::<Address>(), st.token.parse::<B256>()) {
+                    (Ok(w), Ok(t)) => c
+                        .find_event(Some(w), t, s.cfg.chain.from_block)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|(_, r)| r.tx),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let ar = ar_value(
+            &s.authserv_id,
+            &report,
+            from_domain(&msg.raw).as_deref(),
+            tx,
+        );
+        let mut added = cx
+            .actions
+            .insert_header(0, "Authentication-Results", ar)
+            .await;
+        if added.is_ok() {
+            added = cx
+                .actions
+                .add_header(VERDICT_HEADER, format!(" {}", report.verdict.as_str()))
+                .await;
+        }
+        if added.is_ok()
+            && let Some(sc) = report.score
+        {
+            added = cx
+                .actions
+                .add_header(SCORE_HEADER, format!(" {sc:.2}"))
+                .await;
+        }
+        if let Err(e) = added {
+            warn!(queue_id, "cannot add the result headers: {e}");
+            return refuse(
+                &mut cx.reply,
+                false,
+                "4.3.0",
+                "mailstamp: cannot add result headers",
+            );
+        }
+    }
+    if d.quarantine
+        && let Err(e) = cx
+            .actions
+            .quarantine(format!("mailstamp verdict {}", report.verdict.as_str()))
+            .await
+    {
+        warn!(queue_id, "cannot quarantine: {e}");
+        return refuse(
+            &mut cx.reply,
+            false,
+            "4.3.0",
+            "mailstamp: cannot quarantine",
+        );
+    }
+    if let Some((code, xcode, text)) = &d.reply
+        && let Err(e) = cx.reply.set_error_reply(code, Some(xcode), [text.as_str()])
+    {
+        warn!(queue_id, "cannot set the SMTP reply: {e}");
+    }
+    d.status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pol(actions: &[(Verdict, Action)]) -> Option<VerifyPolicy> {
+        Some(VerifyPolicy {
+            threshold: None,
+            actions: actions.to_vec(),
+        })
+    }
+
+    #[test]
+    fn default_is_add_header_for_every_verdict_and_tempfail_on_temperror() {
+        let mc = MilterConfig::default();
+        for v in [
+            Verdict::Wanted,
+            Verdict::Suspect,
+            Verdict::Spam,
+            Verdict::Unstamped,
+            Verdict::Invalid,
+        ] {
+            let d = disposition(v, &mc, None, &[]);
+            assert_eq!(d.action, Action::AddHeader, "{v:?}");
+            assert_eq!(d.status, Status::Continue);
+            assert!(d.headers && !d.quarantine && d.reply.is_none());
+        }
+        let d = disposition(Verdict::Temperror, &mc, None, &[None]);
+        assert_eq!(d.status, Status::Tempfail);
+        assert_eq!(d.reply.as_ref().unwrap().0, "451");
+        let pass = MilterConfig {
+            on_temperror: TroublePolicy::Pass,
+            ..MilterConfig::default()
+        };
+        let d = disposition(Verdict::Temperror, &pass, None, &[None]);
+        assert_eq!((d.status, d.headers), (Status::Continue, true));
+    }
+
+    #[test]
+    fn each_action_maps_to_one_reply() {
+        let cases = [
+            (Action::Accept, Status::Continue, false, false, None),
+            (Action::AddHeader, Status::Continue, true, false, None),
+            (Action::Quarantine, Status::Continue, true, true, None),
+            (Action::Discard, Status::Discard, false, false, None),
+            (
+                Action::Tempfail,
+                Status::Tempfail,
+                false,
+                false,
+                Some("451"),
+            ),
+            (Action::Reject, Status::Reject, false, false, Some("550")),
+        ];
+        for (a, status, headers, quarantine, code) in cases {
+            let mc = MilterConfig {
+                actions: ActionTable {
+                    spam: a,
+                    ..ActionTable::default()
+                },
+                ..MilterConfig::default()
+            };
+            let d = disposition(Verdict::Spam, &mc, None, &[None]);
+            assert_eq!(d.action, a);
+            assert_eq!(d.status, status, "{a:?}");
+            assert_eq!((d.headers, d.quarantine), (headers, quarantine), "{a:?}");
+            assert_eq!(d.reply.as_ref().map(|r| r.0), code, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn per_address_policies_override_and_the_strictest_recipient_wins() {
+        let mc = MilterConfig::default();
+        let strict = pol(&[(Verdict::Spam, Action::Reject)]);
+        let lax = pol(&[(Verdict::Spam, Action::Accept)]);
+        assert_eq!(
+            disposition(Verdict::Spam, &mc, None, std::slice::from_ref(&lax)).action,
+            Action::Accept
+        );
+        assert_eq!(
+            disposition(Verdict::Spam, &mc, None, &[lax.clone(), None]).action,
+            Action::AddHeader
+        );
+        assert_eq!(
+            disposition(Verdict::Spam, &mc, None, &[lax.clone(), strict.clone()]).action,
+            Action::Reject
+        );
+        // A sender policy applies to recipients without their own.
+        let q = pol(&[(Verdict::Spam, Action::Quarantine)]);
+        assert_eq!(
+            disposition(Verdict::Spam, &mc, q.as_ref(), &[None, lax]).action,
+            Action::Quarantine
+        );
+        // Other verdicts are untouched.
+        assert_eq!(
+            disposition(Verdict::Wanted, &mc, None, &[strict]).action,
+            Action::AddHeader
+        );
+    }
+
+    #[test]
+    fn ar_results_follow_rfc8601() {
+        assert_eq!(ar_result(Verdict::Wanted), "pass");
+        assert_eq!(ar_result(Verdict::Suspect), "neutral");
+        assert_eq!(ar_result(Verdict::Spam), "fail");
+        assert_eq!(ar_result(Verdict::Unstamped), "none");
+        assert_eq!(ar_result(Verdict::Invalid), "permerror");
+        assert_eq!(ar_result(Verdict::Temperror), "temperror");
+        let r = Report::bare(Verdict::Unstamped, "no \"Mail-Stamp\"\r\nheader", None);
+        let v = ar_value("mx.b.example", &r, Some("a.example"), None);
+        assert_eq!(
+            v,
+            " mx.b.example;\n\tmailstamp=none (unstamped)\n\treason=\"no 'Mail-Stamp'??header\"\n\theader.from=a.example"
+        );
+        assert!(!v.contains('\r'));
+    }
+
+    #[test]
+    fn folded_header_lines_become_crlf_once() {
+        let mut b = Vec::new();
+        push_crlf(&mut b, b" a\n\tb\r\n\tc");
+        assert_eq!(b, b" a\r\n\tb\r\n\tc");
+        assert_eq!(
+            authserv_id_of(b" MX.b.example; mailstamp=pass"),
+            "mx.b.example"
+        );
+        assert_eq!(authserv_id_of(b" mx.b.example 1; x=y"), "mx.b.example");
+    }
+
+    #[test]
+    fn the_stamp_value_is_taken_from_the_front_and_lf_folded() {
+        let raw = b"From: a@a.example\r\n\r\nhi\r\n";
+        let mut st = b"Mail-Stamp: v=1; a=b;\r\n c=d\r\n".to_vec();
+        st.extend_from_slice(raw);
+        assert_eq!(stamp_value(&st, raw.len()).unwrap(), " v=1; a=b;\n c=d");
+        assert_eq!(stamp_value(raw, raw.len() + 1), None);
+        assert_eq!(stamp_value(b"X: y\r\nab", 2), None);
+    }
+
+    fn load_err(path: &Path) -> String {
+        match Settings::load(Some(path), &Overrides::default()) {
+            Ok(_) => panic!("{} should not load", path.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn the_contrib_example_config_and_maps_load() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/mailstamp-milter.toml");
+        let s = match Settings::load(Some(&path), &Overrides::default()) {
+            Ok(s) => s,
+            Err(e) => panic!("{e:#}"),
+        };
+        assert_eq!(s.milter.actions.spam, Action::Quarantine);
+        assert!(!s.maps.connection.is_empty());
+        assert!(!s.maps.sender.is_empty() && !s.maps.recipient.is_empty());
+        assert!(matches!(
+            s.maps.recipient.lookup("ceo@b.example", s.maps.delimiter),
+            Some(AddrAction::Verify(_))
+        ));
+    }
+
+    #[test]
+    fn config_sections_are_split_and_checked() {
+        let dir = std::env::temp_dir().join(format!("mailstamp-milter-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("rcpt.map"), "bob@b.example reject\n").unwrap();
+        let path = dir.join("mailstamp.toml");
+        std::fs::write(
+            &path,
+            "[chain]\nrpc_url = \"http://127.0.0.1:1\"\n\
+             [milter]\nauthserv_id = \"mx.b.example\"\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+             on_temperror = \"pass\"\n[milter.actions]\nspam = \"quarantine\"\n\
+             [maps]\nrecipient = \"rcpt.map\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(s.authserv_id, "mx.b.example");
+        assert_eq!(s.cfg.chain.rpc_url, "http://127.0.0.1:1");
+        assert_eq!(s.milter.actions.spam, Action::Quarantine);
+        assert_eq!(s.milter.on_temperror, TroublePolicy::Pass);
+        assert_eq!(s.maps.recipient.len(), 1);
+        std::fs::write(&path, "[milter]\nactions = { spam = \"bounce\" }\n").unwrap();
+        let e = load_err(&path);
+        assert!(e.contains("bounce"), "{e}");
+        std::fs::write(&path, "[milter]\nmax_message_bytes = 0\n").unwrap();
+        assert!(Settings::load(Some(&path), &Overrides::default()).is_err());
+        std::fs::write(&path, "[chain]\nrpc = 1\n").unwrap();
+        let e = load_err(&path);
+        assert!(e.contains("rpc"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

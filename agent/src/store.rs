@@ -1,0 +1,242 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The agent's durable local state in SQLite (rusqlite, bundled): one file, WAL journal so
+//! milter sessions can read while one writes, a busy timeout instead of "database is locked",
+//! and schema migrations keyed by `PRAGMA user_version`. This module owns the schema; later
+//! features add migrations at the end of [`MIGRATIONS`], never edit earlier ones.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+/// Schema migrations, applied in order; `user_version` counts how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: customer domains being onboarded (seed 000).
+    "CREATE TABLE domains (
+        domain   TEXT PRIMARY KEY,
+        account  TEXT NOT NULL,
+        status   TEXT NOT NULL CHECK (status IN ('pending', 'active')),
+        added    INTEGER NOT NULL,
+        verified INTEGER
+    ) STRICT;
+    CREATE INDEX domains_account ON domains (account);",
+];
+
+/// The state store.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Onboarding state of a customer domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainStatus {
+    /// Added; the customer's DNS records are not verified yet.
+    Pending,
+    /// Records verified: mail is stamped and accepted for it.
+    Active,
+}
+
+/// One customer domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DomainRow {
+    /// The domain (lower case).
+    pub domain: String,
+    /// The customer account it belongs to.
+    pub account: String,
+    /// Pending or active.
+    pub status: DomainStatus,
+    /// When it was added (unix seconds).
+    pub added: u64,
+    /// When its records were last verified.
+    pub verified: Option<u64>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open the store {}", path.display()))?;
+        Self::init(conn).with_context(|| format!("store {}", path.display()))
+    }
+
+    /// A store in memory (tests, dry runs).
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL for files; an in-memory database answers "memory", which is fine.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version = usize::try_from(version).unwrap_or(usize::MAX);
+        if version > MIGRATIONS.len() {
+            bail!(
+                "the store has schema version {version}, newer than this agent knows ({}): upgrade mailstamp",
+                MIGRATIONS.len()
+            );
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(m)
+                .with_context(|| format!("schema migration {}", i + 1))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("store lock poisoned"))?;
+        Ok(f(&conn)?)
+    }
+
+    /// Adds `domain` for `account` as pending. Adding it again for the same account returns the
+    /// existing row; for another account it is an error (a domain has one owner).
+    pub fn add_domain(&self, domain: &str, account: &str, now: u64) -> Result<DomainRow> {
+        if let Some(row) = self.domain(domain)? {
+            if row.account != account {
+                bail!(
+                    "{domain} is already onboarded for account {}; remove it first (`mailstamp onboard remove {domain}`)",
+                    row.account
+                );
+            }
+            return Ok(row);
+        }
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO domains (domain, account, status, added) VALUES (?1, ?2, 'pending', ?3)",
+                params![domain, account, now as i64],
+            )
+        })?;
+        self.domain(domain)?.context("row just inserted is missing")
+    }
+
+    /// Marks `domain` active as of `now`.
+    pub fn set_active(&self, domain: &str, now: u64) -> Result<()> {
+        let n = self.with(|c| {
+            c.execute(
+                "UPDATE domains SET status = 'active', verified = ?2 WHERE domain = ?1",
+                params![domain, now as i64],
+            )
+        })?;
+        if n == 0 {
+            bail!("{domain} is not onboarded: `mailstamp onboard add {domain} --account ID` first");
+        }
+        Ok(())
+    }
+
+    /// One domain.
+    pub fn domain(&self, domain: &str) -> Result<Option<DomainRow>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT domain, account, status, added, verified FROM domains WHERE domain = ?1",
+                [domain],
+                row,
+            )
+            .optional()
+        })
+    }
+
+    /// Every domain, by account then name.
+    pub fn domains(&self) -> Result<Vec<DomainRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT domain, account, status, added, verified FROM domains ORDER BY account, domain",
+            )?;
+            st.query_map([], row)?.collect()
+        })
+    }
+
+    /// Removes `domain`; false if it was not there.
+    pub fn remove_domain(&self, domain: &str) -> Result<bool> {
+        Ok(self.with(|c| c.execute("DELETE FROM domains WHERE domain = ?1", [domain]))? > 0)
+    }
+
+    /// Whether mail for `domain` may be processed (onboarded and verified).
+    pub fn is_active(&self, domain: &str) -> Result<bool> {
+        Ok(self
+            .domain(domain)?
+            .is_some_and(|r| r.status == DomainStatus::Active))
+    }
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRow> {
+    let status: String = r.get(2)?;
+    Ok(DomainRow {
+        domain: r.get(0)?,
+        account: r.get(1)?,
+        status: if status == "active" {
+            DomainStatus::Active
+        } else {
+            DomainStatus::Pending
+        },
+        added: r.get::<_, i64>(3)? as u64,
+        verified: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_go_from_pending_to_active_and_belong_to_one_account() {
+        let s = Store::in_memory().unwrap();
+        let r = s.add_domain("c1.example", "acme", 10).unwrap();
+        assert_eq!(r.status, DomainStatus::Pending);
+        assert!(!s.is_active("c1.example").unwrap());
+        assert_eq!(s.add_domain("c1.example", "acme", 11).unwrap().added, 10);
+        assert!(
+            s.add_domain("c1.example", "other", 12)
+                .unwrap_err()
+                .to_string()
+                .contains("acme")
+        );
+        s.set_active("c1.example", 20).unwrap();
+        assert!(s.is_active("c1.example").unwrap());
+        assert_eq!(s.domain("c1.example").unwrap().unwrap().verified, Some(20));
+        assert!(s.set_active("nope.example", 1).is_err());
+        assert_eq!(s.domains().unwrap().len(), 1);
+        assert!(s.remove_domain("c1.example").unwrap());
+        assert!(!s.remove_domain("c1.example").unwrap());
+    }
+
+    #[test]
+    fn a_file_store_survives_reopening_and_refuses_a_newer_schema() {
+        let dir = std::env::temp_dir().join(format!("mailstamp-store-{}", std::process::id()));
+        let path = dir.join("state.sqlite");
+        {
+            let s = Store::open(&path).unwrap();
+            s.add_domain("c2.example", "acme", 1).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert!(s.domain("c2.example").unwrap().is_some());
+        drop(s);
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let e = Store::open(&path).err().unwrap();
+        assert!(format!("{e:#}").contains("upgrade mailstamp"), "{e:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
