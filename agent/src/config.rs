@@ -12,6 +12,8 @@ use mailstamp_core::{Family, Policy, Selection};
 use serde::Deserialize;
 
 use crate::dns::DnsConfig;
+use crate::maps::MapsConfig;
+use crate::milter::MilterConfig;
 use crate::onboard::ProviderConfig;
 
 /// The whole configuration file.
@@ -35,6 +37,10 @@ pub struct Config {
     pub provider: ProviderConfig,
     /// The agent's durable state.
     pub store: StoreConfig,
+    /// The milter adapter.
+    pub milter: MilterConfig,
+    /// The MTA access maps (seed 002).
+    pub maps: MapsConfig,
 }
 
 /// `[store]`

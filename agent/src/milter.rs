@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::chain::Chain;
 use crate::config::{Config, Overrides};
 use crate::dns::Authority;
-use crate::maps::{Action, AddrAction, ConnAction, Maps, MapsConfig, Net, VerifyPolicy};
+use crate::maps::{Action, AddrAction, ConnAction, Maps, Net, VerifyPolicy};
 use crate::ops::{self, StampContext, VerifyContext};
 use crate::store::Store;
 
@@ -136,14 +136,6 @@ impl Default for MilterConfig {
     }
 }
 
-/// The `[milter]` and `[maps]` sections; every other section belongs to [`Config`].
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-struct MilterFile {
-    milter: MilterConfig,
-    maps: MapsConfig,
-}
-
 /// Everything a message is judged with; replaced as a whole on reload.
 #[derive(Clone)]
 pub struct Settings {
@@ -201,47 +193,17 @@ impl Settings {
         })
     }
 
-    /// Reads the configuration file: `[milter]` and `[maps]` here, the rest as [`Config`]
-    /// (with `over` applied), and the map files (relative to the file's directory).
+    /// Reads the configuration file (with `over` applied) and the map files it names
+    /// (relative to the file's directory).
     pub fn load(path: Option<&Path>, over: &Overrides) -> Result<Self> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read config file {}", p.display()))?,
-            None => String::new(),
-        };
-        let name = path.map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
-        let mut table: toml::Table = text
-            .parse()
-            .with_context(|| format!("config file {name}"))?;
-        let mut ours = toml::Table::new();
-        for k in ["milter", "maps"] {
-            if let Some(v) = table.remove(k) {
-                ours.insert(k.to_owned(), v);
-            }
-        }
-        let file: MilterFile = toml::Value::Table(ours)
-            .try_into()
-            .with_context(|| format!("config file {name}"))?;
-        let rest = toml::to_string(&table).context("re-encoding the config")?;
-        let mut cfg = Config::parse(&rest).with_context(|| format!("config file {name}"))?;
-        if let Some(u) = &over.rpc_url {
-            cfg.chain.rpc_url = u.clone();
-        }
-        if let Some(r) = over.registry {
-            cfg.chain.registry = Some(r);
-        }
-        if let Some(c) = &over.confirmations {
-            cfg.chain.confirmations = c.clone();
-        }
-        if let Some(p) = &over.store {
-            cfg.store.path = p.clone();
-        }
+        let cfg = Config::load(path, over)?;
         let base = path
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let maps = Maps::load(&file.maps, &base)?;
-        Self::new(cfg, file.milter, maps)
+        let maps = Maps::load(&cfg.maps, &base)?;
+        let milter = cfg.milter.clone();
+        Self::new(cfg, milter, maps)
     }
 }
 
@@ -712,6 +674,33 @@ fn rcpt(cx: &mut Context<Session>, args: &[CString]) -> Status {
         }
         Some(AddrAction::Verify(p)) => policy = Some(p.clone()),
         Some(AddrAction::Accept | AddrAction::Continue) | None => {}
+    }
+    // Provider mode (seed 000): inbound mail only for customer domains that are onboarded
+    // and verified.
+    if !msg.outbound
+        && let Some(store) = &s.stamp.active_only
+    {
+        let domain = rcpt
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
+        match store.is_active(&domain) {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(rcpt, "provider mode: domain not onboarded");
+                let t = format!("<{rcpt}>: domain {domain} is not an active customer domain here");
+                return refuse(&mut cx.reply, true, "5.1.2", &t);
+            }
+            Err(e) => {
+                warn!(rcpt, error = %e, "provider mode: store unreadable");
+                return refuse(
+                    &mut cx.reply,
+                    false,
+                    "4.3.0",
+                    "mailstamp state store unavailable, try later",
+                );
+            }
+        }
     }
     msg.rcpts.push(rcpt);
     msg.rcpt_policies.push(policy);

@@ -7,6 +7,22 @@ pragma solidity ^0.8.24;
 /// looks the stamp up and checks the message it got against it.
 /// @dev A stamp is keyed by (writer, token): only `msg.sender` can write under its own key, and a
 /// key is written at most once, so a recorded stamp never changes.
+///
+/// Batched mode (since 1.1.0): a writer gathers many commitments, builds a Merkle tree over
+/// them and anchors only the tree's root under (writer, batchId); each message carries its
+/// proof, and `verifyStamp` checks it against the anchored root. Anchors follow the same rules
+/// as stamps (own key only, write-once) in a separate key space. The tree, exactly:
+///
+///   leaf(c)    = keccak256(abi.encode(c)) for a bytes24 commitment c, i.e. the keccak of 32
+///                bytes: the 24 bytes of c followed by 8 zero bytes.
+///   node(a, b) = a < b ? keccak256(a ‖ b) : keccak256(b ‖ a), for 32-byte a and b compared as
+///                unsigned big-endian integers; ‖ is concatenation, a 64-byte preimage.
+///   root       = the first (most significant) 24 bytes of the 32-byte top node.
+///
+/// A leaf hashes 32 bytes and a node 64, so no inner node can pass for a leaf. Pairs are sorted,
+/// as in OpenZeppelin's MerkleProof, so a proof is just the sibling hashes from the leaf up to
+/// the top, with no left/right flags. A one-leaf batch has top node = leaf(c) and an empty proof.
+/// The contract fixes only the hashing, not the tree's shape: any tree built with `node` works.
 interface IStampRegistry {
     /// @notice One stamp; packed into one storage slot.
     struct Stamp {
@@ -16,17 +32,42 @@ interface IStampRegistry {
         uint64 time;
     }
 
+    /// @notice One anchored batch root; packed into one storage slot.
+    struct Anchor {
+        // First 24 bytes of the Merkle root of the batch's leaves (see above). Never zero.
+        bytes24 root;
+        // block.timestamp when the batch was anchored.
+        uint64 time;
+    }
+
     /// @notice Emitted when `writer` records `commitment` under `token`.
     /// @param writer The account that recorded the stamp (`msg.sender`).
     /// @param token The per-message token the stamp is filed under.
     /// @param commitment The recorded commitment.
     event Stamped(address indexed writer, bytes32 indexed token, bytes24 commitment);
 
+    /// @notice Emitted when `writer` anchors the batch `batchId` with Merkle root `root`.
+    /// @param writer The account that anchored the batch (`msg.sender`).
+    /// @param batchId The batch identifier the root is filed under.
+    /// @param root The anchored root (first 24 bytes of the tree's top node).
+    /// @param size The number of leaves in the batch as stated by the writer; not stored and not
+    /// checked, for explorers and indexers only.
+    event Anchored(address indexed writer, bytes32 indexed batchId, bytes24 root, uint32 size);
+
     /// @notice `writer` already recorded a stamp under `token`; stamps are write-once.
     error StampRegistry_AlreadyStamped(address writer, bytes32 token);
 
     /// @notice The commitment is zero, which `getStamp` uses to mean "no stamp".
     error StampRegistry_ZeroCommitment();
+
+    /// @notice `writer` already anchored a batch under `batchId`; anchors are write-once.
+    error StampRegistry_AlreadyAnchored(address writer, bytes32 batchId);
+
+    /// @notice The root is zero, which `getAnchor` uses to mean "no anchor".
+    error StampRegistry_ZeroRoot();
+
+    /// @notice The batch size is zero; a batch holds at least one commitment.
+    error StampRegistry_EmptyBatch();
 
     /// @notice Records `commitment` under (`msg.sender`, `token`) with the current block time.
     /// @dev Reverts with `StampRegistry_ZeroCommitment` for a zero commitment and with
@@ -45,7 +86,43 @@ interface IStampRegistry {
         view
         returns (bytes24 commitment, uint64 time);
 
+    /// @notice Records the Merkle root of a batch under (`msg.sender`, `batchId`) with the
+    /// current block time: one storage slot for the whole batch.
+    /// @dev Reverts with `StampRegistry_ZeroRoot` for a zero root, `StampRegistry_EmptyBatch` for
+    /// a zero size, and `StampRegistry_AlreadyAnchored` if the caller already anchored `batchId`.
+    /// Emits `Anchored`. Batch ids and stamp tokens are separate key spaces.
+    /// @param batchId The batch identifier to file the root under.
+    /// @param root The first 24 bytes of the batch's Merkle root; must not be zero.
+    /// @param size The number of leaves in the batch; must not be zero. Only emitted.
+    function anchor(bytes32 batchId, bytes24 root, uint32 size) external;
+
+    /// @notice Returns the anchor that `writer` recorded under `batchId`.
+    /// @param writer The account that anchored the batch.
+    /// @param batchId The batch identifier.
+    /// @return root The anchored root, or zero if there is no anchor.
+    /// @return time The block time of the anchor, or zero if there is no anchor.
+    function getAnchor(address writer, bytes32 batchId)
+        external
+        view
+        returns (bytes24 root, uint64 time);
+
+    /// @notice Whether `commitment` is a leaf of the batch `writer` anchored under `batchId`.
+    /// @dev Computes h = leaf(commitment), then h = node(h, p) for each p in `proof` in order,
+    /// and returns true iff an anchor exists and the first 24 bytes of h equal its root (see the
+    /// contract-level notes for leaf and node). Never reverts on a wrong proof, only says false.
+    /// @param writer The account that anchored the batch.
+    /// @param batchId The batch identifier.
+    /// @param commitment The message's commitment (the leaf before hashing).
+    /// @param proof The sibling hashes from the leaf up to the top; empty for a one-leaf batch.
+    /// @return True iff the proof leads from `commitment` to the anchored root.
+    function verifyStamp(
+        address writer,
+        bytes32 batchId,
+        bytes24 commitment,
+        bytes32[] calldata proof
+    ) external view returns (bool);
+
     /// @notice The version of this registry's interface and behaviour.
-    /// @return The semantic version, "1.0.0".
+    /// @return The semantic version, "1.1.0".
     function version() external pure returns (string memory);
 }

@@ -2,13 +2,19 @@
 pragma solidity ^0.8.24;
 
 import {IStampRegistry} from "./IStampRegistry.sol";
+import {MerkleSorted} from "./MerkleSorted.sol";
 
 /// @title StampRegistry
-/// @notice Write-once registry of mail stamps keyed by (writer, token). See {IStampRegistry}.
-/// @dev No owner, no upgrade path, no fees: one fresh storage slot and one event per stamp.
+/// @notice Write-once registry of mail stamps keyed by (writer, token), and of batch roots keyed
+/// by (writer, batchId). See {IStampRegistry}.
+/// @dev No owner, no upgrade path, no fees: one fresh storage slot and one event per stamp or
+/// per batch.
 contract StampRegistry is IStampRegistry {
     /// @dev Stamps by writer, then by token. A zero commitment means "no stamp".
     mapping(address writer => mapping(bytes32 token => Stamp stamp)) private _stamps;
+
+    /// @dev Batch roots by writer, then by batch id. A zero root means "no anchor".
+    mapping(address writer => mapping(bytes32 batchId => Anchor anchor)) private _anchors;
 
     /// @inheritdoc IStampRegistry
     function stamp(bytes32 token, bytes24 commitment) external {
@@ -35,7 +41,46 @@ contract StampRegistry is IStampRegistry {
     }
 
     /// @inheritdoc IStampRegistry
+    function anchor(bytes32 batchId, bytes24 root, uint32 size) external {
+        if (root == bytes24(0)) revert StampRegistry_ZeroRoot();
+        if (size == 0) revert StampRegistry_EmptyBatch();
+        Anchor storage slot = _anchors[msg.sender][batchId];
+        if (slot.root != bytes24(0)) revert StampRegistry_AlreadyAnchored(msg.sender, batchId);
+        // One slot, written through the pointer as in `stamp`.
+        slot.root = root;
+        slot.time = uint64(block.timestamp);
+        emit Anchored(msg.sender, batchId, root, size);
+    }
+
+    /// @inheritdoc IStampRegistry
+    function getAnchor(address writer, bytes32 batchId)
+        external
+        view
+        returns (bytes24 root, uint64 time)
+    {
+        Anchor storage a = _anchors[writer][batchId];
+        return (a.root, a.time);
+    }
+
+    /// @inheritdoc IStampRegistry
+    function verifyStamp(
+        address writer,
+        bytes32 batchId,
+        bytes24 commitment,
+        bytes32[] calldata proof
+    ) external view returns (bool) {
+        bytes24 root = _anchors[writer][batchId].root;
+        // Without this, a proof whose top node starts with 24 zero bytes would "verify" against
+        // a batch that was never anchored.
+        if (root == bytes24(0)) return false;
+        bytes32 top = MerkleSorted.processProof(proof, MerkleSorted.leaf(commitment));
+        // Truncation is the definition: the root is the first 24 bytes of the top node.
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return bytes24(top) == root;
+    }
+
+    /// @inheritdoc IStampRegistry
     function version() external pure returns (string memory) {
-        return "1.0.0";
+        return "1.1.0";
     }
 }

@@ -51,7 +51,7 @@ contract StampRegistryTest is Test {
     }
 
     function test_Version() public view {
-        assertEq(registry.version(), "1.0.0");
+        assertEq(registry.version(), "1.1.0");
     }
 
     function test_Stamp_IndependentWritersShareToken() public {

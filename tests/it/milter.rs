@@ -901,3 +901,41 @@ async fn the_binary_reloads_on_sighup_and_stops_on_sigterm() {
     log_has("stopped", 1);
     assert!(!sock.exists(), "the socket is removed on exit");
 }
+
+#[tokio::test]
+async fn provider_mode_accepts_rcpt_only_for_active_customer_domains() {
+    let (a, registry, writer) = chain().await;
+    let dir = TempDir::new("provider");
+    let store_path = dir.0.join("state.sqlite");
+    let store = mailstamp::store::Store::open(&store_path).unwrap();
+    store.add_domain("b.example", "acme", 1).unwrap();
+    store.set_active("b.example", 2).unwrap();
+    store.add_domain("pending.example", "acme", 3).unwrap();
+    drop(store);
+    let toml = format!(
+        "{}[store]\npath = \"{}\"\n[provider]\nenabled = true\nzone = \"provider.example\"\n",
+        chain_toml(&a.endpoint(), registry, writer),
+        store_path.display()
+    );
+    let m = start(&toml, &[], None).await;
+    // Active domain: RCPT passes (the message then goes on to verification).
+    let o = play(m.addr, &INBOUND, MSG.as_bytes()).await;
+    assert!(!matches!(o.stop, Some(("rcpt", _))), "{o:?}");
+    // Pending and unknown domains: refused at RCPT with a clear reply.
+    for rcpt in ["carol@pending.example", "dave@elsewhere.example"] {
+        let o = play(
+            m.addr,
+            &Smtp {
+                rcpts: &[rcpt],
+                ..INBOUND
+            },
+            MSG.as_bytes(),
+        )
+        .await;
+        assert!(
+            matches!(o.stop, Some(("rcpt", Status::Reject { .. }))),
+            "{rcpt}: {o:?}"
+        );
+        assert!(o.reply().contains("not an active customer domain"), "{o:?}");
+    }
+}

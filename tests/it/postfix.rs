@@ -705,6 +705,11 @@ fn push(port: u16, n: usize, conc: usize, mode: &str, mail: &Path) -> (Duration,
         .into_iter()
         .flat_map(|t| t.join().unwrap())
         .collect();
+    eprintln!(
+        "{mode}: {n} submitted in {:.2}s ({:.1} msg/s accepted by the sending Postfix)",
+        start.elapsed().as_secs_f64(),
+        n as f64 / start.elapsed().as_secs_f64()
+    );
     let done = wait_for(600, || (maildir(mail, "bob").len() >= n).then_some(()));
     assert!(
         done.is_some(),

@@ -58,10 +58,18 @@ fn bad(tag: &'static str, why: impl Into<String>) -> HeaderError {
 }
 
 /// How the commitment was recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    /// One registry record per message (`m=d`).
+    /// One registry record per message (`m=d`), keyed by the token.
     Direct,
+    /// One anchor per batch (`m=b`): the commitment is a leaf under the root anchored at
+    /// (writer, `batch`), and `proof` leads there (docs/PROTOCOL.md §5a).
+    Batch {
+        /// The batch id: the anchor's key.
+        batch: [u8; 32],
+        /// Sibling nodes from the leaf up.
+        proof: Vec<crate::merkle::Node>,
+    },
 }
 
 /// A decoded `Mail-Stamp:` header.
@@ -127,13 +135,23 @@ impl StampHeader {
             ("c", self.chain_id.to_string()),
             ("r", format!("0x{}", hex::encode(self.registry))),
             ("w", format!("0x{}", hex::encode(self.writer))),
-            ("m", "d".to_owned()),
+            (
+                "m",
+                match self.mode {
+                    Mode::Direct => "d".to_owned(),
+                    Mode::Batch { .. } => "b".to_owned(),
+                },
+            ),
             ("s", B64.encode(self.salt)),
             ("h", names.join(":")),
             ("d", B64.encode(d)),
         ];
         if let Some(rcpts) = &self.rcpts {
             tags.push(("e", B64.encode(rcpts.concat())));
+        }
+        if let Mode::Batch { batch, proof } = &self.mode {
+            tags.push(("b", format!("0x{}", hex::encode(batch))));
+            tags.push(("p", B64.encode(proof.concat())));
         }
         tags
     }
@@ -184,6 +202,7 @@ impl StampHeader {
         let mut seen = BTreeSet::new();
         let (mut v, mut c, mut r, mut w, mut m, mut s, mut h, mut d, mut e) =
             (None, None, None, None, None, None, None, None, None);
+        let (mut b, mut p) = (None, None);
         for pair in value.split(';') {
             if pair.trim().is_empty() {
                 continue;
@@ -209,6 +228,8 @@ impl StampHeader {
                 "h" => h = Some(val),
                 "d" => d = Some(val),
                 "e" => e = Some(val),
+                "b" => b = Some(val),
+                "p" => p = Some(val),
                 _ => {}
             }
         }
@@ -225,6 +246,22 @@ impl StampHeader {
         let writer = address_tag("w", w.ok_or(HeaderError::Missing("w"))?)?;
         let mode = match m.as_deref() {
             None | Some("d") => Mode::Direct,
+            Some("b") => {
+                let batch = b.ok_or(HeaderError::Missing("b"))?;
+                let batch = batch
+                    .strip_prefix("0x")
+                    .filter(|h| h.len() == 64)
+                    .and_then(|h| hex::decode(h).ok())
+                    .ok_or_else(|| bad("b", "batch id must be 0x and 64 hex digits"))?;
+                let proof = b64_tag("p", &p.ok_or(HeaderError::Missing("p"))?)?;
+                if proof.len() % 32 != 0 || proof.len() / 32 > crate::merkle::MAX_DEPTH {
+                    return Err(bad("p", "proof must be at most 32 nodes of 32 bytes"));
+                }
+                Mode::Batch {
+                    batch: array::<32>(&batch),
+                    proof: proof.chunks_exact(32).map(array::<32>).collect(),
+                }
+            }
             Some(other) => return Err(bad("m", format!("unknown mode `{}`", trunc(other)))),
         };
         let salt_bytes = b64_tag("s", &s.ok_or(HeaderError::Missing("s"))?)?;

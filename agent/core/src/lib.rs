@@ -9,6 +9,7 @@ pub mod canon;
 pub mod component;
 pub mod digest;
 pub mod header;
+pub mod merkle;
 pub mod stamp;
 pub mod verify;
 pub mod writers;

@@ -134,3 +134,18 @@ pub fn insert_header(raw: &[u8], header: &StampHeader) -> Vec<u8> {
     out.extend_from_slice(raw);
     out
 }
+
+/// Puts prepared stamps into one batch with id `batch`: builds the Merkle tree over their
+/// commitments (in the order given), gives every header its proof, and returns the root to
+/// anchor (`None` for no stamps).
+pub fn into_batch(stamps: &mut [Prepared], batch: [u8; 32]) -> Option<crate::merkle::Node> {
+    let commitments: Vec<Commitment> = stamps.iter().map(|p| p.commitment).collect();
+    let tree = crate::merkle::Tree::build(&commitments)?;
+    for (i, p) in stamps.iter_mut().enumerate() {
+        p.header.mode = Mode::Batch {
+            batch,
+            proof: tree.proof(i),
+        };
+    }
+    Some(tree.root())
+}

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::canon;
 use crate::component::{self, ComponentName, Decomposed, Envelope, Family, Selection, Value};
 use crate::digest::{Commitment, ComponentHasher, Digest};
-use crate::header::{FIELD_NAME, StampHeader};
+use crate::header::{FIELD_NAME, Mode, StampHeader};
 use crate::stamp::{rcpt_digests, value_digest};
 use crate::writers::WriterAuth;
 
@@ -170,8 +170,11 @@ pub struct StampInfo {
     pub registry: String,
     /// Writer address, 0x-hex.
     pub writer: String,
-    /// Record key, 0x-hex.
+    /// Record key of a direct stamp, 0x-hex.
     pub token: String,
+    /// Batch id (the anchor's key) of a batched stamp, 0x-hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
     /// Block timestamp of the record, when found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<u64>,
@@ -185,6 +188,10 @@ impl StampInfo {
             registry: format!("0x{}", hex::encode(h.registry)),
             writer: format!("0x{}", hex::encode(h.writer)),
             token: format!("0x{}", hex::encode(h.token())),
+            batch: match &h.mode {
+                Mode::Direct => None,
+                Mode::Batch { batch, .. } => Some(format!("0x{}", hex::encode(batch))),
+            },
             time: None,
         }
     }
@@ -257,6 +264,17 @@ pub fn inspect(msg: &Message<'_>) -> Inspection {
     }
 }
 
+/// What the registry must hold for this header: the commitment itself (direct mode), or the
+/// batch root the header's proof leads to from it (batched mode).
+pub fn recorded_value(header: &StampHeader) -> Commitment {
+    match &header.mode {
+        Mode::Direct => header.commitment(),
+        Mode::Batch { proof, .. } => {
+            crate::merkle::short(&crate::merkle::root_from_proof(&header.commitment(), proof))
+        }
+    }
+}
+
 /// Decides about a stamped message, given what the chain said about its record and what the
 /// From domain's writer record said about its writer (DESIGN property 2): a valid stamp from a
 /// writer the domain does not list is `spam`; from a domain that lists nobody it is at best
@@ -290,7 +308,7 @@ pub fn evaluate(
             );
         }
         Lookup::Found { commitment, time } => {
-            if *commitment != header.commitment() {
+            if *commitment != recorded_value(header) {
                 let mut r = Report::bare(
                     Verdict::Spam,
                     "header does not match the recorded commitment",

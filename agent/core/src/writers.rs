@@ -204,8 +204,14 @@ mod tests {
     fn authorisation_outcomes() {
         let a = WriterRecord::format(&[A]);
         let b = WriterRecord::format(&[B]);
-        assert_eq!(authorise("x.org", std::slice::from_ref(&a), &A).as_str(), "pass");
-        assert_eq!(authorise("x.org", std::slice::from_ref(&a), &B).as_str(), "fail");
+        assert_eq!(
+            authorise("x.org", std::slice::from_ref(&a), &A).as_str(),
+            "pass"
+        );
+        assert_eq!(
+            authorise("x.org", std::slice::from_ref(&a), &B).as_str(),
+            "fail"
+        );
         // Rotation: two records (or one listing both) authorise both writers.
         assert_eq!(
             authorise("x.org", &[a.clone(), b.clone()], &B).as_str(),

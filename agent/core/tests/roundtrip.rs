@@ -294,3 +294,57 @@ fn the_writer_check_decides_between_wanted_suspect_spam_and_temperror() {
     );
     assert_eq!(r.verdict, Verdict::Spam);
 }
+
+#[test]
+fn batched_stamps_verify_against_the_anchored_root_and_headers_round_trip() {
+    use mailstamp_core::header::Mode;
+    use mailstamp_core::stamp::into_batch;
+    use mailstamp_core::{Lookup, Selection, StampHeader, merkle, prepare};
+    let all = fixtures("corpus");
+    let mut stamps: Vec<_> = all
+        .iter()
+        .enumerate()
+        .map(|(i, (_, raw))| {
+            let msg = parse(raw).unwrap();
+            prepare(
+                &msg,
+                &env(&[RCPT]),
+                [i as u8; 16],
+                &CHAIN,
+                &Selection::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let root = into_batch(&mut stamps, [9; 32]).unwrap();
+    let rec = Lookup::Found {
+        commitment: merkle::short(&root),
+        time: 1_700_000_000,
+    };
+    for ((name, raw), p) in all.iter().zip(&stamps) {
+        assert!(matches!(p.header.mode, Mode::Batch { .. }));
+        assert_eq!(
+            StampHeader::decode(&p.header.folded_value("\r\n")).unwrap(),
+            p.header
+        );
+        let stamped = mailstamp_core::insert_header(raw, &p.header);
+        let r = verify(&stamped, &[RCPT], &rec);
+        assert_eq!(r.verdict, Verdict::Wanted, "{name}: {}", describe(&r));
+        assert_eq!(
+            r.stamp.unwrap().batch.unwrap(),
+            format!("0x{}", "09".repeat(32))
+        );
+    }
+    // Another batch's root, or this message's header with another message's proof: spam.
+    let (_, raw) = &all[0];
+    let other = Lookup::Found {
+        commitment: [7; 24],
+        time: 1_700_000_000,
+    };
+    let stamped = mailstamp_core::insert_header(raw, &stamps[0].header);
+    assert_eq!(verify(&stamped, &[RCPT], &other).verdict, Verdict::Spam);
+    let mut h = stamps[0].header.clone();
+    h.mode = stamps[1].header.mode.clone();
+    let swapped = mailstamp_core::insert_header(raw, &h);
+    assert_eq!(verify(&swapped, &[RCPT], &rec).verdict, Verdict::Spam);
+}
