@@ -140,6 +140,23 @@ impl Chain {
         })
     }
 
+    /// The writer's next nonce as the node sees it (tests and diagnostics).
+    pub async fn provider_nonce(&self) -> u64 {
+        match self.writer {
+            Some(w) => self.provider.get_transaction_count(w).await.unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// What the core binds a stamp to: this chain, this registry, `writer`.
+    pub fn chain_ref(&self, writer: Address) -> mailstamp_core::ChainRef {
+        mailstamp_core::ChainRef {
+            chain_id: self.chain_id,
+            registry: self.registry.0.0,
+            writer: writer.0.0,
+        }
+    }
+
     /// Checks that the registry has code and answers `version()`.
     pub async fn check_registry(&self) -> Result<String> {
         let reg = StampRegistry::new(self.registry, &self.provider);
@@ -161,28 +178,16 @@ impl Chain {
     pub async fn stamp(&self, token: B256, commitment: FixedBytes<24>) -> Result<Recorded> {
         let reg = StampRegistry::new(self.registry, &self.provider);
         within(self.timeout * 3, "stamp transaction", async {
-            let pending = match reg.stamp(token, commitment).send().await {
-                Ok(p) => p,
-                Err(e) => {
-                    if let Some(err) =
-                        e.as_decoded_interface_error::<StampRegistry::StampRegistryErrors>()
-                    {
-                        bail!("the registry refused the stamp: {err:?}");
-                    }
-                    return Err(anyhow!(e).context("sending the stamp transaction failed"));
-                }
-            };
-            let receipt = pending
-                .get_receipt()
-                .await
-                .context("waiting for the stamp receipt")?;
-            if !receipt.status() {
-                bail!("stamp transaction {} reverted", receipt.transaction_hash);
-            }
-            Ok(Recorded {
-                tx: receipt.transaction_hash,
-                block: receipt.block_number.unwrap_or_default(),
-            })
+            mined(reg.stamp(token, commitment).send().await, "stamp").await
+        })
+        .await
+    }
+
+    /// Anchors the root of a batch of `size` stamps under `batch` and waits for the receipt.
+    pub async fn anchor(&self, batch: B256, root: FixedBytes<24>, size: u32) -> Result<Recorded> {
+        let reg = StampRegistry::new(self.registry, &self.provider);
+        within(self.timeout * 3, "anchor transaction", async {
+            mined(reg.anchor(batch, root, size).send().await, "anchor").await
         })
         .await
     }
@@ -204,6 +209,25 @@ impl Chain {
         })
     }
 
+    async fn get_record(
+        &self,
+        writer: Address,
+        key: RecordKey,
+        at: BlockId,
+    ) -> Result<(FixedBytes<24>, u64)> {
+        match key {
+            RecordKey::Stamp(token) => self.get_stamp(writer, token, at).await,
+            RecordKey::Batch(batch) => {
+                let reg = StampRegistry::new(self.registry, &self.provider);
+                match reg.getAnchor(writer, batch).block(at).call().await {
+                    Ok(r) => Ok((r.root, r.time)),
+                    Err(alloy::contract::Error::ZeroData(..)) => Ok((FixedBytes::ZERO, 0)),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
     async fn get_stamp(
         &self,
         writer: Address,
@@ -219,19 +243,19 @@ impl Chain {
         }
     }
 
-    /// What the chain says about (writer, token): a confirmed record, an unconfirmed one, none,
-    /// or that the chain could not be read.
-    pub async fn lookup(&self, writer: Address, token: B256) -> Lookup {
-        let r = within(self.timeout, "getStamp", async {
+    /// What the chain says about the record (writer, key): a confirmed record, an unconfirmed
+    /// one, none, or that the chain could not be read.
+    pub async fn lookup(&self, writer: Address, key: RecordKey) -> Lookup {
+        let r = within(self.timeout, "registry read", async {
             let at = self.confirmed_block().await?;
-            let (c, time) = self.get_stamp(writer, token, at).await?;
+            let (c, time) = self.get_record(writer, key, at).await?;
             if c != FixedBytes::<24>::ZERO {
                 return Ok(Lookup::Found {
                     commitment: c.0,
                     time,
                 });
             }
-            let (c, _) = self.get_stamp(writer, token, BlockId::latest()).await?;
+            let (c, _) = self.get_record(writer, key, BlockId::latest()).await?;
             Ok(if c == FixedBytes::<24>::ZERO {
                 Lookup::NotFound
             } else {
@@ -242,18 +266,22 @@ impl Chain {
         r.unwrap_or_else(|e| Lookup::Unavailable(format!("{e:#}")))
     }
 
-    /// The `Stamped` event of `token` by `writer` (by any writer when `None`: the first one),
-    /// with the writer, transaction and block, for audit.
+    /// The `Stamped` (or, for a batch, `Anchored`) event of `key` by `writer` (by any writer
+    /// when `None`: the first one), with the writer, transaction and block, for audit.
     pub async fn find_event(
         &self,
         writer: Option<Address>,
-        token: B256,
+        key: RecordKey,
         from_block: u64,
     ) -> Result<Option<(Address, Recorded)>> {
+        let (signature, key) = match key {
+            RecordKey::Stamp(t) => (StampRegistry::Stamped::SIGNATURE_HASH, t),
+            RecordKey::Batch(b) => (StampRegistry::Anchored::SIGNATURE_HASH, b),
+        };
         let mut filter = Filter::new()
             .address(self.registry)
-            .event_signature(StampRegistry::Stamped::SIGNATURE_HASH)
-            .topic2(token)
+            .event_signature(signature)
+            .topic2(key)
             .from_block(from_block);
         if let Some(w) = writer {
             filter = filter.topic1(w.into_word());
@@ -283,6 +311,56 @@ impl Chain {
         })
         .await
     }
+}
+
+/// The key of a registry record: a direct stamp's token or a batch's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKey {
+    /// `stamp(token, …)` / `getStamp`.
+    Stamp(B256),
+    /// `anchor(batchId, …)` / `getAnchor`.
+    Batch(B256),
+}
+
+impl RecordKey {
+    /// The record a header points to.
+    pub fn of(h: &mailstamp_core::StampHeader) -> Self {
+        match &h.mode {
+            mailstamp_core::header::Mode::Direct => Self::Stamp(B256::from(h.token())),
+            mailstamp_core::header::Mode::Batch { batch, .. } => Self::Batch(B256::from(*batch)),
+        }
+    }
+}
+
+/// Sends are decoded into the registry's custom errors; a mined transaction must succeed.
+async fn mined(
+    sent: Result<
+        alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>,
+        alloy::contract::Error,
+    >,
+    what: &str,
+) -> Result<Recorded> {
+    let pending = match sent {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(err) = e.as_decoded_interface_error::<StampRegistry::StampRegistryErrors>()
+            {
+                bail!("the registry refused the {what}: {err:?}");
+            }
+            return Err(anyhow!(e).context(format!("sending the {what} transaction failed")));
+        }
+    };
+    let receipt = pending
+        .get_receipt()
+        .await
+        .with_context(|| format!("waiting for the {what} receipt"))?;
+    if !receipt.status() {
+        bail!("{what} transaction {} reverted", receipt.transaction_hash);
+    }
+    Ok(Recorded {
+        tx: receipt.transaction_hash,
+        block: receipt.block_number.unwrap_or_default(),
+    })
 }
 
 /// The outcome of `deploy`.

@@ -15,6 +15,7 @@ use crate::dns::DnsConfig;
 use crate::maps::MapsConfig;
 use crate::milter::MilterConfig;
 use crate::onboard::ProviderConfig;
+use crate::relay::RelayConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -39,6 +40,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The milter adapter.
     pub milter: MilterConfig,
+    /// The SMTP relay adapter (`mailstamp relay`).
+    pub relay: RelayConfig,
     /// The MTA access maps (seed 002).
     pub maps: MapsConfig,
 }

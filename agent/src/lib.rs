@@ -10,4 +10,6 @@ pub mod maps;
 pub mod milter;
 pub mod onboard;
 pub mod ops;
+pub mod relay;
+pub mod session;
 pub mod store;

@@ -15,6 +15,7 @@ use mailstamp::{
     config::{Config, Confirmations, Overrides},
     keys,
     ops::{self, StampContext, VerifyContext},
+    store::Store,
 };
 
 mod onboard_cmd;
@@ -81,6 +82,13 @@ enum Cmd {
         /// Print one JSON object per message on stdout (files mode).
         #[arg(long)]
         json: bool,
+        /// Batched mode: one Merkle root for all FILES, anchored in one transaction; each
+        /// header carries its proof. Needs the store (journal) and --out-dir.
+        #[arg(long, conflicts_with = "resume")]
+        batch: bool,
+        /// Finish batches a crash left pending (anchor once, deliver the spooled messages).
+        #[arg(long)]
+        resume: bool,
     },
     /// Verify messages against their stamps.
     #[command(after_help = EXIT_HELP)]
@@ -108,6 +116,19 @@ enum Cmd {
         /// Where to listen: inet:HOST:PORT (port 0: any free port) or unix:/path/to/socket.
         #[arg(long)]
         listen: String,
+        /// Encrypted keystore of the writer (else writer.keystore or MAILSTAMP_PRIVATE_KEY;
+        /// without a key outbound mail meets milter.on_stamp_error).
+        #[arg(long)]
+        keystore: Option<PathBuf>,
+    },
+    /// Run as an SMTP hop for MTAs without milter support: take mail, stamp outbound /
+    /// verify inbound exactly as the milter does, forward to relay.next_hop ([relay], [milter]
+    /// and [maps] in the config; docs/MTA.md). SIGHUP reloads; SIGTERM stops after the
+    /// messages under way.
+    Relay {
+        /// Where to listen, HOST:PORT (default: relay.listen; port 0: any free port).
+        #[arg(long)]
+        listen: Option<String>,
         /// Encrypted keystore of the writer (else writer.keystore or MAILSTAMP_PRIVATE_KEY;
         /// without a key outbound mail meets milter.on_stamp_error).
         #[arg(long)]
@@ -168,9 +189,13 @@ async fn run(cli: Cli) -> Result<u8> {
     if let Cmd::Milter { listen, keystore } = cli.cmd {
         return milter(cli.config, over, &listen, keystore.as_deref()).await;
     }
+    if let Cmd::Relay { listen, keystore } = cli.cmd {
+        return relay(cli.config, over, listen, keystore.as_deref()).await;
+    }
     let cfg = Config::load(cli.config.as_deref(), &over)?;
     match cli.cmd {
         Cmd::Milter { .. } => bail!("the milter is started before the config is loaded"),
+        Cmd::Relay { .. } => bail!("the relay is started before the config is loaded"),
         Cmd::Deploy {
             keystore,
             no_create2,
@@ -183,8 +208,21 @@ async fn run(cli: Cli) -> Result<u8> {
             client_ip,
             keystore,
             json,
+            batch,
+            resume,
         } => {
             let env = Envelope { rcpts, client_ip };
+            if batch || resume {
+                return stamp_batched(
+                    &cfg,
+                    keystore.as_deref(),
+                    &files,
+                    out_dir.as_deref(),
+                    &env,
+                    resume,
+                )
+                .await;
+            }
             stamp(
                 &cfg,
                 keystore.as_deref(),
@@ -324,6 +362,84 @@ async fn stamp(
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
+/// `stamp --batch` and `stamp --resume`.
+async fn stamp_batched(
+    cfg: &Config,
+    keystore: Option<&Path>,
+    files: &[PathBuf],
+    out_dir: Option<&Path>,
+    env: &Envelope,
+    resume: bool,
+) -> Result<u8> {
+    let store = Store::open(&cfg.store.path)
+        .context("batched mode journals in the store (store.path / --store)")?;
+    let signer = keys::load(&cfg.writer, keystore)?;
+    let chain = Chain::connect(&cfg.chain, cfg.registry()?, Some(signer)).await?;
+    chain.check_registry().await?;
+    if resume {
+        let done = ops::resume_batches(&chain, &store).await?;
+        if done.is_empty() {
+            println!("no pending batch");
+        }
+        for (row, rec) in done {
+            match rec {
+                Some(r) => println!(
+                    "batch {} ({} stamps): anchored now in tx {} block {}, delivered to {}",
+                    row.batch_id, row.size, r.tx, r.block, row.out_dir
+                ),
+                None => println!(
+                    "batch {} ({} stamps): already anchored; delivered to {}",
+                    row.batch_id, row.size, row.out_dir
+                ),
+            }
+        }
+        return Ok(0);
+    }
+    let dir = out_dir.context("batched stamping needs --out-dir DIR")?;
+    if files.is_empty() {
+        bail!("batched stamping takes message files (stdin holds only one message)");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut inputs = Vec::new();
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "message".into());
+        inputs.push(ops::BatchInput {
+            name,
+            raw: read_input(f)?,
+            env: env.clone(),
+        });
+    }
+    let out = ops::stamp_batch(
+        &chain,
+        &StampContext::from_config(cfg)?,
+        &store,
+        inputs,
+        dir,
+    )
+    .await?;
+    for (name, why) in &out.refused {
+        eprintln!("mailstamp: {name}: {why}");
+    }
+    let tx = out
+        .recorded
+        .as_ref()
+        .map(|r| r.tx.to_string())
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "batch {} of {} stamps anchored in tx {tx} → {}",
+        out.batch,
+        out.size,
+        dir.display()
+    );
+    if let Some(link) = cfg.tx_link(&tx) {
+        println!("explorer: {link}");
+    }
+    Ok(if out.refused.is_empty() { 0 } else { 1 })
+}
+
 fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if paths.is_empty() {
         return Ok(vec![PathBuf::from("-")]);
@@ -403,7 +519,7 @@ async fn verify(
         };
         let report = ops::verify(chain.as_ref().map_err(String::as_str), &ctx, &raw, env).await;
         let ev = match &chain {
-            Ok(c) => event_of(c, &report, cfg.chain.from_block).await,
+            Ok(c) => ops::recording_tx(c, &report, cfg.chain.from_block).await,
             Err(_) => None,
         };
         let (tx, block) = (ev.as_ref().map(|e| e.tx), ev.as_ref().map(|e| e.block));
@@ -458,18 +574,6 @@ async fn verify(
     Ok(worst)
 }
 
-/// The recording transaction of a found stamp (none when the record was not found).
-async fn event_of(c: &Chain, report: &Report, from: u64) -> Option<chain::Recorded> {
-    let s = report.stamp.as_ref().filter(|s| s.time.is_some())?;
-    let w = s.writer.parse::<Address>().ok()?;
-    let t = s.token.parse::<B256>().ok()?;
-    c.find_event(Some(w), t, from)
-        .await
-        .ok()
-        .flatten()
-        .map(|(_, r)| r)
-}
-
 fn trunc(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
@@ -480,12 +584,12 @@ fn trunc(s: &str, n: usize) -> String {
 
 async fn audit(cfg: &Config, target: &str, writer: Option<Address>, json: bool) -> Result<u8> {
     let chain = Chain::connect(&cfg.chain, cfg.registry()?, None).await?;
-    let (token, writer, header) = if Path::new(target).is_file() {
+    let (key, writer, header) = if Path::new(target).is_file() {
         let raw = read_input(Path::new(target))?;
         let msg = mailstamp_core::parse(&raw).context("not an RFC 5322 message")?;
         match inspect(&msg) {
             Inspection::Stamped(h) => (
-                B256::from(h.token()),
+                chain::RecordKey::of(&h),
                 Some(Address::from(h.writer)),
                 Some(h),
             ),
@@ -496,35 +600,45 @@ async fn audit(cfg: &Config, target: &str, writer: Option<Address>, json: bool) 
         let t: B256 = target.parse().with_context(|| {
             format!("`{target}` is neither a file nor a token (0x followed by 64 hex digits)")
         })?;
-        (t, writer, None)
+        (chain::RecordKey::Stamp(t), writer, None)
+    };
+    let (token, batch) = match key {
+        chain::RecordKey::Stamp(t) => (t, None),
+        chain::RecordKey::Batch(b) => (
+            B256::from(header.as_ref().map(|h| h.token()).unwrap_or_default()),
+            Some(b),
+        ),
     };
     // Find the event first: it names the writer when only the token is known.
-    let ev = chain
-        .find_event(writer, token, cfg.chain.from_block)
-        .await?;
+    let ev = chain.find_event(writer, key, cfg.chain.from_block).await?;
     let Some((w, rec)) = ev else {
         bail!(
-            "no Stamped event for token {token} in registry {} from block {}",
+            "no event for {key:?} in registry {} from block {}",
             chain.registry,
             cfg.chain.from_block
         );
     };
-    let lookup = chain.lookup(w, token).await;
+    let lookup = chain.lookup(w, key).await;
     let (commitment, time) = match &lookup {
         mailstamp_core::Lookup::Found { commitment, time } => {
             (Some(format!("0x{}", hex::encode(commitment))), Some(*time))
         }
         _ => (None, chain.block_time(rec.block).await.ok().flatten()),
     };
-    let matches = header
-        .as_ref()
-        .map(|h| commitment.as_deref() == Some(&format!("0x{}", hex::encode(h.commitment()))));
+    // The record holds the commitment (direct) or the batch root its proof leads to.
+    let matches = header.as_ref().map(|h| {
+        commitment.as_deref()
+            == Some(&format!(
+                "0x{}",
+                hex::encode(mailstamp_core::verify::recorded_value(h))
+            ))
+    });
     let confirmed = matches!(lookup, mailstamp_core::Lookup::Found { .. });
     let link = cfg.tx_link(&rec.tx.to_string());
     if json {
         println!(
             "{}",
-            json!({"chain_id": chain.chain_id, "registry": chain.registry, "writer": w, "token": token,
+            json!({"chain_id": chain.chain_id, "registry": chain.registry, "writer": w, "token": token, "batch": batch,
                    "commitment": commitment, "time": time, "block": rec.block, "tx": rec.tx,
                    "confirmed": confirmed, "header_matches": matches, "explorer": link})
         );
@@ -533,6 +647,11 @@ async fn audit(cfg: &Config, target: &str, writer: Option<Address>, json: bool) 
         println!("registry    {}", chain.registry);
         println!("writer      {w}");
         println!("token       {token}");
+        if let Some(b) = batch {
+            println!(
+                "batch       {b} (the record is the batch root; the header carries the proof)"
+            );
+        }
         println!(
             "commitment  {}",
             commitment.as_deref().unwrap_or("(not confirmed yet)")
@@ -616,5 +735,66 @@ async fn milter(
     }
     milter::unbind(listen);
     eprintln!("mailstamp milter: stopped");
+    result
+}
+
+/// `mailstamp relay`: binds, serves until SIGTERM/SIGINT, reloads on SIGHUP.
+async fn relay(
+    config: Option<PathBuf>,
+    over: Overrides,
+    listen: Option<String>,
+    keystore: Option<&Path>,
+) -> Result<u8> {
+    use mailstamp::milter::Settings;
+    use mailstamp::relay::{self, Relay};
+    use tokio::signal::unix::{SignalKind, signal};
+    let settings = Settings::load(config.as_deref(), &over)?;
+    let has_key = keystore.is_some()
+        || settings.cfg.writer.keystore.is_some()
+        || std::env::var_os(keys::PRIVATE_KEY_ENV).is_some();
+    let signer = if has_key {
+        Some(keys::load(&settings.cfg.writer, keystore)?)
+    } else {
+        eprintln!(
+            "mailstamp relay: no writer key: outbound mail cannot be stamped (milter.on_stamp_error applies)"
+        );
+        None
+    };
+    let listen = listen.unwrap_or_else(|| settings.cfg.relay.listen.clone());
+    let next_hop = settings.cfg.relay.next_hop.clone();
+    let r = std::sync::Arc::new(Relay::new(settings, signer, config.map(|p| (p, over)))?);
+    let (mut term, mut int, mut hup) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::hangup())?,
+    );
+    let (listener, addr) = relay::bind(&listen).await?;
+    eprintln!("mailstamp relay: listening on {addr}, next hop {next_hop}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut server = tokio::spawn(relay::run(
+        listener,
+        r.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    let result = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(0),
+            _ = int.recv() => break Ok(0),
+            _ = hup.recv() => match r.reload().await {
+                Ok(()) => eprintln!("mailstamp relay: reloaded the config and maps"),
+                Err(e) => eprintln!("mailstamp relay: reload failed, the old config and maps stay in force: {e:#}"),
+            },
+            res = &mut server => break match res {
+                Ok(Ok(())) => Ok(0),
+                Ok(Err(e)) => Err(anyhow::anyhow!("the relay stopped: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the relay task failed: {e}")),
+            },
+        }
+    };
+    stop.cancel();
+    if !server.is_finished() {
+        let _ = server.await;
+    }
+    eprintln!("mailstamp relay: stopped");
     result
 }

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! `mailstamp milter`: the agent beside Postfix or Sendmail, on indymilter. It owns the milter
-//! session (one per SMTP connection), the `[milter]` configuration, the outbound/inbound
-//! decision, and the one function that turns a verdict into a milter reply ([`disposition`]).
-//! Stamping and verification themselves are `ops::stamp` / `ops::verify`; the maps are
-//! [`crate::maps`].
+//! session (one per SMTP connection), the `[milter]` configuration (whose policy part —
+//! trusted networks, actions, trouble policies — the relay applies too), the settings and the
+//! chain connection both adapters share ([`Milter`]), and the translation of
+//! [`crate::session`]'s decisions into milter replies ([`disposition`]). The decisions
+//! themselves (maps per stage, verdict → action, header texts) are in [`crate::session`].
 
 use std::ffi::CString;
 use std::future::Future;
@@ -11,30 +12,25 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use alloy::primitives::{Address, B256};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context as _, Result, bail};
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
     ProtoOpts, SetErrorReply, SocketInfo, Status,
 };
-use mailstamp_core::{Envelope, MAX_MESSAGE_BYTES, Report, Verdict};
+use mailstamp_core::{MAX_MESSAGE_BYTES, Verdict};
 use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::chain::Chain;
 use crate::config::{Config, Overrides};
 use crate::dns::Authority;
-use crate::maps::{Action, AddrAction, ConnAction, Maps, Net, VerifyPolicy};
-use crate::ops::{self, StampContext, VerifyContext};
+use crate::maps::{Action, Maps, Net, VerifyPolicy};
+use crate::ops::StampContext;
+use crate::session::{self, Refusal, Step};
 use crate::store::Store;
 
-/// Name of the verdict header a Sieve rule can file on.
-pub const VERDICT_HEADER: &str = "X-Mailstamp-Verdict";
-/// Name of the score header (present when components were compared).
-pub const SCORE_HEADER: &str = "X-Mailstamp-Score";
-/// Header added to outbound mail passed unstamped by `on_stamp_error = "pass"`.
-pub const UNSTAMPED_HEADER: &str = "X-Mailstamp-Unstamped";
+pub use crate::session::{SCORE_HEADER, UNSTAMPED_HEADER, VERDICT_HEADER, ar_result, ar_value};
 /// The eom actions the milter uses: add headers, delete forged ones, quarantine.
 const NEEDED_ACTIONS: Actions = Actions::ADD_HEADER
     .union(Actions::CHANGE_HEADER)
@@ -218,7 +214,7 @@ fn hostname() -> String {
 /// The milter: settings (reloadable), the writer key, and a lazily (re)connected chain.
 pub struct Milter {
     settings: RwLock<Arc<Settings>>,
-    source: Option<(PathBuf, Overrides)>,
+    pub(crate) source: Option<(PathBuf, Overrides)>,
     signer: Option<PrivateKeySigner>,
     chain: tokio::sync::Mutex<Option<Chain>>,
 }
@@ -263,7 +259,7 @@ impl Milter {
     }
 
     /// The chain connection, made on first use and after any failure.
-    async fn chain(&self) -> Result<Chain, String> {
+    pub(crate) async fn chain(&self) -> Result<Chain, String> {
         let mut slot = self.chain.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
@@ -279,7 +275,7 @@ impl Milter {
 
     /// Forgets the connection (after an error), so that the next message reconnects with a
     /// fresh nonce cache.
-    async fn drop_chain(&self) {
+    pub(crate) async fn drop_chain(&self) {
         *self.chain.lock().await = None;
     }
 }
@@ -449,31 +445,32 @@ async fn negotiate(
 
 /// Sets an SMTP reply and returns the matching status.
 fn refuse(reply: &mut indymilter::SmtpReply, permanent: bool, xcode: &str, text: &str) -> Status {
-    let text = clean(text, 400);
-    let (code, status) = if permanent {
-        ("550", Status::Reject)
-    } else {
-        ("451", Status::Tempfail)
-    };
-    let code = if xcode == "5.3.4" { "552" } else { code };
-    if let Err(e) = reply.set_error_reply(code, Some(xcode), [text]) {
-        warn!("cannot set the SMTP reply: {e}");
-    }
-    status
+    reply_with(reply, &Refusal::new(permanent, xcode, text))
 }
 
-/// Printable ASCII only, at most `max` characters.
-fn clean(s: &str, max: usize) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .take(max)
-        .collect()
+/// Sets the SMTP reply of `r` and returns the matching status.
+fn reply_with(reply: &mut indymilter::SmtpReply, r: &Refusal) -> Status {
+    if let Err(e) = reply.set_error_reply(
+        &r.code.to_string(),
+        Some(r.xcode.as_str()),
+        [r.text.as_str()],
+    ) {
+        warn!("cannot set the SMTP reply: {e}");
+    }
+    if r.permanent() {
+        Status::Reject
+    } else {
+        Status::Tempfail
+    }
+}
+
+/// A stage's decision as a milter status (the reply set for a refusal).
+fn step_status(reply: &mut indymilter::SmtpReply, step: &Step) -> Status {
+    match step {
+        Step::Go => Status::Continue,
+        Step::Discard => Status::Discard,
+        Step::Refuse(r) => reply_with(reply, r),
+    }
 }
 
 fn missing_state(reply: &mut indymilter::SmtpReply, stage: &str) -> Status {
@@ -496,39 +493,14 @@ fn connect(m: &Milter, cx: &mut Context<Session>, host: &str, info: SocketInfo) 
         .macros
         .get(&c("{daemon_name}"))
         .map(|d| d.to_string_lossy().into_owned());
-    let mut session = Session {
+    let (step, accepted) = session::at_connect(&s, ip, host);
+    cx.data = Some(Session {
         client_ip: ip,
-        outbound_client: ip
-            .is_some_and(|ip| s.milter.trusted_networks.iter().any(|n| n.contains(ip)))
-            || daemon.is_some_and(|d| s.milter.outbound_daemons.contains(&d)),
-        ..Session::default()
-    };
-    let status = match s.maps.connection.at_connect(ip, host) {
-        Some(ConnAction::Accept) => {
-            session.client_accepted = true;
-            Status::Continue
-        }
-        Some(ConnAction::Reject(t)) => refuse(
-            &mut cx.reply,
-            true,
-            "5.7.1",
-            t.as_deref()
-                .unwrap_or("mailstamp: client refused by the connection map"),
-        ),
-        Some(ConnAction::Tempfail(t)) => refuse(
-            &mut cx.reply,
-            false,
-            "4.7.1",
-            t.as_deref()
-                .unwrap_or("mailstamp: client deferred by the connection map"),
-        ),
-        Some(ConnAction::Continue) | None => Status::Continue,
-    };
-    if status != Status::Continue {
-        info!(client = ?ip, host, ?status, "connection map");
-    }
-    cx.data = Some(session);
-    status
+        outbound_client: session::outbound_client(&s, ip, daemon.as_deref()),
+        client_accepted: accepted,
+        msg: None,
+    });
+    step_status(&mut cx.reply, &step)
 }
 
 fn helo(m: &Milter, cx: &mut Context<Session>, helo: &str) -> Status {
@@ -538,32 +510,9 @@ fn helo(m: &Milter, cx: &mut Context<Session>, helo: &str) -> Status {
     if session.client_accepted {
         return Status::Continue;
     }
-    let s = m.settings();
-    let status = match s.maps.connection.at_helo(helo) {
-        Some(ConnAction::Accept) => {
-            session.client_accepted = true;
-            Status::Continue
-        }
-        Some(ConnAction::Reject(t)) => refuse(
-            &mut cx.reply,
-            true,
-            "5.7.1",
-            t.as_deref()
-                .unwrap_or("mailstamp: HELO name refused by the connection map"),
-        ),
-        Some(ConnAction::Tempfail(t)) => refuse(
-            &mut cx.reply,
-            false,
-            "4.7.1",
-            t.as_deref()
-                .unwrap_or("mailstamp: HELO name deferred by the connection map"),
-        ),
-        Some(ConnAction::Continue) | None => Status::Continue,
-    };
-    if status != Status::Continue {
-        info!(helo, ?status, "connection map (HELO)");
-    }
-    status
+    let (step, accepted) = session::at_helo(&m.settings(), helo);
+    session.client_accepted = accepted;
+    step_status(&mut cx.reply, &step)
 }
 
 fn addr_of(args: &[CString]) -> String {
@@ -588,42 +537,23 @@ fn mail(m: &Milter, cx: &mut Context<Session>, args: &[CString]) -> Status {
     };
     let s = m.settings();
     let sender = addr_of(args);
-    // SIZE= is the client's promise; refuse early rather than buffer what we will refuse.
     let declared = args.iter().skip(1).find_map(|a| {
         let a = a.to_string_lossy();
         a.get(..5)
             .filter(|p| p.eq_ignore_ascii_case("SIZE="))
             .and_then(|_| a[5..].parse::<u64>().ok())
     });
-    if declared.is_some_and(|n| n > s.milter.max_message_bytes as u64) {
-        return too_big(&mut cx.reply, s.milter.max_message_bytes);
-    }
     let outbound = session.outbound_client || (s.milter.outbound_authenticated && authenticated);
-    let mut sender_policy = None;
-    if !session.client_accepted {
-        match s.maps.sender.lookup(&sender, s.maps.delimiter) {
-            Some(AddrAction::Reject(t)) => {
-                info!(sender, "sender map: reject");
-                let t = t
-                    .as_deref()
-                    .unwrap_or("Sender address rejected by mailstamp");
-                return refuse(&mut cx.reply, true, "5.7.1", &format!("<{sender}>: {t}"));
-            }
-            Some(AddrAction::Tempfail(t)) => {
-                info!(sender, "sender map: tempfail");
-                let t = t
-                    .as_deref()
-                    .unwrap_or("Sender address deferred by mailstamp");
-                return refuse(&mut cx.reply, false, "4.7.1", &format!("<{sender}>: {t}"));
-            }
-            Some(AddrAction::Discard) => {
-                info!(sender, "sender map: discard");
-                return Status::Discard;
-            }
-            Some(AddrAction::Verify(p)) => sender_policy = Some(p.clone()),
-            Some(AddrAction::Accept | AddrAction::Continue) | None => {}
-        }
-    }
+    let sender_policy = match session::at_mail(
+        &s,
+        &sender,
+        declared,
+        s.milter.max_message_bytes,
+        session.client_accepted,
+    ) {
+        Ok(p) => p,
+        Err(step) => return step_status(&mut cx.reply, &step),
+    };
     session.msg = Some(Msg {
         settings: s,
         outbound,
@@ -638,12 +568,7 @@ fn mail(m: &Milter, cx: &mut Context<Session>, args: &[CString]) -> Status {
 }
 
 fn too_big(reply: &mut indymilter::SmtpReply, limit: usize) -> Status {
-    refuse(
-        reply,
-        true,
-        "5.3.4",
-        &format!("Message size exceeds the mailstamp limit of {limit} bytes"),
-    )
+    reply_with(reply, &session::too_big(limit))
 }
 
 fn rcpt(cx: &mut Context<Session>, args: &[CString]) -> Status {
@@ -651,57 +576,10 @@ fn rcpt(cx: &mut Context<Session>, args: &[CString]) -> Status {
         return missing_state(&mut cx.reply, "rcpt");
     };
     let rcpt = addr_of(args);
-    let s = &msg.settings;
-    let mut policy = None;
-    match s.maps.recipient.lookup(&rcpt, s.maps.delimiter) {
-        Some(AddrAction::Reject(t)) => {
-            info!(rcpt, "recipient map: reject");
-            let t = t
-                .as_deref()
-                .unwrap_or("Recipient address rejected by mailstamp");
-            return refuse(&mut cx.reply, true, "5.7.1", &format!("<{rcpt}>: {t}"));
-        }
-        Some(AddrAction::Tempfail(t)) => {
-            info!(rcpt, "recipient map: tempfail");
-            let t = t
-                .as_deref()
-                .unwrap_or("Recipient address deferred by mailstamp");
-            return refuse(&mut cx.reply, false, "4.7.1", &format!("<{rcpt}>: {t}"));
-        }
-        Some(AddrAction::Discard) => {
-            info!(rcpt, "recipient map: discard");
-            return Status::Discard;
-        }
-        Some(AddrAction::Verify(p)) => policy = Some(p.clone()),
-        Some(AddrAction::Accept | AddrAction::Continue) | None => {}
-    }
-    // Provider mode (seed 000): inbound mail only for customer domains that are onboarded
-    // and verified.
-    if !msg.outbound
-        && let Some(store) = &s.stamp.active_only
-    {
-        let domain = rcpt
-            .rsplit_once('@')
-            .map_or("", |(_, d)| d)
-            .to_ascii_lowercase();
-        match store.is_active(&domain) {
-            Ok(true) => {}
-            Ok(false) => {
-                info!(rcpt, "provider mode: domain not onboarded");
-                let t = format!("<{rcpt}>: domain {domain} is not an active customer domain here");
-                return refuse(&mut cx.reply, true, "5.1.2", &t);
-            }
-            Err(e) => {
-                warn!(rcpt, error = %e, "provider mode: store unreadable");
-                return refuse(
-                    &mut cx.reply,
-                    false,
-                    "4.3.0",
-                    "mailstamp state store unavailable, try later",
-                );
-            }
-        }
-    }
+    let policy = match session::at_rcpt(&msg.settings, &rcpt, msg.outbound) {
+        Ok(p) => p,
+        Err(step) => return step_status(&mut cx.reply, &step),
+    };
     msg.rcpts.push(rcpt);
     msg.rcpt_policies.push(policy);
     Status::Continue
@@ -720,16 +598,6 @@ fn push_crlf(buf: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// The authserv-id an `Authentication-Results:` value starts with.
-fn authserv_id_of(value: &[u8]) -> String {
-    let v = String::from_utf8_lossy(value);
-    v.trim_start()
-        .split([';', ' ', '\t', '\r', '\n'])
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase()
-}
-
 fn header(cx: &mut Context<Session>, name: &str, value: &[u8]) -> Status {
     let Some(msg) = cx.data.as_mut().and_then(|s| s.msg.as_mut()) else {
         return missing_state(&mut cx.reply, "header");
@@ -742,11 +610,7 @@ fn header(cx: &mut Context<Session>, name: &str, value: &[u8]) -> Status {
     if !msg.outbound {
         // Headers that claim our results came from outside: they go, or a Sieve rule could
         // be fooled by a sender who writes them.
-        let ours = name.eq_ignore_ascii_case(VERDICT_HEADER)
-            || name.eq_ignore_ascii_case(SCORE_HEADER)
-            || (name.eq_ignore_ascii_case("Authentication-Results")
-                && authserv_id_of(value) == msg.settings.authserv_id.to_ascii_lowercase());
-        if ours {
+        if session::is_ours(name, value, &msg.settings.authserv_id) {
             msg.forged.push((name.to_owned(), index));
         }
     }
@@ -790,33 +654,11 @@ async fn eom(m: &Milter, cx: &mut EomContext<Session>) -> Status {
     }
 }
 
-/// The value of the header that `ops::stamp` put in front of `raw`, in milter form: the
-/// leading space kept, folded lines joined by LF (the MTA adds the CR).
-fn stamp_value(stamped: &[u8], raw_len: usize) -> Option<String> {
-    let field = stamped.get(..stamped.len().checked_sub(raw_len)?)?;
-    let field = std::str::from_utf8(field).ok()?;
-    let (name, value) = field.split_once(':')?;
-    if !name.eq_ignore_ascii_case(mailstamp_core::header::FIELD_NAME) {
-        return None;
-    }
-    Some(value.trim_end_matches(['\r', '\n']).replace("\r\n", "\n"))
-}
-
 async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
     let s = &msg.settings;
-    let env = Envelope {
-        rcpts: msg.rcpts.clone(),
-        client_ip: None,
-    };
-    let result = match m.chain().await {
-        Ok(chain) => ops::stamp(&chain, &s.stamp, &msg.raw, &env)
-            .await
-            .map_err(|e| format!("{e:#}")),
-        Err(e) => Err(format!("chain unavailable: {e}")),
-    };
-    match result {
+    match session::stamp(m, s, &msg.raw, &msg.rcpts).await {
         Ok(st) => {
-            let Some(value) = stamp_value(&st.message, msg.raw.len()) else {
+            let Some(value) = session::stamp_value(&st.message, msg.raw.len()) else {
                 warn!(queue_id, "stamped message has no leading Mail-Stamp field");
                 return refuse(&mut cx.reply, false, "4.3.0", "mailstamp: internal error");
             };
@@ -837,7 +679,6 @@ async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: 
             Status::Continue
         }
         Err(e) => {
-            m.drop_chain().await;
             warn!(queue_id, "cannot stamp: {e}");
             match s.milter.on_stamp_error {
                 TroublePolicy::Tempfail => refuse(
@@ -869,132 +710,43 @@ pub struct Disposition {
     /// The milter reply at end of message.
     pub status: Status,
     /// Reply code, enhanced code and text for reject / tempfail.
-    pub reply: Option<(&'static str, &'static str, String)>,
+    pub reply: Option<(&'static str, String, String)>,
     /// Whether the result headers are added.
     pub headers: bool,
     /// Whether the message is quarantined.
     pub quarantine: bool,
 }
 
-/// The RFC 8601 result of a verdict for method `mailstamp`.
-pub fn ar_result(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Wanted => "pass",
-        Verdict::Suspect => "neutral",
-        Verdict::Spam => "fail",
-        Verdict::Unstamped => "none",
-        Verdict::Invalid => "permerror",
-        Verdict::Temperror => "temperror",
-    }
-}
-
-/// THE mapping from a verdict to the milter's answer. The action is the configured one for
-/// the verdict, overridden per sender/recipient by `verify` policies; with several recipients
-/// the strictest action wins (one message, one answer). `temperror` follows `on_temperror`:
-/// a slow chain never makes spam.
+/// A verdict as the milter's answer: the action is [`session::action_for`]'s (the one
+/// mapping from verdict to action), turned into a milter status and reply.
 pub fn disposition(
     verdict: Verdict,
     mc: &MilterConfig,
     sender: Option<&VerifyPolicy>,
     rcpts: &[Option<VerifyPolicy>],
 ) -> Disposition {
-    let action = match mc.actions.get(verdict) {
-        None => match mc.on_temperror {
-            TroublePolicy::Tempfail => Action::Tempfail,
-            TroublePolicy::Pass => Action::AddHeader,
-        },
-        Some(global) => {
-            let for_rcpt = |p: &Option<VerifyPolicy>| {
-                p.as_ref()
-                    .and_then(|p| p.action(verdict))
-                    .or_else(|| sender.and_then(|p| p.action(verdict)))
-                    .unwrap_or(global)
-            };
-            if rcpts.is_empty() {
-                for_rcpt(&None)
-            } else {
-                rcpts.iter().map(for_rcpt).max().unwrap_or(global)
-            }
-        }
+    let action = session::action_for(verdict, mc, sender, rcpts);
+    disposition_of(action, verdict)
+}
+
+fn disposition_of(action: Action, verdict: Verdict) -> Disposition {
+    let status = match action {
+        Action::Accept | Action::AddHeader | Action::Quarantine => Status::Continue,
+        Action::Discard => Status::Discard,
+        Action::Tempfail => Status::Tempfail,
+        Action::Reject => Status::Reject,
     };
-    let v = verdict.as_str();
-    let (status, reply) = match action {
-        Action::Accept | Action::AddHeader | Action::Quarantine => (Status::Continue, None),
-        Action::Discard => (Status::Discard, None),
-        Action::Tempfail => (
-            Status::Tempfail,
-            Some((
-                "451",
-                "4.7.1",
-                if verdict == Verdict::Temperror {
-                    "mailstamp: the stamp cannot be checked now, try again later".to_owned()
-                } else {
-                    format!("mailstamp: message deferred (verdict {v})")
-                },
-            )),
-        ),
-        Action::Reject => (
-            Status::Reject,
-            Some((
-                "550",
-                "5.7.1",
-                format!("mailstamp: message refused, its stamp verdict is {v}"),
-            )),
-        ),
-    };
+    let reply = session::verdict_refusal(action, verdict).map(|r| {
+        let code = if r.permanent() { "550" } else { "451" };
+        (code, r.xcode, r.text)
+    });
     Disposition {
         action,
         status,
         reply,
-        headers: matches!(action, Action::AddHeader | Action::Quarantine),
+        headers: session::adds_headers(action),
         quarantine: action == Action::Quarantine,
     }
-}
-
-/// The From domain, for `header.from`.
-fn from_domain(raw: &[u8]) -> Option<String> {
-    let msg = mailstamp_core::parse(raw)?;
-    let a = msg.from()?.first()?.address()?;
-    let d = a.rsplit_once('@')?.1.trim().to_ascii_lowercase();
-    (!d.is_empty()
-        && d.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
-    .then_some(d)
-}
-
-/// The `Authentication-Results:` value (leading space, LF-folded) for a report.
-pub fn ar_value(
-    authserv_id: &str,
-    report: &Report,
-    from: Option<&str>,
-    tx: Option<B256>,
-) -> String {
-    let mut v = format!(
-        " {authserv_id};\n\tmailstamp={} ({}",
-        ar_result(report.verdict),
-        report.verdict.as_str()
-    );
-    if let Some(sc) = report.score {
-        v.push_str(&format!(", score {sc:.2}"));
-    }
-    v.push(')');
-    if let Some(r) = &report.reason {
-        let r = clean(r, 200).replace(['"', '\\'], "'");
-        v.push_str(&format!("\n\treason=\"{r}\""));
-    }
-    if let Some(d) = from {
-        v.push_str(&format!("\n\theader.from={d}"));
-    }
-    if let Some(st) = &report.stamp {
-        v.push_str(&format!(
-            "\n\tpolicy.chain={} policy.writer={}\n\tpolicy.token={}",
-            st.chain_id, st.writer, st.token
-        ));
-    }
-    if let Some(tx) = tx {
-        v.push_str(&format!("\n\tpolicy.tx={tx}"));
-    }
-    v
 }
 
 async fn inbound(
@@ -1005,42 +757,23 @@ async fn inbound(
     queue_id: &str,
 ) -> Status {
     let s = &msg.settings;
-    let mut policy = s.cfg.verify.policy();
-    let thresholds = msg
-        .rcpt_policies
-        .iter()
-        .chain(std::iter::once(&msg.sender_policy))
-        .filter_map(|p| p.as_ref().and_then(|p| p.threshold));
-    if let Some(t) = thresholds.reduce(f64::max) {
-        policy.threshold = t;
-    }
-    let ctx = VerifyContext {
-        authority: s.authority.clone(),
-        trusted: s.cfg.trusted_registries(),
-        policy,
-        now: Some(ops::now()),
-    };
-    let env = Envelope {
-        rcpts: msg.rcpts.clone(),
+    let j = session::judge(
+        m,
+        s,
+        &msg.raw,
+        &msg.rcpts,
         client_ip,
-    };
-    let chain = m.chain().await;
-    let report = ops::verify(chain.as_ref().map_err(String::as_str), &ctx, &msg.raw, &env).await;
-    if report.verdict == Verdict::Temperror {
-        m.drop_chain().await;
-    }
-    let d = disposition(
-        report.verdict,
-        &s.milter,
         msg.sender_policy.as_ref(),
         &msg.rcpt_policies,
-    );
+    )
+    .await;
+    let d = disposition_of(j.action, j.report.verdict);
     info!(
         queue_id,
-        verdict = report.verdict.as_str(),
-        score = report.score,
+        verdict = j.report.verdict.as_str(),
+        score = j.report.score,
         action = ?d.action,
-        reason = report.reason.as_deref().unwrap_or(""),
+        reason = j.report.reason.as_deref().unwrap_or(""),
         "verified"
     );
     for (name, index) in msg.forged.iter().rev() {
@@ -1052,45 +785,13 @@ async fn inbound(
             warn!(queue_id, "cannot remove a forged {name}: {e}");
         }
     }
-    if d.headers {
-        let tx = match (&chain, &report.stamp) {
-            (Ok(c), Some(st)) if s.milter.lookup_tx && st.time.is_some() => {
-                match (st.writer.parse::<Address>(), st.token.parse::<B256>()) {
-                    (Ok(w), Ok(t)) => c
-                        .find_event(Some(w), t, s.cfg.chain.from_block)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|(_, r)| r.tx),
-                    _ => None,
-                }
-            }
-            _ => None,
+    // Authentication-Results goes on top, the others at the end of the header.
+    for (i, (name, value)) in j.headers.iter().enumerate() {
+        let added = if i == 0 {
+            cx.actions.insert_header(0, *name, value.as_str()).await
+        } else {
+            cx.actions.add_header(*name, value.as_str()).await
         };
-        let ar = ar_value(
-            &s.authserv_id,
-            &report,
-            from_domain(&msg.raw).as_deref(),
-            tx,
-        );
-        let mut added = cx
-            .actions
-            .insert_header(0, "Authentication-Results", ar)
-            .await;
-        if added.is_ok() {
-            added = cx
-                .actions
-                .add_header(VERDICT_HEADER, format!(" {}", report.verdict.as_str()))
-                .await;
-        }
-        if added.is_ok()
-            && let Some(sc) = report.score
-        {
-            added = cx
-                .actions
-                .add_header(SCORE_HEADER, format!(" {sc:.2}"))
-                .await;
-        }
         if let Err(e) = added {
             warn!(queue_id, "cannot add the result headers: {e}");
             return refuse(
@@ -1104,7 +805,7 @@ async fn inbound(
     if d.quarantine
         && let Err(e) = cx
             .actions
-            .quarantine(format!("mailstamp verdict {}", report.verdict.as_str()))
+            .quarantine(format!("mailstamp verdict {}", j.report.verdict.as_str()))
             .await
     {
         warn!(queue_id, "cannot quarantine: {e}");
@@ -1116,7 +817,9 @@ async fn inbound(
         );
     }
     if let Some((code, xcode, text)) = &d.reply
-        && let Err(e) = cx.reply.set_error_reply(code, Some(xcode), [text.as_str()])
+        && let Err(e) = cx
+            .reply
+            .set_error_reply(code, Some(xcode.as_str()), [text.as_str()])
     {
         warn!(queue_id, "cannot set the SMTP reply: {e}");
     }
@@ -1126,6 +829,9 @@ async fn inbound(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::AddrAction;
+    use crate::session::{authserv_id_of, stamp_value};
+    use mailstamp_core::Report;
 
     fn pol(actions: &[(Verdict, Action)]) -> Option<VerifyPolicy> {
         Some(VerifyPolicy {

@@ -6,7 +6,7 @@
 use alloy::primitives::{Address, B256, FixedBytes};
 use anyhow::{Context, Result, bail};
 use mailstamp_core::{
-    ChainRef, Envelope, Inspection, MAX_MESSAGE_BYTES, Policy, Report, Selection, Verdict,
+    ChainRef, Envelope, Inspection, Lookup, MAX_MESSAGE_BYTES, Policy, Report, Selection, Verdict,
     evaluate, insert_header, inspect, parse, prepare,
 };
 
@@ -15,10 +15,10 @@ use std::sync::Arc;
 use mailstamp_core::WriterAuth;
 use mailstamp_core::writers::{RECORD_LABEL, WriterRecord};
 
-use crate::chain::{Chain, Recorded};
+use crate::chain::{Chain, RecordKey, Recorded};
 use crate::config::Config;
 use crate::dns::Authority;
-use crate::store::Store;
+use crate::store::{BatchRow, Store};
 
 /// A stamped message and where its record landed.
 #[derive(Debug, Clone)]
@@ -81,44 +81,8 @@ pub async fn stamp(
     raw: &[u8],
     env: &Envelope,
 ) -> Result<Stamped> {
-    if raw.len() > MAX_MESSAGE_BYTES {
-        bail!(
-            "message is {} bytes, more than the {MAX_MESSAGE_BYTES} this agent stamps",
-            raw.len()
-        );
-    }
     let writer = chain.writer.context("stamping needs a writer key")?;
-    let msg = parse(raw).context("not an RFC 5322 message: no header section found")?;
-    let from = mailstamp_core::component::from_address(&msg);
-    let (_, domain) = mailstamp_core::canon::split_address(&from);
-    if let Some(store) = &ctx.active_only
-        && !store.is_active(domain)?
-    {
-        bail!(
-            "From domain `{domain}` is not an active customer domain here: onboard it first \
-             (`mailstamp onboard add {domain} --account ID`, then `onboard verify`)"
-        );
-    }
-    if ctx.check_writer {
-        match ctx.authority.check(domain, writer).await {
-            WriterAuth::Pass(_) => {}
-            WriterAuth::TempError(e) => {
-                bail!("cannot check the writer record of `{domain}` now (retry later): {e}")
-            }
-            other => bail!(
-                "refusing to stamp for `{domain}`: {}; publish {RECORD_LABEL}.{domain} TXT \"{}\" \
-                 (or pin it in [trust]), else receivers will not count the stamp",
-                other.detail(),
-                WriterRecord::format(&[writer.0.0])
-            ),
-        }
-    }
-    let chain_ref = ChainRef {
-        chain_id: chain.chain_id,
-        registry: chain.registry.0.0,
-        writer: writer.0.0,
-    };
-    let p = prepare(&msg, env, fresh_salt()?, &chain_ref, &ctx.selection)?;
+    let p = check_and_prepare(ctx, writer, &chain.chain_ref(writer), raw, env).await?;
     let recorded = chain
         .stamp(B256::from(p.token), FixedBytes::from(p.commitment))
         .await?;
@@ -225,10 +189,27 @@ pub async fn verify(
     let from = mailstamp_core::component::from_address(&msg);
     let (_, domain) = mailstamp_core::canon::split_address(&from);
     let (lookup, auth) = tokio::join!(
-        chain.lookup(writer, B256::from(header.token())),
+        chain.lookup(writer, RecordKey::of(&header)),
         ctx.authority.check(domain, writer)
     );
     evaluate(&msg, &header, env, &lookup, &auth, &ctx.policy, ctx.now)
+}
+
+/// The transaction that recorded a found stamp (its `Stamped` event, or its batch's
+/// `Anchored` event), for audit headers and reports; `None` when not found.
+pub async fn recording_tx(chain: &Chain, report: &Report, from_block: u64) -> Option<Recorded> {
+    let s = report.stamp.as_ref().filter(|s| s.time.is_some())?;
+    let w = s.writer.parse::<Address>().ok()?;
+    let key = match &s.batch {
+        Some(b) => RecordKey::Batch(b.parse().ok()?),
+        None => RecordKey::Stamp(s.token.parse().ok()?),
+    };
+    chain
+        .find_event(Some(w), key, from_block)
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, r)| r)
 }
 
 /// Current unix time in seconds.
@@ -269,4 +250,216 @@ mod tests {
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
     }
+}
+
+/// Refuses From domains we may not stamp for: not an active customer domain in provider mode,
+/// or (with `check_writer`) a domain whose writer record does not list us.
+async fn check_from_domain(
+    ctx: &StampContext,
+    writer: Address,
+    msg: &mailstamp_core::mail_parser::Message<'_>,
+) -> Result<()> {
+    let from = mailstamp_core::component::from_address(msg);
+    let (_, domain) = mailstamp_core::canon::split_address(&from);
+    if let Some(store) = &ctx.active_only
+        && !store.is_active(domain)?
+    {
+        bail!(
+            "From domain `{domain}` is not an active customer domain here: onboard it first \
+             (`mailstamp onboard add {domain} --account ID`, then `onboard verify`)"
+        );
+    }
+    if ctx.check_writer {
+        match ctx.authority.check(domain, writer).await {
+            WriterAuth::Pass(_) => {}
+            WriterAuth::TempError(e) => {
+                bail!("cannot check the writer record of `{domain}` now (retry later): {e}")
+            }
+            other => bail!(
+                "refusing to stamp for `{domain}`: {}; publish {RECORD_LABEL}.{domain} TXT \"{}\" \
+                 (or pin it in [trust]), else receivers will not count the stamp",
+                other.detail(),
+                WriterRecord::format(&[writer.0.0])
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// A fault-injection point for crash tests: when `MAILSTAMP_FAULT` names this point, the
+/// process exits at once (as a crash or a kill would), leaving the journal as it is.
+fn fault(point: &str) {
+    if std::env::var("MAILSTAMP_FAULT").is_ok_and(|f| f == point) {
+        eprintln!("mailstamp: MAILSTAMP_FAULT={point}: exiting here on purpose");
+        std::process::exit(86);
+    }
+}
+
+/// One message given to a batch.
+#[derive(Debug, Clone)]
+pub struct BatchInput {
+    /// A name for it (the file name in the output directory).
+    pub name: String,
+    /// The message.
+    pub raw: Vec<u8>,
+    /// Its envelope.
+    pub env: Envelope,
+}
+
+/// What happened to a batch.
+#[derive(Debug, Clone)]
+pub struct BatchOutcome {
+    /// The batch id (the anchor's key).
+    pub batch: B256,
+    /// How many messages it holds.
+    pub size: u32,
+    /// The anchoring transaction; `None` when it was found already on chain (a resumed batch).
+    pub recorded: Option<Recorded>,
+    /// Messages refused before batching, with why.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Stamps messages in batched mode (docs/PROTOCOL.md §5a): every message is checked and
+/// prepared as for a direct stamp, one Merkle tree is built over their commitments, each header
+/// gets its proof, and ONE `anchor` transaction records the root. Durable across a crash: the
+/// stamped messages are written to a spool directory and the batch journalled in `store`
+/// before the anchor is sent, and moved to `out_dir` only after it is mined; [`resume_batches`]
+/// finishes what a crash left, anchoring each batch at most once.
+pub async fn stamp_batch(
+    chain: &Chain,
+    ctx: &StampContext,
+    store: &Store,
+    inputs: Vec<BatchInput>,
+    out_dir: &std::path::Path,
+) -> Result<BatchOutcome> {
+    let writer = chain.writer.context("stamping needs a writer key")?;
+    let chain_ref = chain.chain_ref(writer);
+    let mut prepared = Vec::new();
+    let mut refused = Vec::new();
+    for i in inputs {
+        match check_and_prepare(ctx, writer, &chain_ref, &i.raw, &i.env).await {
+            Ok(p) => prepared.push((i, p)),
+            Err(e) => refused.push((i.name, format!("{e:#}"))),
+        }
+    }
+    let mut batch_id = [0u8; 32];
+    getrandom::fill(&mut batch_id)
+        .map_err(|e| anyhow::anyhow!("the system random generator failed: {e}"))?;
+    let mut stamps: Vec<mailstamp_core::Prepared> =
+        prepared.iter().map(|(_, p)| p.clone()).collect();
+    let Some(root) = mailstamp_core::stamp::into_batch(&mut stamps, batch_id) else {
+        bail!("nothing to stamp: every message was refused");
+    };
+    let size = u32::try_from(stamps.len()).context("batch too large")?;
+    let batch = B256::from(batch_id);
+    let spool = out_dir.join(format!(".mailstamp-batch-{batch}"));
+    std::fs::create_dir_all(&spool)
+        .with_context(|| format!("cannot create {}", spool.display()))?;
+    for ((input, _), p) in prepared.iter().zip(&stamps) {
+        let path = spool.join(&input.name);
+        std::fs::write(&path, insert_header(&input.raw, &p.header))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let row = BatchRow {
+        batch_id: batch.to_string(),
+        root: format!("0x{}", hex::encode(mailstamp_core::merkle::short(&root))),
+        size,
+        spool: spool.to_string_lossy().into_owned(),
+        out_dir: out_dir.to_string_lossy().into_owned(),
+        tx: None,
+    };
+    store.add_batch(&row, now())?;
+    fault("before-anchor");
+    let recorded = finish_batch(chain, store, &row).await?;
+    Ok(BatchOutcome {
+        batch,
+        size,
+        recorded,
+        refused,
+    })
+}
+
+/// The writer and provider checks of [`stamp`], then the stamp itself (not recorded).
+async fn check_and_prepare(
+    ctx: &StampContext,
+    writer: Address,
+    chain_ref: &ChainRef,
+    raw: &[u8],
+    env: &Envelope,
+) -> Result<mailstamp_core::Prepared> {
+    if raw.len() > MAX_MESSAGE_BYTES {
+        bail!(
+            "message is {} bytes, more than the {MAX_MESSAGE_BYTES} this agent stamps",
+            raw.len()
+        );
+    }
+    let msg = parse(raw).context("not an RFC 5322 message: no header section found")?;
+    check_from_domain(ctx, writer, &msg).await?;
+    Ok(prepare(
+        &msg,
+        env,
+        fresh_salt()?,
+        chain_ref,
+        &ctx.selection,
+    )?)
+}
+
+/// Anchors a journalled batch unless its anchor is already on chain, then moves its messages
+/// to their output directory and closes the journal entry. Safe to repeat.
+pub async fn finish_batch(
+    chain: &Chain,
+    store: &Store,
+    row: &BatchRow,
+) -> Result<Option<Recorded>> {
+    let writer = chain
+        .writer
+        .context("finishing a batch needs the writer key")?;
+    let batch: B256 = row.batch_id.parse().context("journal: bad batch id")?;
+    let root: FixedBytes<24> = row.root.parse().context("journal: bad root")?;
+    let recorded = match chain.lookup(writer, RecordKey::Batch(batch)).await {
+        Lookup::Found { commitment, .. } if commitment == root.0 => None,
+        Lookup::Found { .. } => {
+            bail!("batch {batch} is anchored on chain with another root: not touching it")
+        }
+        Lookup::Unconfirmed => None,
+        Lookup::NotFound => Some(chain.anchor(batch, root, row.size).await?),
+        Lookup::Unavailable(e) => bail!("cannot read the registry (retry later): {e}"),
+    };
+    fault("after-anchor");
+    let spool = std::path::Path::new(&row.spool);
+    let out = std::path::Path::new(&row.out_dir);
+    if spool.exists() {
+        for entry in
+            std::fs::read_dir(spool).with_context(|| format!("cannot list {}", spool.display()))?
+        {
+            let entry = entry?;
+            std::fs::rename(entry.path(), out.join(entry.file_name())).with_context(|| {
+                format!(
+                    "cannot move {} to {}",
+                    entry.path().display(),
+                    out.display()
+                )
+            })?;
+        }
+        std::fs::remove_dir(spool).with_context(|| format!("cannot remove {}", spool.display()))?;
+    }
+    store.finish_batch(
+        &row.batch_id,
+        recorded.as_ref().map(|r| r.tx.to_string()).as_deref(),
+    )?;
+    Ok(recorded)
+}
+
+/// Finishes every batch a crash left pending: anchors what is not on chain yet (once) and
+/// delivers the spooled messages.
+pub async fn resume_batches(
+    chain: &Chain,
+    store: &Store,
+) -> Result<Vec<(BatchRow, Option<Recorded>)>> {
+    let mut done = Vec::new();
+    for row in store.pending_batches()? {
+        let r = finish_batch(chain, store, &row).await?;
+        done.push((row, r));
+    }
+    Ok(done)
 }

@@ -22,6 +22,18 @@ const MIGRATIONS: &[&str] = &[
         verified INTEGER
     ) STRICT;
     CREATE INDEX domains_account ON domains (account);",
+    // 2: batches whose stamped messages are spooled and whose anchor may not be on chain yet
+    // (issue 6): a crash between spooling and anchoring loses nothing and anchors nothing twice.
+    "CREATE TABLE batches (
+        batch_id TEXT PRIMARY KEY,
+        root     TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        spool    TEXT NOT NULL,
+        out_dir  TEXT NOT NULL,
+        state    TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+        tx       TEXT,
+        created  INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// The state store.
@@ -177,6 +189,69 @@ impl Store {
         Ok(self
             .domain(domain)?
             .is_some_and(|r| r.status == DomainStatus::Active))
+    }
+}
+
+/// A batch in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchRow {
+    /// Batch id, 0x-hex.
+    pub batch_id: String,
+    /// Root to anchor, 0x-hex (24 bytes).
+    pub root: String,
+    /// Stamps in the batch.
+    pub size: u32,
+    /// Where the stamped messages wait.
+    pub spool: String,
+    /// Where they go once anchored.
+    pub out_dir: String,
+    /// Anchoring transaction, once known.
+    pub tx: Option<String>,
+}
+
+impl Store {
+    /// Journals a batch as pending (its messages already spooled).
+    pub fn add_batch(&self, b: &BatchRow, now: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO batches (batch_id, root, size, spool, out_dir, state, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+                params![b.batch_id, b.root, b.size, b.spool, b.out_dir, now as i64],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Batches not finished yet, oldest first.
+    pub fn pending_batches(&self) -> Result<Vec<BatchRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT batch_id, root, size, spool, out_dir, tx FROM batches
+                 WHERE state = 'pending' ORDER BY created, batch_id",
+            )?;
+            st.query_map([], |r| {
+                Ok(BatchRow {
+                    batch_id: r.get(0)?,
+                    root: r.get(1)?,
+                    size: r.get(2)?,
+                    spool: r.get(3)?,
+                    out_dir: r.get(4)?,
+                    tx: r.get(5)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Marks a batch finished (anchored and its messages delivered).
+    pub fn finish_batch(&self, batch_id: &str, tx: Option<&str>) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE batches SET state = 'done', tx = COALESCE(?2, tx) WHERE batch_id = ?1",
+                params![batch_id, tx],
+            )
+        })?;
+        Ok(())
     }
 }
 

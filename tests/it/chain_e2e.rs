@@ -81,7 +81,7 @@ async fn deploy_is_deterministic_and_idempotent() {
     assert_eq!(d2.address, d1.address);
     assert!(d2.already_deployed && d2.tx.is_none());
     let c = connect(&a, d1.address, None, 1).await;
-    assert_eq!(c.check_registry().await.unwrap(), "1.0.0");
+    assert_eq!(c.check_registry().await.unwrap(), "1.1.0");
 }
 
 #[tokio::test]
@@ -223,7 +223,10 @@ async fn a_record_is_write_once_and_the_error_is_decoded() {
         .to_string();
     assert!(e.contains("ZeroCommitment"), "{e}");
     // The first record is still there, unchanged.
-    match c.lookup(signer(&a, 0).address(), token).await {
+    match c
+        .lookup(signer(&a, 0).address(), chain::RecordKey::Stamp(token))
+        .await
+    {
         mailstamp_core::Lookup::Found { commitment, .. } => assert_eq!(commitment, [1u8; 24]),
         other => panic!("{other:?}"),
     }

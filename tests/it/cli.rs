@@ -3,7 +3,7 @@
 //! (table, JSON, exit status), audit, and the errors a user sees.
 
 use crate::harness::{
-    TempDir, anvil, corpus, corpus_domains, key_hex, mailstamp, signer, tamper_body,
+    TempDir, anvil, corpus, key_hex, mailstamp, signer, tamper_body, trust_config_toml,
 };
 
 fn stdout(o: &std::process::Output) -> String {
@@ -35,12 +35,7 @@ fn deploy_stamp_verify_audit_through_the_binary() {
     let dir = TempDir::new("cli");
     let config = dir.0.join("mailstamp.toml");
     let writer = signer(&a, 0).address();
-    let mut toml = String::from(
-        "[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\nattempts = 1\n\n[trust]\n",
-    );
-    for d in corpus_domains() {
-        toml.push_str(&format!("\"{d}\" = [\"{writer:#x}\"]\n"));
-    }
+    let toml = trust_config_toml(writer);
     std::fs::write(&config, toml).unwrap();
     let env = [
         ("MAILSTAMP_RPC_URL", url.as_str()),

@@ -238,3 +238,14 @@ pub(crate) fn authority(
     };
     mailstamp::dns::Authority::new(&cfg, trust).unwrap()
 }
+
+/// Config text trusting `writer` for every corpus domain, with DNS pointed at a closed port.
+pub(crate) fn trust_config_toml(writer: alloy::primitives::Address) -> String {
+    let mut toml = String::from(
+        "[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\nattempts = 1\n\n[trust]\n",
+    );
+    for d in corpus_domains() {
+        toml.push_str(&format!("\"{d}\" = [\"{writer:#x}\"]\n"));
+    }
+    toml
+}

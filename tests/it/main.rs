@@ -6,6 +6,7 @@
 mod harness;
 
 mod abi_drift;
+mod batch;
 mod chain_e2e;
 mod cli;
 mod corpus;
@@ -13,3 +14,4 @@ mod dns;
 mod dnsfix;
 mod milter;
 mod postfix;
+mod relay;

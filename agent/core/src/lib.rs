@@ -16,6 +16,8 @@ pub mod writers;
 
 pub use component::{ComponentName, Envelope, Family, Selection};
 pub use header::{HeaderError, StampHeader};
+/// The parser the pipeline is built on, for callers that hold parsed messages.
+pub use mail_parser;
 pub use stamp::{ChainRef, Prepared, StampError, insert_header, prepare};
 pub use verify::{Inspection, Lookup, Policy, Report, Status, Verdict, evaluate, inspect};
 pub use writers::WriterAuth;

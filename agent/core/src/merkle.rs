@@ -133,6 +133,22 @@ mod tests {
         assert!(Tree::build(&[]).is_none());
     }
 
+    #[test]
+    fn known_answer_shared_with_the_contract_tests() {
+        // Commitments 1, 2, 3 as 24-byte big-endian numbers; the same vector is checked by
+        // contracts/test/StampRegistryBatch.t.sol (test_VerifyStamp_KnownAnswer).
+        let n = |v: u8| {
+            let mut x = [0u8; 24];
+            x[23] = v;
+            x
+        };
+        let t = Tree::build(&[n(1), n(2), n(3)]).unwrap();
+        assert_eq!(
+            hex::encode(short(&t.root())),
+            "822cca8e11289c26249dfd9b27606a86100c49f6817c9056"
+        );
+    }
+
     proptest! {
         #[test]
         fn every_leaf_proves_and_nothing_else_does(n in 1usize..300, pick in 0usize..300) {

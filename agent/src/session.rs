@@ -1,0 +1,487 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The SMTP-session decisions shared by both MTA adapters, the milter ([`crate::milter`]) and
+//! the relay ([`crate::relay`]): outbound or inbound, what each map says at its stage and
+//! the refusal that goes with it, THE mapping from a verdict to an action ([`action_for`]),
+//! stamping and judging a whole message, and the texts of the headers mailstamp adds. The
+//! adapters only turn these answers into their own wire form (milter status / SMTP reply).
+
+use std::net::IpAddr;
+
+use alloy::primitives::B256;
+use mailstamp_core::{Envelope, Report, Verdict};
+use tracing::{info, warn};
+
+use crate::maps::{Action, AddrAction, ConnAction, VerifyPolicy};
+use crate::milter::{Milter, MilterConfig, Settings, TroublePolicy};
+use crate::ops::{self, Stamped, VerifyContext};
+
+/// Name of the verdict header a Sieve rule can file on.
+pub const VERDICT_HEADER: &str = "X-Mailstamp-Verdict";
+/// Name of the score header (present when components were compared).
+pub const SCORE_HEADER: &str = "X-Mailstamp-Score";
+/// Header added to outbound mail passed unstamped by `on_stamp_error = "pass"`.
+pub const UNSTAMPED_HEADER: &str = "X-Mailstamp-Unstamped";
+
+/// An SMTP refusal: reply code, enhanced status code, text (printable ASCII).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// 451, 550, 552, …
+    pub code: u16,
+    /// RFC 3463 code, `4.7.1`, …
+    pub xcode: String,
+    /// The reply text.
+    pub text: String,
+}
+
+impl Refusal {
+    /// A refusal: 550 (permanent) or 451; `5.3.4` (too big) is always 552.
+    pub fn new(permanent: bool, xcode: &str, text: &str) -> Self {
+        let code = if xcode == "5.3.4" {
+            552
+        } else if permanent {
+            550
+        } else {
+            451
+        };
+        Self {
+            code,
+            xcode: xcode.to_owned(),
+            text: clean(text, 400),
+        }
+    }
+
+    /// Whether the refusal is permanent (5xx).
+    pub fn permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+/// What a stage decides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Go on.
+    Go,
+    /// Refuse with this reply.
+    Refuse(Refusal),
+    /// Take the message and drop it (access(5) DISCARD).
+    Discard,
+}
+
+/// Printable ASCII only, at most `max` characters.
+pub fn clean(s: &str, max: usize) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(max)
+        .collect()
+}
+
+/// Whether a client sends outbound mail by where it connects from: an IP in
+/// `trusted_networks`, or a Postfix `{daemon_name}` listed in `outbound_daemons`.
+pub fn outbound_client(s: &Settings, ip: Option<IpAddr>, daemon: Option<&str>) -> bool {
+    ip.is_some_and(|ip| s.milter.trusted_networks.iter().any(|n| n.contains(ip)))
+        || daemon.is_some_and(|d| s.milter.outbound_daemons.iter().any(|o| o == d))
+}
+
+fn conn_step(a: Option<&ConnAction>, what: &str) -> (Step, bool) {
+    match a {
+        Some(ConnAction::Accept) => (Step::Go, true),
+        Some(ConnAction::Reject(t)) => (
+            Step::Refuse(Refusal::new(
+                true,
+                "5.7.1",
+                t.as_deref()
+                    .unwrap_or(&format!("mailstamp: {what} refused by the connection map")),
+            )),
+            false,
+        ),
+        Some(ConnAction::Tempfail(t)) => (
+            Step::Refuse(Refusal::new(
+                false,
+                "4.7.1",
+                t.as_deref()
+                    .unwrap_or(&format!("mailstamp: {what} deferred by the connection map")),
+            )),
+            false,
+        ),
+        Some(ConnAction::Continue) | None => (Step::Go, false),
+    }
+}
+
+/// The connection map at CONNECT; the flag says the client is accepted (later maps skipped).
+pub fn at_connect(s: &Settings, ip: Option<IpAddr>, host: &str) -> (Step, bool) {
+    let r = conn_step(s.maps.connection.at_connect(ip, host), "client");
+    if r.0 != Step::Go {
+        info!(client = ?ip, host, step = ?r.0, "connection map");
+    }
+    r
+}
+
+/// The connection map at HELO/EHLO (not consulted for an accepted client).
+pub fn at_helo(s: &Settings, helo: &str) -> (Step, bool) {
+    let r = conn_step(s.maps.connection.at_helo(helo), "HELO name");
+    if r.0 != Step::Go {
+        info!(helo, step = ?r.0, "connection map (HELO)");
+    }
+    r
+}
+
+/// The refusal of a message over `limit` bytes.
+pub fn too_big(limit: usize) -> Refusal {
+    Refusal::new(
+        true,
+        "5.3.4",
+        &format!("Message size exceeds the mailstamp limit of {limit} bytes"),
+    )
+}
+
+/// MAIL FROM: the declared SIZE against `limit`, then the sender map (skipped for a client
+/// the connection map accepted). `Ok` carries the sender's verify policy.
+pub fn at_mail(
+    s: &Settings,
+    sender: &str,
+    declared: Option<u64>,
+    limit: usize,
+    client_accepted: bool,
+) -> Result<Option<VerifyPolicy>, Step> {
+    // SIZE= is the client's promise; refuse early rather than buffer what we will refuse.
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Step::Refuse(too_big(limit)));
+    }
+    if client_accepted {
+        return Ok(None);
+    }
+    addr_step(
+        s.maps.sender.lookup(sender, s.maps.delimiter),
+        sender,
+        "sender",
+        "Sender",
+    )
+}
+
+fn addr_step(
+    a: Option<&AddrAction>,
+    addr: &str,
+    map: &str,
+    what: &str,
+) -> Result<Option<VerifyPolicy>, Step> {
+    match a {
+        Some(AddrAction::Reject(t)) => {
+            info!(addr, "{map} map: reject");
+            let t = t.as_deref().map_or_else(
+                || format!("{what} address rejected by mailstamp"),
+                str::to_owned,
+            );
+            Err(Step::Refuse(Refusal::new(
+                true,
+                "5.7.1",
+                &format!("<{addr}>: {t}"),
+            )))
+        }
+        Some(AddrAction::Tempfail(t)) => {
+            info!(addr, "{map} map: tempfail");
+            let t = t.as_deref().map_or_else(
+                || format!("{what} address deferred by mailstamp"),
+                str::to_owned,
+            );
+            Err(Step::Refuse(Refusal::new(
+                false,
+                "4.7.1",
+                &format!("<{addr}>: {t}"),
+            )))
+        }
+        Some(AddrAction::Discard) => {
+            info!(addr, "{map} map: discard");
+            Err(Step::Discard)
+        }
+        Some(AddrAction::Verify(p)) => Ok(Some(p.clone())),
+        Some(AddrAction::Accept | AddrAction::Continue) | None => Ok(None),
+    }
+}
+
+/// RCPT TO: the recipient map, then (provider mode, inbound only) whether the recipient's
+/// domain is an active customer domain. `Ok` carries the recipient's verify policy.
+pub fn at_rcpt(s: &Settings, rcpt: &str, outbound: bool) -> Result<Option<VerifyPolicy>, Step> {
+    let policy = addr_step(
+        s.maps.recipient.lookup(rcpt, s.maps.delimiter),
+        rcpt,
+        "recipient",
+        "Recipient",
+    )?;
+    // Provider mode (seed 000): inbound mail only for customer domains that are onboarded
+    // and verified.
+    if !outbound && let Some(store) = &s.stamp.active_only {
+        let domain = rcpt
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
+        match store.is_active(&domain) {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(rcpt, "provider mode: domain not onboarded");
+                let t = format!("<{rcpt}>: domain {domain} is not an active customer domain here");
+                return Err(Step::Refuse(Refusal::new(true, "5.1.2", &t)));
+            }
+            Err(e) => {
+                warn!(rcpt, error = %e, "provider mode: store unreadable");
+                return Err(Step::Refuse(Refusal::new(
+                    false,
+                    "4.3.0",
+                    "mailstamp state store unavailable, try later",
+                )));
+            }
+        }
+    }
+    Ok(policy)
+}
+
+/// THE mapping from a verdict to an action. The action is the configured one for the
+/// verdict, overridden per sender/recipient by `verify` policies; with several recipients
+/// the strictest action wins (one message, one answer). `temperror` follows `on_temperror`:
+/// a slow chain never makes spam.
+pub fn action_for(
+    verdict: Verdict,
+    mc: &MilterConfig,
+    sender: Option<&VerifyPolicy>,
+    rcpts: &[Option<VerifyPolicy>],
+) -> Action {
+    match mc.actions.get(verdict) {
+        None => match mc.on_temperror {
+            TroublePolicy::Tempfail => Action::Tempfail,
+            TroublePolicy::Pass => Action::AddHeader,
+        },
+        Some(global) => {
+            let for_rcpt = |p: &Option<VerifyPolicy>| {
+                p.as_ref()
+                    .and_then(|p| p.action(verdict))
+                    .or_else(|| sender.and_then(|p| p.action(verdict)))
+                    .unwrap_or(global)
+            };
+            if rcpts.is_empty() {
+                for_rcpt(&None)
+            } else {
+                rcpts.iter().map(for_rcpt).max().unwrap_or(global)
+            }
+        }
+    }
+}
+
+/// The SMTP refusal of a verdict's action (`tempfail` and `reject` only).
+pub fn verdict_refusal(action: Action, verdict: Verdict) -> Option<Refusal> {
+    let v = verdict.as_str();
+    match action {
+        Action::Tempfail => Some(Refusal {
+            code: 451,
+            xcode: "4.7.1".to_owned(),
+            text: if verdict == Verdict::Temperror {
+                "mailstamp: the stamp cannot be checked now, try again later".to_owned()
+            } else {
+                format!("mailstamp: message deferred (verdict {v})")
+            },
+        }),
+        Action::Reject => Some(Refusal {
+            code: 550,
+            xcode: "5.7.1".to_owned(),
+            text: format!("mailstamp: message refused, its stamp verdict is {v}"),
+        }),
+        Action::Accept | Action::AddHeader | Action::Quarantine | Action::Discard => None,
+    }
+}
+
+/// Whether the result headers go on a message for `action`.
+pub fn adds_headers(action: Action) -> bool {
+    matches!(action, Action::AddHeader | Action::Quarantine)
+}
+
+/// Whether an incoming header field claims to be one of our results (and must go before a
+/// Sieve rule could be fooled by a sender who writes it).
+pub fn is_ours(name: &str, value: &[u8], authserv_id: &str) -> bool {
+    name.eq_ignore_ascii_case(VERDICT_HEADER)
+        || name.eq_ignore_ascii_case(SCORE_HEADER)
+        || (name.eq_ignore_ascii_case("Authentication-Results")
+            && authserv_id_of(value) == authserv_id.to_ascii_lowercase())
+}
+
+/// The authserv-id an `Authentication-Results:` value starts with.
+pub fn authserv_id_of(value: &[u8]) -> String {
+    let v = String::from_utf8_lossy(value);
+    v.trim_start()
+        .split([';', ' ', '\t', '\r', '\n'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// The RFC 8601 result of a verdict for method `mailstamp`.
+pub fn ar_result(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Wanted => "pass",
+        Verdict::Suspect => "neutral",
+        Verdict::Spam => "fail",
+        Verdict::Unstamped => "none",
+        Verdict::Invalid => "permerror",
+        Verdict::Temperror => "temperror",
+    }
+}
+
+/// The From domain, for `header.from`.
+pub fn from_domain(raw: &[u8]) -> Option<String> {
+    let msg = mailstamp_core::parse(raw)?;
+    let a = msg.from()?.first()?.address()?;
+    let d = a.rsplit_once('@')?.1.trim().to_ascii_lowercase();
+    (!d.is_empty()
+        && d.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+    .then_some(d)
+}
+
+/// The `Authentication-Results:` value (leading space, LF-folded) for a report.
+pub fn ar_value(
+    authserv_id: &str,
+    report: &Report,
+    from: Option<&str>,
+    tx: Option<B256>,
+) -> String {
+    let mut v = format!(
+        " {authserv_id};\n\tmailstamp={} ({}",
+        ar_result(report.verdict),
+        report.verdict.as_str()
+    );
+    if let Some(sc) = report.score {
+        v.push_str(&format!(", score {sc:.2}"));
+    }
+    v.push(')');
+    if let Some(r) = &report.reason {
+        let r = clean(r, 200).replace(['"', '\\'], "'");
+        v.push_str(&format!("\n\treason=\"{r}\""));
+    }
+    if let Some(d) = from {
+        v.push_str(&format!("\n\theader.from={d}"));
+    }
+    if let Some(st) = &report.stamp {
+        v.push_str(&format!(
+            "\n\tpolicy.chain={} policy.writer={}\n\tpolicy.token={}",
+            st.chain_id, st.writer, st.token
+        ));
+    }
+    if let Some(tx) = tx {
+        v.push_str(&format!("\n\tpolicy.tx={tx}"));
+    }
+    v
+}
+
+/// The value of the header that `ops::stamp` put in front of `raw`, in milter form: the
+/// leading space kept, folded lines joined by LF (the MTA adds the CR).
+pub fn stamp_value(stamped: &[u8], raw_len: usize) -> Option<String> {
+    let field = stamped.get(..stamped.len().checked_sub(raw_len)?)?;
+    let field = std::str::from_utf8(field).ok()?;
+    let (name, value) = field.split_once(':')?;
+    if !name.eq_ignore_ascii_case(mailstamp_core::header::FIELD_NAME) {
+        return None;
+    }
+    Some(value.trim_end_matches(['\r', '\n']).replace("\r\n", "\n"))
+}
+
+/// Stamps an outbound message (the stamp covers `rcpts`). An error is chain or RPC trouble
+/// (or a refused From domain); the connection is dropped so the next message reconnects.
+pub async fn stamp(
+    m: &Milter,
+    s: &Settings,
+    raw: &[u8],
+    rcpts: &[String],
+) -> Result<Stamped, String> {
+    let env = Envelope {
+        rcpts: rcpts.to_vec(),
+        client_ip: None,
+    };
+    let result = match m.chain().await {
+        Ok(chain) => ops::stamp(&chain, &s.stamp, raw, &env)
+            .await
+            .map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("chain unavailable: {e}")),
+    };
+    if result.is_err() {
+        m.drop_chain().await;
+    }
+    result
+}
+
+/// What verification decided for an inbound message.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    /// The verifier's report.
+    pub report: Report,
+    /// The action ([`action_for`]).
+    pub action: Action,
+    /// The SMTP refusal for `tempfail` / `reject`.
+    pub refusal: Option<Refusal>,
+    /// Headers to add (name, value with leading space, folds joined by LF), in order;
+    /// `Authentication-Results` first, to go on top. Empty unless the action adds headers.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Verifies an inbound message and decides its action. Thresholds of sender and recipient
+/// policies apply (the highest wins); a `temperror` drops the chain connection.
+pub async fn judge(
+    m: &Milter,
+    s: &Settings,
+    raw: &[u8],
+    rcpts: &[String],
+    client_ip: Option<IpAddr>,
+    sender_policy: Option<&VerifyPolicy>,
+    rcpt_policies: &[Option<VerifyPolicy>],
+) -> Judgement {
+    let mut policy = s.cfg.verify.policy();
+    let thresholds = rcpt_policies
+        .iter()
+        .map(Option::as_ref)
+        .chain(std::iter::once(sender_policy))
+        .filter_map(|p| p.and_then(|p| p.threshold));
+    if let Some(t) = thresholds.reduce(f64::max) {
+        policy.threshold = t;
+    }
+    let ctx = VerifyContext {
+        authority: s.authority.clone(),
+        trusted: s.cfg.trusted_registries(),
+        policy,
+        now: Some(ops::now()),
+    };
+    let env = Envelope {
+        rcpts: rcpts.to_vec(),
+        client_ip,
+    };
+    let chain = m.chain().await;
+    let report = ops::verify(chain.as_ref().map_err(String::as_str), &ctx, raw, &env).await;
+    if report.verdict == Verdict::Temperror {
+        m.drop_chain().await;
+    }
+    let action = action_for(report.verdict, &s.milter, sender_policy, rcpt_policies);
+    let mut headers = Vec::new();
+    if adds_headers(action) {
+        let tx = match &chain {
+            Ok(c) if s.milter.lookup_tx => ops::recording_tx(c, &report, s.cfg.chain.from_block)
+                .await
+                .map(|r| r.tx),
+            _ => None,
+        };
+        headers.push((
+            "Authentication-Results",
+            ar_value(&s.authserv_id, &report, from_domain(raw).as_deref(), tx),
+        ));
+        headers.push((VERDICT_HEADER, format!(" {}", report.verdict.as_str())));
+        if let Some(sc) = report.score {
+            headers.push((SCORE_HEADER, format!(" {sc:.2}")));
+        }
+    }
+    Judgement {
+        refusal: verdict_refusal(action, report.verdict),
+        report,
+        action,
+        headers,
+    }
+}
