@@ -158,6 +158,7 @@ impl Settings {
         if milter.max_sessions == 0 {
             bail!("milter.max_sessions must be at least 1");
         }
+        cfg.relay.check()?;
         let authserv_id = match &milter.authserv_id {
             Some(id) if id.is_empty() || id.contains([';', ' ', '\t', '\r', '\n']) => {
                 bail!("milter.authserv_id `{id}` must be one token (a host name)")

@@ -93,7 +93,8 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
-    fn check(&self) -> Result<()> {
+    /// Checks the limits and the next hop's form (done when the settings are built).
+    pub(crate) fn check(&self) -> Result<()> {
         if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MESSAGE_BYTES {
             bail!("relay.max_message_bytes must be between 1 and {MAX_MESSAGE_BYTES}");
         }
@@ -131,13 +132,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay judging with `settings` (its `[relay]` checked here), stamping with `signer`;
-    /// `source` is the config file [`Relay::reload`] reads again.
+    /// A relay judging with `settings`, stamping with `signer` (none: outbound mail cannot be
+    /// stamped and meets `on_stamp_error`); `source` is the config file [`Relay::reload`]
+    /// reads again.
     pub fn new(
         settings: Settings,
         signer: Option<PrivateKeySigner>,
         source: Option<(PathBuf, Overrides)>,
     ) -> Result<Self> {
+        // `Settings::new` checked `[relay]`; settings built by hand are checked here.
         settings.cfg.relay.check()?;
         Ok(Self {
             core: Milter::new(settings, signer, source),
@@ -152,14 +155,7 @@ impl Relay {
     /// Reads the config file and maps again; on error the old ones stay in force. The
     /// listen address and the session cap are read at start only.
     pub async fn reload(&self) -> Result<()> {
-        if let Some((path, over)) = self.source() {
-            Settings::load(Some(&path), &over)?.cfg.relay.check()?;
-        }
         self.core.reload().await
-    }
-
-    fn source(&self) -> Option<(PathBuf, Overrides)> {
-        self.core.source.clone()
     }
 }
 
@@ -437,30 +433,37 @@ fn protocol_error(out: &mut Vec<u8>, e: &ProtoError) {
 }
 
 impl Conn<'_> {
+    /// HELO / EHLO: the HELO map (unless the client is accepted already), a fresh
+    /// transaction, and the greeting (EHLO: with the extensions).
+    fn hello(&mut self, host: String, extended: bool) -> Next {
+        let s = self.relay.settings();
+        self.msg = None;
+        if !self.client_accepted {
+            let (step, accepted) = session::at_helo(&s, &host);
+            self.client_accepted = accepted;
+            if let Step::Refuse(r) = step {
+                refuse(&mut self.out, &r);
+                return Next::Command;
+            }
+        }
+        self.helo = Some(host);
+        let text = if extended {
+            format!(
+                "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
+                self.hostname, s.cfg.relay.max_message_bytes
+            )
+        } else {
+            format!("250 {}\r\n", self.hostname)
+        };
+        self.out.extend_from_slice(text.as_bytes());
+        Next::Command
+    }
+
     fn command(&mut self, req: Request<String>) -> Next {
         let out = &mut self.out;
         match req {
-            Request::Ehlo { host } | Request::Helo { host } | Request::Lhlo { host } => {
-                self.msg = None;
-                if !self.client_accepted {
-                    let s = self.relay.settings();
-                    let (step, accepted) = session::at_helo(&s, &host);
-                    self.client_accepted = accepted;
-                    if let Step::Refuse(r) = step {
-                        refuse(out, &r);
-                        return Next::Command;
-                    }
-                }
-                self.helo = Some(host);
-                let limit = self.relay.settings().cfg.relay.max_message_bytes;
-                out.extend_from_slice(
-                    format!(
-                        "250-{}\r\n250-PIPELINING\r\n250-SIZE {limit}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
-                        self.hostname
-                    )
-                    .as_bytes(),
-                );
-            }
+            Request::Helo { host } => return self.hello(host, false),
+            Request::Ehlo { host } | Request::Lhlo { host } => return self.hello(host, true),
             Request::Mail { from } => {
                 if self.helo.is_none() {
                     reply(out, 503, "5.5.1", "send HELO/EHLO first");
