@@ -230,6 +230,8 @@ struct Msg {
     rcpt_policies: Vec<Option<VerifyPolicy>>,
     /// A map said discard: take the message, then drop it.
     discard: bool,
+    /// The client declared `BODY=8BITMIME`; the next hop is told the same.
+    eight_bit: bool,
 }
 
 /// One SMTP connection.
@@ -342,9 +344,10 @@ async fn serve(relay: &Relay, mut stream: TcpStream, peer: SocketAddr, cancel: &
                 if !done {
                     continue;
                 }
-                let Some((_, raw, overflow)) = data.take() else {
+                let Some((_, mut raw, overflow)) = data.take() else {
                     continue;
                 };
+                raw.drain(..raw.len().min(2));
                 // Replies to the commands before DATA are out already (sent with 354).
                 let msg = c.msg.take();
                 match msg {
@@ -393,7 +396,13 @@ async fn serve(relay: &Relay, mut stream: TcpStream, peer: SocketAddr, cancel: &
             match req {
                 Ok(req) => match c.command(req) {
                     Next::Command => {}
-                    Next::Data => data = Some((DataReceiver::new(), Vec::new(), false)),
+                    Next::Data => {
+                        // Primed with the CRLF of the DATA line, so that a dot right at the
+                        // start ends an empty message; the two bytes go again at the end.
+                        let (mut receiver, mut raw) = (DataReceiver::new(), Vec::new());
+                        receiver.ingest(&mut b"\r\n".iter(), &mut raw);
+                        data = Some((receiver, raw, false));
+                    }
                     Next::Close => break 'conn,
                 },
                 Err(e) => protocol_error(&mut c.out, &e),
@@ -495,6 +504,7 @@ impl Conn<'_> {
                         sender_policy: policy,
                         rcpt_policies: Vec::new(),
                         discard,
+                        eight_bit: from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0,
                     });
                     reply(out, 250, "2.1.0", "sender ok");
                 }
@@ -635,8 +645,54 @@ impl Conn<'_> {
                 Action::Accept | Action::AddHeader | Action::Tempfail | Action::Reject => b,
             }
         };
-        forward(&s, &msg, &body).await
+        // RFC 5321 4.4: a relaying server adds its trace line.
+        let mut traced = received(
+            self.helo.as_deref().unwrap_or("unknown"),
+            ip,
+            &self.hostname,
+            crate::ops::now(),
+        )
+        .into_bytes();
+        traced.extend_from_slice(&body);
+        forward(&s, &msg, &traced).await
     }
+}
+
+/// The `Received:` line this hop adds (RFC 5321 4.4), folded, CRLF-terminated.
+fn received(helo: &str, ip: std::net::IpAddr, by: &str, now: u64) -> String {
+    let helo = session::clean(helo, 100).replace([' ', '(', ')', ';'], "?");
+    format!(
+        "Received: from {helo} ([{ip}])\r\n\tby {by} (mailstamp relay) with ESMTP;\r\n\t{}\r\n",
+        rfc5322_date(now)
+    )
+}
+
+/// `Tue, 24 Nov 2026 03:00:00 +0000` for a unix time (UTC).
+fn rfc5322_date(t: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = t / 86_400;
+    let secs = t % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{}, {d} {} {y} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        MONTHS[(m - 1) as usize],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// DATA content ends with the CRLF before the final dot; mail-send adds that CRLF again.
@@ -781,11 +837,15 @@ async fn send(
         .timeout(timeout)
         .connect_plain()
         .await?;
-    let m = mail_send::smtp::message::Message::new(
-        msg.sender.as_str(),
-        msg.rcpts.iter().map(String::as_str),
-        body,
-    );
+    let mut params = mail_send::smtp::message::Parameters::new();
+    if msg.eight_bit {
+        params.add(("BODY", "8BITMIME"));
+    }
+    let m = mail_send::smtp::message::Message {
+        mail_from: mail_send::smtp::message::Address::new(msg.sender.as_str(), params),
+        rcpt_to: msg.rcpts.iter().map(|r| r.as_str().into()).collect(),
+        body: body.into(),
+    };
     client.send(m).await?;
     let _ = client.quit().await;
     Ok(())
@@ -798,4 +858,77 @@ pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let a = l.local_addr()?;
     Ok((l, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn dates_are_rfc5322() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_489_200),
+            "Tue, 24 Nov 2026 03:00:00 +0000"
+        );
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn forged_result_fields_are_stripped_with_their_folds() {
+        let raw = b"Authentication-Results: mx.b.example;\r\n\tmailstamp=pass\r\n\
+X-Mailstamp-Verdict: wanted\r\n\
+Authentication-Results: other.example; spf=pass\r\n\
+Subject: hi\r\n\r\nX-Mailstamp-Verdict: in the body stays\r\n";
+        let out = strip_ours(raw, "MX.b.example");
+        assert_eq!(
+            out,
+            b"Authentication-Results: other.example; spf=pass\r\nSubject: hi\r\n\r\n\
+X-Mailstamp-Verdict: in the body stays\r\n"
+        );
+        assert_eq!(strip_ours(b"no header end", "x"), b"no header end");
+    }
+
+    #[test]
+    fn the_documented_relay_section_loads() {
+        let doc =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/MTA.md"))
+                .unwrap();
+        let start = doc.find("```toml\n[relay]").unwrap() + "```toml\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        let cfg: crate::config::Config = toml::from_str(&doc[start..end]).unwrap();
+        cfg.relay.check().unwrap();
+        assert_eq!(cfg.relay.next_hop, "127.0.0.1:10026");
+        assert!(cfg.relay.quarantine_dir.is_some());
+    }
+
+    #[test]
+    fn the_relay_section_is_checked() {
+        assert!(RelayConfig::default().check().is_ok());
+        for bad in [
+            RelayConfig {
+                next_hop: "nohost".into(),
+                ..RelayConfig::default()
+            },
+            RelayConfig {
+                next_hop: "h:x".into(),
+                ..RelayConfig::default()
+            },
+            RelayConfig {
+                max_message_bytes: 0,
+                ..RelayConfig::default()
+            },
+            RelayConfig {
+                idle_timeout_secs: 0,
+                ..RelayConfig::default()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        assert_eq!(split_host_port("[::1]:25").unwrap(), ("::1", 25));
+        assert!(received("mx (x)", "192.0.2.1".parse().unwrap(), "r", 0).starts_with(
+            "Received: from mx??x? ([192.0.2.1])\r\n\tby r (mailstamp relay) with ESMTP;\r\n\tThu, 1 Jan 1970"
+        ));
+    }
 }

@@ -41,6 +41,8 @@ enum Mode {
 #[derive(Clone, Debug)]
 struct Got {
     from: String,
+    /// The whole MAIL FROM line, parameters included.
+    mail_line: String,
     rcpts: Vec<String>,
     data: String,
 }
@@ -95,7 +97,7 @@ async fn sink_session(
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
     w.write_all(b"220 sink ESMTP\r\n").await?;
-    let (mut from, mut rcpts) = (String::new(), Vec::new());
+    let (mut from, mut rcpts, mut mail_line) = (String::new(), Vec::new(), String::new());
     loop {
         let mut line = String::new();
         if r.read_line(&mut line).await? == 0 {
@@ -112,6 +114,7 @@ async fn sink_session(
             w.write_all(b"250-sink\r\n250 PIPELINING\r\n").await?;
         } else if up.starts_with("MAIL") {
             from = addr();
+            mail_line = line.trim_end().to_owned();
             rcpts.clear();
             w.write_all(b"250 2.1.0 ok\r\n").await?;
         } else if up.starts_with("RCPT") {
@@ -140,6 +143,7 @@ async fn sink_session(
                     }
                     got.lock().unwrap().push(Got {
                         from: from.clone(),
+                        mail_line: mail_line.clone(),
                         rcpts: rcpts.clone(),
                         data,
                     });
@@ -576,7 +580,7 @@ async fn pipelined_commands_get_their_replies_in_order() {
         assert!(ehlo.contains(cap), "{ehlo}");
     }
     // One write: MAIL, three RCPT, DATA (RFC 2920 group).
-    c.send(b"MAIL FROM:<carol@c.example> SIZE=200\r\nRCPT TO:<bob@b.example>\r\nRCPT TO:<eve@b.example>\r\nNOOP\r\nDATA\r\n")
+    c.send(b"MAIL FROM:<carol@c.example> SIZE=200 BODY=8BITMIME\r\nRCPT TO:<bob@b.example>\r\nRCPT TO:<eve@b.example>\r\nNOOP\r\nDATA\r\n")
         .await;
     for want in ["250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.0.0", "354"] {
         let got = c.reply().await;
@@ -594,6 +598,16 @@ async fn pipelined_commands_get_their_replies_in_order() {
     let got = sink.got();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].rcpts, vec!["bob@b.example", "eve@b.example"]);
+    assert!(
+        got[0].mail_line.contains("BODY=8BITMIME"),
+        "{}",
+        got[0].mail_line
+    );
+    let trace = header(&got[0].data, "Received").unwrap();
+    assert!(
+        trace.starts_with("from mx.c.example ([127.0.0.1])"),
+        "{trace}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,6 +670,13 @@ async fn protocol_errors_size_limit_and_bounds() {
     assert!(c.data(&big).await.starts_with("552 5.3.4"));
     assert!(sink.got().is_empty());
     assert!(c.cmd("NOOP").await.starts_with("250"));
+    // An empty message (the dot right after DATA) ends too.
+    assert!(c.cmd("MAIL FROM:<a@c.example>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@b.example>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let r = c.cmd(".").await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(sink.got().len(), 1);
     // Too many commands: 421 and the connection closes.
     let mut last = String::new();
     for _ in 0..30 {
@@ -820,4 +841,28 @@ async fn shutdown_says_421_to_idle_sessions_and_waits_for_them() {
         TcpStream::connect(r.addr).await.is_err(),
         "no longer listening"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_and_idle_ones_time_out() {
+    let sink = Sink::start().await;
+    let r = start(
+        NO_CHAIN,
+        "max_sessions = 1\nidle_timeout_secs = 1",
+        sink.addr,
+        &[],
+        None,
+    )
+    .await;
+    let (mut first, g) = Client::connect(r.addr).await;
+    assert!(g.starts_with("220"), "{g}");
+    let (mut second, g) = Client::connect(r.addr).await;
+    assert!(g.starts_with("421 4.7.0"), "{g}");
+    assert_eq!(second.reply().await, "");
+    // Silent for longer than idle_timeout_secs: 421 and closed; the slot is free again.
+    assert!(first.reply().await.starts_with("421 4.4.2"));
+    assert_eq!(first.reply().await, "");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_third, g) = Client::connect(r.addr).await;
+    assert!(g.starts_with("220"), "{g}");
 }

@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Recording and verification throughput against a local anvil (bounded, loopback only), side
+//! by side in one run: direct stamps one after the other, direct stamps with many transactions
+//! in flight, batched stamps (one anchor per batch), and verification of what was stamped.
+//!
+//! Run: `source scripts/lib.sh && cargo bench -p mailstamp --bench chain_rate`
+//! (`MAILSTAMP_BENCH_N` messages per mode, default 200.)
+
+#![allow(missing_docs, dead_code, unreachable_pub)]
+
+#[path = "../../tests/it/harness.rs"]
+mod harness;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mailstamp::chain::{self, Chain};
+use mailstamp::config::{ChainConfig, Confirmations};
+use mailstamp::ops::{self, BatchInput, StampContext, VerifyContext};
+use mailstamp::store::Store;
+use mailstamp_core::{Envelope, Policy, Selection, Verdict};
+
+fn env() -> Envelope {
+    Envelope {
+        rcpts: vec!["bob@b.example".into()],
+        client_ip: None,
+    }
+}
+
+fn rate(n: usize, t: std::time::Duration) -> String {
+    format!(
+        "{n:>5} in {:>7.2} s = {:>8.1} msg/s",
+        t.as_secs_f64(),
+        n as f64 / t.as_secs_f64()
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("MAILSTAMP_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let a = harness::anvil();
+    let registry = chain::deploy(
+        &a.endpoint(),
+        harness::signer(&a, 0),
+        true,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .expect("deploy")
+    .address;
+    let cfg = ChainConfig {
+        rpc_url: a.endpoint(),
+        confirmations: Confirmations::Depth(1),
+        timeout_secs: 30,
+        ..Default::default()
+    };
+    let c = Chain::connect(&cfg, registry, Some(harness::signer(&a, 0)))
+        .await
+        .expect("connect");
+    let trust = harness::corpus_trust(harness::signer(&a, 0).address());
+    let sctx = StampContext {
+        selection: Selection::default(),
+        authority: harness::authority(&trust),
+        check_writer: true,
+        active_only: None,
+    };
+    let vctx = VerifyContext {
+        authority: harness::authority(&trust),
+        trusted: vec![registry],
+        policy: Policy::default(),
+        now: Some(ops::now()),
+    };
+    let msgs: Vec<Vec<u8>> = harness::corpus()
+        .into_iter()
+        .filter(|(_, r)| r.len() < 64 * 1024)
+        .step_by(7)
+        .take(n)
+        .map(|(_, r)| r)
+        .collect();
+    let n = msgs.len();
+    println!("chain_rate: {n} corpus messages per mode, anvil (instant mining) on loopback");
+
+    // Direct, one at a time: each stamp waits for its receipt before the next is sent.
+    let t = Instant::now();
+    let mut stamped = Vec::with_capacity(n);
+    for m in &msgs {
+        stamped.push(
+            ops::stamp(&c, &sctx, m, &env())
+                .await
+                .expect("stamp")
+                .message,
+        );
+    }
+    println!("direct, sequential           {}", rate(n, t.elapsed()));
+
+    // Direct, 32 in flight (cached nonces; receipts awaited concurrently).
+    let t = Instant::now();
+    let (c2, s2) = (Arc::new(c.clone()), Arc::new(sctx.clone()));
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut set = tokio::task::JoinSet::new();
+    for m in msgs.clone() {
+        let (c2, s2, sem) = (c2.clone(), s2.clone(), sem.clone());
+        set.spawn(async move {
+            let _p = sem.acquire_owned().await.expect("semaphore");
+            ops::stamp(&c2, &s2, &m, &env())
+                .await
+                .expect("stamp")
+                .message
+        });
+    }
+    let mut concurrent = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        concurrent.push(r.expect("task"));
+    }
+    println!("direct, 32 in flight         {}", rate(n, t.elapsed()));
+
+    // Batched: one anchor for all, and batches of 16.
+    let dir = std::env::temp_dir().join(format!("mailstamp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let store = Store::open(&dir.join("state.sqlite")).expect("store");
+    for size in [n, 16] {
+        let out = dir.join(format!("batch-{size}"));
+        std::fs::create_dir_all(&out).expect("out");
+        let t = Instant::now();
+        for (k, chunk) in msgs.chunks(size).enumerate() {
+            let inputs = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, m)| BatchInput {
+                    name: format!("{k}-{i}.eml"),
+                    raw: m.clone(),
+                    env: env(),
+                })
+                .collect();
+            ops::stamp_batch(&c, &sctx, &store, inputs, &out)
+                .await
+                .expect("batch");
+        }
+        println!("batched, {size:>4} per anchor     {}", rate(n, t.elapsed()));
+    }
+
+    // Verification of the direct stamps: chain read + trust map per message.
+    let t = Instant::now();
+    let mut wanted = 0;
+    for m in &stamped {
+        if ops::verify(Ok(&c), &vctx, m, &env()).await.verdict == Verdict::Wanted {
+            wanted += 1;
+        }
+    }
+    println!(
+        "verify, sequential (RPC)     {}  ({wanted} wanted)",
+        rate(n, t.elapsed())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(wanted, n);
+}
