@@ -4,7 +4,11 @@
 //! confirmed lookups verification needs. Every RPC call has a timeout; a failure to reach the
 //! chain is reported as such (the caller turns it into `temperror`), never as "no record".
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::OnceCell;
 
 use alloy::{
     eips::{BlockId, BlockNumberOrTag},
@@ -61,7 +65,21 @@ pub struct Chain {
     pub writer: Option<Address>,
     confirmations: Confirmations,
     timeout: Duration,
+    cache: Arc<RecordCache>,
 }
+
+/// Confirmed records, shared by every clone of a [`Chain`]. A confirmed record never changes
+/// (the registry is write-once), so it is kept; anything else (not found, not confirmed yet,
+/// chain trouble) is asked again next time. Lookups of the same record that overlap (a burst
+/// of messages from one batch) share one RPC round: the first caller asks, the others wait for
+/// its answer.
+#[derive(Default)]
+struct RecordCache {
+    cells: Mutex<HashMap<(Address, RecordKey), Arc<OnceCell<Lookup>>>>,
+}
+
+/// Bound on cached records; past it the cache starts over (cheap, and rare: 64k entries).
+const CACHE_MAX: usize = 65_536;
 
 /// Where a recorded stamp landed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -137,6 +155,7 @@ impl Chain {
             writer,
             confirmations: cfg.confirmations.clone(),
             timeout,
+            cache: Arc::default(),
         })
     }
 
@@ -244,8 +263,34 @@ impl Chain {
     }
 
     /// What the chain says about the record (writer, key): a confirmed record, an unconfirmed
-    /// one, none, or that the chain could not be read.
+    /// one, none, or that the chain could not be read. Confirmed records come from the cache
+    /// once seen; overlapping lookups of one record share one round of RPC.
     pub async fn lookup(&self, writer: Address, key: RecordKey) -> Lookup {
+        let cell = {
+            let mut cells = self.cache.cells.lock().unwrap_or_else(|p| p.into_inner());
+            if cells.len() >= CACHE_MAX {
+                cells.clear();
+            }
+            cells.entry((writer, key)).or_default().clone()
+        };
+        let r = cell
+            .get_or_init(|| self.lookup_uncached(writer, key))
+            .await
+            .clone();
+        if !matches!(r, Lookup::Found { .. }) {
+            // Only confirmed records are final; let the next caller ask again.
+            let mut cells = self.cache.cells.lock().unwrap_or_else(|p| p.into_inner());
+            if cells
+                .get(&(writer, key))
+                .is_some_and(|c| Arc::ptr_eq(c, &cell))
+            {
+                cells.remove(&(writer, key));
+            }
+        }
+        r
+    }
+
+    async fn lookup_uncached(&self, writer: Address, key: RecordKey) -> Lookup {
         let r = within(self.timeout, "registry read", async {
             let at = self.confirmed_block().await?;
             let (c, time) = self.get_record(writer, key, at).await?;
@@ -314,7 +359,7 @@ impl Chain {
 }
 
 /// The key of a registry record: a direct stamp's token or a batch's id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKey {
     /// `stamp(token, …)` / `getStamp`.
     Stamp(B256),

@@ -158,11 +158,22 @@ async fn depth_and_outage_give_temperror_never_spam() {
     let _: serde_json::Value = p.raw_request("anvil_mine".into(), (2u64,)).await.unwrap();
     let r = ops::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Wanted, "{:?}", r.reason);
+    let (_, raw2) = &corpus()[8];
+    let s2 = ops::stamp(&writer, &sctx(&a, 0), raw2, &env(RCPT))
+        .await
+        .unwrap();
 
     drop(a); // the chain goes away
+    // A confirmed record never changes: the one already seen is answered from the cache…
     let r = ops::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
+    assert_eq!(r.verdict, Verdict::Wanted, "{:?}", r.reason);
+    // …one never seen needs the chain: temperror, never spam.
+    let r = ops::verify(Ok(&deep), &vctx, &s2.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Temperror, "{:?}", r.reason);
     assert!(r.reason.unwrap().contains("chain unavailable"));
+    // A fresh connection has no cache: the chain is needed for the first one too.
+    let r = ops::verify(Err("connection refused"), &vctx, &s.message, &env(RCPT)).await;
+    assert_eq!(r.verdict, Verdict::Temperror);
 }
 
 #[tokio::test]
