@@ -1,0 +1,424 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Inbound milter latency and memory under load (bounded, loopback only), in one process and
+//! one run: anvil with the registry, N corpus messages stamped once, an inbound milter served
+//! in-process on 127.0.0.1:0, and indymilter-test playing the MTA for every message, one
+//! connection per message. Latency is per message, from the TCP connect (negotiation
+//! included) to the end-of-message reply. Passes: stamped sequential (cold record cache, then
+//! warm), stamped with 100 sessions at once (warm), and as a baseline the same messages
+//! without their stamp (verdict `unstamped`: no chain read). Peak RSS (VmHWM) of the process
+//! — milter and MTA side together, anvil excluded — before and after the 100-session pass.
+//!
+//! Run: `source scripts/lib.sh && cargo bench -p mailstamp --bench milter_load`
+//! (`MAILSTAMP_BENCH_N` messages, default 300, at most 2000.)
+
+#![allow(missing_docs, dead_code, unreachable_pub)]
+
+#[path = "../../tests/it/harness.rs"]
+mod harness;
+
+use std::ffi::CString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use indymilter_test::{EomAction, MacroStage, Status, TestConnection};
+use mailstamp::chain::{self, Chain};
+use mailstamp::config::{ChainConfig, Confirmations, Overrides};
+use mailstamp::milter::{self, Milter, Settings};
+use mailstamp::ops::{self, StampContext};
+use mailstamp_core::{Envelope, Selection};
+use tokio_util::sync::CancellationToken;
+
+const N_MAX: usize = 2000;
+const SESSIONS: usize = 100;
+
+/// One message as an MTA hands it to a milter: header fields (name, value after the colon
+/// with LF-joined folds) and the CRLF body.
+struct Prepared {
+    fields: Vec<(CString, CString)>,
+    body: Vec<u8>,
+}
+
+/// Splits a message as Postfix does for a milter (as tests/it/milter.rs `split`).
+fn prepare(raw: &[u8]) -> Prepared {
+    let (head_end, body_start) = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4))
+        .or_else(|| {
+            raw.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|i| (i, i + 2))
+        })
+        .unwrap_or((raw.len(), raw.len()));
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for line in raw[..head_end].split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            if let Some(f) = fields.last_mut() {
+                f.1.push(b'\n');
+                f.1.extend_from_slice(line);
+            }
+        } else if let Some(c) = line.iter().position(|&b| b == b':') {
+            fields.push((line[..c].to_vec(), line[c + 1..].to_vec()));
+        }
+    }
+    let mut body = Vec::with_capacity(raw.len() - body_start.min(raw.len()) + 64);
+    let mut prev = 0u8;
+    for &b in &raw[body_start.min(raw.len())..] {
+        if b == b'\n' && prev != b'\r' {
+            body.push(b'\r');
+        }
+        body.push(b);
+        prev = b;
+    }
+    let cs = |v: Vec<u8>| CString::new(v).expect("no NUL in a header field");
+    Prepared {
+        fields: fields.into_iter().map(|(n, v)| (cs(n), cs(v))).collect(),
+        body,
+    }
+}
+
+/// Plays one inbound SMTP session with one message; returns the time from connect to the EOM
+/// reply and the `Authentication-Results` value the milter added.
+async fn play(to: &Target, m: &Prepared) -> Result<(Duration, String), String> {
+    fn go(stage: &str, s: Result<Status, indymilter_test::TestError>) -> Result<(), String> {
+        match s {
+            Ok(Status::Continue) => Ok(()),
+            other => Err(format!("{stage}: {other:?}")),
+        }
+    }
+    let ip: IpAddr = "192.0.2.10".parse().expect("ip");
+    let t = Instant::now();
+    let b = TestConnection::configure().exact_leading_space(true);
+    let mut c = match to {
+        Target::Tcp(a) => b.open_tcp(*a).await,
+        Target::Unix(p) => b.open_unix(p).await,
+    }
+    .map_err(|e| format!("open: {e:?}"))?;
+    go("connect", c.connect("mx.a.example", (ip, 25000)).await)?;
+    go("helo", c.helo("mx.a.example").await)?;
+    go("mail", c.mail(["<sender@a.example>"]).await)?;
+    go("rcpt", c.rcpt(["<bob@b.example>"]).await)?;
+    for (n, v) in &m.fields {
+        go("header", c.header(n.as_c_str(), v.as_c_str()).await)?;
+    }
+    go("eoh", c.eoh().await)?;
+    for chunk in m.body.chunks(65535) {
+        go("body", c.body(chunk.to_vec()).await)?;
+    }
+    c.macros(MacroStage::Eom, [("i", "QID1")])
+        .await
+        .map_err(|e| format!("macros: {e:?}"))?;
+    let (actions, status) = c.eom().await.map_err(|e| format!("eom: {e:?}"))?;
+    let took = t.elapsed();
+    let _ = c.close().await;
+    if status != Status::Continue && status != Status::Accept {
+        return Err(format!("eom: {status:?}"));
+    }
+    let ar = actions
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            EomAction::AddHeader { name, value } | EomAction::InsertHeader { name, value, .. }
+                if name.as_bytes() == b"Authentication-Results" =>
+            {
+                Some(value.to_string_lossy().into_owned())
+            }
+            _ => None,
+        })
+        .ok_or_else(|| "no Authentication-Results".to_owned())?;
+    Ok((took, ar))
+}
+
+/// Where the milter listens.
+#[derive(Clone)]
+enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A TCP listener whose accepted sockets have TCP_NODELAY set (the milter side only).
+struct NoDelay(tokio::net::TcpListener);
+
+impl indymilter::Listener for NoDelay {
+    type Io = tokio::net::TcpStream;
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<Self::Io>> {
+        self.0.poll_accept(cx).map_ok(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        })
+    }
+}
+
+/// The outcome of one pass.
+struct Pass {
+    lat: Vec<Duration>,
+    wall: Duration,
+    ars: Vec<String>,
+}
+
+async fn pass(to: &Target, msgs: &Arc<Vec<Prepared>>, sessions: usize) -> Pass {
+    let t = Instant::now();
+    let mut out = Vec::with_capacity(msgs.len());
+    if sessions <= 1 {
+        for m in msgs.iter() {
+            out.push(play(to, m).await);
+        }
+    } else {
+        let sem = Arc::new(tokio::sync::Semaphore::new(sessions));
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..msgs.len() {
+            let (sem, msgs, to) = (sem.clone(), msgs.clone(), to.clone());
+            set.spawn(async move {
+                let _p = sem.acquire_owned().await.expect("semaphore");
+                (i, play(&to, &msgs[i]).await)
+            });
+        }
+        let mut r = Vec::with_capacity(msgs.len());
+        while let Some(j) = set.join_next().await {
+            r.push(j.expect("task"));
+        }
+        r.sort_by_key(|(i, _)| *i);
+        out = r.into_iter().map(|(_, x)| x).collect();
+    }
+    let wall = t.elapsed();
+    let mut lat = Vec::with_capacity(out.len());
+    let mut ars = Vec::with_capacity(out.len());
+    for (i, r) in out.into_iter().enumerate() {
+        let (d, ar) = r.unwrap_or_else(|e| panic!("message {i}: {e}"));
+        lat.push(d);
+        ars.push(ar);
+    }
+    Pass { lat, wall, ars }
+}
+
+fn row(name: &str, p: &Pass) -> String {
+    let mut v = p.lat.clone();
+    v.sort();
+    let q = |f: f64| v[((v.len() as f64 * f).ceil() as usize).clamp(1, v.len()) - 1];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "{name:<34} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>9.1}",
+        v.len(),
+        ms(q(0.50)),
+        ms(q(0.99)),
+        ms(*v.last().expect("messages")),
+        v.len() as f64 / p.wall.as_secs_f64()
+    )
+}
+
+/// (VmHWM, VmRSS) of this process in kB.
+fn mem() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kb = |key: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (kb("VmHWM:"), kb("VmRSS:"))
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.1} MB", kb as f64 / 1024.0)
+}
+
+fn all_have(p: &Pass, what: &str) -> usize {
+    p.ars.iter().filter(|a| a.contains(what)).count()
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("MAILSTAMP_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+        .clamp(1, N_MAX);
+    let a = harness::anvil();
+    let registry = chain::deploy(
+        &a.endpoint(),
+        harness::signer(&a, 0),
+        true,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("deploy")
+    .address;
+    let writer = harness::signer(&a, 0).address();
+    let cfg = ChainConfig {
+        rpc_url: a.endpoint(),
+        confirmations: Confirmations::Depth(1),
+        timeout_secs: 30,
+        ..Default::default()
+    };
+    let c = Chain::connect(&cfg, registry, Some(harness::signer(&a, 0)))
+        .await
+        .expect("connect");
+    let trust = harness::corpus_trust(writer);
+    let sctx = StampContext {
+        selection: Selection::default(),
+        authority: harness::authority(&trust),
+        check_writer: true,
+        active_only: None,
+    };
+    let raws: Vec<Vec<u8>> = harness::corpus()
+        .into_iter()
+        .filter(|(_, r)| r.len() < 64 * 1024)
+        .step_by(7)
+        .take(n)
+        .map(|(_, r)| r)
+        .collect();
+    let n = raws.len();
+    let env = Envelope {
+        rcpts: vec!["bob@b.example".into()],
+        client_ip: None,
+    };
+    let t = Instant::now();
+    let mut stamped = Vec::with_capacity(n);
+    for m in &raws {
+        stamped.push(ops::stamp(&c, &sctx, m, &env).await.expect("stamp").message);
+    }
+    let stamping = t.elapsed();
+    let stamped: Arc<Vec<Prepared>> = Arc::new(stamped.iter().map(|m| prepare(m)).collect());
+    let plain: Arc<Vec<Prepared>> = Arc::new(raws.iter().map(|m| prepare(m)).collect());
+    drop(raws);
+
+    // The inbound milter: chain + trust for the corpus domains, DNS on a closed port.
+    let dir = harness::TempDir::new("bench-milter");
+    let path = dir.0.join("mailstamp.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[chain]\nrpc_url = \"{}\"\nregistry = \"{registry}\"\ntimeout_secs = 10\n\n{}\n\
+             [milter]\nauthserv_id = \"mx.b.example\"\nlookup_tx = false\n",
+            a.endpoint(),
+            harness::trust_config_toml(writer)
+        ),
+    )
+    .expect("config");
+    let settings = Settings::load(Some(&path), &Overrides::default()).expect("settings");
+    let max_sessions = settings.milter.max_sessions;
+    let m = Arc::new(Milter::new(settings, None, None));
+    let stop = CancellationToken::new();
+    let mut servers = Vec::new();
+    // 1. TCP as `mailstamp milter --listen inet:…` binds it.
+    let (listener, spec) = milter::bind("inet:127.0.0.1:0").await.expect("bind");
+    let tcp = Target::Tcp(
+        spec.strip_prefix("inet:")
+            .and_then(|a| a.parse().ok())
+            .expect("address"),
+    );
+    servers.push(tokio::spawn(milter::run(
+        listener,
+        m.clone(),
+        stop.clone().cancelled_owned(),
+    )));
+    // 2. TCP with TCP_NODELAY on the milter's sockets.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let tcp_nodelay = Target::Tcp(l.local_addr().expect("address"));
+    servers.push(tokio::spawn(milter::run(
+        NoDelay(l),
+        m.clone(),
+        stop.clone().cancelled_owned(),
+    )));
+    // 3. A Unix socket (no Nagle, no delayed ACK).
+    let sock = dir.0.join("milter.sock");
+    let (listener, _) = milter::bind(&format!("unix:{}", sock.display()))
+        .await
+        .expect("bind unix");
+    let unix = Target::Unix(sock);
+    servers.push(tokio::spawn(milter::run(
+        listener,
+        m,
+        stop.clone().cancelled_owned(),
+    )));
+    let addr = match &tcp {
+        Target::Tcp(a) => *a,
+        Target::Unix(_) => unreachable!(),
+    };
+
+    println!(
+        "milter_load: {n} corpus messages (< 64 KiB, every 7th), stamped once in {:.2} s; \
+         inbound milter on {addr}, a second TCP port with TCP_NODELAY on the milter's sockets, and a Unix socket (max_sessions {max_sessions}, lookup_tx = false), \
+         anvil (instant mining) on loopback; one connection per message; \
+         latency = TCP connect .. EOM reply",
+        stamping.as_secs_f64()
+    );
+    let mut rows: Vec<(String, Pass)> = Vec::new();
+    let p_cold = pass(&tcp, &stamped, 1).await;
+    rows.push(("tcp  stamped   seq  cold".into(), p_cold));
+    rows.push((
+        "tcp  stamped   seq  warm".into(),
+        pass(&tcp, &stamped, 1).await,
+    ));
+    rows.push(("tcp  unstamped seq".into(), pass(&tcp, &plain, 1).await));
+    let before = mem();
+    rows.push((
+        "tcp  stamped   x100 warm".into(),
+        pass(&tcp, &stamped, SESSIONS).await,
+    ));
+    let after = mem();
+    rows.push((
+        "tcp  unstamped x100".into(),
+        pass(&tcp, &plain, SESSIONS).await,
+    ));
+    for (name, to) in [("tcp+nodelay", &tcp_nodelay), ("unix", &unix)] {
+        rows.push((
+            format!("{name:<4} stamped   seq  warm"),
+            pass(to, &stamped, 1).await,
+        ));
+        rows.push((
+            format!("{name:<4} unstamped seq"),
+            pass(to, &plain, 1).await,
+        ));
+        rows.push((
+            format!("{name:<4} stamped   x100 warm"),
+            pass(to, &stamped, SESSIONS).await,
+        ));
+        rows.push((
+            format!("{name:<4} unstamped x100"),
+            pass(to, &plain, SESSIONS).await,
+        ));
+    }
+    let end = mem();
+
+    println!(
+        "\n{:<34} {:>5} {:>8} {:>8} {:>8} {:>9}",
+        "transport / messages / sessions", "msgs", "p50 ms", "p99 ms", "max ms", "msgs/s"
+    );
+    for (name, p) in &rows {
+        println!("{}", row(name, p));
+    }
+    println!(
+        "\npeak RSS (VmHWM, whole process: milter + MTA side + {n} messages held twice): \
+         before the first 100-session pass {}, after it {} (VmRSS {} -> {}); at the end {}",
+        mb(before.0),
+        mb(after.0),
+        mb(before.1),
+        mb(after.1),
+        mb(end.0)
+    );
+
+    for (name, p) in &rows {
+        let want = if name.contains("unstamped") {
+            "mailstamp=none"
+        } else {
+            "mailstamp=pass"
+        };
+        let ok = all_have(p, want);
+        assert_eq!(ok, n, "{name}: {ok}/{n} messages with {want}");
+    }
+    println!("every stamped message: mailstamp=pass; every unstamped one: mailstamp=none");
+    stop.cancel();
+    for s in servers {
+        let _ = s.await;
+    }
+    drop(a);
+}
