@@ -75,8 +75,11 @@ pub struct Chain {
 /// its answer.
 #[derive(Default)]
 struct RecordCache {
-    cells: Mutex<HashMap<(Address, RecordKey), Arc<OnceCell<Lookup>>>>,
+    cells: Mutex<HashMap<(Address, RecordKey), Cell>>,
 }
+
+/// One record's lookup, shared by everyone asking for it at the same time.
+type Cell = Arc<OnceCell<Lookup>>;
 
 /// Bound on cached records; past it the cache starts over (cheap, and rare: 64k entries).
 const CACHE_MAX: usize = 65_536;
