@@ -21,6 +21,7 @@ use mailstamp::{
 mod onboard_cmd;
 use mailstamp_core::{Envelope, Inspection, Report, Status, Verdict, inspect};
 use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Exit status of `verify`: the most severe verdict among the messages.
 const EXIT_HELP: &str = "Exit status of verify: 0 all wanted; 10 suspect; 11 unstamped; 12 invalid; 13 spam; \
@@ -687,7 +688,6 @@ async fn milter(
     keystore: Option<&Path>,
 ) -> Result<u8> {
     use mailstamp::milter::{self, Milter, Settings};
-    use tokio::signal::unix::{SignalKind, signal};
     let settings = Settings::load(config.as_deref(), &over)?;
     let has_key = keystore.is_some()
         || settings.cfg.writer.keystore.is_some()
@@ -701,40 +701,16 @@ async fn milter(
         None
     };
     let m = std::sync::Arc::new(Milter::new(settings, signer, config.map(|p| (p, over))));
-    let (mut term, mut int, mut hup) = (
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::hangup())?,
-    );
     let (listener, addr) = milter::bind(listen).await?;
     eprintln!("mailstamp milter: listening on {addr}");
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut server = tokio::spawn(milter::run(
+    let server = tokio::spawn(milter::run(
         listener,
         m.clone(),
         stop.clone().cancelled_owned(),
     ));
-    let result = loop {
-        tokio::select! {
-            _ = term.recv() => break Ok(0),
-            _ = int.recv() => break Ok(0),
-            _ = hup.recv() => match m.reload().await {
-                Ok(()) => eprintln!("mailstamp milter: reloaded the config and maps"),
-                Err(e) => eprintln!("mailstamp milter: reload failed, the old config and maps stay in force: {e:#}"),
-            },
-            r = &mut server => break match r {
-                Ok(Ok(())) => Ok(0),
-                Ok(Err(e)) => Err(anyhow::anyhow!("the milter stopped: {e}")),
-                Err(e) => Err(anyhow::anyhow!("the milter task failed: {e}")),
-            },
-        }
-    };
-    stop.cancel();
-    if !server.is_finished() {
-        let _ = server.await;
-    }
+    let result = supervise("milter", server, stop, || m.reload()).await;
     milter::unbind(listen);
-    eprintln!("mailstamp milter: stopped");
     result
 }
 
@@ -747,7 +723,6 @@ async fn relay(
 ) -> Result<u8> {
     use mailstamp::milter::Settings;
     use mailstamp::relay::{self, Relay};
-    use tokio::signal::unix::{SignalKind, signal};
     let settings = Settings::load(config.as_deref(), &over)?;
     let has_key = keystore.is_some()
         || settings.cfg.writer.keystore.is_some()
@@ -763,31 +738,42 @@ async fn relay(
     let listen = listen.unwrap_or_else(|| settings.cfg.relay.listen.clone());
     let next_hop = settings.cfg.relay.next_hop.clone();
     let r = std::sync::Arc::new(Relay::new(settings, signer, config.map(|p| (p, over)))?);
+    let (listener, addr) = relay::bind(&listen).await?;
+    eprintln!("mailstamp relay: listening on {addr}, next hop {next_hop}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(relay::run(
+        listener,
+        r.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    supervise("relay", server, stop, || r.reload()).await
+}
+
+/// Runs a daemon until SIGTERM or SIGINT (graceful: the server is told to stop and awaited)
+/// or until it ends by itself; SIGHUP calls `reload`, and a failed reload keeps the old config.
+async fn supervise<F: std::future::Future<Output = Result<()>>>(
+    what: &str,
+    mut server: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio_util::sync::CancellationToken,
+    reload: impl Fn() -> F,
+) -> Result<u8> {
     let (mut term, mut int, mut hup) = (
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
         signal(SignalKind::hangup())?,
     );
-    let (listener, addr) = relay::bind(&listen).await?;
-    eprintln!("mailstamp relay: listening on {addr}, next hop {next_hop}");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut server = tokio::spawn(relay::run(
-        listener,
-        r.clone(),
-        stop.clone().cancelled_owned(),
-    ));
     let result = loop {
         tokio::select! {
             _ = term.recv() => break Ok(0),
             _ = int.recv() => break Ok(0),
-            _ = hup.recv() => match r.reload().await {
-                Ok(()) => eprintln!("mailstamp relay: reloaded the config and maps"),
-                Err(e) => eprintln!("mailstamp relay: reload failed, the old config and maps stay in force: {e:#}"),
+            _ = hup.recv() => match reload().await {
+                Ok(()) => eprintln!("mailstamp {what}: reloaded the config and maps"),
+                Err(e) => eprintln!("mailstamp {what}: reload failed, the old config and maps stay in force: {e:#}"),
             },
             res = &mut server => break match res {
                 Ok(Ok(())) => Ok(0),
-                Ok(Err(e)) => Err(anyhow::anyhow!("the relay stopped: {e}")),
-                Err(e) => Err(anyhow::anyhow!("the relay task failed: {e}")),
+                Ok(Err(e)) => Err(anyhow::anyhow!("the {what} stopped: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the {what} task failed: {e}")),
             },
         }
     };
@@ -795,6 +781,6 @@ async fn relay(
     if !server.is_finished() {
         let _ = server.await;
     }
-    eprintln!("mailstamp relay: stopped");
+    eprintln!("mailstamp {what}: stopped");
     result
 }
