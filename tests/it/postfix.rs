@@ -730,10 +730,10 @@ fn pct(v: &[Duration], p: usize) -> f64 {
 /// b.example), in one run, loopback only. Prints both throughputs, their ratio, and the submit
 /// latency p50/p99 with and without the milter.
 ///
-/// `cargo test -p mailstamp --release --test it postfix_load -- --ignored --nocapture`
-#[tokio::test]
-#[ignore = "load figures, not a check: run with --ignored --nocapture"]
-async fn postfix_load() {
+/// A load harness, not a test: `source scripts/lib.sh && cargo bench -p mailstamp --bench
+/// postfix_load` (agent/benches/postfix_load.rs includes this file).
+#[allow(dead_code)] // used by the bench binary, which includes this module
+pub(crate) async fn postfix_load() {
     ensure_postfix();
     let env = |k: &str, d: usize| {
         std::env::var(k)
