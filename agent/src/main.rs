@@ -680,15 +680,18 @@ async fn audit(cfg: &Config, target: &str, writer: Option<Address>, json: bool) 
     Ok(0)
 }
 
-/// `mailstamp milter`: binds, serves until SIGTERM/SIGINT, reloads on SIGHUP.
-async fn milter(
-    config: Option<PathBuf>,
-    over: Overrides,
-    listen: &str,
+/// The settings of a daemon and its writer key, if one is configured: without one it still
+/// verifies inbound mail, and outbound mail follows `milter.on_stamp_error`.
+fn daemon_settings(
+    what: &str,
+    config: Option<&Path>,
+    over: &Overrides,
     keystore: Option<&Path>,
-) -> Result<u8> {
-    use mailstamp::milter::{self, Milter, Settings};
-    let settings = Settings::load(config.as_deref(), &over)?;
+) -> Result<(
+    mailstamp::milter::Settings,
+    Option<alloy::signers::local::PrivateKeySigner>,
+)> {
+    let settings = mailstamp::milter::Settings::load(config, over)?;
     let has_key = keystore.is_some()
         || settings.cfg.writer.keystore.is_some()
         || std::env::var_os(keys::PRIVATE_KEY_ENV).is_some();
@@ -696,10 +699,22 @@ async fn milter(
         Some(keys::load(&settings.cfg.writer, keystore)?)
     } else {
         eprintln!(
-            "mailstamp milter: no writer key: outbound mail cannot be stamped (milter.on_stamp_error applies)"
+            "mailstamp {what}: no writer key: outbound mail cannot be stamped (milter.on_stamp_error applies)"
         );
         None
     };
+    Ok((settings, signer))
+}
+
+/// `mailstamp milter`: binds, serves until SIGTERM/SIGINT, reloads on SIGHUP.
+async fn milter(
+    config: Option<PathBuf>,
+    over: Overrides,
+    listen: &str,
+    keystore: Option<&Path>,
+) -> Result<u8> {
+    use mailstamp::milter::{self, Milter};
+    let (settings, signer) = daemon_settings("milter", config.as_deref(), &over, keystore)?;
     let m = std::sync::Arc::new(Milter::new(settings, signer, config.map(|p| (p, over))));
     let (listener, addr) = milter::bind(listen).await?;
     eprintln!("mailstamp milter: listening on {addr}");
@@ -721,20 +736,8 @@ async fn relay(
     listen: Option<String>,
     keystore: Option<&Path>,
 ) -> Result<u8> {
-    use mailstamp::milter::Settings;
     use mailstamp::relay::{self, Relay};
-    let settings = Settings::load(config.as_deref(), &over)?;
-    let has_key = keystore.is_some()
-        || settings.cfg.writer.keystore.is_some()
-        || std::env::var_os(keys::PRIVATE_KEY_ENV).is_some();
-    let signer = if has_key {
-        Some(keys::load(&settings.cfg.writer, keystore)?)
-    } else {
-        eprintln!(
-            "mailstamp relay: no writer key: outbound mail cannot be stamped (milter.on_stamp_error applies)"
-        );
-        None
-    };
+    let (settings, signer) = daemon_settings("relay", config.as_deref(), &over, keystore)?;
     let listen = listen.unwrap_or_else(|| settings.cfg.relay.listen.clone());
     let next_hop = settings.cfg.relay.next_hop.clone();
     let r = std::sync::Arc::new(Relay::new(settings, signer, config.map(|p| (p, over)))?);
