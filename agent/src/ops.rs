@@ -220,12 +220,10 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A unix time as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn rfc3339(t: u64) -> String {
-    let days = (t / 86_400) as i64;
-    let secs = t % 86_400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
+/// A unix time as (year, month 1–12, day 1–31, seconds into the day), UTC — Howard Hinnant's
+/// civil-from-days, so no date crate is needed for the few dates the agent prints.
+pub fn civil(t: u64) -> (i64, i64, i64, u64) {
+    let z = (t / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -233,7 +231,12 @@ pub fn rfc3339(t: u64) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    (yoe + era * 400 + i64::from(m <= 2), m, d, t % 86_400)
+}
+
+/// A unix time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339(t: u64) -> String {
+    let (y, m, d, secs) = civil(t);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         secs / 3600,
