@@ -44,40 +44,13 @@ struct Prepared {
 
 /// Splits a message as Postfix does for a milter (as tests/it/milter.rs `split`).
 fn prepare(raw: &[u8]) -> Prepared {
-    let (head_end, body_start) = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, i + 4))
-        .or_else(|| {
-            raw.windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|i| (i, i + 2))
-        })
-        .unwrap_or((raw.len(), raw.len()));
-    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for line in raw[..head_end].split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            if let Some(f) = fields.last_mut() {
-                f.1.push(b'\n');
-                f.1.extend_from_slice(line);
-            }
-        } else if let Some(c) = line.iter().position(|&b| b == b':') {
-            fields.push((line[..c].to_vec(), line[c + 1..].to_vec()));
-        }
-    }
-    let mut body = Vec::with_capacity(raw.len() - body_start.min(raw.len()) + 64);
-    let mut prev = 0u8;
-    for &b in &raw[body_start.min(raw.len())..] {
-        if b == b'\n' && prev != b'\r' {
-            body.push(b'\r');
-        }
-        body.push(b);
-        prev = b;
-    }
+    let (fields, body) = harness::milter_split(raw);
     let cs = |v: Vec<u8>| CString::new(v).expect("no NUL in a header field");
     Prepared {
-        fields: fields.into_iter().map(|(n, v)| (cs(n), cs(v))).collect(),
+        fields: fields
+            .into_iter()
+            .map(|(n, v)| (cs(n.into_bytes()), cs(v)))
+            .collect(),
         body,
     }
 }

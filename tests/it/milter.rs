@@ -18,7 +18,7 @@ use mailstamp::config::Overrides;
 use mailstamp::milter::{self, Milter, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{TempDir, anvil, signer, tamper_body};
+use crate::harness::{TempDir, anvil, milter_split as split, signer, tamper_body};
 
 const T: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -154,47 +154,6 @@ const INBOUND: Smtp<'static> = Smtp {
     auth: None,
     daemon: None,
 };
-
-/// Splits a message into (name, value after the colon with LF-joined folds) and a CRLF body,
-/// as Postfix hands them to a milter.
-fn split(raw: &[u8]) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
-    let text = raw.to_vec();
-    let (head_end, body_start) = text
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, i + 4))
-        .or_else(|| {
-            text.windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|i| (i, i + 2))
-        })
-        .unwrap_or((text.len(), text.len()));
-    let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
-    for line in text[..head_end].split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            if let Some(f) = fields.last_mut() {
-                f.1.push(b'\n');
-                f.1.extend_from_slice(line);
-            }
-        } else if let Some(c) = line.iter().position(|&b| b == b':') {
-            fields.push((
-                String::from_utf8_lossy(&line[..c]).into_owned(),
-                line[c + 1..].to_vec(),
-            ));
-        }
-    }
-    let mut body = Vec::new();
-    let mut prev = 0u8;
-    for &b in &text[body_start.min(text.len())..] {
-        if b == b'\n' && prev != b'\r' {
-            body.push(b'\r');
-        }
-        body.push(b);
-        prev = b;
-    }
-    (fields, body)
-}
 
 async fn open(addr: SocketAddr) -> TestConnection {
     TestConnection::configure()
