@@ -3,22 +3,29 @@
 //! `agent/abi/StampRegistry.json`), deployment through the CREATE2 deployer, recording, and the
 //! confirmed lookups verification needs. Every RPC call has a timeout; a failure to reach the
 //! chain is reported as such (the caller turns it into `temperror`), never as "no record".
+//!
+//! Writes: EIP-1559 fees from the node's estimate, nonces handed out by the agent (many
+//! transactions in flight from one writer never share one), and a transaction without a
+//! receipt after `chain.replace_after_secs` re-sent with the same nonce and higher fees (see
+//! [`Chain::stamp_sent`]). Reads: lookups of different records that arrive together go out as
+//! one JSON-RPC batch (see [`Chain::lookup`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, oneshot};
 
 use alloy::{
     eips::{BlockId, BlockNumberOrTag},
     network::EthereumWallet,
     primitives::{Address, B256, Bytes, FixedBytes, address, keccak256},
     providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::client::BatchRequest,
     rpc::types::{Filter, TransactionRequest},
     signers::local::PrivateKeySigner,
     sol,
-    sol_types::SolEvent,
+    sol_types::{SolCall, SolEvent},
 };
 use anyhow::{Context, Result, anyhow, bail};
 use mailstamp_core::Lookup;
@@ -66,7 +73,58 @@ pub struct Chain {
     confirmations: Confirmations,
     timeout: Duration,
     cache: Arc<RecordCache>,
+    fees: FeePolicy,
+    nonces: Arc<Nonces>,
+    reads: Arc<ReadBatcher>,
 }
+
+/// When and how a stuck transaction is replaced.
+#[derive(Debug, Clone, Copy)]
+struct FeePolicy {
+    replace_after: Duration,
+    bump_percent: u128,
+    max_replacements: u32,
+}
+
+/// The writer's nonces, handed out by the agent: the first from the node's pending count, then
+/// one more each time, so transactions sent at the same time never share one (alloy's
+/// `CachedNonceManager` does the same). Unlike it, a nonce whose transaction never reached the
+/// node (or never got mined) makes the next caller ask the node again, so a gap does not block
+/// every later transaction.
+#[derive(Default)]
+struct Nonces {
+    next: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl Nonces {
+    async fn take(&self, provider: &DynProvider, from: Address) -> Result<u64> {
+        let mut next = self.next.lock().await;
+        let n = match *next {
+            Some(n) => n,
+            None => provider
+                .get_transaction_count(from)
+                .pending()
+                .await
+                .context("reading the writer's nonce")?,
+        };
+        *next = Some(n + 1);
+        Ok(n)
+    }
+
+    async fn resync(&self) {
+        *self.next.lock().await = None;
+    }
+}
+
+/// Lookups waiting to go out together as one JSON-RPC batch.
+struct ReadBatcher {
+    window: Duration,
+    max: usize,
+    queue: Mutex<Vec<Waiting>>,
+}
+
+/// One lookup in a [`ReadBatcher`]'s queue and where its answer goes.
+type Waiting = (Address, RecordKey, oneshot::Sender<Lookup>);
 
 /// Confirmed records, shared by every clone of a [`Chain`]. A confirmed record never changes
 /// (the registry is write-once), so it is kept; anything else (not found, not confirmed yet,
@@ -93,6 +151,18 @@ pub struct Recorded {
     pub block: u64,
 }
 
+/// A registry write as it went out: the nonce, every transaction sent with it (the first, then
+/// each replacement, in order), and where the one that was mined landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The mined transaction (one of `hashes`).
+    pub recorded: Recorded,
+    /// The nonce all of `hashes` share.
+    pub nonce: u64,
+    /// Every transaction broadcast for this write.
+    pub hashes: Vec<B256>,
+}
+
 async fn within<T>(
     timeout: Duration,
     what: &str,
@@ -112,9 +182,10 @@ pub fn provider(url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvid
     let url: reqwest_url::Url = url.parse().with_context(|| {
         format!("`{url}` is not a valid RPC URL (expected e.g. http://127.0.0.1:8545)")
     })?;
+    // The recommended fillers (gas, nonce through a CachedNonceManager, chain id) serve
+    // `deploy`; `Chain`'s writes set every field themselves, so the fillers only sign them.
     Ok(match signer {
         Some(s) => ProviderBuilder::new()
-            .with_cached_nonce_management()
             .wallet(EthereumWallet::from(s))
             .connect_http(url)
             .erased(),
@@ -151,6 +222,18 @@ impl Chain {
                 cfg.rpc_url
             );
         }
+        if cfg.fee_bump_percent < 10 {
+            bail!(
+                "chain.fee_bump_percent = {} is too small: nodes refuse a replacement that raises the fees by less than 10%; set 10 or more",
+                cfg.fee_bump_percent
+            );
+        }
+        if cfg.replace_after_secs == 0 {
+            bail!("chain.replace_after_secs must be at least 1");
+        }
+        if cfg.read_batch_max == 0 {
+            bail!("chain.read_batch_max must be at least 1");
+        }
         Ok(Self {
             provider,
             registry,
@@ -159,6 +242,17 @@ impl Chain {
             confirmations: cfg.confirmations.clone(),
             timeout,
             cache: Arc::default(),
+            fees: FeePolicy {
+                replace_after: Duration::from_secs(cfg.replace_after_secs),
+                bump_percent: u128::from(cfg.fee_bump_percent),
+                max_replacements: cfg.max_replacements,
+            },
+            nonces: Arc::default(),
+            reads: Arc::new(ReadBatcher {
+                window: Duration::from_millis(cfg.read_batch_window_ms),
+                max: cfg.read_batch_max,
+                queue: Mutex::default(),
+            }),
         })
     }
 
@@ -198,18 +292,169 @@ impl Chain {
 
     /// Records `commitment` under `token` and waits for the receipt.
     pub async fn stamp(&self, token: B256, commitment: FixedBytes<24>) -> Result<Recorded> {
-        let reg = StampRegistry::new(self.registry, &self.provider);
-        within(self.timeout * 3, "stamp transaction", async {
-            mined(reg.stamp(token, commitment).send().await, "stamp").await
-        })
-        .await
+        Ok(self.stamp_sent(token, commitment).await?.recorded)
     }
 
-    /// Anchors the root of a batch of `size` stamps under `batch` and waits for the receipt.
+    /// [`Chain::stamp`], telling also every transaction that went out for it. The fees are the
+    /// node's EIP-1559 estimate; when none of the sent transactions has a receipt after
+    /// `chain.replace_after_secs`, the same call is sent again with the same nonce and fees
+    /// raised by `chain.fee_bump_percent` (or the node's fresh estimate when that is higher),
+    /// at most `chain.max_replacements` times; whichever of them is mined is the result.
+    pub async fn stamp_sent(&self, token: B256, commitment: FixedBytes<24>) -> Result<Sent> {
+        let reg = StampRegistry::new(self.registry, &self.provider);
+        let tx = reg.stamp(token, commitment).into_transaction_request();
+        self.send_replacing(tx, "stamp").await
+    }
+
+    /// Anchors the root of a batch of `size` stamps under `batch` and waits for the receipt
+    /// (with fee replacement as for [`Chain::stamp_sent`]).
     pub async fn anchor(&self, batch: B256, root: FixedBytes<24>, size: u32) -> Result<Recorded> {
         let reg = StampRegistry::new(self.registry, &self.provider);
-        within(self.timeout * 3, "anchor transaction", async {
-            mined(reg.anchor(batch, root, size).send().await, "anchor").await
+        let tx = reg.anchor(batch, root, size).into_transaction_request();
+        Ok(self.send_replacing(tx, "anchor").await?.recorded)
+    }
+
+    /// Sends `tx` from the writer and waits until one transaction of its nonce is mined,
+    /// replacing it with higher fees while it is stuck.
+    async fn send_replacing(&self, tx: TransactionRequest, what: &str) -> Result<Sent> {
+        let from = self.writer.with_context(|| {
+            format!(
+                "no writer key: a {what} needs one (set writer.keystore or MAILSTAMP_PRIVATE_KEY)"
+            )
+        })?;
+        let tx = tx.from(from);
+        // Estimating first means a call the registry refuses fails here, before a nonce is used.
+        let gas = within(self.timeout, "eth_estimateGas", async {
+            self.provider
+                .estimate_gas(tx.clone())
+                .await
+                .map_err(|e| refused(e, what))
+        })
+        .await?;
+        let mut fees = within(self.timeout, "eth_feeHistory", async {
+            self.provider
+                .estimate_eip1559_fees()
+                .await
+                .context("estimating EIP-1559 fees")
+        })
+        .await?;
+        let nonce = within(self.timeout, "eth_getTransactionCount", async {
+            self.nonces.take(&self.provider, from).await
+        })
+        .await?;
+        let tx = tx
+            .with_gas_limit(gas)
+            .with_nonce(nonce)
+            .with_chain_id(self.chain_id);
+        let first = match self.broadcast(&tx, fees, what).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.nonces.resync().await;
+                return Err(e);
+            }
+        };
+        let mut hashes = vec![first];
+        let policy = self.fees;
+        let start = Instant::now();
+        let deadline =
+            start + policy.replace_after * (policy.max_replacements + 1) + self.timeout * 3;
+        let mut replace_at = start + policy.replace_after;
+        let mut replacements = 0;
+        let mut pause = Duration::from_millis(5);
+        let poll_cap = self.provider.client().poll_interval().max(pause);
+        loop {
+            for h in &hashes {
+                let receipt = match within(self.timeout, "eth_getTransactionReceipt", async {
+                    Ok(self.provider.get_transaction_receipt(*h).await?)
+                })
+                .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(tx = %h, "{what}: cannot read the receipt yet: {e:#}");
+                        None
+                    }
+                };
+                if let Some(r) = receipt {
+                    if !r.status() {
+                        bail!("{what} transaction {h} reverted");
+                    }
+                    return Ok(Sent {
+                        recorded: Recorded {
+                            tx: *h,
+                            block: r.block_number.unwrap_or_default(),
+                        },
+                        nonce,
+                        hashes,
+                    });
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // The nonce may still be taken later by one of these; ask the node next time.
+                self.nonces.resync().await;
+                bail!(
+                    "no {what} transaction of nonce {nonce} was mined within {}s ({} sent: {}); the chain may be congested: the mail is kept and retried",
+                    (now - start).as_secs(),
+                    hashes.len(),
+                    hashes
+                        .iter()
+                        .map(|h| h.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if now >= replace_at && replacements < policy.max_replacements {
+                replacements += 1;
+                replace_at = now + policy.replace_after;
+                let fresh = self.provider.estimate_eip1559_fees().await.ok();
+                fees = bumped(fees, policy.bump_percent, fresh);
+                match self.broadcast(&tx, fees, what).await {
+                    Ok(h) => {
+                        tracing::warn!(
+                            nonce,
+                            replaced = %hashes[hashes.len() - 1],
+                            by = %h,
+                            max_fee_per_gas = fees.max_fee_per_gas,
+                            max_priority_fee_per_gas = fees.max_priority_fee_per_gas,
+                            "{what}: no receipt after {}s, replaced with higher fees",
+                            policy.replace_after.as_secs()
+                        );
+                        hashes.push(h);
+                    }
+                    // Typically "nonce too low": one of the sent ones was mined meanwhile,
+                    // which the next round of receipts finds.
+                    Err(e) => tracing::warn!(nonce, "{what}: replacement not accepted: {e:#}"),
+                }
+                continue;
+            }
+            let mut sleep = pause.min(deadline - now);
+            if replacements < policy.max_replacements {
+                sleep = sleep.min(replace_at.saturating_duration_since(now));
+            }
+            tokio::time::sleep(sleep).await;
+            pause = (pause * 2).min(poll_cap);
+        }
+    }
+
+    /// Signs and sends `tx` with `fees`; the transaction hash.
+    async fn broadcast(
+        &self,
+        tx: &TransactionRequest,
+        fees: alloy::eips::eip1559::Eip1559Estimation,
+        what: &str,
+    ) -> Result<B256> {
+        let tx = tx
+            .clone()
+            .with_max_fee_per_gas(fees.max_fee_per_gas)
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+        within(self.timeout, "eth_sendRawTransaction", async {
+            Ok(*self
+                .provider
+                .send_transaction(tx)
+                .await
+                .map_err(|e| refused(e, what))?
+                .tx_hash())
         })
         .await
     }
@@ -276,10 +521,7 @@ impl Chain {
             }
             cells.entry((writer, key)).or_default().clone()
         };
-        let r = cell
-            .get_or_init(|| self.lookup_uncached(writer, key))
-            .await
-            .clone();
+        let r = cell.get_or_init(|| self.read(writer, key)).await.clone();
         if !matches!(r, Lookup::Found { .. }) {
             // Only confirmed records are final; let the next caller ask again.
             let mut cells = self.cache.cells.lock().unwrap_or_else(|p| p.into_inner());
@@ -291,6 +533,143 @@ impl Chain {
             }
         }
         r
+    }
+
+    /// One uncached lookup: on its own, or (with `chain.read_batch_window_ms` > 0) queued with
+    /// the others that arrive within the window, up to `chain.read_batch_max`, to go out as
+    /// one JSON-RPC batch. Spawned, so a caller that gives up does not strand the others.
+    async fn read(&self, writer: Address, key: RecordKey) -> Lookup {
+        if self.reads.window.is_zero() {
+            return self.lookup_uncached(writer, key).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let (full, first) = {
+            let mut q = self.reads.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.push((writer, key, tx));
+            if q.len() >= self.reads.max {
+                (Some(std::mem::take(&mut *q)), false)
+            } else {
+                (None, q.len() == 1)
+            }
+        };
+        if let Some(batch) = full {
+            tokio::spawn(self.clone().run_batch(batch));
+        } else if first {
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(me.reads.window).await;
+                let batch = {
+                    let mut q = me.reads.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    std::mem::take(&mut *q)
+                };
+                if !batch.is_empty() {
+                    me.run_batch(batch).await;
+                }
+            });
+        }
+        rx.await.unwrap_or_else(|_| {
+            Lookup::Unavailable("registry read: the batched request was abandoned".to_owned())
+        })
+    }
+
+    /// Answers every lookup of `batch`: one alone the usual way, several with one JSON-RPC
+    /// batch per step (head, records at the confirmed block, then at the latest block for
+    /// those not confirmed). The confirmation rule is the one of a single lookup.
+    async fn run_batch(self, mut batch: Vec<Waiting>) {
+        if batch.len() == 1 {
+            let (w, k, tx) = batch.remove(0);
+            let _ = tx.send(self.lookup_uncached(w, k).await);
+            return;
+        }
+        let keys: Vec<(Address, RecordKey)> = batch.iter().map(|(w, k, _)| (*w, *k)).collect();
+        let answers = within(self.timeout, "batched registry read", self.read_many(&keys)).await;
+        match answers {
+            Ok(answers) => {
+                for ((_, _, tx), a) in batch.into_iter().zip(answers) {
+                    let _ = tx.send(a);
+                }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                for (_, _, tx) in batch {
+                    let _ = tx.send(Lookup::Unavailable(e.clone()));
+                }
+            }
+        }
+    }
+
+    async fn read_many(&self, keys: &[(Address, RecordKey)]) -> Result<Vec<Lookup>> {
+        let at = self.confirmed_block().await?;
+        let mut out: Vec<Option<Lookup>> = vec![None; keys.len()];
+        let mut again = Vec::new();
+        for (i, r) in self.get_records(keys, at).await?.into_iter().enumerate() {
+            match r {
+                Ok((c, time)) if c != FixedBytes::<24>::ZERO => {
+                    out[i] = Some(Lookup::Found {
+                        commitment: c.0,
+                        time,
+                    });
+                }
+                Ok(_) => again.push(i),
+                Err(e) => out[i] = Some(Lookup::Unavailable(format!("registry read: {e:#}"))),
+            }
+        }
+        if !again.is_empty() {
+            let latest: Vec<_> = again.iter().map(|&i| keys[i]).collect();
+            let rs = self.get_records(&latest, BlockId::latest()).await?;
+            for (i, r) in again.into_iter().zip(rs) {
+                out[i] = Some(match r {
+                    Ok((c, _)) if c == FixedBytes::<24>::ZERO => Lookup::NotFound,
+                    Ok(_) => Lookup::Unconfirmed,
+                    Err(e) => Lookup::Unavailable(format!("registry read: {e:#}")),
+                });
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|l| l.unwrap_or_else(|| Lookup::Unavailable("registry read: no answer".into())))
+            .collect())
+    }
+
+    /// `getStamp` / `getAnchor` of every key at `at`, as one JSON-RPC batch. The outer error
+    /// is the batch failing as a whole; each record has its own result.
+    #[allow(clippy::type_complexity)]
+    async fn get_records(
+        &self,
+        keys: &[(Address, RecordKey)],
+        at: BlockId,
+    ) -> Result<Vec<Result<(FixedBytes<24>, u64)>>> {
+        let reg = StampRegistry::new(self.registry, &self.provider);
+        let mut batch = BatchRequest::new(self.provider.client());
+        let mut waiters = Vec::with_capacity(keys.len());
+        for (w, k) in keys {
+            let call = match k {
+                RecordKey::Stamp(t) => reg.getStamp(*w, *t).into_transaction_request(),
+                RecordKey::Batch(b) => reg.getAnchor(*w, *b).into_transaction_request(),
+            };
+            waiters.push(batch.add_call::<_, Bytes>("eth_call", &(call, at))?);
+        }
+        batch
+            .send()
+            .await
+            .context("sending the batched registry read")?;
+        let mut out = Vec::with_capacity(keys.len());
+        for ((_, k), waiter) in keys.iter().zip(waiters) {
+            out.push(match waiter.await {
+                // No code at that block (the registry was deployed later): no record there yet.
+                Ok(data) if data.is_empty() => Ok((FixedBytes::ZERO, 0)),
+                Ok(data) => match k {
+                    RecordKey::Stamp(_) => StampRegistry::getStampCall::abi_decode_returns(&data)
+                        .map(|r| (r.commitment, r.time))
+                        .context("decoding getStamp"),
+                    RecordKey::Batch(_) => StampRegistry::getAnchorCall::abi_decode_returns(&data)
+                        .map(|r| (r.root, r.time))
+                        .context("decoding getAnchor"),
+                },
+                Err(e) => Err(anyhow!(e)),
+            });
+        }
+        Ok(out)
     }
 
     async fn lookup_uncached(&self, writer: Address, key: RecordKey) -> Lookup {
@@ -380,35 +759,39 @@ impl RecordKey {
     }
 }
 
-/// Sends are decoded into the registry's custom errors; a mined transaction must succeed.
-async fn mined(
-    sent: Result<
-        alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>,
-        alloy::contract::Error,
-    >,
-    what: &str,
-) -> Result<Recorded> {
-    let pending = match sent {
-        Ok(p) => p,
-        Err(e) => {
-            if let Some(err) = e.as_decoded_interface_error::<StampRegistry::StampRegistryErrors>()
-            {
-                bail!("the registry refused the {what}: {err:?}");
-            }
-            return Err(anyhow!(e).context(format!("sending the {what} transaction failed")));
-        }
-    };
-    let receipt = pending
-        .get_receipt()
-        .await
-        .with_context(|| format!("waiting for the {what} receipt"))?;
-    if !receipt.status() {
-        bail!("{what} transaction {} reverted", receipt.transaction_hash);
+/// A failed estimate or send, decoded into the registry's custom errors when it is one.
+fn refused(e: alloy::transports::TransportError, what: &str) -> anyhow::Error {
+    if let Some(err) = e
+        .as_error_resp()
+        .and_then(|p| p.as_decoded_interface_error::<StampRegistry::StampRegistryErrors>())
+    {
+        return anyhow!("the registry refused the {what}: {err:?}");
     }
-    Ok(Recorded {
-        tx: receipt.transaction_hash,
-        block: receipt.block_number.unwrap_or_default(),
-    })
+    anyhow!(e).context(format!("sending the {what} transaction failed"))
+}
+
+/// The fees of a replacement: both raised by `percent` (rounded up, and by at least 1 wei, as
+/// nodes require), or the node's fresh estimate where that is higher.
+fn bumped(
+    old: alloy::eips::eip1559::Eip1559Estimation,
+    percent: u128,
+    fresh: Option<alloy::eips::eip1559::Eip1559Estimation>,
+) -> alloy::eips::eip1559::Eip1559Estimation {
+    let up = |v: u128| {
+        v.saturating_mul(100 + percent)
+            .div_ceil(100)
+            .max(v.saturating_add(1))
+    };
+    let mut max_fee = up(old.max_fee_per_gas);
+    let mut priority = up(old.max_priority_fee_per_gas);
+    if let Some(f) = fresh {
+        max_fee = max_fee.max(f.max_fee_per_gas);
+        priority = priority.max(f.max_priority_fee_per_gas);
+    }
+    alloy::eips::eip1559::Eip1559Estimation {
+        max_fee_per_gas: max_fee.max(priority),
+        max_priority_fee_per_gas: priority,
+    }
 }
 
 /// The outcome of `deploy`.

@@ -81,6 +81,19 @@ pub struct ChainConfig {
     pub explorer_tx_url: Option<String>,
     /// First block to search for registry events (the deployment block), for `audit`.
     pub from_block: u64,
+    /// Seconds without a receipt before a sent transaction is re-sent with the same nonce and
+    /// higher fees.
+    pub replace_after_secs: u64,
+    /// How much each replacement raises both EIP-1559 fees, in percent (at least 10: nodes
+    /// refuse smaller bumps).
+    pub fee_bump_percent: u64,
+    /// Replacements per transaction at most; after that the agent only waits.
+    pub max_replacements: u32,
+    /// Registry reads arriving within this many milliseconds go out as one JSON-RPC batch
+    /// (0 = every lookup on its own).
+    pub read_batch_window_ms: u64,
+    /// Lookups per JSON-RPC batch at most.
+    pub read_batch_max: usize,
 }
 
 impl Default for ChainConfig {
@@ -93,6 +106,11 @@ impl Default for ChainConfig {
             timeout_secs: 10,
             explorer_tx_url: None,
             from_block: 0,
+            replace_after_secs: 30,
+            fee_bump_percent: 20,
+            max_replacements: 5,
+            read_batch_window_ms: 1,
+            read_batch_max: 64,
         }
     }
 }

@@ -8,6 +8,7 @@ mod harness;
 mod abi_drift;
 mod batch;
 mod chain_e2e;
+mod chain_fees;
 mod cli;
 mod corpus;
 mod dns;
