@@ -171,6 +171,19 @@ pub struct StampConfig {
     /// Refuse to stamp for a From domain whose writer record (or trust-map entry) does not list
     /// this agent's writer: receivers would not count such a stamp anyway.
     pub check_writer: bool,
+    /// How the milter and relay record outbound stamps: one transaction per message
+    /// (`direct`, the default) or one anchor per batch (`batch`, docs/PROTOCOL.md §5a).
+    pub mode: StampMode,
+    /// Batch mode: a batch closes after this many messages…
+    pub batch_max: usize,
+    /// …or this many milliseconds after its first message, whichever comes first.
+    pub batch_wait_ms: u64,
+    /// Batch mode: how long a message's end-of-data waits for its batch's anchor to be mined;
+    /// past it the message is deferred (4xx) and gets no header. Keep it well under the MTA's
+    /// own timeout (Postfix `milter_content_timeout`, 300 s).
+    pub hold_timeout_ms: u64,
+    /// Batch mode: what a daemon does at start with batches a crash left unanchored.
+    pub pending_on_restart: PendingPolicy,
 }
 
 impl Default for StampConfig {
@@ -178,9 +191,39 @@ impl Default for StampConfig {
         Self {
             components: Family::ALL.to_vec(),
             check_writer: true,
+            mode: StampMode::Direct,
+            batch_max: 64,
+            batch_wait_ms: 1000,
+            hold_timeout_ms: 60_000,
+            pending_on_restart: PendingPolicy::Drop,
         }
     }
 }
+
+/// `stamp.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StampMode {
+    /// One `stamp` transaction per message (`m=d`).
+    Direct,
+    /// One `anchor` transaction per batch of messages (`m=b`, a Merkle proof in the header).
+    Batch,
+}
+
+/// `stamp.pending_on_restart`: a batch journalled by a daemon but not known to be anchored
+/// when the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PendingPolicy {
+    /// Mark it dropped without a transaction (default): no message of it was accepted with a
+    /// header — the MTA got no reply and sends it again, with a new stamp in a new batch.
+    Drop,
+    /// Anchor it (at most once: an anchor already on chain is recognised, not repeated).
+    Anchor,
+}
+
+/// Most messages in one batch: the proof in each header grows by 43 characters per doubling.
+pub const BATCH_MAX_LIMIT: usize = 65_536;
 
 impl StampConfig {
     /// The selection these options describe.
@@ -301,6 +344,24 @@ impl Config {
                 "stamp.components is empty: nothing would be stamped; remove the key for all families"
             );
         }
+        let st = &self.stamp;
+        if st.batch_max == 0 || st.batch_max > BATCH_MAX_LIMIT {
+            bail!(
+                "stamp.batch_max is {}; give 1 to {BATCH_MAX_LIMIT} messages per batch",
+                st.batch_max
+            );
+        }
+        if st.batch_wait_ms == 0 {
+            bail!("stamp.batch_wait_ms must be at least 1 (milliseconds a batch stays open)");
+        }
+        if st.hold_timeout_ms <= st.batch_wait_ms {
+            bail!(
+                "stamp.hold_timeout_ms ({}) must be longer than stamp.batch_wait_ms ({}): a message \
+                 waits for its batch to close and then for the anchor to be mined",
+                st.hold_timeout_ms,
+                st.batch_wait_ms
+            );
+        }
         for f in [Family::From, Family::Rcpt] {
             if p.required.contains(&f) && !self.stamp.components.contains(&f) {
                 bail!("verify.required lists `{f}` but stamp.components does not stamp it");
@@ -355,6 +416,8 @@ mod tests {
         assert_eq!(cfg.chain.confirmations, Confirmations::Depth(1));
         assert_eq!(cfg.verify.policy(), Policy::default());
         assert_eq!(cfg.stamp.selection(), Selection::default());
+        assert_eq!(cfg.stamp.mode, StampMode::Direct);
+        assert_eq!(cfg.stamp.pending_on_restart, PendingPolicy::Drop);
     }
 
     #[test]
@@ -373,6 +436,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown component family"), "{e}");
+        let e = Config::parse("[stamp]\nmode = \"bulk\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("direct") && e.contains("batch"), "{e}");
+        let e = Config::parse(
+            "[stamp]\nmode = \"batch\"\nbatch_wait_ms = 5000\nhold_timeout_ms = 2000",
+        )
+        .unwrap()
+        .check()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("hold_timeout_ms"), "{e}");
+        let e = Config::parse("[stamp]\nbatch_max = 0")
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch_max"), "{e}");
         assert!("banana".parse::<Confirmations>().is_err());
         assert_eq!(
             "12".parse::<Confirmations>().unwrap(),

@@ -2,6 +2,7 @@
 //! The mailstamp agent: configuration, the chain client, the writer key, and the commands the
 //! CLI runs (stamp, verify, audit, deploy). The verdict logic itself lives in `mailstamp-core`.
 
+pub mod batcher;
 pub mod chain;
 pub mod config;
 pub mod dns;

@@ -716,6 +716,7 @@ async fn milter(
     use mailstamp::milter::{self, Milter};
     let (settings, signer) = daemon_settings("milter", config.as_deref(), &over, keystore)?;
     let m = std::sync::Arc::new(Milter::new(settings, signer, config.map(|p| (p, over))));
+    report_recovery("milter", m.recover_batches().await);
     let (listener, addr) = milter::bind(listen).await?;
     eprintln!("mailstamp milter: listening on {addr}");
     let stop = tokio_util::sync::CancellationToken::new();
@@ -741,6 +742,7 @@ async fn relay(
     let listen = listen.unwrap_or_else(|| settings.cfg.relay.listen.clone());
     let next_hop = settings.cfg.relay.next_hop.clone();
     let r = std::sync::Arc::new(Relay::new(settings, signer, config.map(|p| (p, over)))?);
+    report_recovery("relay", r.recover_batches().await);
     let (listener, addr) = relay::bind(&listen).await?;
     eprintln!("mailstamp relay: listening on {addr}, next hop {next_hop}");
     let stop = tokio_util::sync::CancellationToken::new();
@@ -750,6 +752,25 @@ async fn relay(
         stop.clone().cancelled_owned(),
     ));
     supervise("relay", server, stop, || r.reload()).await
+}
+
+/// Says what became of the batches a previous run left pending (batched mode). A failure is
+/// not fatal: the daemon still serves, and the batches wait for the next start.
+fn report_recovery(what: &str, r: Result<Vec<mailstamp::batcher::Recovered>>) {
+    match r {
+        Ok(done) => {
+            for b in done {
+                eprintln!(
+                    "mailstamp {what}: pending batch {} ({} leaves): {}{}",
+                    b.batch,
+                    b.leaves,
+                    b.outcome,
+                    b.tx.map(|t| format!(", tx {t}")).unwrap_or_default()
+                );
+            }
+        }
+        Err(e) => eprintln!("mailstamp {what}: {e:#}"),
+    }
 }
 
 /// Runs a daemon until SIGTERM or SIGINT (graceful: the server is told to stop and awaited)

@@ -22,8 +22,9 @@ use mailstamp_core::{MAX_MESSAGE_BYTES, Verdict};
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use crate::batcher::{Batcher, Recovered};
 use crate::chain::Chain;
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Overrides, PendingPolicy, StampMode};
 use crate::dns::Authority;
 use crate::maps::{Action, Maps, Net, VerifyPolicy};
 use crate::ops::StampContext;
@@ -218,6 +219,9 @@ pub struct Milter {
     pub(crate) source: Option<(PathBuf, Overrides)>,
     signer: Option<PrivateKeySigner>,
     chain: tokio::sync::Mutex<Option<Chain>>,
+    /// `stamp.mode = "batch"`: the batcher every session shares (made on first use; its
+    /// store is `store.path` as it was then).
+    batcher: tokio::sync::OnceCell<Arc<Batcher>>,
 }
 
 impl Milter {
@@ -234,7 +238,45 @@ impl Milter {
             source,
             signer,
             chain: tokio::sync::Mutex::new(None),
+            batcher: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The shared batcher, opening the store on first use.
+    pub(crate) async fn batcher(&self) -> Result<Arc<Batcher>, String> {
+        self.batcher
+            .get_or_try_init(|| async {
+                let s = self.settings();
+                let store = match &s.stamp.active_only {
+                    // Provider mode already opened the same file.
+                    Some(st) => st.clone(),
+                    None => Arc::new(Store::open(&s.cfg.store.path).map_err(|e| {
+                        format!("batched stamping needs the store (store.path): {e:#}")
+                    })?),
+                };
+                Ok(Arc::new(Batcher::new(store)))
+            })
+            .await
+            .cloned()
+    }
+
+    /// At start, in batched mode: applies `stamp.pending_on_restart` to the batches a previous
+    /// run left pending (none in direct mode). Call it before serving.
+    pub async fn recover_batches(&self) -> Result<Vec<Recovered>> {
+        let s = self.settings();
+        if s.cfg.stamp.mode != StampMode::Batch {
+            return Ok(Vec::new());
+        }
+        let b = self.batcher().await.map_err(anyhow::Error::msg)?;
+        let policy = s.cfg.stamp.pending_on_restart;
+        let chain =
+            match policy {
+                PendingPolicy::Drop => None,
+                PendingPolicy::Anchor => Some(self.chain().await.map_err(|e| {
+                    anyhow::anyhow!("pending batches left for the next start: {e}")
+                })?),
+            };
+        b.recover(policy, chain.as_ref()).await
     }
 
     /// The settings in force.
@@ -700,7 +742,7 @@ async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: 
                     "mailstamp: cannot add the stamp header",
                 );
             }
-            info!(queue_id, token = %st.token, tx = %st.recorded.tx, block = st.recorded.block, rcpts = msg.rcpts.len(), "stamped");
+            info!(queue_id, token = %st.token, tx = %st.recorded.tx, block = st.recorded.block, batch = ?st.batch, rcpts = msg.rcpts.len(), "stamped");
             Status::Continue
         }
         Err(e) => {

@@ -27,8 +27,10 @@ pub struct Stamped {
     pub message: Vec<u8>,
     /// The registry key.
     pub token: B256,
-    /// The recording transaction.
+    /// The recording transaction (for a batched stamp, its batch's anchor).
     pub recorded: Recorded,
+    /// Batched mode: the batch and the message's leaf index in it.
+    pub batch: Option<(B256, u32)>,
 }
 
 /// A fresh per-message salt from the operating system's CSPRNG.
@@ -90,6 +92,45 @@ pub async fn stamp(
         message: insert_header(raw, &p.header),
         token: B256::from(p.token),
         recorded,
+        batch: None,
+    })
+}
+
+/// Stamps one message in batched mode (docs/PROTOCOL.md §5a) through the daemon's shared
+/// `batcher`: the same checks and preparation as [`stamp`], then the commitment goes into the
+/// open batch and this waits — at most `hold` — for that batch's anchor to be mined. Only then
+/// does the message get its header (mode `b`, its leaf's proof). Past `hold` it is an error:
+/// the caller defers the message, which never carries this stamp.
+pub async fn stamp_batched(
+    chain: &Chain,
+    ctx: &StampContext,
+    batcher: &Arc<crate::batcher::Batcher>,
+    cut: crate::batcher::Cut,
+    hold: std::time::Duration,
+    raw: &[u8],
+    env: &Envelope,
+) -> Result<Stamped> {
+    let writer = chain.writer.context("stamping needs a writer key")?;
+    let mut p = check_and_prepare(ctx, writer, &chain.chain_ref(writer), raw, env).await?;
+    let rx = batcher.submit(chain, p.commitment, cut)?;
+    let leaf = match tokio::time::timeout(hold, rx).await {
+        Ok(Ok(Ok(leaf))) => leaf,
+        Ok(Ok(Err(why))) => bail!("{why}"),
+        Ok(Err(_)) => bail!("the batcher stopped before the batch was anchored"),
+        Err(_) => bail!(
+            "the batch anchor was not mined within stamp.hold_timeout_ms ({} ms)",
+            hold.as_millis()
+        ),
+    };
+    p.header.mode = mailstamp_core::header::Mode::Batch {
+        batch: leaf.batch.0,
+        proof: leaf.proof,
+    };
+    Ok(Stamped {
+        message: insert_header(raw, &p.header),
+        token: B256::from(p.token),
+        recorded: leaf.recorded,
+        batch: Some((leaf.batch, leaf.index)),
     })
 }
 
@@ -291,7 +332,7 @@ async fn check_from_domain(
 
 /// A fault-injection point for crash tests: when `MAILSTAMP_FAULT` names this point, the
 /// process exits at once (as a crash or a kill would), leaving the journal as it is.
-fn fault(point: &str) {
+pub(crate) fn fault(point: &str) {
     if std::env::var("MAILSTAMP_FAULT").is_ok_and(|f| f == point) {
         eprintln!("mailstamp: MAILSTAMP_FAULT={point}: exiting here on purpose");
         std::process::exit(86);

@@ -152,6 +152,12 @@ impl Relay {
         self.core.settings()
     }
 
+    /// At start, in batched mode: applies `stamp.pending_on_restart` to the batches a previous
+    /// run left pending (see [`Milter::recover_batches`]).
+    pub async fn recover_batches(&self) -> Result<Vec<crate::batcher::Recovered>> {
+        self.core.recover_batches().await
+    }
+
     /// Reads the config file and maps again; on error the old ones stay in force. The
     /// listen address and the session cap are read at start only.
     pub async fn reload(&self) -> Result<()> {
@@ -575,7 +581,7 @@ impl Conn<'_> {
         let body = if msg.outbound {
             match session::stamp(&self.relay.core, &s, &raw, &msg.rcpts).await {
                 Ok(st) => {
-                    info!(client = %ip, token = %st.token, tx = %st.recorded.tx, rcpts = msg.rcpts.len(), "stamped");
+                    info!(client = %ip, token = %st.token, tx = %st.recorded.tx, batch = ?st.batch, rcpts = msg.rcpts.len(), "stamped");
                     st.message
                 }
                 Err(e) => {

@@ -6,11 +6,14 @@
 //! adapters only turn these answers into their own wire form (milter status / SMTP reply).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use alloy::primitives::B256;
 use mailstamp_core::{Envelope, Report, Verdict};
 use tracing::{info, warn};
 
+use crate::batcher::Cut;
+use crate::config::StampMode;
 use crate::maps::{Action, AddrAction, ConnAction, VerifyPolicy};
 use crate::milter::{Milter, MilterConfig, Settings, TroublePolicy};
 use crate::ops::{self, Stamped, VerifyContext};
@@ -387,8 +390,11 @@ pub fn stamp_value(stamped: &[u8], raw_len: usize) -> Option<String> {
     Some(value.trim_end_matches(['\r', '\n']).replace("\r\n", "\n"))
 }
 
-/// Stamps an outbound message (the stamp covers `rcpts`). An error is chain or RPC trouble
-/// (or a refused From domain); the connection is dropped so the next message reconnects.
+/// Stamps an outbound message (the stamp covers `rcpts`): one transaction for it
+/// (`stamp.mode = "direct"`), or a leaf in the shared batch, waiting at most
+/// `stamp.hold_timeout_ms` for the batch's anchor (`"batch"`). An error is chain or RPC
+/// trouble, an anchor not mined in time, or a refused From domain; the connection is dropped
+/// so the next message reconnects.
 pub async fn stamp(
     m: &Milter,
     s: &Settings,
@@ -400,9 +406,25 @@ pub async fn stamp(
         client_ip: None,
     };
     let result = match m.chain().await {
-        Ok(chain) => ops::stamp(&chain, &s.stamp, raw, &env)
-            .await
-            .map_err(|e| format!("{e:#}")),
+        Ok(chain) => match s.cfg.stamp.mode {
+            StampMode::Direct => ops::stamp(&chain, &s.stamp, raw, &env)
+                .await
+                .map_err(|e| format!("{e:#}")),
+            StampMode::Batch => match m.batcher().await {
+                Ok(b) => {
+                    let st = &s.cfg.stamp;
+                    let cut = Cut {
+                        max: st.batch_max,
+                        wait: Duration::from_millis(st.batch_wait_ms),
+                    };
+                    let hold = Duration::from_millis(st.hold_timeout_ms);
+                    ops::stamp_batched(&chain, &s.stamp, &b, cut, hold, raw, &env)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                }
+                Err(e) => Err(e),
+            },
+        },
         Err(e) => Err(format!("chain unavailable: {e}")),
     };
     if result.is_err() {

@@ -34,6 +34,26 @@ const MIGRATIONS: &[&str] = &[
         tx       TEXT,
         created  INTEGER NOT NULL
     ) STRICT;",
+    // 3: the milter's and relay's batches (stamp.mode = "batch"): every accepted leaf is
+    // journalled before its batch closes, the root before the anchor is sent, the outcome
+    // after; what a crash leaves `open`/`closed` meets stamp.pending_on_restart.
+    "CREATE TABLE daemon_batches (
+        batch_id TEXT PRIMARY KEY,
+        state    TEXT NOT NULL CHECK (state IN ('open', 'closed', 'anchored', 'dropped')),
+        root     TEXT,
+        size     INTEGER,
+        tx       TEXT,
+        note     TEXT,
+        created  INTEGER NOT NULL,
+        updated  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX daemon_batches_state ON daemon_batches (state);
+    CREATE TABLE daemon_leaves (
+        batch_id   TEXT NOT NULL REFERENCES daemon_batches (batch_id),
+        leaf       INTEGER NOT NULL,
+        commitment TEXT NOT NULL,
+        PRIMARY KEY (batch_id, leaf)
+    ) STRICT;",
 ];
 
 /// The state store.
@@ -255,6 +275,177 @@ impl Store {
     }
 }
 
+/// State of a daemon batch in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonBatchState {
+    /// Taking leaves.
+    Open,
+    /// Root fixed; the anchor may have been sent.
+    Closed,
+    /// Anchor mined (or found on chain).
+    Anchored,
+    /// Given up without anchoring (its messages were deferred).
+    Dropped,
+}
+
+impl DaemonBatchState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Anchored => "anchored",
+            Self::Dropped => "dropped",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "open" => Self::Open,
+            "closed" => Self::Closed,
+            "anchored" => Self::Anchored,
+            _ => Self::Dropped,
+        }
+    }
+}
+
+/// A daemon batch in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaemonBatchRow {
+    /// Batch id, 0x-hex.
+    pub batch_id: String,
+    /// Where it stands.
+    pub state: DaemonBatchState,
+    /// Root, 0x-hex (24 bytes), once closed.
+    pub root: Option<String>,
+    /// Leaves, once closed.
+    pub size: Option<u32>,
+    /// Anchoring transaction, once known.
+    pub tx: Option<String>,
+    /// Why it was dropped.
+    pub note: Option<String>,
+    /// The leaves' commitments (0x-hex), in leaf order.
+    pub leaves: Vec<String>,
+}
+
+impl Store {
+    /// Journals a new, empty daemon batch.
+    pub fn open_daemon_batch(&self, batch_id: &str, now: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO daemon_batches (batch_id, state, created, updated)
+                 VALUES (?1, 'open', ?2, ?2)",
+                params![batch_id, now as i64],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Journals leaf number `leaf` of an open batch.
+    pub fn add_daemon_leaf(&self, batch_id: &str, leaf: u32, commitment: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO daemon_leaves (batch_id, leaf, commitment) VALUES (?1, ?2, ?3)",
+                params![batch_id, leaf, commitment],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Fixes the root of a batch (before its anchor is sent).
+    pub fn close_daemon_batch(
+        &self,
+        batch_id: &str,
+        root: &str,
+        size: u32,
+        now: u64,
+    ) -> Result<()> {
+        self.set_daemon_batch(
+            batch_id,
+            DaemonBatchState::Closed,
+            Some(root),
+            Some(size),
+            None,
+            None,
+            now,
+        )
+    }
+
+    /// Records the outcome of a batch: anchored (with its transaction when this agent sent it)
+    /// or dropped (with why).
+    pub fn end_daemon_batch(
+        &self,
+        batch_id: &str,
+        state: DaemonBatchState,
+        tx: Option<&str>,
+        note: Option<&str>,
+        now: u64,
+    ) -> Result<()> {
+        self.set_daemon_batch(batch_id, state, None, None, tx, note, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_daemon_batch(
+        &self,
+        batch_id: &str,
+        state: DaemonBatchState,
+        root: Option<&str>,
+        size: Option<u32>,
+        tx: Option<&str>,
+        note: Option<&str>,
+        now: u64,
+    ) -> Result<()> {
+        let n = self.with(|c| {
+            c.execute(
+                "UPDATE daemon_batches SET state = ?2, root = COALESCE(?3, root),
+                 size = COALESCE(?4, size), tx = COALESCE(?5, tx), note = COALESCE(?6, note),
+                 updated = ?7 WHERE batch_id = ?1",
+                params![batch_id, state.as_str(), root, size, tx, note, now as i64],
+            )
+        })?;
+        if n == 0 {
+            bail!("batch {batch_id} is not in the journal");
+        }
+        Ok(())
+    }
+
+    /// Daemon batches in `states`, oldest first, with their leaves.
+    pub fn daemon_batches(&self, states: &[DaemonBatchState]) -> Result<Vec<DaemonBatchRow>> {
+        let wanted: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT batch_id, state, root, size, tx, note FROM daemon_batches
+                 ORDER BY created, rowid",
+            )?;
+            let rows: Vec<DaemonBatchRow> = st
+                .query_map([], |r| {
+                    Ok(DaemonBatchRow {
+                        batch_id: r.get(0)?,
+                        state: DaemonBatchState::parse(&r.get::<_, String>(1)?),
+                        root: r.get(2)?,
+                        size: r.get(3)?,
+                        tx: r.get(4)?,
+                        note: r.get(5)?,
+                        leaves: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut leaves = c.prepare(
+                "SELECT commitment FROM daemon_leaves WHERE batch_id = ?1 ORDER BY leaf",
+            )?;
+            rows.into_iter()
+                .filter(|r| wanted.contains(&r.state.as_str()))
+                .map(|mut r| {
+                    r.leaves = leaves
+                        .query_map([&r.batch_id], |x| x.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    Ok(r)
+                })
+                .collect()
+        })
+    }
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRow> {
     let status: String = r.get(2)?;
     Ok(DomainRow {
@@ -294,6 +485,44 @@ mod tests {
         assert_eq!(s.domains().unwrap().len(), 1);
         assert!(s.remove_domain("c1.example").unwrap());
         assert!(!s.remove_domain("c1.example").unwrap());
+    }
+
+    #[test]
+    fn daemon_batches_go_from_open_to_anchored_or_dropped_with_their_leaves() {
+        use DaemonBatchState::*;
+        let s = Store::in_memory().unwrap();
+        s.open_daemon_batch("0xb1", 1).unwrap();
+        s.add_daemon_leaf("0xb1", 0, "0xc0").unwrap();
+        s.add_daemon_leaf("0xb1", 1, "0xc1").unwrap();
+        assert!(
+            s.add_daemon_leaf("0xb1", 1, "0xc2").is_err(),
+            "a leaf is written once"
+        );
+        assert!(
+            s.add_daemon_leaf("0xnone", 0, "0xc2").is_err(),
+            "only into a journalled batch"
+        );
+        s.open_daemon_batch("0xb2", 2).unwrap();
+        s.close_daemon_batch("0xb1", "0xr1", 2, 3).unwrap();
+        let pending = s.daemon_batches(&[Open, Closed]).unwrap();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].state, Closed);
+        assert_eq!(pending[0].leaves, ["0xc0", "0xc1"]);
+        assert_eq!(pending[0].root.as_deref(), Some("0xr1"));
+        assert_eq!(pending[1].state, Open);
+        s.end_daemon_batch("0xb1", Anchored, Some("0xt"), None, 4)
+            .unwrap();
+        s.end_daemon_batch("0xb2", Dropped, None, Some("restart"), 4)
+            .unwrap();
+        assert!(s.daemon_batches(&[Open, Closed]).unwrap().is_empty());
+        let done = s.daemon_batches(&[Anchored, Dropped]).unwrap();
+        assert_eq!(done[0].tx.as_deref(), Some("0xt"));
+        assert_eq!(done[0].size, Some(2));
+        assert_eq!(done[1].note.as_deref(), Some("restart"));
+        assert!(
+            s.end_daemon_batch("0xnone", Dropped, None, None, 5)
+                .is_err()
+        );
     }
 
     #[test]

@@ -14,5 +14,6 @@ mod corpus;
 mod dns;
 mod dnsfix;
 mod milter;
+mod milter_batch;
 mod postfix;
 mod relay;

@@ -20,14 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::{TempDir, anvil, milter_split as split, signer, tamper_body};
 
-const T: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const T: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A milter served on 127.0.0.1:0 until dropped.
-struct Running {
-    addr: SocketAddr,
-    milter: Arc<Milter>,
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
+    pub(crate) milter: Arc<Milter>,
     stop: CancellationToken,
-    dir: TempDir,
+    pub(crate) dir: TempDir,
 }
 
 impl Drop for Running {
@@ -38,7 +38,7 @@ impl Drop for Running {
 
 /// The chain half of a config: RPC, registry, trust in the writer for a.example, a DNS
 /// server that never answers (the trust map decides for a.example).
-fn chain_toml(rpc: &str, registry: Address, writer: Address) -> String {
+pub(crate) fn chain_toml(rpc: &str, registry: Address, writer: Address) -> String {
     format!(
         "[chain]\nrpc_url = \"{rpc}\"\nregistry = \"{registry}\"\ntimeout_secs = 3\n\
          [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\nattempts = 1\n\
@@ -47,7 +47,11 @@ fn chain_toml(rpc: &str, registry: Address, writer: Address) -> String {
 }
 
 /// Starts a milter with the config `toml` and the map files `maps` (name, text) beside it.
-async fn start(toml: &str, maps: &[(&str, &str)], key: Option<&AnvilInstance>) -> Running {
+pub(crate) async fn start(
+    toml: &str,
+    maps: &[(&str, &str)],
+    key: Option<&AnvilInstance>,
+) -> Running {
     let dir = TempDir::new("milter");
     for (name, text) in maps {
         std::fs::write(dir.0.join(name), text).unwrap();
@@ -77,7 +81,7 @@ async fn start(toml: &str, maps: &[(&str, &str)], key: Option<&AnvilInstance>) -
 }
 
 /// A chain with the registry deployed; returns (anvil, registry, writer address).
-async fn chain() -> (AnvilInstance, Address, Address) {
+pub(crate) async fn chain() -> (AnvilInstance, Address, Address) {
     let a = anvil();
     let d = chain::deploy(&a.endpoint(), signer(&a, 0), true, T)
         .await
@@ -98,14 +102,14 @@ the quarterly figures are attached in spirit. Regards, Alice\r\n";
 
 /// How the MTA side of one message went.
 #[derive(Debug)]
-struct Outcome {
+pub(crate) struct Outcome {
     /// The first status that was not Continue, and at which stage.
-    stop: Option<(&'static str, Status)>,
-    eom: Option<EomActions>,
+    pub(crate) stop: Option<(&'static str, Status)>,
+    pub(crate) eom: Option<EomActions>,
 }
 
 impl Outcome {
-    fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.eom.as_ref()?.actions.iter().find_map(|a| match a {
             EomAction::AddHeader { name: n, value }
             | EomAction::InsertHeader { name: n, value, .. }
@@ -123,7 +127,7 @@ impl Outcome {
                 .any(|a| matches!(a, EomAction::Quarantine { .. }))
         })
     }
-    fn reply(&self) -> String {
+    pub(crate) fn reply(&self) -> String {
         match &self.stop {
             Some((
                 _,
@@ -135,17 +139,17 @@ impl Outcome {
 }
 
 /// The SMTP session an MTA would have.
-struct Smtp<'a> {
-    ip: &'a str,
-    host: &'a str,
-    helo: &'a str,
-    from: &'a str,
-    rcpts: &'a [&'a str],
-    auth: Option<&'a str>,
-    daemon: Option<&'a str>,
+pub(crate) struct Smtp<'a> {
+    pub(crate) ip: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) helo: &'a str,
+    pub(crate) from: &'a str,
+    pub(crate) rcpts: &'a [&'a str],
+    pub(crate) auth: Option<&'a str>,
+    pub(crate) daemon: Option<&'a str>,
 }
 
-const INBOUND: Smtp<'static> = Smtp {
+pub(crate) const INBOUND: Smtp<'static> = Smtp {
     ip: "192.0.2.10",
     host: "mx.a.example",
     helo: "mx.a.example",
@@ -155,7 +159,7 @@ const INBOUND: Smtp<'static> = Smtp {
     daemon: None,
 };
 
-async fn open(addr: SocketAddr) -> TestConnection {
+pub(crate) async fn open(addr: SocketAddr) -> TestConnection {
     TestConnection::configure()
         .exact_leading_space(true)
         .open_tcp(addr)
@@ -164,7 +168,7 @@ async fn open(addr: SocketAddr) -> TestConnection {
 }
 
 /// Plays one SMTP session with one message through the milter at `addr`.
-async fn play(addr: SocketAddr, s: &Smtp<'_>, raw: &[u8]) -> Outcome {
+pub(crate) async fn play(addr: SocketAddr, s: &Smtp<'_>, raw: &[u8]) -> Outcome {
     let mut c = open(addr).await;
     let out = play_on(&mut c, s, raw).await;
     let _ = c.close().await;
@@ -219,7 +223,7 @@ async fn play_on(c: &mut TestConnection, s: &Smtp<'_>, raw: &[u8]) -> Outcome {
 }
 
 /// The message as the next hop gets it: the stamp the milter inserted, on top.
-fn with_stamp(out: &Outcome, raw: &[u8]) -> Vec<u8> {
+pub(crate) fn with_stamp(out: &Outcome, raw: &[u8]) -> Vec<u8> {
     let v = out.header("Mail-Stamp").expect("a Mail-Stamp header");
     let mut m = format!("Mail-Stamp:{}\r\n", v.replace('\n', "\r\n")).into_bytes();
     m.extend_from_slice(raw);

@@ -39,24 +39,24 @@ enum Mode {
 
 /// One message the sink accepted.
 #[derive(Clone, Debug)]
-struct Got {
+pub(crate) struct Got {
     from: String,
     /// The whole MAIL FROM line, parameters included.
     mail_line: String,
-    rcpts: Vec<String>,
-    data: String,
+    pub(crate) rcpts: Vec<String>,
+    pub(crate) data: String,
 }
 
 /// A next hop that speaks just enough SMTP.
-struct Sink {
-    addr: SocketAddr,
+pub(crate) struct Sink {
+    pub(crate) addr: SocketAddr,
     got: Arc<Mutex<Vec<Got>>>,
     mode: Arc<Mutex<Mode>>,
     release: Arc<Notify>,
 }
 
 impl Sink {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -83,7 +83,7 @@ impl Sink {
         *self.mode.lock().unwrap() = m;
     }
 
-    fn got(&self) -> Vec<Got> {
+    pub(crate) fn got(&self) -> Vec<Got> {
         self.got.lock().unwrap().clone()
     }
 }
@@ -160,8 +160,8 @@ async fn sink_session(
 }
 
 /// A relay served on 127.0.0.1:0 until dropped.
-struct Running {
-    addr: SocketAddr,
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     dir: TempDir,
@@ -189,7 +189,7 @@ const NO_CHAIN: &str = "[chain]\nrpc_url = \"http://127.0.0.1:1\"\ntimeout_secs 
 
 /// Starts a relay with `toml` (its `[relay]` section given separately, `next_hop` added) and
 /// map files beside it.
-async fn start(
+pub(crate) async fn start(
     toml: &str,
     relay_toml: &str,
     next_hop: SocketAddr,
@@ -336,7 +336,7 @@ fn stuff(raw: &[u8]) -> Vec<u8> {
 }
 
 /// One whole message through `addr`; the reply after the final dot.
-async fn deliver(addr: SocketAddr, from: &str, rcpts: &[&str], raw: &[u8]) -> String {
+pub(crate) async fn deliver(addr: SocketAddr, from: &str, rcpts: &[&str], raw: &[u8]) -> String {
     let (mut c, g) = Client::connect(addr).await;
     assert!(g.starts_with("220"), "{g}");
     c.envelope(from, rcpts).await;
@@ -346,7 +346,7 @@ async fn deliver(addr: SocketAddr, from: &str, rcpts: &[&str], raw: &[u8]) -> St
 }
 
 /// The value of header `name` in `data` (first line only).
-fn header(data: &str, name: &str) -> Option<String> {
+pub(crate) fn header(data: &str, name: &str) -> Option<String> {
     data.lines().take_while(|l| !l.is_empty()).find_map(|l| {
         let (n, v) = l.split_once(':')?;
         n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
