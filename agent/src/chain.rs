@@ -120,7 +120,27 @@ impl Nonces {
 struct ReadBatcher {
     window: Duration,
     max: usize,
-    queue: Mutex<Vec<Waiting>>,
+    queue: Mutex<ReadQueue>,
+}
+
+/// The lookups waiting, and whether a task is sending batches (it takes them in turn).
+#[derive(Default)]
+struct ReadQueue {
+    waiting: Vec<Waiting>,
+    running: bool,
+}
+
+/// Guards a batch-sending task that ends abnormally (a panic, an aborted task): the queue is
+/// left with no task, and the lookups still waiting answer "unavailable" (their senders drop)
+/// rather than hang.
+struct Stopped<'a>(&'a ReadBatcher);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.running = false;
+        q.waiting.clear();
+    }
 }
 
 /// One lookup in a [`ReadBatcher`]'s queue and where its answer goes.
@@ -535,47 +555,68 @@ impl Chain {
         r
     }
 
-    /// One uncached lookup: on its own, or (with `chain.read_batch_window_ms` > 0) queued with
-    /// the others that arrive within the window, up to `chain.read_batch_max`, to go out as
-    /// one JSON-RPC batch. Spawned, so a caller that gives up does not strand the others.
+    /// One uncached lookup, through the read queue: when no batch is being sent, it goes out
+    /// at once (after `chain.read_batch_window_ms`, 0 by default); lookups that arrive while
+    /// one is being sent wait and go out together in the next, up to `chain.read_batch_max`
+    /// per batch (a full queue starts another batch at once). So a lone lookup costs what it
+    /// did, and a burst costs a few batches instead of a request per record. Batches run in
+    /// spawned tasks: a caller that gives up does not strand the others.
     async fn read(&self, writer: Address, key: RecordKey) -> Lookup {
-        if self.reads.window.is_zero() {
+        if self.reads.max <= 1 {
             return self.lookup_uncached(writer, key).await;
         }
         let (tx, rx) = oneshot::channel();
-        let (full, first) = {
+        let (drive, full) = {
             let mut q = self.reads.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.push((writer, key, tx));
-            if q.len() >= self.reads.max {
-                (Some(std::mem::take(&mut *q)), false)
+            q.waiting.push((writer, key, tx));
+            if !q.running {
+                q.running = true;
+                (true, None)
+            } else if q.waiting.len() >= self.reads.max {
+                (false, Some(std::mem::take(&mut q.waiting)))
             } else {
-                (None, q.len() == 1)
+                (false, None)
             }
         };
-        if let Some(batch) = full {
-            tokio::spawn(self.clone().run_batch(batch));
-        } else if first {
+        if drive {
+            tokio::spawn(self.clone().drive());
+        } else if let Some(batch) = full {
             let me = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(me.reads.window).await;
-                let batch = {
-                    let mut q = me.reads.queue.lock().unwrap_or_else(|p| p.into_inner());
-                    std::mem::take(&mut *q)
-                };
-                if !batch.is_empty() {
-                    me.run_batch(batch).await;
-                }
-            });
+            tokio::spawn(async move { me.run_batch(batch).await });
         }
         rx.await.unwrap_or_else(|_| {
             Lookup::Unavailable("registry read: the batched request was abandoned".to_owned())
         })
     }
 
+    /// Sends the queued lookups batch after batch until the queue is empty.
+    async fn drive(self) {
+        let stopped = Stopped(&self.reads);
+        if !self.reads.window.is_zero() {
+            tokio::time::sleep(self.reads.window).await;
+        }
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut q = self.reads.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.waiting.is_empty() {
+                    // Under the same lock as the check: a lookup queued after this starts a
+                    // new task.
+                    q.running = false;
+                    break;
+                }
+                let n = q.waiting.len().min(self.reads.max);
+                q.waiting.drain(..n).collect()
+            };
+            self.run_batch(batch).await;
+        }
+        // A normal end: the guard is only for a panic or an aborted task.
+        std::mem::forget(stopped);
+    }
+
     /// Answers every lookup of `batch`: one alone the usual way, several with one JSON-RPC
     /// batch per step (head, records at the confirmed block, then at the latest block for
     /// those not confirmed). The confirmation rule is the one of a single lookup.
-    async fn run_batch(self, mut batch: Vec<Waiting>) {
+    async fn run_batch(&self, mut batch: Vec<Waiting>) {
         if batch.len() == 1 {
             let (w, k, tx) = batch.remove(0);
             let _ = tx.send(self.lookup_uncached(w, k).await);

@@ -89,10 +89,10 @@ pub struct ChainConfig {
     pub fee_bump_percent: u64,
     /// Replacements per transaction at most; after that the agent only waits.
     pub max_replacements: u32,
-    /// Registry reads arriving within this many milliseconds go out as one JSON-RPC batch
-    /// (0 = every lookup on its own).
+    /// Milliseconds a registry read waits for others to share its JSON-RPC batch (0: none;
+    /// reads arriving while a batch is out still share the next one).
     pub read_batch_window_ms: u64,
-    /// Lookups per JSON-RPC batch at most.
+    /// Lookups per JSON-RPC batch at most (1 = no batching).
     pub read_batch_max: usize,
 }
 
@@ -109,7 +109,7 @@ impl Default for ChainConfig {
             replace_after_secs: 30,
             fee_bump_percent: 20,
             max_replacements: 5,
-            read_batch_window_ms: 1,
+            read_batch_window_ms: 0,
             read_batch_max: 64,
         }
     }

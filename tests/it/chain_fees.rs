@@ -368,7 +368,7 @@ async fn concurrent_lookups_go_out_as_batches_and_match_one_by_one() {
 
     // One by one, on a connection that never batches.
     let mut plain = cfg(&a.endpoint(), 2);
-    plain.read_batch_window_ms = 0;
+    plain.read_batch_max = 1;
     let single = Chain::connect(&plain, registry, None).await.unwrap();
     let mut expected = Vec::new();
     for &(k_w, k) in &keys {
@@ -384,9 +384,9 @@ async fn concurrent_lookups_go_out_as_batches_and_match_one_by_one() {
 
     // All at once through the counting proxy, on a connection that batches.
     let px = proxy(format!("127.0.0.1:{}", a.port()).parse().unwrap()).await;
-    let mut batched = cfg(&px.url, 2);
-    batched.read_batch_window_ms = 20;
-    let reader = Chain::connect(&batched, registry, None).await.unwrap();
+    let reader = Chain::connect(&cfg(&px.url, 2), registry, None)
+        .await
+        .unwrap();
     let before = (
         px.http.load(Ordering::Relaxed),
         px.calls.load(Ordering::Relaxed),
@@ -394,6 +394,7 @@ async fn concurrent_lookups_go_out_as_batches_and_match_one_by_one() {
     let got = all_at_once(&reader, &keys).await;
     let http = px.http.load(Ordering::Relaxed) - before.0;
     let calls = px.calls.load(Ordering::Relaxed) - before.1;
+    println!("{n} concurrent lookups: {http} HTTP requests, {calls} JSON-RPC calls");
     assert_eq!(got, expected);
     assert!(
         http < n,
