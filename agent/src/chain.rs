@@ -344,18 +344,22 @@ impl Chain {
         })?;
         let tx = tx.from(from);
         // Estimating first means a call the registry refuses fails here, before a nonce is used.
-        let gas = within(self.timeout, "eth_estimateGas", async {
-            self.provider
-                .estimate_gas(tx.clone())
-                .await
-                .map_err(|e| refused(e, what))
-        })
-        .await?;
-        let mut fees = within(self.timeout, "eth_feeHistory", async {
-            self.provider
-                .estimate_eip1559_fees()
-                .await
-                .context("estimating EIP-1559 fees")
+        // Gas and fees are independent: one round trip for both.
+        let (gas, mut fees) = within(self.timeout, "eth_estimateGas / eth_feeHistory", async {
+            tokio::try_join!(
+                async {
+                    self.provider
+                        .estimate_gas(tx.clone())
+                        .await
+                        .map_err(|e| refused(e, what))
+                },
+                async {
+                    self.provider
+                        .estimate_eip1559_fees()
+                        .await
+                        .context("estimating EIP-1559 fees")
+                }
+            )
         })
         .await?;
         let nonce = within(self.timeout, "eth_getTransactionCount", async {
