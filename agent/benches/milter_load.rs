@@ -10,8 +10,14 @@
 //! stamp (verdict `unstamped`: no chain read). Peak RSS (VmHWM) of the process — milter and
 //! MTA side together, anvil excluded — before and after the first 100-session pass.
 //!
+//! Outbound (first, same run): the same corpus messages sent from a trusted network to two
+//! more milters, one with `stamp.mode = "direct"` (one `stamp` transaction per message) and one
+//! with `"batch"` (one `anchor` per batch; the EOM waits for it): messages/s, EOM latency
+//! p50/p99 and transactions sent, sequentially and with 100 sessions at once.
+//!
 //! Run: `source scripts/lib.sh && cargo bench -p mailstamp --bench milter_load`
-//! (`MAILSTAMP_BENCH_N` messages, default 300, at most 2000.)
+//! (`MAILSTAMP_BENCH_N` messages, default 300, at most 2000; `MAILSTAMP_BENCH_PART=outbound`
+//! or `inbound` for one half only.)
 
 #![allow(missing_docs, dead_code, unreachable_pub)]
 
@@ -55,16 +61,27 @@ fn prepare(raw: &[u8]) -> Prepared {
     }
 }
 
-/// Plays one inbound SMTP session with one message; returns the time from connect to the EOM
-/// reply and the `Authentication-Results` value the milter added.
-async fn play(to: &Target, m: &Prepared) -> Result<(Duration, String), String> {
+/// Which way a message goes: inbound from 192.0.2.10 (judged, `Authentication-Results`
+/// expected) or outbound from 127.0.0.1, a trusted network (stamped, `Mail-Stamp` expected).
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Inbound,
+    Outbound,
+}
+
+/// Plays one SMTP session with one message; returns the time from connect to the EOM reply
+/// and the value of the header the milter added (`Authentication-Results` or `Mail-Stamp`).
+async fn play_as(to: &Target, m: &Prepared, side: Side) -> Result<(Duration, String), String> {
     fn go(stage: &str, s: Result<Status, indymilter_test::TestError>) -> Result<(), String> {
         match s {
             Ok(Status::Continue) => Ok(()),
             other => Err(format!("{stage}: {other:?}")),
         }
     }
-    let ip: IpAddr = "192.0.2.10".parse().expect("ip");
+    let (ip, want): (IpAddr, &[u8]) = match side {
+        Side::Inbound => ("192.0.2.10".parse().expect("ip"), b"Authentication-Results"),
+        Side::Outbound => ("127.0.0.1".parse().expect("ip"), b"Mail-Stamp"),
+    };
     let t = Instant::now();
     let b = TestConnection::configure().exact_leading_space(true);
     let mut c = match to {
@@ -97,13 +114,13 @@ async fn play(to: &Target, m: &Prepared) -> Result<(Duration, String), String> {
         .iter()
         .find_map(|a| match a {
             EomAction::AddHeader { name, value } | EomAction::InsertHeader { name, value, .. }
-                if name.as_bytes() == b"Authentication-Results" =>
+                if name.as_bytes() == want =>
             {
                 Some(value.to_string_lossy().into_owned())
             }
             _ => None,
         })
-        .ok_or_else(|| "no Authentication-Results".to_owned())?;
+        .ok_or_else(|| format!("no {}", String::from_utf8_lossy(want)))?;
     Ok((took, ar))
 }
 
@@ -122,11 +139,15 @@ struct Pass {
 }
 
 async fn pass(to: &Target, msgs: &Arc<Vec<Prepared>>, sessions: usize) -> Pass {
+    pass_as(to, msgs, sessions, Side::Inbound).await
+}
+
+async fn pass_as(to: &Target, msgs: &Arc<Vec<Prepared>>, sessions: usize, side: Side) -> Pass {
     let t = Instant::now();
     let mut out = Vec::with_capacity(msgs.len());
     if sessions <= 1 {
         for m in msgs.iter() {
-            out.push(play(to, m).await);
+            out.push(play_as(to, m, side).await);
         }
     } else {
         let sem = Arc::new(tokio::sync::Semaphore::new(sessions));
@@ -135,7 +156,7 @@ async fn pass(to: &Target, msgs: &Arc<Vec<Prepared>>, sessions: usize) -> Pass {
             let (sem, msgs, to) = (sem.clone(), msgs.clone(), to.clone());
             set.spawn(async move {
                 let _p = sem.acquire_owned().await.expect("semaphore");
-                (i, play(&to, &msgs[i]).await)
+                (i, play_as(&to, &msgs[i], side).await)
             });
         }
         let mut r = Vec::with_capacity(msgs.len());
@@ -234,6 +255,30 @@ async fn main() {
         .map(|(_, r)| r)
         .collect();
     let n = raws.len();
+    let part = std::env::var("MAILSTAMP_BENCH_PART").unwrap_or_else(|_| "all".into());
+    if part != "inbound" {
+        outbound(&a, registry, &raws, "instant mining", n).await;
+        // The same against a chain that mines a block per second, as a real chain does (at
+        // 1/12 of Ethereum's block time): every EOM waits for a block in either mode.
+        let slow = alloy::node_bindings::Anvil::at(harness::tool("anvil"))
+            .port(0u16)
+            .block_time(1)
+            .try_spawn()
+            .expect("anvil --block-time 1");
+        let reg = chain::deploy(
+            &slow.endpoint(),
+            harness::signer(&slow, 0),
+            true,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("deploy")
+        .address;
+        outbound(&slow, reg, &raws, "a block every second", 20).await;
+    }
+    if part == "outbound" {
+        return;
+    }
     let env = Envelope {
         rcpts: vec!["bob@b.example".into()],
         client_ip: None,
@@ -386,4 +431,120 @@ async fn main() {
         let _ = s.await;
     }
     drop(a);
+}
+
+/// An outbound milter (stamping with anvil account `key`) configured by `stamp_toml`, on
+/// TCP as `mailstamp milter --listen inet:…` binds it, served until `stop`.
+async fn outbound_milter(
+    a: &alloy::node_bindings::AnvilInstance,
+    dir: &std::path::Path,
+    name: &str,
+    base: &str,
+    stamp_toml: &str,
+    key: usize,
+    stop: &CancellationToken,
+) -> Target {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n[store]\npath = \"{}\"\n[stamp]\n{stamp_toml}\n\
+             [milter]\ntrusted_networks = [\"127.0.0.0/8\"]\n",
+            dir.join(format!("{name}.sqlite")).display()
+        ),
+    )
+    .expect("config");
+    let settings = Settings::load(Some(&path), &Overrides::default()).expect("settings");
+    let m = Arc::new(Milter::new(settings, Some(harness::signer(a, key)), None));
+    m.recover_batches().await.expect("fresh store");
+    let (listener, spec) = milter::bind("inet:127.0.0.1:0").await.expect("bind");
+    tokio::spawn(milter::run(listener, m, stop.clone().cancelled_owned()));
+    Target::Tcp(
+        spec.strip_prefix("inet:")
+            .and_then(|a| a.parse().ok())
+            .expect("address"),
+    )
+}
+
+/// Outbound direct vs batched, in one run against one anvil.
+async fn outbound(
+    a: &alloy::node_bindings::AnvilInstance,
+    registry: alloy::primitives::Address,
+    raws: &[Vec<u8>],
+    mining: &str,
+    seq_direct: usize,
+) {
+    use alloy::providers::{Provider, ProviderBuilder};
+    const SEQ_BATCHED: usize = 20;
+    const BATCH: &str =
+        "mode = \"batch\"\nbatch_max = 100\nbatch_wait_ms = 250\nhold_timeout_ms = 30000";
+    let n = raws.len();
+    let msgs: Arc<Vec<Prepared>> = Arc::new(raws.iter().map(|m| prepare(m)).collect());
+    let seq: Arc<Vec<Prepared>> =
+        Arc::new(raws.iter().take(seq_direct).map(|m| prepare(m)).collect());
+    let few: Arc<Vec<Prepared>> =
+        Arc::new(raws.iter().take(SEQ_BATCHED).map(|m| prepare(m)).collect());
+    let dir = harness::TempDir::new("bench-outbound");
+    let (w_direct, w_batch) = (
+        harness::signer(a, 1).address(),
+        harness::signer(a, 2).address(),
+    );
+    let mut base = format!(
+        "[chain]\nrpc_url = \"{}\"\nregistry = \"{registry}\"\ntimeout_secs = 10\n\
+         [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\nattempts = 1\n[trust]\n",
+        a.endpoint()
+    );
+    for d in harness::corpus_domains() {
+        base.push_str(&format!(
+            "\"{d}\" = [\"{w_direct:#x}\", \"{w_batch:#x}\"]\n"
+        ));
+    }
+    let stop = CancellationToken::new();
+    let direct = outbound_milter(a, &dir.0, "direct", &base, "mode = \"direct\"", 1, &stop).await;
+    let batched = outbound_milter(a, &dir.0, "batch", &base, BATCH, 2, &stop).await;
+    let p = ProviderBuilder::new().connect_http(a.endpoint().parse().expect("url"));
+    let nonce = async |w| p.get_transaction_count(w).await.expect("nonce");
+
+    println!(
+        "milter_load outbound: {n} corpus messages (< 64 KiB, every 7th) sent from 127.0.0.1 \
+         (a trusted network) to two outbound milters on TCP (TCP_NODELAY): stamp.mode = direct, \
+         and stamp.mode = batch with batch_max = 100, batch_wait_ms = 250; anvil ({mining}) \
+         on loopback; one connection per message; latency = connect .. EOM reply \
+         (the batched EOM includes waiting for its batch to close and its anchor to be mined)"
+    );
+    println!(
+        "\n{:<34} {:>5} {:>8} {:>8} {:>8} {:>9} {:>5} {:>10}",
+        "mode / sessions", "msgs", "p50 ms", "p99 ms", "max ms", "msgs/s", "txs", "msgs/tx"
+    );
+    let runs = [
+        ("direct  seq", &direct, &seq, 1, w_direct),
+        ("direct  x100", &direct, &msgs, SESSIONS, w_direct),
+        ("batch   seq", &batched, &few, 1, w_batch),
+        ("batch   x100", &batched, &msgs, SESSIONS, w_batch),
+    ];
+    for (name, to, set, sessions, w) in runs {
+        let before = nonce(w).await;
+        let p = pass_as(to, set, sessions, Side::Outbound).await;
+        let txs = nonce(w).await - before;
+        println!(
+            "{} {:>5} {:>10.1}",
+            row(name, &p),
+            txs,
+            p.ars.len() as f64 / txs.max(1) as f64
+        );
+        let mode = if name.starts_with("batch") {
+            "m=b;"
+        } else {
+            "m=d;"
+        };
+        let ok = p.ars.iter().filter(|v| v.contains(mode)).count();
+        assert_eq!(
+            ok,
+            p.ars.len(),
+            "{name}: {ok}/{} headers with {mode}",
+            p.ars.len()
+        );
+    }
+    println!("every outbound message got its Mail-Stamp header (m=d direct, m=b batched)\n");
+    stop.cancel();
 }
