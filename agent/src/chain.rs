@@ -839,6 +839,49 @@ fn bumped(
     }
 }
 
+#[cfg(test)]
+mod bump_tests {
+    use super::bumped;
+    use alloy::eips::eip1559::Eip1559Estimation as Fees;
+
+    const fn fees(max: u128, tip: u128) -> Fees {
+        Fees {
+            max_fee_per_gas: max,
+            max_priority_fee_per_gas: tip,
+        }
+    }
+
+    #[test]
+    fn both_fees_rise_by_the_percentage_rounded_up() {
+        let b = bumped(fees(1_000_000_001, 3), 10, None);
+        assert_eq!(b.max_fee_per_gas, 1_100_000_002);
+        // 3 × 1.1 = 3.3 → 4: never less than the node's +10 %.
+        assert_eq!(b.max_priority_fee_per_gas, 4);
+    }
+
+    #[test]
+    fn a_zero_or_tiny_fee_still_rises() {
+        let b = bumped(fees(0, 0), 20, None);
+        assert_eq!((b.max_fee_per_gas, b.max_priority_fee_per_gas), (1, 1));
+    }
+
+    #[test]
+    fn a_higher_fresh_estimate_wins_per_field() {
+        let b = bumped(fees(100, 10), 20, Some(fees(1_000, 5)));
+        assert_eq!((b.max_fee_per_gas, b.max_priority_fee_per_gas), (1_000, 12));
+        let b = bumped(fees(100, 10), 20, Some(fees(50, 50)));
+        assert_eq!((b.max_fee_per_gas, b.max_priority_fee_per_gas), (120, 50));
+    }
+
+    #[test]
+    fn the_max_fee_covers_the_tip_and_huge_fees_saturate() {
+        let b = bumped(fees(10, 10), 10, Some(fees(0, 100)));
+        assert!(b.max_fee_per_gas >= b.max_priority_fee_per_gas);
+        let b = bumped(fees(u128::MAX, 1), 10, None);
+        assert_eq!(b.max_fee_per_gas, u128::MAX);
+    }
+}
+
 /// The outcome of `deploy`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Deployed {
