@@ -386,6 +386,9 @@ impl Chain {
         let mut replacements = 0;
         let mut pause = Duration::from_millis(5);
         let poll_cap = self.provider.client().poll_interval().max(pause);
+        // Set when a replacement was refused: if the nonce is then used on chain and none of
+        // ours has a receipt, a transaction this agent did not send took it.
+        let mut taken_check = false;
         loop {
             for h in &hashes {
                 let receipt = match within(self.timeout, "eth_getTransactionReceipt", async {
@@ -413,6 +416,20 @@ impl Chain {
                     });
                 }
             }
+            if std::mem::take(&mut taken_check)
+                && self
+                    .provider
+                    .get_transaction_count(from)
+                    .await
+                    .is_ok_and(|mined| mined > nonce)
+                && !self.any_receipt(&hashes).await
+            {
+                self.nonces.resync().await;
+                bail!(
+                    "nonce {nonce} of writer {from} was used by a transaction this agent did not send \
+                     (another process with the same writer key?); the {what} was not recorded: the mail is kept and retried"
+                );
+            }
             let now = Instant::now();
             if now >= deadline {
                 // The nonce may still be taken later by one of these; ask the node next time.
@@ -431,7 +448,11 @@ impl Chain {
             if now >= replace_at && replacements < policy.max_replacements {
                 replacements += 1;
                 replace_at = now + policy.replace_after;
-                let fresh = self.provider.estimate_eip1559_fees().await.ok();
+                let fresh =
+                    tokio::time::timeout(self.timeout, self.provider.estimate_eip1559_fees())
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
                 fees = bumped(fees, policy.bump_percent, fresh);
                 match self.broadcast(&tx, fees, what).await {
                     Ok(h) => {
@@ -448,7 +469,10 @@ impl Chain {
                     }
                     // Typically "nonce too low": one of the sent ones was mined meanwhile,
                     // which the next round of receipts finds.
-                    Err(e) => tracing::warn!(nonce, "{what}: replacement not accepted: {e:#}"),
+                    Err(e) => {
+                        tracing::warn!(nonce, "{what}: replacement not accepted: {e:#}");
+                        taken_check = true;
+                    }
                 }
                 continue;
             }
@@ -459,6 +483,17 @@ impl Chain {
             tokio::time::sleep(sleep).await;
             pause = (pause * 2).min(poll_cap);
         }
+    }
+
+    /// Whether any of `hashes` has a receipt (a read error counts as "don't know": yes).
+    async fn any_receipt(&self, hashes: &[B256]) -> bool {
+        for h in hashes {
+            match self.provider.get_transaction_receipt(*h).await {
+                Ok(None) => {}
+                Ok(Some(_)) | Err(_) => return true,
+            }
+        }
+        false
     }
 
     /// Signs and sends `tx` with `fees`; the transaction hash.

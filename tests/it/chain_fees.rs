@@ -167,6 +167,67 @@ async fn stuck_stamp_is_replaced_with_higher_fees_and_mined_once() {
 }
 
 #[tokio::test]
+async fn a_nonce_taken_by_another_sender_fails_clearly_and_the_next_stamp_works() {
+    let a = anvil();
+    let registry = deploy(&a).await;
+    let mut c = cfg(&a.endpoint(), 1);
+    c.replace_after_secs = 1;
+    let writer = Chain::connect(&c, registry, Some(signer(&a, 0)))
+        .await
+        .unwrap();
+    let w = signer(&a, 0).address();
+    let p = raw(&a);
+    let nonce0 = p.get_transaction_count(w).await.unwrap();
+    rpc(&p, "evm_setAutomine", serde_json::json!([false])).await;
+    let (t, cm) = (token("taken", 0), commitment(0));
+    let sending = {
+        let writer = writer.clone();
+        tokio::spawn(async move { writer.stamp_sent(t, cm).await })
+    };
+    while p.get_transaction_count(w).pending().await.unwrap() == nonce0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Another process with the same key sends its own transaction with that nonce, paying
+    // enough to replace the stamp in the pool, and it is mined.
+    let other = ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(signer(&a, 0)))
+        .connect_http(a.endpoint().parse().unwrap());
+    let foreign = alloy::rpc::types::TransactionRequest::default()
+        .from(w)
+        .to(w)
+        .nonce(nonce0)
+        .gas_limit(21_000)
+        .max_fee_per_gas(300 * GWEI)
+        .max_priority_fee_per_gas(2 * GWEI);
+    let foreign = *other.send_transaction(foreign).await.unwrap().tx_hash();
+    rpc(&p, "evm_mine", serde_json::json!([])).await;
+    assert!(p.get_transaction_receipt(foreign).await.unwrap().is_some());
+
+    let e = tokio::time::timeout(Duration::from_secs(30), sending)
+        .await
+        .expect("the stamp neither failed nor was mined")
+        .unwrap()
+        .expect_err("the stamp cannot be mined: its nonce is gone");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(&format!("nonce {nonce0}")) && e.contains("did not send"),
+        "{e}"
+    );
+    assert_eq!(
+        writer.lookup(w, RecordKey::Stamp(t)).await,
+        Lookup::NotFound
+    );
+    // The agent asks the node for the nonce again: the next stamp goes through.
+    rpc(&p, "evm_setAutomine", serde_json::json!([true])).await;
+    let next = writer.stamp_sent(t, cm).await.unwrap();
+    assert_eq!(next.nonce, nonce0 + 1);
+    assert!(matches!(
+        writer.lookup(w, RecordKey::Stamp(t)).await,
+        Lookup::Found { commitment, .. } if commitment == cm.0
+    ));
+}
+
+#[tokio::test]
 async fn many_stamps_in_flight_get_distinct_nonces_and_all_mine() {
     let a = anvil();
     let registry = deploy(&a).await;
