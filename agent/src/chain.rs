@@ -362,19 +362,36 @@ impl Chain {
             )
         })
         .await?;
-        let nonce = within(self.timeout, "eth_getTransactionCount", async {
-            self.nonces.take(&self.provider, from).await
-        })
-        .await?;
-        let tx = tx
-            .with_gas_limit(gas)
-            .with_nonce(nonce)
-            .with_chain_id(self.chain_id);
-        let first = match self.broadcast(&tx, fees, what).await {
-            Ok(h) => h,
-            Err(e) => {
-                self.nonces.resync().await;
-                return Err(e);
+        let tx = tx.with_gas_limit(gas).with_chain_id(self.chain_id);
+        // A refused first send makes the count be read again. If the node then says the nonce
+        // is used (a transaction this connection did not send: `deploy`, another process, a
+        // connection made meanwhile), one more try with the fresh count heals it.
+        let mut tries = 0;
+        let (tx, nonce, first) = loop {
+            let nonce = within(self.timeout, "eth_getTransactionCount", async {
+                self.nonces.take(&self.provider, from).await
+            })
+            .await?;
+            let tx = tx.clone().with_nonce(nonce);
+            match self.broadcast(&tx, fees, what).await {
+                Ok(h) => break (tx, nonce, h),
+                Err(e) => {
+                    self.nonces.resync().await;
+                    tries += 1;
+                    let used = tokio::time::timeout(
+                        self.timeout,
+                        self.provider.get_transaction_count(from).pending(),
+                    )
+                    .await
+                    .is_ok_and(|n| n.is_ok_and(|n| n > nonce));
+                    if tries >= 2 || !used {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        nonce,
+                        "{what}: the nonce was already used; trying again with the node's count: {e:#}"
+                    );
+                }
             }
         };
         let mut hashes = vec![first];

@@ -228,6 +228,47 @@ async fn a_nonce_taken_by_another_sender_fails_clearly_and_the_next_stamp_works(
 }
 
 #[tokio::test]
+async fn a_stale_nonce_count_heals_with_one_more_try() {
+    let a = anvil();
+    let registry = deploy(&a).await;
+    let writer = Chain::connect(&cfg(&a.endpoint(), 1), registry, Some(signer(&a, 0)))
+        .await
+        .unwrap();
+    let w = signer(&a, 0).address();
+    writer
+        .stamp(token("stale", 0), commitment(0))
+        .await
+        .unwrap();
+    // The same key sends two transactions the agent does not know of: its count is stale.
+    let other = ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(signer(&a, 0)))
+        .connect_http(a.endpoint().parse().unwrap());
+    for _ in 0..2 {
+        let tx = alloy::rpc::types::TransactionRequest::default()
+            .from(w)
+            .to(w);
+        other
+            .send_transaction(tx)
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+    }
+    let p = raw(&a);
+    let before = p.get_transaction_count(w).await.unwrap();
+    let sent = writer
+        .stamp_sent(token("stale", 1), commitment(1))
+        .await
+        .expect("a stale count is healed, not a failure");
+    assert_eq!(sent.nonce, before);
+    assert!(matches!(
+        writer.lookup(w, RecordKey::Stamp(token("stale", 1))).await,
+        Lookup::Found { commitment: c, .. } if c == commitment(1).0
+    ));
+}
+
+#[tokio::test]
 async fn many_stamps_in_flight_get_distinct_nonces_and_all_mine() {
     let a = anvil();
     let registry = deploy(&a).await;
