@@ -34,6 +34,32 @@ const MIGRATIONS: &[&str] = &[
         tx       TEXT,
         created  INTEGER NOT NULL
     ) STRICT;",
+    // 3: per-user authorised senders (seed 003) and the self-training allowlist (seed 004,
+    // issue 5). `senders.pattern` is a lower-case address, or a lower-case domain when
+    // kind = 'domain'. An allowlist entry is created 'partial' by an outbound stamped message
+    // and 'complete' once the correspondent wrote back; idle entries expire (last_seen).
+    "CREATE TABLE senders (
+        user    TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        kind    TEXT NOT NULL CHECK (kind IN ('address', 'domain')),
+        added   INTEGER NOT NULL,
+        note    TEXT,
+        PRIMARY KEY (user, pattern)
+    ) STRICT;
+    CREATE TABLE allowlist (
+        user         TEXT NOT NULL,
+        address      TEXT NOT NULL,
+        domain       TEXT NOT NULL,
+        display_name TEXT,
+        state        TEXT NOT NULL CHECK (state IN ('partial', 'complete')),
+        first_seen   INTEGER NOT NULL,
+        last_seen    INTEGER NOT NULL,
+        sent         INTEGER NOT NULL DEFAULT 0,
+        received     INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user, address)
+    ) STRICT;
+    CREATE INDEX allowlist_domain ON allowlist (user, domain);
+    CREATE INDEX allowlist_last_seen ON allowlist (last_seen);",
 ];
 
 /// The state store.
