@@ -6,6 +6,7 @@ pub mod chain;
 pub mod config;
 pub mod dns;
 pub mod keys;
+pub mod maildir;
 pub mod maps;
 pub mod milter;
 pub mod onboard;
