@@ -2,9 +2,12 @@
 //! The mailstamp agent: configuration, the chain client, the writer key, and the commands the
 //! CLI runs (stamp, verify, audit, deploy). The verdict logic itself lives in `mailstamp-core`.
 
+pub mod allowlist;
+pub mod auth;
 pub mod chain;
 pub mod config;
 pub mod dns;
+pub mod inbound;
 pub mod keys;
 pub mod maildir;
 pub mod maps;
@@ -12,5 +15,6 @@ pub mod milter;
 pub mod onboard;
 pub mod ops;
 pub mod relay;
+pub mod senders;
 pub mod session;
 pub mod store;
