@@ -50,6 +50,8 @@ pub struct Config {
     pub inbound: InboundConfig,
     /// The self-training allowlist (seed 004).
     pub allowlist: AllowlistConfig,
+    /// `mailstamp recover` (seed 004).
+    pub recover: crate::recover::RecoverConfig,
 }
 
 /// `[store]`

@@ -14,6 +14,7 @@ pub mod maps;
 pub mod milter;
 pub mod onboard;
 pub mod ops;
+pub mod recover;
 pub mod relay;
 pub mod senders;
 pub mod session;

@@ -60,6 +60,22 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX allowlist_domain ON allowlist (user, domain);
     CREATE INDEX allowlist_last_seen ON allowlist (last_seen);",
+    // 4: `mailstamp recover` decisions (seed 004, issue 5), keyed by the keccak-256 of the raw
+    // message (file names change with flags), so re-runs do not decide twice; `applied` marks
+    // a release carried out, `learned` a kept message the user moved out by hand (`--watch`).
+    // Pruned after `[recover] retention_days`.
+    "CREATE TABLE recoveries (
+        user     TEXT NOT NULL,
+        message  TEXT NOT NULL,
+        action   TEXT NOT NULL CHECK (action IN ('release', 'keep')),
+        reason   TEXT NOT NULL,
+        sender   TEXT,
+        applied  INTEGER NOT NULL DEFAULT 0,
+        learned  INTEGER,
+        decided  INTEGER NOT NULL,
+        PRIMARY KEY (user, message)
+    ) STRICT;
+    CREATE INDEX recoveries_decided ON recoveries (decided);",
 ];
 
 /// The state store.
