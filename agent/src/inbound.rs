@@ -33,7 +33,9 @@ pub const LIST_HEADER: &str = "X-Mailstamp-List";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InboundConfig {
-    /// Decide a folder for inbound mail and add the folder headers.
+    /// Decide a folder for inbound mail and add the folder headers; also turns on learning
+    /// the allowlist from outbound mail. Needs the store (`[store] path`). Off by default so
+    /// that an agent without a store or Sieve rule behaves as before.
     pub enabled: bool,
     /// The separate folder for mail from strangers (an IMAP folder name, never INBOX).
     pub folder: String,
@@ -42,7 +44,7 @@ pub struct InboundConfig {
 impl Default for InboundConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             folder: "Unknown".to_owned(),
         }
     }

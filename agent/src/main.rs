@@ -19,6 +19,7 @@ use mailstamp::{
 };
 
 mod onboard_cmd;
+mod people_cmd;
 mod recover_cmd;
 use mailstamp_core::{Envelope, Inspection, Report, Status, Verdict, inspect};
 use serde_json::json;
@@ -154,6 +155,13 @@ enum Cmd {
     /// stamps, authorised senders and the allowlist: release (back to the inbox) or keep,
     /// with a reason. Dry run unless --apply (docs/MTA.md, "Recovery").
     Recover(recover_cmd::RecoverArgs),
+    /// Each user's authorised senders (seed 003): unstamped mail from them (authenticated)
+    /// goes to the inbox.
+    #[command(subcommand)]
+    Senders(people_cmd::SendersCmd),
+    /// The self-training allowlist (seed 004): look at and correct what outbound mail taught.
+    #[command(subcommand)]
+    Allowlist(people_cmd::AllowlistCmd),
 }
 
 fn main() -> ExitCode {
@@ -256,6 +264,8 @@ async fn run(cli: Cli) -> Result<u8> {
         } => audit(&cfg, &target, writer, json).await,
         Cmd::Onboard(cmd) => onboard_cmd::run(&cfg, cmd).await,
         Cmd::Recover(args) => recover_cmd::run(&cfg, args).await,
+        Cmd::Senders(cmd) => people_cmd::senders(&cfg, cmd),
+        Cmd::Allowlist(cmd) => people_cmd::allowlist(&cfg, cmd),
     }
 }
 
