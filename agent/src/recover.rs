@@ -602,11 +602,12 @@ impl Recoverer {
         let dns_trouble = out.auth.dmarc == AuthResult::TempError
             && out.reason == Reason::UnauthenticatedHit.as_str();
         if out.action == Action::Keep && (report.verdict == Verdict::Temperror || dns_trouble) {
-            out.detail = format!(
-                "{}: {}; examined again next run",
-                out.reason,
-                report.reason.as_deref().unwrap_or("DNS trouble")
-            );
+            let why = if report.verdict == Verdict::Temperror {
+                report.reason.clone().unwrap_or_default()
+            } else {
+                format!("DNS trouble ({})", out.auth.summary())
+            };
+            out.detail = format!("{}: {why}; examined again next run", out.reason);
             out.reason = "temperror".into();
         }
         out

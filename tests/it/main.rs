@@ -14,4 +14,5 @@ mod dns;
 mod dnsfix;
 mod milter;
 mod postfix;
+mod recover;
 mod relay;
