@@ -212,20 +212,16 @@ impl Authenticator {
             .map(|d| dkim_result(d.result()))
             .min_by_key(|r| rank(*r))
             .unwrap_or(AuthResult::None);
-        let (aligned, result) = if dmarc.dkim_result() == &DmarcResult::Pass {
-            (Some("dkim"), AuthResult::Pass)
+        let aligned = if dmarc.dkim_result() == &DmarcResult::Pass {
+            Some("dkim")
         } else if dmarc.spf_result() == &DmarcResult::Pass {
-            (Some("spf"), AuthResult::Pass)
+            Some("spf")
         } else {
-            (
-                None,
-                [dmarc.dkim_result(), dmarc.spf_result()]
-                    .into_iter()
-                    .map(dmarc_result)
-                    .min_by_key(|r| rank(*r))
-                    .unwrap_or(AuthResult::None),
-            )
+            None
         };
+        // `result()`: pass, else the most telling error, else fail (not aligned) when the
+        // domain publishes a policy, else none.
+        let result = dmarc_result(&dmarc.result());
         let from_domain = Some(dmarc.domain().to_owned()).filter(|d| !d.is_empty());
         AuthOutcome {
             from_domain,

@@ -6,6 +6,7 @@
 mod harness;
 
 mod abi_drift;
+mod allowlist;
 mod batch;
 mod chain_e2e;
 mod cli;
@@ -16,3 +17,4 @@ mod milter;
 mod postfix;
 mod recover;
 mod relay;
+mod senders;
