@@ -338,6 +338,9 @@ mod tests {
             Confirmations::Tag(BlockTag::Finalized)
         );
         assert_eq!(cfg.verify.policy(), Policy::default());
+        // The documented [inbound] / [allowlist] values are the defaults.
+        assert_eq!(cfg.inbound, crate::inbound::InboundConfig::default());
+        assert_eq!(cfg.allowlist, crate::allowlist::AllowlistConfig::default());
         cfg.check().unwrap();
     }
 
