@@ -28,7 +28,7 @@ use mailstamp::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::dnsfix::DnsServer;
-use crate::harness::{TempDir, anvil, mailstamp, milter_split, signer};
+use crate::harness::{TempDir, anvil, mailstamp, milter_split, signer, tamper_body};
 
 const T: std::time::Duration = std::time::Duration::from_secs(10);
 /// The correspondents' mail server: the only address their SPF records allow.
@@ -253,16 +253,17 @@ async fn outbound_stamps_teach_the_allowlist_and_only_authenticated_replies_are_
     .await;
 
     // Outbound, stamped: creates a partial entry with the display name of the To header.
+    let outbound = message(
+        "Bob <bob@b.example>",
+        "\"Carol Doe\" <Carol@C.example>",
+        "plans",
+    );
     let out = play(
         m.addr,
         "127.0.0.1",
         "bob@b.example",
         &["carol@c.example"],
-        &message(
-            "Bob <bob@b.example>",
-            "\"Carol Doe\" <Carol@C.example>",
-            "plans",
-        ),
+        &outbound,
     )
     .await;
     assert_eq!(out.status, Status::Continue, "{out:?}");
@@ -271,6 +272,66 @@ async fn outbound_stamps_teach_the_allowlist_and_only_authenticated_replies_are_
     let e = entry(&store, "bob@b.example", "carol@c.example").expect("a partial entry");
     assert_eq!((e.state, e.sent, e.received), (EntryState::Partial, 1, 0));
     assert_eq!(e.display_name.as_deref(), Some("Carol Doe"));
+
+    // That stamped message arriving at a site with this agent (here: the same milter, from
+    // outside): `wanted` → INBOX though Carol never wrote to bob, authenticated by the stamp
+    // (no DMARC asked: b.example publishes none).
+    let stamped = {
+        let v = out.header("Mail-Stamp").unwrap();
+        let mut m = format!("Mail-Stamp:{}\r\n", v.replace('\n', "\r\n")).into_bytes();
+        m.extend_from_slice(&outbound);
+        m
+    };
+    let out = play(
+        m.addr,
+        OTHER_IP,
+        "bob@b.example",
+        &["carol@c.example"],
+        &stamped,
+    )
+    .await;
+    assert_eq!(
+        out.header("X-Mailstamp-Verdict").as_deref(),
+        Some(" wanted"),
+        "{out:?}"
+    );
+    assert_eq!(out.folder().as_deref(), Some("INBOX"), "{out:?}");
+    // Altered on the way (`suspect`, but the writer is authorised for b.example): the stamp
+    // still authenticates the From domain, so carol's authorised senders decide.
+    Store::open(&store)
+        .unwrap()
+        .add_sender("carol@c.example", "b.example", None, 1)
+        .unwrap();
+    let t = tamper_body(&stamped).unwrap();
+    let out = play(m.addr, OTHER_IP, "bob@b.example", &["carol@c.example"], &t).await;
+    assert_eq!(
+        out.header("X-Mailstamp-Verdict").as_deref(),
+        Some(" suspect"),
+        "{out:?}"
+    );
+    assert_eq!(out.folder().as_deref(), Some("INBOX"), "{out:?}");
+    let l = out.header("X-Mailstamp-List").unwrap();
+    assert!(
+        l.contains("list=authorised") && l.ends_with("trusted=yes; auth=stamp"),
+        "{l}"
+    );
+    // A stamp that does not decode: `invalid`, no folder header (the verdict files it).
+    let mut broken = b"Mail-Stamp: v=1; garbage\r\n".to_vec();
+    broken.extend_from_slice(&outbound);
+    let out = play(
+        m.addr,
+        OTHER_IP,
+        "bob@b.example",
+        &["carol@c.example"],
+        &broken,
+    )
+    .await;
+    assert_eq!(
+        out.header("X-Mailstamp-Verdict").as_deref(),
+        Some(" invalid"),
+        "{out:?}"
+    );
+    assert!(out.folder().is_none(), "{out:?}");
 
     let reply = message(
         "\"Carol Doe\" <carol@c.example>",
