@@ -662,3 +662,172 @@ fn allowlist_cli_lists_shows_forgets_with_clear_errors() {
     let o = run(&["list"]);
     assert!(o.status.success() && o.stdout.is_empty(), "{o:?}");
 }
+
+/// A next hop that takes every message and keeps its DATA.
+async fn sink() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                w.write_all(b"220 sink\r\n").await.unwrap();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let cmd = line.to_ascii_uppercase();
+                    if cmd.starts_with("DATA") {
+                        w.write_all(b"354 go\r\n").await.unwrap();
+                        let mut data = String::new();
+                        loop {
+                            line.clear();
+                            r.read_line(&mut line).await.unwrap();
+                            if line == ".\r\n" {
+                                break;
+                            }
+                            data.push_str(line.strip_prefix('.').unwrap_or(&line));
+                        }
+                        keep.lock().unwrap().push(data);
+                        w.write_all(b"250 ok\r\n").await.unwrap();
+                    } else if cmd.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        w.write_all(b"250 ok\r\n").await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// One message over SMTP to `addr`; the reply after the final dot.
+async fn smtp_send(addr: SocketAddr, from: &str, rcpt: &str, raw: &[u8]) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+    assert!(reply(&mut r).await.starts_with("220"));
+    for cmd in [
+        "EHLO mail.c.example".to_owned(),
+        format!("MAIL FROM:<{from}>"),
+        format!("RCPT TO:<{rcpt}>"),
+        "DATA".to_owned(),
+    ] {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).await.unwrap();
+        let rep = reply(&mut r).await;
+        assert!(rep.starts_with('2') || rep.starts_with('3'), "{cmd}: {rep}");
+    }
+    let mut body = Vec::new();
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            body.push(b'.');
+        }
+        body.extend_from_slice(line);
+    }
+    body.extend_from_slice(b".\r\n");
+    w.write_all(&body).await.unwrap();
+    let rep = reply(&mut r).await;
+    let _ = w.write_all(b"QUIT\r\n").await;
+    rep
+}
+
+/// The values of header `name` in a DATA text.
+fn fields(data: &str, name: &str) -> Vec<String> {
+    data.split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_learns_from_what_it_stamps_and_files_replies_by_authentication() {
+    use mailstamp::relay::{self, Relay};
+    let (a, registry, writer) = chain().await;
+    let key = DkimKey::new();
+    let dns = DnsServer::start(&["example", "c.example"], &auth_zone("c.example", &key)).await;
+    let dir = TempDir::new("allowlist-relay");
+    let store_path = dir.0.join("state.sqlite");
+    let (hop, got) = sink().await;
+    let base = site_toml(&a.endpoint(), registry, writer, dns.addr, &store_path, "").replace(
+        "trusted_networks = [\"127.0.0.0/8\"]",
+        "trusted_networks = []",
+    );
+    let mut relays = Vec::new();
+    let mut stops = Vec::new();
+    for (name, outbound) in [("out.toml", true), ("in.toml", false)] {
+        let path = dir.0.join(name);
+        std::fs::write(
+            &path,
+            format!("{base}[relay]\nnext_hop = \"{hop}\"\noutbound = {outbound}\n"),
+        )
+        .unwrap();
+        let settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
+        let r = Arc::new(Relay::new(settings, Some(signer(&a, 0)), None).unwrap());
+        let (listener, addr) = relay::bind("127.0.0.1:0").await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(relay::run(listener, r, stop.clone().cancelled_owned()));
+        relays.push(addr);
+        stops.push(stop.drop_guard());
+    }
+    let (out_relay, in_relay) = (relays[0], relays[1]);
+
+    let outbound = message(
+        "Bob <bob@b.example>",
+        "Carol <carol@c.example>",
+        "relay plans",
+    );
+    let r = smtp_send(out_relay, "bob@b.example", "carol@c.example", &outbound).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(fields(&got.lock().unwrap()[0], "Mail-Stamp").len(), 1);
+    let e = entry(&store_path, "bob@b.example", "carol@c.example").expect("learned");
+    assert_eq!(e.state, EntryState::Partial);
+
+    // Unsigned, from 127.0.0.1 (not in her SPF), with a forged folder header: the relay
+    // removes it and adds its own, the separate folder.
+    let reply = message("Carol <carol@c.example>", "bob@b.example", "re relay plans");
+    let mut forged = b"X-Mailstamp-Folder: INBOX\r\n".to_vec();
+    forged.extend_from_slice(&reply);
+    let r = smtp_send(in_relay, "carol@c.example", "bob@b.example", &forged).await;
+    assert!(r.starts_with("250"), "{r}");
+    let data = got.lock().unwrap()[1].clone();
+    assert_eq!(fields(&data, "X-Mailstamp-Folder"), ["Unknown"], "{data}");
+    assert!(
+        fields(&data, "X-Mailstamp-List")[0].contains("trusted=no"),
+        "{data}"
+    );
+
+    // DKIM-signed: INBOX, and the entry completes.
+    let signed = key.sign("c.example", &reply);
+    let r = smtp_send(in_relay, "carol@c.example", "bob@b.example", &signed).await;
+    assert!(r.starts_with("250"), "{r}");
+    let data = got.lock().unwrap()[2].clone();
+    assert_eq!(fields(&data, "X-Mailstamp-Folder"), ["INBOX"], "{data}");
+    let e = entry(&store_path, "bob@b.example", "carol@c.example").unwrap();
+    assert_eq!((e.state, e.received), (EntryState::Complete, 1));
+}
