@@ -13,6 +13,7 @@ mod cli;
 mod corpus;
 mod dns;
 mod dnsfix;
+mod dovecot;
 mod milter;
 mod postfix;
 mod recover;
