@@ -181,9 +181,23 @@ fn sync_dir(d: &Path) -> Result<()> {
 }
 
 /// Moves `entry` into the folder `to` (same sub-directory, same name and flags) with one
-/// rename; returns the new path. Fails, leaving the message where it was, when the target is
-/// on another file system or not a Maildir folder.
+/// rename and syncs both directories; returns the new path. Fails, leaving the message where
+/// it was, when the target is on another file system or not a Maildir folder.
 pub fn move_to(entry: &Entry, to: &Path) -> Result<PathBuf> {
+    let target = move_unsynced(entry, to)?;
+    if let Some(dir) = target.parent() {
+        sync_dir(dir)?;
+    }
+    if let Some(src) = entry.path.parent() {
+        sync_dir(src)?;
+    }
+    Ok(target)
+}
+
+/// [`move_to`] without the directory syncs, for many moves in a row followed by one
+/// [`sync_folder`] of each folder. The rename is atomic all the same: a power loss before the
+/// sync can only undo the move (the message is back where it was), never lose or double it.
+pub fn move_unsynced(entry: &Entry, to: &Path) -> Result<PathBuf> {
     require_folder(to)?;
     let dir = to.join(entry.sub.as_str());
     let mut target = dir.join(entry.file_name());
@@ -208,11 +222,13 @@ pub fn move_to(entry: &Entry, to: &Path) -> Result<PathBuf> {
             target.display()
         )
     })?;
-    sync_dir(&dir)?;
-    if let Some(src) = entry.path.parent() {
-        sync_dir(src)?;
-    }
     Ok(target)
+}
+
+/// Syncs a folder's `new/` and `cur/` (after [`move_unsynced`]).
+pub fn sync_folder(dir: &Path) -> Result<()> {
+    sync_dir(&dir.join("new"))?;
+    sync_dir(&dir.join("cur"))
 }
 
 #[cfg(test)]

@@ -655,6 +655,12 @@ impl Recoverer {
                 }
             }
         }
+        // One sync per folder instead of two per move: until it, a power loss can only undo
+        // moves (the decision is recorded, so the next run carries them out again).
+        if opts.apply && sum.released > 0 {
+            maildir::sync_folder(inbox)?;
+            maildir::sync_folder(folder)?;
+        }
         Ok(sum)
     }
 
@@ -682,7 +688,7 @@ impl Recoverer {
             };
             // A release recorded before a crash, not carried out: carry it out now.
             if opts.apply && r.action == Action::Release {
-                o.moved_to = Some(maildir::move_to(e, inbox)?);
+                o.moved_to = Some(maildir::move_unsynced(e, inbox)?);
                 self.store.recovery_applied(user, &id)?;
             }
             return Ok(o);
@@ -703,7 +709,7 @@ impl Recoverer {
                 ops::now(),
             )?;
             if o.action == Action::Release {
-                o.moved_to = Some(maildir::move_to(e, inbox)?);
+                o.moved_to = Some(maildir::move_unsynced(e, inbox)?);
                 self.store.recovery_applied(&user, &o.id)?;
             }
         }

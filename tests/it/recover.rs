@@ -36,7 +36,7 @@ const SPAM: usize = 200;
 const SPOOF: usize = 40;
 
 /// An Ed25519 DKIM key and its public half as a TXT value.
-fn dkim_key() -> (Vec<u8>, String) {
+pub(crate) fn dkim_key() -> (Vec<u8>, String) {
     let der = Ed25519Key::generate_pkcs8().unwrap();
     let public = Ed25519Key::from_pkcs8_der(&der).unwrap().public_key();
     let txt = format!(
@@ -61,7 +61,7 @@ pub(crate) fn dkim_sign(der: &[u8], domain: &str, raw: &[u8]) -> Vec<u8> {
 }
 
 /// A domain the DNS fixture can serve: at least two labels of letters, digits and `-`.
-fn servable(d: &str) -> bool {
+pub(crate) fn servable(d: &str) -> bool {
     d.contains('.')
         && d.split('.').all(|l| {
             !l.is_empty()
@@ -71,7 +71,7 @@ fn servable(d: &str) -> bool {
 }
 
 /// Removes the header fields named `names` (with their folded lines).
-fn strip_fields(raw: &[u8], names: &[&str]) -> Vec<u8> {
+pub(crate) fn strip_fields(raw: &[u8], names: &[&str]) -> Vec<u8> {
     let end = raw
         .windows(2)
         .position(|w| w == b"\n\n")
