@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Batched anchoring inside the daemons (`stamp.mode = "batch"`, docs/PROTOCOL.md §5a): the
 //! one [`Batcher`] a milter or relay shares between its sessions. It owns the open batch, its
-//! journal in the store (migration 3: every leaf before it is taken, the root before the
+//! journal in the store (migration 5: every leaf before it is taken, the root before the
 //! anchor is sent, the outcome after), closing a batch after `batch_max` leaves or
 //! `batch_wait_ms`, the one `anchor` transaction per batch, handing each waiting message its
 //! leaf index and proof, and what happens at start to batches a crash left pending

@@ -11,7 +11,9 @@ use anyhow::{Context, Result, bail};
 use mailstamp_core::{Family, Policy, Selection};
 use serde::Deserialize;
 
+use crate::allowlist::AllowlistConfig;
 use crate::dns::DnsConfig;
+use crate::inbound::InboundConfig;
 use crate::maps::MapsConfig;
 use crate::milter::MilterConfig;
 use crate::onboard::ProviderConfig;
@@ -44,6 +46,12 @@ pub struct Config {
     pub relay: RelayConfig,
     /// The MTA access maps (seed 002).
     pub maps: MapsConfig,
+    /// The inbound folder decision (seed 003).
+    pub inbound: InboundConfig,
+    /// The self-training allowlist (seed 004).
+    pub allowlist: AllowlistConfig,
+    /// `mailstamp recover` (seed 004).
+    pub recover: crate::recover::RecoverConfig,
 }
 
 /// `[store]`
@@ -339,6 +347,8 @@ impl Config {
         if self.provider.enabled {
             self.provider.require()?;
         }
+        self.inbound.check()?;
+        self.allowlist.check()?;
         if self.stamp.components.is_empty() {
             bail!(
                 "stamp.components is empty: nothing would be stamped; remove the key for all families"
@@ -407,6 +417,9 @@ mod tests {
             Confirmations::Tag(BlockTag::Finalized)
         );
         assert_eq!(cfg.verify.policy(), Policy::default());
+        // The documented [inbound] / [allowlist] values are the defaults.
+        assert_eq!(cfg.inbound, crate::inbound::InboundConfig::default());
+        assert_eq!(cfg.allowlist, crate::allowlist::AllowlistConfig::default());
         cfg.check().unwrap();
     }
 

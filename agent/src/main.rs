@@ -19,6 +19,8 @@ use mailstamp::{
 };
 
 mod onboard_cmd;
+mod people_cmd;
+mod recover_cmd;
 use mailstamp_core::{Envelope, Inspection, Report, Status, Verdict, inspect};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
@@ -149,6 +151,17 @@ enum Cmd {
     /// Onboard customer domains (provider mode): account-specific DNS names, proof of control.
     #[command(subcommand)]
     Onboard(onboard_cmd::OnboardCmd),
+    /// Re-examine mail another filter filed as spam (a Maildir folder such as Junk) against
+    /// stamps, authorised senders and the allowlist: release (back to the inbox) or keep,
+    /// with a reason. Dry run unless --apply (docs/MTA.md, "Recovery").
+    Recover(recover_cmd::RecoverArgs),
+    /// Each user's authorised senders (seed 003): unstamped mail from them (authenticated)
+    /// goes to the inbox.
+    #[command(subcommand)]
+    Senders(people_cmd::SendersCmd),
+    /// The self-training allowlist (seed 004): look at and correct what outbound mail taught.
+    #[command(subcommand)]
+    Allowlist(people_cmd::AllowlistCmd),
 }
 
 fn main() -> ExitCode {
@@ -250,6 +263,9 @@ async fn run(cli: Cli) -> Result<u8> {
             json,
         } => audit(&cfg, &target, writer, json).await,
         Cmd::Onboard(cmd) => onboard_cmd::run(&cfg, cmd).await,
+        Cmd::Recover(args) => recover_cmd::run(&cfg, args).await,
+        Cmd::Senders(cmd) => people_cmd::senders(&cfg, cmd),
+        Cmd::Allowlist(cmd) => people_cmd::allowlist(&cfg, cmd),
     }
 }
 

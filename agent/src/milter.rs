@@ -22,6 +22,7 @@ use mailstamp_core::{MAX_MESSAGE_BYTES, Verdict};
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use crate::auth::Authenticator;
 use crate::batcher::{Batcher, Recovered};
 use crate::chain::Chain;
 use crate::config::{Config, Overrides, PendingPolicy, StampMode};
@@ -148,6 +149,10 @@ pub struct Settings {
     pub stamp: StampContext,
     /// Writer records and the trust map, for inbound checks.
     pub authority: Authority,
+    /// The store holding authorised senders and the allowlist (`[inbound] enabled`).
+    pub people: Option<Arc<Store>>,
+    /// DMARC checks for the inbound folder decision (`[inbound] enabled`).
+    pub authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Settings {
@@ -175,6 +180,19 @@ impl Settings {
         } else {
             None
         };
+        // Authorised senders and the allowlist (issue 5) share the provider-mode store.
+        let (people, authenticator) = if cfg.inbound.enabled {
+            let store = match &active_only {
+                Some(s) => s.clone(),
+                None => Arc::new(Store::open(&cfg.store.path).context(
+                    "inbound.enabled needs the store (store.path / --store); set inbound.enabled = false to go without",
+                )?),
+            };
+            let auth = Authenticator::new(&cfg.dns, &authserv_id)?;
+            (Some(store), Some(Arc::new(auth)))
+        } else {
+            (None, None)
+        };
         let stamp = StampContext {
             selection: cfg.stamp.selection(),
             authority: authority.clone(),
@@ -188,6 +206,8 @@ impl Settings {
             authserv_id,
             stamp,
             authority,
+            people,
+            authenticator,
         })
     }
 
@@ -411,6 +431,8 @@ pub struct Session {
     client_accepted: bool,
     /// The client is in `trusted_networks` or came through an outbound daemon.
     outbound_client: bool,
+    /// The HELO/EHLO name (SPF).
+    helo: String,
     msg: Option<Msg>,
 }
 
@@ -418,6 +440,8 @@ pub struct Session {
 struct Msg {
     settings: Arc<Settings>,
     outbound: bool,
+    /// The envelope sender (MAIL FROM), empty for the null sender.
+    sender: String,
     rcpts: Vec<String>,
     sender_policy: Option<VerifyPolicy>,
     rcpt_policies: Vec<Option<VerifyPolicy>>,
@@ -565,6 +589,7 @@ fn connect(m: &Milter, cx: &mut Context<Session>, host: &str, info: SocketInfo) 
         client_ip: ip,
         outbound_client: session::outbound_client(&s, ip, daemon.as_deref()),
         client_accepted: accepted,
+        helo: String::new(),
         msg: None,
     });
     step_status(&mut cx.reply, &step)
@@ -574,6 +599,7 @@ fn helo(m: &Milter, cx: &mut Context<Session>, helo: &str) -> Status {
     let Some(session) = cx.data.as_mut() else {
         return missing_state(&mut cx.reply, "helo");
     };
+    session.helo = helo.to_owned();
     if session.client_accepted {
         return Status::Continue;
     }
@@ -624,6 +650,7 @@ fn mail(m: &Milter, cx: &mut Context<Session>, args: &[CString]) -> Status {
     session.msg = Some(Msg {
         settings: s,
         outbound,
+        sender,
         rcpts: Vec::new(),
         sender_policy,
         rcpt_policies: Vec::new(),
@@ -702,10 +729,10 @@ fn append(cx: &mut Context<Session>, bytes: &[u8]) -> Status {
 }
 
 async fn eom(m: &Milter, cx: &mut EomContext<Session>) -> Status {
-    let Some((msg, client_ip)) = cx
+    let Some((msg, client_ip, helo)) = cx
         .data
         .as_mut()
-        .and_then(|s| s.msg.take().map(|msg| (msg, s.client_ip)))
+        .and_then(|s| s.msg.take().map(|msg| (msg, s.client_ip, s.helo.clone())))
     else {
         return missing_state(&mut cx.reply, "eom");
     };
@@ -717,13 +744,13 @@ async fn eom(m: &Milter, cx: &mut EomContext<Session>) -> Status {
     if msg.outbound {
         outbound(m, cx, msg, &queue_id).await
     } else {
-        inbound(m, cx, msg, client_ip, &queue_id).await
+        inbound(m, cx, msg, client_ip, &helo, &queue_id).await
     }
 }
 
 async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
     let s = &msg.settings;
-    match session::stamp(m, s, &msg.raw, &msg.rcpts).await {
+    match session::stamp(m, s, &msg.raw, &msg.sender, &msg.rcpts).await {
         Ok(st) => {
             let Some(value) = session::stamp_value(&st.message, msg.raw.len()) else {
                 warn!(queue_id, "stamped message has no leading Mail-Stamp field");
@@ -821,6 +848,7 @@ async fn inbound(
     cx: &mut EomContext<Session>,
     msg: Msg,
     client_ip: Option<IpAddr>,
+    helo: &str,
     queue_id: &str,
 ) -> Status {
     let s = &msg.settings;
@@ -830,6 +858,8 @@ async fn inbound(
         &msg.raw,
         &msg.rcpts,
         client_ip,
+        helo,
+        &msg.sender,
         msg.sender_policy.as_ref(),
         &msg.rcpt_policies,
     )

@@ -579,7 +579,7 @@ impl Conn<'_> {
         let s = msg.settings.clone();
         let raw = unstuffed_tail(raw);
         let body = if msg.outbound {
-            match session::stamp(&self.relay.core, &s, &raw, &msg.rcpts).await {
+            match session::stamp(&self.relay.core, &s, &raw, &msg.sender, &msg.rcpts).await {
                 Ok(st) => {
                     info!(client = %ip, token = %st.token, tx = %st.recorded.tx, batch = ?st.batch, rcpts = msg.rcpts.len(), "stamped");
                     st.message
@@ -611,6 +611,8 @@ impl Conn<'_> {
                 &raw,
                 &msg.rcpts,
                 Some(ip),
+                self.helo.as_deref().unwrap_or(""),
+                &msg.sender,
                 msg.sender_policy.as_ref(),
                 &msg.rcpt_policies,
             )

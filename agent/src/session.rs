@@ -12,8 +12,11 @@ use alloy::primitives::B256;
 use mailstamp_core::{Envelope, Report, Verdict};
 use tracing::{info, warn};
 
+use crate::allowlist;
+use crate::auth::AuthOutcome;
 use crate::batcher::Cut;
 use crate::config::StampMode;
+use crate::inbound::{self, Folder, FromIdentity};
 use crate::maps::{Action, AddrAction, ConnAction, VerifyPolicy};
 use crate::milter::{Milter, MilterConfig, Settings, TroublePolicy};
 use crate::ops::{self, Stamped, VerifyContext};
@@ -304,8 +307,9 @@ pub fn adds_headers(action: Action) -> bool {
 /// Whether an incoming header field claims to be one of our results (and must go before a
 /// Sieve rule could be fooled by a sender who writes it).
 pub fn is_ours(name: &str, value: &[u8], authserv_id: &str) -> bool {
-    name.eq_ignore_ascii_case(VERDICT_HEADER)
-        || name.eq_ignore_ascii_case(SCORE_HEADER)
+    // Every X-Mailstamp-* field (verdict, score, folder, inbox-for, list) is ours.
+    name.get(..12)
+        .is_some_and(|p| p.eq_ignore_ascii_case("X-Mailstamp-"))
         || (name.eq_ignore_ascii_case("Authentication-Results")
             && authserv_id_of(value) == authserv_id.to_ascii_lowercase())
 }
@@ -395,10 +399,12 @@ pub fn stamp_value(stamped: &[u8], raw_len: usize) -> Option<String> {
 /// `stamp.hold_timeout_ms` for the batch's anchor (`"batch"`). An error is chain or RPC
 /// trouble, an anchor not mined in time, or a refused From domain; the connection is dropped
 /// so the next message reconnects.
+/// A stamped message teaches the allowlist ([`learn_outbound`]) for `sender`.
 pub async fn stamp(
     m: &Milter,
     s: &Settings,
     raw: &[u8],
+    sender: &str,
     rcpts: &[String],
 ) -> Result<Stamped, String> {
     let env = Envelope {
@@ -429,8 +435,124 @@ pub async fn stamp(
     };
     if result.is_err() {
         m.drop_chain().await;
+    } else {
+        learn_outbound(s, raw, sender, rcpts, ops::now());
     }
     result
+}
+
+/// Outbound learning (seed 004): our user (`sender`, the envelope sender, `+tag` folded) wrote
+/// to each of `rcpts`: create or refresh a partial allowlist entry for each. Store trouble is
+/// logged, never fails the message. Does nothing unless `[inbound] enabled`.
+pub fn learn_outbound(s: &Settings, raw: &[u8], sender: &str, rcpts: &[String], now: u64) {
+    let Some(store) = &s.people else { return };
+    if sender.trim().is_empty() || !s.cfg.allowlist.enabled {
+        return;
+    }
+    let user = inbound::user_of(sender, s.maps.delimiter);
+    for to in FromIdentity::of_recipients(raw, rcpts) {
+        if let Err(e) = allowlist::record_outbound(store, &s.cfg.allowlist, &user, &to, now) {
+            warn!(user, to = to.address, "allowlist not updated: {e:#}");
+        }
+    }
+}
+
+/// Most recipients given a [`inbound::LIST_HEADER`] field (more are decided, not reported).
+pub const MAX_LIST_HEADERS: usize = 50;
+
+/// The inbound folder decision for every recipient (seeds 003, 004) and the headers that
+/// carry it: [`inbound::FOLDER_HEADER`] (`INBOX` or the separate folder), when recipients
+/// disagree [`inbound::INBOX_FOR_HEADER`] (the recipients for whom it is INBOX), and one
+/// [`inbound::LIST_HEADER`] per recipient with a list hit. Authenticated messages complete
+/// allowlist entries. Nothing for a `spam`/`invalid` stamp (the verdict header files it) or
+/// when `[inbound] enabled` is off.
+#[allow(clippy::too_many_arguments)]
+pub async fn folder_headers(
+    s: &Settings,
+    raw: &[u8],
+    rcpts: &[String],
+    client_ip: Option<IpAddr>,
+    helo: &str,
+    mail_from: &str,
+    report: &Report,
+    now: u64,
+) -> Vec<(&'static str, String)> {
+    let (Some(store), Some(authn)) = (&s.people, &s.authenticator) else {
+        return Vec::new();
+    };
+    if matches!(report.verdict, Verdict::Spam | Verdict::Invalid) {
+        return Vec::new();
+    }
+    let from = FromIdentity::of_message(raw);
+    let auth = if inbound::stamp_authenticates(report) {
+        AuthOutcome::none()
+    } else {
+        authn.authenticate(raw, client_ip, helo, mail_from).await
+    };
+    let separate = Folder::Separate(s.cfg.inbound.folder.clone());
+    let mut inbox_for = Vec::new();
+    let mut lists = Vec::new();
+    let mut all_inbox = true;
+    for rcpt in rcpts {
+        let user = inbound::user_of(rcpt, s.maps.delimiter);
+        let d = match inbound::decide(
+            store,
+            &s.cfg,
+            &user,
+            from.as_ref(),
+            Some(report),
+            &auth,
+            now,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                // Never lost: an unreadable store files the message in the separate folder.
+                warn!(rcpt, "inbound decision without the store: {e:#}");
+                all_inbox = false;
+                continue;
+            }
+        };
+        info!(
+            rcpt,
+            folder = d.folder.name(),
+            reason = d.reason.as_str(),
+            hit = ?d.list_hit,
+            auth = auth.summary(),
+            "inbound folder"
+        );
+        if let Err(e) = inbound::learn(store, &s.cfg, &user, from.as_ref(), &d, now) {
+            warn!(rcpt, "allowlist not completed: {e:#}");
+        }
+        if lists.len() < MAX_LIST_HEADERS
+            && let Some(h) = d.list_header(&clean(&rcpt.to_ascii_lowercase(), 200))
+        {
+            let detail = if d.auth_method == Some("dmarc") || !d.authenticated {
+                format!(" ({})", auth.summary())
+            } else {
+                String::new()
+            };
+            lists.push((inbound::LIST_HEADER, format!("{h}{detail}")));
+        }
+        if d.folder == Folder::Inbox {
+            inbox_for.push(format!("<{}>", clean(&rcpt.to_ascii_lowercase(), 200)));
+        } else {
+            all_inbox = false;
+        }
+    }
+    let mut headers = Vec::new();
+    if all_inbox && !rcpts.is_empty() {
+        headers.push((inbound::FOLDER_HEADER, " INBOX".to_owned()));
+    } else {
+        headers.push((inbound::FOLDER_HEADER, format!(" {}", separate.name())));
+        if !inbox_for.is_empty() {
+            headers.push((
+                inbound::INBOX_FOR_HEADER,
+                format!(" {}", inbox_for.join(",\n\t")),
+            ));
+        }
+    }
+    headers.extend(lists);
+    headers
 }
 
 /// What verification decided for an inbound message.
@@ -448,13 +570,18 @@ pub struct Judgement {
 }
 
 /// Verifies an inbound message and decides its action. Thresholds of sender and recipient
-/// policies apply (the highest wins); a `temperror` drops the chain connection.
+/// policies apply (the highest wins); a `temperror` drops the chain connection. With
+/// `[inbound] enabled`, the folder headers ([`folder_headers`]) follow the result headers;
+/// `helo` and `mail_from` (the envelope sender) feed SPF.
+#[allow(clippy::too_many_arguments)]
 pub async fn judge(
     m: &Milter,
     s: &Settings,
     raw: &[u8],
     rcpts: &[String],
     client_ip: Option<IpAddr>,
+    helo: &str,
+    mail_from: &str,
     sender_policy: Option<&VerifyPolicy>,
     rcpt_policies: &[Option<VerifyPolicy>],
 ) -> Judgement {
@@ -499,6 +626,19 @@ pub async fn judge(
         if let Some(sc) = report.score {
             headers.push((SCORE_HEADER, format!(" {sc:.2}")));
         }
+        headers.extend(
+            folder_headers(
+                s,
+                raw,
+                rcpts,
+                client_ip,
+                helo,
+                mail_from,
+                &report,
+                ops::now(),
+            )
+            .await,
+        );
     }
     Judgement {
         refusal: verdict_refusal(action, report.verdict),

@@ -34,7 +34,49 @@ const MIGRATIONS: &[&str] = &[
         tx       TEXT,
         created  INTEGER NOT NULL
     ) STRICT;",
-    // 3: the milter's and relay's batches (stamp.mode = "batch"): every accepted leaf is
+    // 3: per-user authorised senders (seed 003) and the self-training allowlist (seed 004,
+    // issue 5). `senders.pattern` is a lower-case address, or a lower-case domain when
+    // kind = 'domain'. An allowlist entry is created 'partial' by an outbound stamped message
+    // and 'complete' once the correspondent wrote back; idle entries expire (last_seen).
+    "CREATE TABLE senders (
+        user    TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        kind    TEXT NOT NULL CHECK (kind IN ('address', 'domain')),
+        added   INTEGER NOT NULL,
+        note    TEXT,
+        PRIMARY KEY (user, pattern)
+    ) STRICT;
+    CREATE TABLE allowlist (
+        user         TEXT NOT NULL,
+        address      TEXT NOT NULL,
+        domain       TEXT NOT NULL,
+        display_name TEXT,
+        state        TEXT NOT NULL CHECK (state IN ('partial', 'complete')),
+        first_seen   INTEGER NOT NULL,
+        last_seen    INTEGER NOT NULL,
+        sent         INTEGER NOT NULL DEFAULT 0,
+        received     INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user, address)
+    ) STRICT;
+    CREATE INDEX allowlist_domain ON allowlist (user, domain);
+    CREATE INDEX allowlist_last_seen ON allowlist (last_seen);",
+    // 4: `mailstamp recover` decisions (seed 004, issue 5), keyed by the keccak-256 of the raw
+    // message (file names change with flags), so re-runs do not decide twice; `applied` marks
+    // a release carried out, `learned` a kept message the user moved out by hand (`--watch`).
+    // Pruned after `[recover] retention_days`.
+    "CREATE TABLE recoveries (
+        user     TEXT NOT NULL,
+        message  TEXT NOT NULL,
+        action   TEXT NOT NULL CHECK (action IN ('release', 'keep')),
+        reason   TEXT NOT NULL,
+        sender   TEXT,
+        applied  INTEGER NOT NULL DEFAULT 0,
+        learned  INTEGER,
+        decided  INTEGER NOT NULL,
+        PRIMARY KEY (user, message)
+    ) STRICT;
+    CREATE INDEX recoveries_decided ON recoveries (decided);",
+    // 5: the milter's and relay's batches (stamp.mode = "batch"): every accepted leaf is
     // journalled before its batch closes, the root before the anchor is sent, the outcome
     // after; what a crash leaves `open`/`closed` meets stamp.pending_on_restart.
     "CREATE TABLE daemon_batches (
@@ -134,7 +176,9 @@ impl Store {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+    /// Runs `f` on the connection (one user at a time). The per-feature modules (senders,
+    /// allowlist) keep their SQL next to their logic and go through this.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         let conn = self
             .conn
             .lock()

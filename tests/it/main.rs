@@ -6,6 +6,7 @@
 mod harness;
 
 mod abi_drift;
+mod allowlist;
 mod batch;
 mod chain_e2e;
 mod chain_fees;
@@ -13,7 +14,10 @@ mod cli;
 mod corpus;
 mod dns;
 mod dnsfix;
+mod dovecot;
 mod milter;
 mod milter_batch;
 mod postfix;
+mod recover;
 mod relay;
+mod senders;

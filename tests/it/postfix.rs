@@ -20,7 +20,7 @@ use crate::harness::{TempDir, key_hex, signer, tamper_body, tool};
 
 /// Installs postfix and swaks from Debian's packages unless they are there. The image's
 /// policy-rc.d keeps the system instance from starting; we run private instances only.
-fn ensure_postfix() {
+pub(crate) fn ensure_postfix() {
     let have = |p: &str| Path::new(p).exists();
     if have("/usr/sbin/postfix") && have("/usr/bin/swaks") {
         return;
@@ -38,7 +38,7 @@ fn ensure_postfix() {
     );
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -47,7 +47,7 @@ fn free_port() -> u16 {
 }
 
 /// Polls `f` every 100 ms until it gives something or `secs` pass.
-fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(t) = f() {
@@ -60,7 +60,7 @@ fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-fn sigterm(pid: u32) {
+pub(crate) fn sigterm(pid: u32) {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -85,14 +85,14 @@ fn stop_anvil(mut a: AnvilInstance) {
 }
 
 /// A `mailstamp milter` process; SIGTERM on drop.
-struct MilterProc {
+pub(crate) struct MilterProc {
     child: Child,
-    port: u16,
-    log: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) log: PathBuf,
 }
 
 impl MilterProc {
-    fn start(config: &Path, key: Option<&str>, log: PathBuf) -> Self {
+    pub(crate) fn start(config: &Path, key: Option<&str>, log: PathBuf) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailstamp"));
         cmd.arg("--config")
             .arg(config)
@@ -139,9 +139,9 @@ impl Drop for MilterProc {
 
 /// A private Postfix instance: config in `dir/conf`, queue in `dir/queue`, log in
 /// `dir/maillog`. Stopped on drop.
-struct Postfix {
+pub(crate) struct Postfix {
     dir: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 const MASTER_CF: &str = "\
@@ -157,6 +157,7 @@ flush     unix  n       -       n       1000?   0       flush
 proxymap  unix  -       -       n       -       -       proxymap
 smtp      unix  -       -       n       -       -       smtp
 relay     unix  -       -       n       -       -       smtp
+lmtp      unix  -       -       n       -       -       lmtp
 showq     unix  n       -       n       -       -       showq
 error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
@@ -169,7 +170,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
 impl Postfix {
-    fn start(dir: PathBuf, domain: &str, milter_port: Option<u16>, extra: &str) -> Self {
+    pub(crate) fn start(dir: PathBuf, domain: &str, milter_port: Option<u16>, extra: &str) -> Self {
         let port = free_port();
         for d in ["conf", "queue", "data"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
@@ -237,7 +238,7 @@ impl Postfix {
             .unwrap()
     }
 
-    fn maillog(&self) -> String {
+    pub(crate) fn maillog(&self) -> String {
         std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
     }
 
@@ -268,7 +269,7 @@ impl Drop for Postfix {
     }
 }
 
-fn chown(p: &Path, owner: &str) {
+pub(crate) fn chown(p: &Path, owner: &str) {
     let ok = Command::new("chown")
         .arg(owner)
         .arg(p)
@@ -278,7 +279,7 @@ fn chown(p: &Path, owner: &str) {
 }
 
 /// swaks with `args`; returns (success, transcript).
-fn swaks(args: &[&str]) -> (bool, String) {
+pub(crate) fn swaks(args: &[&str]) -> (bool, String) {
     let out = Command::new("swaks")
         .args(["--timeout", "20", "--hide-informational"])
         .args(args)
@@ -357,7 +358,7 @@ impl Drop for Lab {
     }
 }
 
-fn milter_toml(rpc: &str, registry: Address, writer: Address, rest: &str) -> String {
+pub(crate) fn milter_toml(rpc: &str, registry: Address, writer: Address, rest: &str) -> String {
     format!(
         "[chain]\nrpc_url = \"{rpc}\"\nregistry = \"{registry}\"\ntimeout_secs = 3\n\
          [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\nattempts = 1\n\

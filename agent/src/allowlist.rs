@@ -1,0 +1,448 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The self-training allowlist (seed 004): every outbound message the agent stamps creates or
+//! refreshes a *partial* entry (our user, correspondent); an authenticated inbound message from
+//! that correspondent to that user *completes* it. Entries carry first/last seen and counts and
+//! expire after `[allowlist] expire_days` without traffic; a user keeps at most
+//! `max_per_user` entries (the least recently seen go first). Nobody has to maintain it;
+//! `mailstamp allowlist list|show|forget` lets an operator look and correct.
+//!
+//! Matching ([`lookup`]): a *full* match is the exact address; a *partial* match is the same
+//! display name and domain, or (weaker) only the same domain — each with its own weight,
+//! configurable, and reported. [`crate::inbound::decide`] trusts a hit only when the message is
+//! authenticated.
+
+use anyhow::{Result, bail};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::inbound::{FromIdentity, MatchKind};
+use crate::store::Store;
+
+/// `[allowlist]` in the configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllowlistConfig {
+    /// Learn from outbound mail and consult the list at inbound.
+    pub enabled: bool,
+    /// Days without traffic after which an entry expires (and is deleted).
+    pub expire_days: u64,
+    /// Most entries per user; when full, the least recently seen entry is dropped.
+    pub max_per_user: usize,
+    /// Partial matches consulted: `name_domain` (same display name and domain), `domain`.
+    pub partial: Vec<PartialMatch>,
+    /// Weight of a full (exact address) match.
+    pub weight_full: f64,
+    /// Weight of a same-display-name-and-domain match.
+    pub weight_name_domain: f64,
+    /// Weight of a same-domain match.
+    pub weight_domain: f64,
+    /// A hit counts toward the inbox only with at least this weight (lighter hits are
+    /// reported, not trusted).
+    pub min_weight: f64,
+}
+
+/// A kind of partial match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartialMatch {
+    /// Same display name (case-insensitive) and same domain.
+    NameDomain,
+    /// Same domain.
+    Domain,
+}
+
+impl Default for AllowlistConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            expire_days: 365,
+            max_per_user: 5_000,
+            partial: vec![PartialMatch::NameDomain, PartialMatch::Domain],
+            weight_full: 1.0,
+            weight_name_domain: 0.8,
+            weight_domain: 0.4,
+            min_weight: 0.5,
+        }
+    }
+}
+
+impl AllowlistConfig {
+    /// Rejects weights outside 0..=1 and a zero expiry or cap.
+    pub fn check(&self) -> Result<()> {
+        for (k, v) in [
+            ("weight_full", self.weight_full),
+            ("weight_name_domain", self.weight_name_domain),
+            ("weight_domain", self.weight_domain),
+            ("min_weight", self.min_weight),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("allowlist.{k} is {v}; give a weight between 0 and 1");
+            }
+        }
+        if self.expire_days == 0 {
+            bail!(
+                "allowlist.expire_days must be at least 1 (days without traffic before an entry goes)"
+            );
+        }
+        if self.max_per_user == 0 {
+            bail!(
+                "allowlist.max_per_user must be at least 1; set allowlist.enabled = false to turn learning off"
+            );
+        }
+        Ok(())
+    }
+
+    /// Seconds of idleness after which an entry expires.
+    pub fn idle_secs(&self) -> u64 {
+        self.expire_days.saturating_mul(86_400)
+    }
+
+    /// The weight of a match kind.
+    pub fn weight(&self, kind: MatchKind) -> f64 {
+        match kind {
+            MatchKind::Full => self.weight_full,
+            MatchKind::PartialNameDomain => self.weight_name_domain,
+            MatchKind::PartialDomain => self.weight_domain,
+        }
+    }
+}
+
+/// Partial (we wrote to them) or complete (they wrote back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryState {
+    /// Created by outbound mail only.
+    Partial,
+    /// The correspondent wrote back (authenticated).
+    Complete,
+}
+
+/// One allowlist entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// Our user (lower case address).
+    pub user: String,
+    /// The correspondent's address (lower case).
+    pub address: String,
+    /// Its domain.
+    pub domain: String,
+    /// The display name last seen for it, if any.
+    pub display_name: Option<String>,
+    /// Partial or complete.
+    pub state: EntryState,
+    /// First traffic (unix seconds).
+    pub first_seen: u64,
+    /// Last traffic (unix seconds).
+    pub last_seen: u64,
+    /// Stamped messages our user sent to it.
+    pub sent: u64,
+    /// Authenticated messages it sent our user.
+    pub received: u64,
+}
+
+const COLS: &str =
+    "user, address, domain, display_name, state, first_seen, last_seen, sent, received";
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let state: String = r.get(4)?;
+    Ok(Entry {
+        user: r.get(0)?,
+        address: r.get(1)?,
+        domain: r.get(2)?,
+        display_name: r.get(3)?,
+        state: if state == "complete" {
+            EntryState::Complete
+        } else {
+            EntryState::Partial
+        },
+        first_seen: r.get::<_, i64>(5)? as u64,
+        last_seen: r.get::<_, i64>(6)? as u64,
+        sent: r.get::<_, i64>(7)? as u64,
+        received: r.get::<_, i64>(8)? as u64,
+    })
+}
+
+fn clean_name(n: Option<&str>) -> Option<String> {
+    n.map(|n| n.trim().trim_matches('"').trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .map(|n| n.chars().take(200).collect())
+}
+
+/// Outbound: our `user` sent a stamped message to `to`. Creates a partial entry or refreshes
+/// one (last seen, sent count, display name); a complete entry stays complete. Expired entries
+/// are deleted on the way and the user's cap is enforced.
+pub fn record_outbound(
+    store: &Store,
+    cfg: &AllowlistConfig,
+    user: &str,
+    to: &FromIdentity,
+    now: u64,
+) -> Result<()> {
+    if !cfg.enabled {
+        return Ok(());
+    }
+    let user = user.to_ascii_lowercase();
+    let name = clean_name(to.display_name.as_deref());
+    let cutoff = now.saturating_sub(cfg.idle_secs()) as i64;
+    store.with(|c| {
+        c.execute("DELETE FROM allowlist WHERE last_seen < ?1", [cutoff])?;
+        c.execute(
+            "INSERT INTO allowlist (user, address, domain, display_name, state, first_seen, last_seen, sent, received)
+             VALUES (?1, ?2, ?3, ?4, 'partial', ?5, ?5, 1, 0)
+             ON CONFLICT (user, address) DO UPDATE SET
+                last_seen = MAX(last_seen, excluded.last_seen),
+                sent = sent + 1,
+                display_name = COALESCE(excluded.display_name, display_name)",
+            params![user, to.address, to.domain, name, now as i64],
+        )?;
+        // The cap: drop the least recently seen beyond it.
+        c.execute(
+            "DELETE FROM allowlist WHERE user = ?1 AND address IN (
+                SELECT address FROM allowlist WHERE user = ?1
+                ORDER BY last_seen DESC, address LIMIT -1 OFFSET ?2)",
+            params![user, cfg.max_per_user as i64],
+        )?;
+        Ok(())
+    })
+}
+
+/// Inbound: an authenticated message from `from` reached `user`. Completes (and refreshes) the
+/// entry for that exact address if there is one that has not expired; returns whether it did.
+/// Call it only for authenticated mail — a forged From must not complete anything.
+pub fn complete(
+    store: &Store,
+    cfg: &AllowlistConfig,
+    user: &str,
+    from: &FromIdentity,
+    now: u64,
+) -> Result<bool> {
+    if !cfg.enabled {
+        return Ok(false);
+    }
+    let cutoff = now.saturating_sub(cfg.idle_secs()) as i64;
+    let n = store.with(|c| {
+        c.execute(
+            "UPDATE allowlist SET state = 'complete', received = received + 1,
+                last_seen = MAX(last_seen, ?3),
+                display_name = COALESCE(?4, display_name)
+             WHERE user = ?1 AND address = ?2 AND last_seen >= ?5",
+            params![
+                user.to_ascii_lowercase(),
+                from.address,
+                now as i64,
+                clean_name(from.display_name.as_deref()),
+                cutoff
+            ],
+        )
+    })?;
+    Ok(n > 0)
+}
+
+/// The best live (not expired) entry of `user` matching `from`, and how it matched: the exact
+/// address, else the configured partial matches (name+domain before domain).
+pub fn lookup(
+    store: &Store,
+    cfg: &AllowlistConfig,
+    user: &str,
+    from: &FromIdentity,
+    now: u64,
+) -> Result<Option<(Entry, MatchKind)>> {
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let user = user.to_ascii_lowercase();
+    let cutoff = now.saturating_sub(cfg.idle_secs()) as i64;
+    let exact = store.with(|c| {
+        c.query_row(
+            &format!(
+                "SELECT {COLS} FROM allowlist WHERE user = ?1 AND address = ?2 AND last_seen >= ?3"
+            ),
+            params![user, from.address, cutoff],
+            entry,
+        )
+        .optional()
+    })?;
+    if let Some(e) = exact {
+        return Ok(Some((e, MatchKind::Full)));
+    }
+    let same_domain = store.with(|c| {
+        let mut st = c.prepare(&format!(
+            "SELECT {COLS} FROM allowlist WHERE user = ?1 AND domain = ?2 AND last_seen >= ?3
+             ORDER BY state = 'complete' DESC, last_seen DESC"
+        ))?;
+        st.query_map(params![user, from.domain, cutoff], entry)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })?;
+    let name = clean_name(from.display_name.as_deref());
+    for p in [PartialMatch::NameDomain, PartialMatch::Domain] {
+        if !cfg.partial.contains(&p) {
+            continue;
+        }
+        let hit = match p {
+            PartialMatch::NameDomain => name.as_ref().and_then(|n| {
+                same_domain.iter().find(|e| {
+                    e.display_name
+                        .as_deref()
+                        .is_some_and(|d| d.to_lowercase() == n.to_lowercase())
+                })
+            }),
+            PartialMatch::Domain => same_domain.first(),
+        };
+        if let Some(e) = hit {
+            let kind = match p {
+                PartialMatch::NameDomain => MatchKind::PartialNameDomain,
+                PartialMatch::Domain => MatchKind::PartialDomain,
+            };
+            return Ok(Some((e.clone(), kind)));
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes entries idle longer than `expire_days`; returns how many.
+pub fn expire(store: &Store, cfg: &AllowlistConfig, now: u64) -> Result<usize> {
+    let cutoff = now.saturating_sub(cfg.idle_secs()) as i64;
+    store.with(|c| c.execute("DELETE FROM allowlist WHERE last_seen < ?1", [cutoff]))
+}
+
+/// Entries of `user` (all users' with `None`), by user then most recent first.
+pub fn list(store: &Store, user: Option<&str>) -> Result<Vec<Entry>> {
+    let user = user.map(str::to_ascii_lowercase);
+    store.with(|c| {
+        let mut st = c.prepare(&format!(
+            "SELECT {COLS} FROM allowlist WHERE ?1 IS NULL OR user = ?1
+             ORDER BY user, last_seen DESC, address"
+        ))?;
+        st.query_map([user], entry)?.collect()
+    })
+}
+
+/// One entry.
+pub fn show(store: &Store, user: &str, address: &str) -> Result<Option<Entry>> {
+    store.with(|c| {
+        c.query_row(
+            &format!("SELECT {COLS} FROM allowlist WHERE user = ?1 AND address = ?2"),
+            params![user.to_ascii_lowercase(), address.to_ascii_lowercase()],
+            entry,
+        )
+        .optional()
+    })
+}
+
+/// Forgets one correspondent of `user` (or, with `None`, every entry of `user`); returns how
+/// many entries went.
+pub fn forget(store: &Store, user: &str, address: Option<&str>) -> Result<usize> {
+    let user = user.to_ascii_lowercase();
+    store.with(|c| match address {
+        Some(a) => c.execute(
+            "DELETE FROM allowlist WHERE user = ?1 AND address = ?2",
+            params![user, a.to_ascii_lowercase()],
+        ),
+        None => c.execute("DELETE FROM allowlist WHERE user = ?1", [user]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(a: &str, n: Option<&str>) -> FromIdentity {
+        FromIdentity::new(a, n).unwrap()
+    }
+
+    #[test]
+    fn outbound_creates_inbound_completes_idle_expires() {
+        let s = Store::in_memory().unwrap();
+        let cfg = AllowlistConfig::default();
+        let ann = id("Ann@A.example", Some("Ann Lee"));
+        record_outbound(&s, &cfg, "me@ours.example", &ann, 100).unwrap();
+        record_outbound(&s, &cfg, "me@ours.example", &ann, 200).unwrap();
+        let e = show(&s, "me@ours.example", "ann@a.example")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (e.state, e.sent, e.first_seen, e.last_seen),
+            (EntryState::Partial, 2, 100, 200)
+        );
+        assert!(complete(&s, &cfg, "me@ours.example", &ann, 300).unwrap());
+        let e = show(&s, "me@ours.example", "ann@a.example")
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.state, e.received), (EntryState::Complete, 1));
+        // Partial matches, with the configured kinds.
+        let (_, k) = lookup(
+            &s,
+            &cfg,
+            "me@ours.example",
+            &id("lee@a.example", Some("ann lee")),
+            300,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(k, MatchKind::PartialNameDomain);
+        let (_, k) = lookup(&s, &cfg, "me@ours.example", &id("zed@a.example", None), 300)
+            .unwrap()
+            .unwrap();
+        assert_eq!(k, MatchKind::PartialDomain);
+        let only_full = AllowlistConfig {
+            partial: vec![],
+            ..cfg.clone()
+        };
+        assert!(
+            lookup(
+                &s,
+                &only_full,
+                "me@ours.example",
+                &id("zed@a.example", None),
+                300
+            )
+            .unwrap()
+            .is_none()
+        );
+        // Idle past expiry: no longer matches, then deleted.
+        let later = 300 + cfg.idle_secs() + 1;
+        assert!(
+            lookup(&s, &cfg, "me@ours.example", &ann, later)
+                .unwrap()
+                .is_none()
+        );
+        assert!(!complete(&s, &cfg, "me@ours.example", &ann, later).unwrap());
+        assert_eq!(expire(&s, &cfg, later).unwrap(), 1);
+        assert!(list(&s, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_cap_drops_the_least_recently_seen() {
+        let s = Store::in_memory().unwrap();
+        let cfg = AllowlistConfig {
+            max_per_user: 2,
+            ..AllowlistConfig::default()
+        };
+        for (i, a) in ["a@x.example", "b@x.example", "c@x.example"]
+            .iter()
+            .enumerate()
+        {
+            record_outbound(&s, &cfg, "me@ours.example", &id(a, None), 10 + i as u64).unwrap();
+        }
+        let left: Vec<_> = list(&s, Some("me@ours.example"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.address)
+            .collect();
+        assert_eq!(left, ["c@x.example", "b@x.example"]);
+        assert_eq!(
+            forget(&s, "me@ours.example", Some("b@x.example")).unwrap(),
+            1
+        );
+        assert_eq!(forget(&s, "me@ours.example", None).unwrap(), 1);
+    }
+
+    #[test]
+    fn bad_weights_are_refused() {
+        let c = AllowlistConfig {
+            weight_domain: 1.5,
+            ..AllowlistConfig::default()
+        };
+        assert!(c.check().unwrap_err().to_string().contains("weight_domain"));
+    }
+}

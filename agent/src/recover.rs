@@ -1,0 +1,851 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The recovery engine (seed 004, issue 5): re-examines mail another filter (rspamd,
+//! SpamAssassin, anything) already filed in a Maildir folder such as Junk, against stamps,
+//! the user's authorised senders and the self-training allowlist, and decides for each
+//! message `release` (back to the inbox) or `keep`, with a reason.
+//!
+//! The decision is the inbound one ([`crate::inbound::decide`]), so a message is released
+//! exactly when the milter would have put it in the INBOX: a stamp `wanted`, or an
+//! authenticated hit in one of the lists. Authentication after delivery: DKIM is re-verified
+//! on the stored bytes; SPF needs the SMTP client, which is taken only from `Received:`
+//! headers written by our own MTA (`[recover] mta_hosts`, default the milter's authserv-id) —
+//! anything below the first foreign `Received:` could be forged by the sender.
+//!
+//! Decisions are recorded in the store (migration 4) keyed by the keccak-256 of the raw
+//! message, not by its file name (which changes with flags), so re-runs are idempotent: a
+//! decided message is not decided again (unless asked), and a release recorded before a crash
+//! is carried out by the next run. A `temperror` (chain or DNS trouble) is never recorded: the
+//! message is kept and examined again next run. Nothing is ever deleted: `keep` leaves the file
+//! where it is, `release` is one `rename(2)` ([`crate::maildir::move_to`]).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use alloy::primitives::keccak256;
+use anyhow::{Context, Result};
+use mailstamp_core::mail_parser::{HeaderName, HeaderValue, Host, Message};
+use mailstamp_core::{Envelope, Verdict};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{AuthOutcome, AuthResult, Authenticator};
+use crate::chain::Chain;
+use crate::config::Config;
+use crate::inbound::{self, Folder, FromIdentity, Reason};
+use crate::maildir::{self, Entry};
+use crate::ops::{self, VerifyContext};
+use crate::store::Store;
+
+/// `[recover]` in the configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecoverConfig {
+    /// Host names (the `by` of `Received:`) of our own MTA hops, whose trace headers are
+    /// trusted for the SMTP client IP, HELO and MAIL FROM (SPF after delivery). Empty: the
+    /// milter's authserv-id (this host's name by default).
+    pub mta_hosts: Vec<String>,
+    /// Days a recorded decision is kept (bounded growth); older ones are pruned each run, and
+    /// a message still in the folder after that is examined afresh.
+    pub retention_days: u64,
+    /// Seconds between two scans with `--watch`.
+    pub watch_interval_secs: u64,
+}
+
+impl Default for RecoverConfig {
+    fn default() -> Self {
+        Self {
+            mta_hosts: Vec::new(),
+            retention_days: 180,
+            watch_interval_secs: 5,
+        }
+    }
+}
+
+/// What a spam filter wrote on a message, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FilterMark {
+    /// `spamassassin`, `rspamd` or `generic`.
+    pub filter: &'static str,
+    /// Whether it called the message spam, when it says.
+    pub spam: Option<bool>,
+    /// Its score, when it gives one.
+    pub score: Option<f64>,
+    /// The header it came from.
+    pub header: String,
+}
+
+fn yes(v: &str) -> Option<bool> {
+    let w = v.trim().split([',', ' ', ';', '(']).next().unwrap_or("");
+    if w.eq_ignore_ascii_case("yes") || w.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if w.eq_ignore_ascii_case("no") || w.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The number after `key` (`score=5.2`, `hits=3`).
+fn number_after(v: &str, key: &str) -> Option<f64> {
+    let lower = v.to_ascii_lowercase();
+    let i = lower.find(key)? + key.len();
+    let rest = &v[i..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Reads the headers spam filters write: SpamAssassin (`X-Spam-Flag`, `X-Spam-Status`),
+/// rspamd (`X-Spamd-Result`, `X-Spam`, `X-Rspamd-Action`, `X-Rspamd-Score`) and generic ones
+/// (`X-Spam-Score`, `X-Spam-Level`, `X-Spam-Verdict`). Only reported: whatever they say, the
+/// decision is ours.
+pub fn filter_marks(msg: &Message<'_>) -> Vec<FilterMark> {
+    let mut out = Vec::new();
+    for h in msg.headers() {
+        let name = h.name.as_str();
+        let Some(v) = h.value.as_text() else { continue };
+        let v = v.trim();
+        let lname = name.to_ascii_lowercase();
+        let mark = match lname.as_str() {
+            "x-spam-flag" => Some(("spamassassin", yes(v), None)),
+            "x-spam-status" => Some((
+                "spamassassin",
+                yes(v),
+                number_after(v, "score=").or_else(|| number_after(v, "hits=")),
+            )),
+            "x-spamd-result" => {
+                // `default: True [12.30 / 15.00]; SYMBOL(1.0)…`
+                let spam = v
+                    .split_once(':')
+                    .and_then(|(_, r)| yes(r.trim_start().trim_start_matches('[')));
+                let score = v
+                    .split_once('[')
+                    .and_then(|(_, r)| r.split('/').next())
+                    .and_then(|s| s.trim().parse().ok());
+                Some(("rspamd", spam, score))
+            }
+            "x-spam" => Some(("rspamd", yes(v), None)),
+            "x-rspamd-action" => Some(("rspamd", Some(!v.eq_ignore_ascii_case("no action")), None)),
+            "x-rspamd-score" => Some(("rspamd", None, v.parse().ok())),
+            "x-spam-score" => Some(("generic", None, v.parse().ok())),
+            "x-spam-level" => Some((
+                "generic",
+                None,
+                Some(v.chars().filter(|c| *c == '*').count() as f64),
+            )),
+            "x-spam-verdict" => Some((
+                "generic",
+                Some(v.to_ascii_lowercase().contains("spam")),
+                None,
+            )),
+            _ => None,
+        };
+        if let Some((filter, spam, score)) = mark {
+            out.push(FilterMark {
+                filter,
+                spam,
+                score,
+                header: format!("{name}: {}", crate::session::clean(v, 120)),
+            });
+        }
+    }
+    out
+}
+
+/// The stable identity of a message: keccak-256 of its bytes, 0x-hex. The file name is no
+/// identity (a client changes it with every flag).
+pub fn identity(raw: &[u8]) -> String {
+    format!("{}", keccak256(raw))
+}
+
+/// What our own MTA recorded about the SMTP session that brought a message in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Trace {
+    /// The client that connected to our MTA.
+    pub client_ip: Option<IpAddr>,
+    /// Its HELO name.
+    pub helo: String,
+    /// The envelope sender (`Return-Path:`, written by the delivering agent).
+    pub mail_from: String,
+}
+
+fn host_name(h: &Host<'_>) -> String {
+    match h {
+        Host::Name(n) => n.trim_end_matches('.').to_ascii_lowercase(),
+        Host::IpAddr(ip) => ip.to_string(),
+    }
+}
+
+/// The SMTP session as our MTA wrote it in trace headers. Walks `Received:` from the top
+/// (the newest) while they are written `by` one of `our_hosts`; hops between our own
+/// programs (a loopback client, e.g. LMTP or a content filter) are passed over; the first
+/// non-loopback client of our hops is the one SPF is about. The walk stops at the first
+/// `Received:` not by one of our hosts: those below came with the message and prove nothing.
+pub fn trace(msg: &Message<'_>, our_hosts: &[String]) -> Trace {
+    let mut t = Trace::default();
+    for h in msg.headers() {
+        match &h.name {
+            HeaderName::ReturnPath if t.mail_from.is_empty() => {
+                if let Some(v) = h.value.as_text() {
+                    t.mail_from = v.trim().trim_matches(['<', '>']).to_owned();
+                }
+            }
+            HeaderName::Received if t.client_ip.is_none() => {
+                let HeaderValue::Received(r) = &h.value else {
+                    break;
+                };
+                let by = r.by().map(host_name).unwrap_or_default();
+                if !our_hosts.iter().any(|o| o.eq_ignore_ascii_case(&by)) {
+                    break;
+                }
+                match r.from_ip() {
+                    Some(ip) if !ip.is_loopback() => {
+                        t.client_ip = Some(ip);
+                        t.helo = r.helo().or(r.from()).map(host_name).unwrap_or_default();
+                    }
+                    _ => continue,
+                }
+            }
+            _ => {}
+        }
+    }
+    t
+}
+
+/// `release` or `keep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Back to the inbox.
+    Release,
+    /// Stays where it is.
+    Keep,
+}
+
+impl Action {
+    /// The word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Release => "release",
+            Action::Keep => "keep",
+        }
+    }
+}
+
+/// The decision on one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The file as found.
+    pub file: PathBuf,
+    /// [`identity`] of its bytes.
+    pub id: String,
+    /// Its Message-ID, for reports.
+    pub message_id: Option<String>,
+    /// The mailbox owner it was judged for.
+    pub user: Option<String>,
+    /// The From address.
+    pub from: Option<String>,
+    /// Release or keep.
+    pub action: Action,
+    /// Why (a short word: `stamp-wanted`, `authorised-sender`, `allowlist`, `unknown-sender`,
+    /// `unauthenticated`, `stamp-spam`, `temperror`…).
+    pub reason: String,
+    /// The longer explanation.
+    pub detail: String,
+    /// The From address, when the message is authenticated for its domain (what `--watch`
+    /// may learn).
+    pub authenticated_sender: Option<String>,
+    /// The stamp verdict.
+    pub verdict: Verdict,
+    /// SPF/DKIM/DMARC.
+    pub auth: AuthOutcome,
+    /// What the spam filters said.
+    pub filters: Vec<FilterMark>,
+    /// Decided in an earlier run (not examined again).
+    pub earlier: bool,
+    /// Where the message went (with `--apply`, released).
+    pub moved_to: Option<PathBuf>,
+}
+
+/// A recorded decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recorded {
+    /// Release or keep.
+    pub action: Action,
+    /// Why.
+    pub reason: String,
+    /// The authenticated sender, if any.
+    pub sender: Option<String>,
+    /// Whether a release was carried out.
+    pub applied: bool,
+    /// When `--watch` learned the sender (the user moved the message by hand).
+    pub learned: Option<u64>,
+}
+
+impl Store {
+    /// The recorded decision on message `id` for `user`.
+    pub fn recovery(&self, user: &str, id: &str) -> Result<Option<Recorded>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT action, reason, sender, applied, learned FROM recoveries
+                 WHERE user = ?1 AND message = ?2",
+                params![user, id],
+                |r| {
+                    let a: String = r.get(0)?;
+                    Ok(Recorded {
+                        action: if a == "release" {
+                            Action::Release
+                        } else {
+                            Action::Keep
+                        },
+                        reason: r.get(1)?,
+                        sender: r.get(2)?,
+                        applied: r.get::<_, i64>(3)? != 0,
+                        learned: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// Records (or replaces) a decision.
+    pub fn record_recovery(
+        &self,
+        user: &str,
+        id: &str,
+        action: Action,
+        reason: &str,
+        sender: Option<&str>,
+        now: u64,
+    ) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO recoveries (user, message, action, reason, sender, applied, decided)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+                 ON CONFLICT (user, message) DO UPDATE SET action = excluded.action,
+                    reason = excluded.reason, sender = excluded.sender, applied = 0,
+                    decided = excluded.decided",
+                params![user, id, action.as_str(), reason, sender, now as i64],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Marks a recorded release as carried out.
+    pub fn recovery_applied(&self, user: &str, id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE recoveries SET applied = 1 WHERE user = ?1 AND message = ?2",
+                params![user, id],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Marks a kept message's sender as learned (the user released it by hand).
+    pub fn recovery_learned(&self, user: &str, id: &str, now: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE recoveries SET learned = ?3 WHERE user = ?1 AND message = ?2",
+                params![user, id, now as i64],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Kept messages of `user` whose sender was not learned yet: id → authenticated sender.
+    pub fn kept_unlearned(&self, user: &str) -> Result<BTreeMap<String, Option<String>>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT message, sender FROM recoveries
+                 WHERE user = ?1 AND action = 'keep' AND learned IS NULL",
+            )?;
+            st.query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
+    /// Deletes decisions older than `before` (unix seconds); returns how many.
+    pub fn prune_recoveries(&self, before: u64) -> Result<usize> {
+        self.with(|c| c.execute("DELETE FROM recoveries WHERE decided < ?1", [before as i64]))
+    }
+}
+
+/// Options of one pass.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The mailbox owner; `None`: each message's `Delivered-To:` / `X-Original-To:`.
+    pub user: Option<String>,
+    /// Move released messages and record decisions.
+    pub apply: bool,
+    /// Decide again messages decided in an earlier run.
+    pub redecide: bool,
+}
+
+/// Counts of one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Messages looked at.
+    pub scanned: usize,
+    /// Released (moved with `--apply`; would be, in a dry run).
+    pub released: usize,
+    /// Kept.
+    pub kept: usize,
+    /// Of those, decided in an earlier run.
+    pub earlier: usize,
+    /// Files that could not be read or moved (left where they were).
+    pub errors: usize,
+    /// Decisions by reason.
+    pub by_reason: BTreeMap<String, usize>,
+    /// Senders learned by `--watch` from messages moved out by hand.
+    pub learned: usize,
+}
+
+impl Summary {
+    fn count(&mut self, o: &Outcome) {
+        self.scanned += 1;
+        match o.action {
+            Action::Release => self.released += 1,
+            Action::Keep => self.kept += 1,
+        }
+        if o.earlier {
+            self.earlier += 1;
+        }
+        *self
+            .by_reason
+            .entry(format!("{}:{}", o.action.as_str(), o.reason))
+            .or_default() += 1;
+    }
+
+    /// Adds another pass's counts.
+    pub fn add(&mut self, o: &Summary) {
+        self.scanned += o.scanned;
+        self.released += o.released;
+        self.kept += o.kept;
+        self.earlier += o.earlier;
+        self.errors += o.errors;
+        self.learned += o.learned;
+        for (k, v) in &o.by_reason {
+            *self.by_reason.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// The user a message was delivered to, from the delivering agent's headers.
+fn delivered_to(msg: &Message<'_>) -> Option<String> {
+    ["Delivered-To", "X-Original-To"].iter().find_map(|n| {
+        let v = msg.header_raw(*n)?;
+        crate::senders::normalise_address(v.trim().trim_matches(['<', '>'])).ok()
+    })
+}
+
+/// The engine: chain, DNS checks, authenticator and store, built once per run.
+pub struct Recoverer {
+    cfg: Config,
+    chain: Result<Chain, String>,
+    verify: VerifyContext,
+    auth: Authenticator,
+    store: Store,
+    our_hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for Recoverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recoverer")
+            .field("our_hosts", &self.our_hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// This host's name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+impl Recoverer {
+    /// Connects to the chain (trouble is not an error: stamped messages are then kept as
+    /// `temperror`), builds the DNS checks and opens nothing else: `store` is the agent's.
+    pub async fn new(cfg: &Config, store: Store) -> Result<Self> {
+        let chain = match cfg.registry() {
+            Ok(reg) => Chain::connect(&cfg.chain, reg, None)
+                .await
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let host = cfg
+            .milter
+            .authserv_id
+            .clone()
+            .unwrap_or_else(hostname)
+            .to_ascii_lowercase();
+        let our_hosts = if cfg.recover.mta_hosts.is_empty() {
+            vec![host.clone()]
+        } else {
+            cfg.recover
+                .mta_hosts
+                .iter()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect()
+        };
+        Ok(Self {
+            verify: VerifyContext::from_config(cfg, Some(ops::now()))?,
+            auth: Authenticator::new(&cfg.dns, &host)?,
+            cfg: cfg.clone(),
+            chain,
+            store,
+            our_hosts,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Examines one message for `user` (or its delivered-to address) and decides.
+    pub async fn examine(&self, file: &Path, raw: &[u8], user: Option<&str>) -> Outcome {
+        let id = identity(raw);
+        let mut out = Outcome {
+            file: file.to_path_buf(),
+            id,
+            message_id: None,
+            user: None,
+            from: None,
+            action: Action::Keep,
+            reason: String::new(),
+            detail: String::new(),
+            authenticated_sender: None,
+            verdict: Verdict::Unstamped,
+            auth: AuthOutcome::none(),
+            filters: Vec::new(),
+            earlier: false,
+            moved_to: None,
+        };
+        let Some(msg) = mailstamp_core::parse(raw) else {
+            out.reason = "unparsable".into();
+            out.detail = "not an RFC 5322 message (no header section); left in place".into();
+            return out;
+        };
+        out.message_id = msg.message_id().map(str::to_owned);
+        out.filters = filter_marks(&msg);
+        out.user = user.map(str::to_owned).or_else(|| delivered_to(&msg));
+        let from = mailstamp_core::component::from_address(&msg).to_ascii_lowercase();
+        out.from = Some(from.clone()).filter(|f| f.contains('@'));
+        let t = trace(&msg, &self.our_hosts);
+        let env = Envelope {
+            rcpts: out.user.iter().cloned().collect(),
+            client_ip: t.client_ip,
+        };
+        // The stamp and DMARC are independent: check both at once.
+        let (report, auth) = tokio::join!(
+            ops::verify(
+                self.chain.as_ref().map_err(String::as_str),
+                &self.verify,
+                raw,
+                &env
+            ),
+            self.auth
+                .authenticate(raw, t.client_ip, &t.helo, &t.mail_from)
+        );
+        out.verdict = report.verdict;
+        out.auth = auth;
+        let Some(user) = out.user.clone() else {
+            out.reason = "no-user".into();
+            out.detail =
+                "no --user and no Delivered-To / X-Original-To header: whose lists apply is unknown"
+                    .into();
+            return out;
+        };
+        let from_id = FromIdentity::of_message(raw);
+        let d = inbound::decide(
+            &self.store,
+            &self.cfg,
+            &user,
+            from_id.as_ref(),
+            Some(&report),
+            &out.auth,
+            ops::now(),
+        );
+        match d {
+            Ok(d) => {
+                out.action = if d.folder == Folder::Inbox {
+                    Action::Release
+                } else {
+                    Action::Keep
+                };
+                out.reason = d.reason.as_str().to_owned();
+                out.detail = match &d.list_hit {
+                    Some(h) => format!(
+                        "{} hit ({}, weight {:.2}, entry {}){}; {}",
+                        h.list.as_str(),
+                        h.kind.as_str(),
+                        h.weight,
+                        h.entry,
+                        if h.trusted { "" } else { ", not trusted" },
+                        out.auth.summary()
+                    ),
+                    None => format!("stamp {}; {}", report.verdict.as_str(), out.auth.summary()),
+                };
+                out.authenticated_sender = from_id.filter(|_| d.authenticated).map(|f| f.address);
+            }
+            Err(e) => {
+                out.reason = "temperror".into();
+                out.detail = format!("store: {e:#}");
+            }
+        }
+        // Trouble that a retry may clear (chain, DNS) is not a decision: examined next run.
+        let dns_trouble = out.auth.dmarc == AuthResult::TempError
+            && out.reason == Reason::UnauthenticatedHit.as_str();
+        if out.action == Action::Keep && (report.verdict == Verdict::Temperror || dns_trouble) {
+            let why = if report.verdict == Verdict::Temperror {
+                report.reason.clone().unwrap_or_default()
+            } else {
+                format!("DNS trouble ({})", out.auth.summary())
+            };
+            out.detail = format!("{}: {why}; examined again next run", out.reason);
+            out.reason = "temperror".into();
+        }
+        out
+    }
+
+    /// One pass over `folder`: examines every message not decided before (all with
+    /// `redecide`), and with `apply` moves released ones to `inbox` and records the decisions.
+    /// `each` sees every outcome (progress, reports).
+    pub async fn pass(
+        &self,
+        folder: &Path,
+        inbox: &Path,
+        opts: &Options,
+        mut each: impl FnMut(&Outcome, usize, usize),
+    ) -> Result<Summary> {
+        let entries = maildir::list(folder)?;
+        if opts.apply {
+            maildir::require_folder(inbox).context("the inbox (--inbox)")?;
+            let keep = self.cfg.recover.retention_days.saturating_mul(86_400);
+            self.store
+                .prune_recoveries(ops::now().saturating_sub(keep))?;
+        }
+        let mut sum = Summary::default();
+        let total = entries.len();
+        for (i, e) in entries.iter().enumerate() {
+            let raw = match std::fs::read(&e.path) {
+                Ok(r) => r,
+                // Moved or expunged by the user meanwhile: not ours to count.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    tracing::warn!("cannot read {}: {err}", e.path.display());
+                    sum.errors += 1;
+                    continue;
+                }
+            };
+            let o = self.one(e, &raw, inbox, opts).await;
+            match o {
+                Ok(o) => {
+                    sum.count(&o);
+                    each(&o, i + 1, total);
+                }
+                Err(err) => {
+                    tracing::warn!("{}: {err:#}", e.path.display());
+                    sum.errors += 1;
+                }
+            }
+        }
+        // One sync per folder instead of two per move: until it, a power loss can only undo
+        // moves (the decision is recorded, so the next run carries them out again).
+        if opts.apply && sum.released > 0 {
+            maildir::sync_folder(inbox)?;
+            maildir::sync_folder(folder)?;
+        }
+        Ok(sum)
+    }
+
+    async fn one(&self, e: &Entry, raw: &[u8], inbox: &Path, opts: &Options) -> Result<Outcome> {
+        let id = identity(raw);
+        if !opts.redecide
+            && let Some(user) = opts.user.as_deref()
+            && let Some(r) = self.store.recovery(user, &id)?
+        {
+            let mut o = Outcome {
+                file: e.path.clone(),
+                id: id.clone(),
+                message_id: None,
+                user: Some(user.to_owned()),
+                from: None,
+                action: r.action,
+                reason: r.reason.clone(),
+                detail: "decided in an earlier run".into(),
+                authenticated_sender: r.sender.clone(),
+                verdict: Verdict::Unstamped,
+                auth: AuthOutcome::none(),
+                filters: Vec::new(),
+                earlier: true,
+                moved_to: None,
+            };
+            // A release recorded before a crash, not carried out: carry it out now.
+            if opts.apply && r.action == Action::Release {
+                o.moved_to = Some(maildir::move_unsynced(e, inbox)?);
+                self.store.recovery_applied(user, &id)?;
+            }
+            return Ok(o);
+        }
+        let mut o = self.examine(&e.path, raw, opts.user.as_deref()).await;
+        if opts.apply
+            && let Some(user) = o.user.clone()
+            && o.reason != "temperror"
+        {
+            // Record first, then move: a crash in between leaves a recorded release that the
+            // next run carries out; the other order could move without a record.
+            self.store.record_recovery(
+                &user,
+                &o.id,
+                o.action,
+                &o.reason,
+                o.authenticated_sender.as_deref(),
+                ops::now(),
+            )?;
+            if o.action == Action::Release {
+                o.moved_to = Some(maildir::move_unsynced(e, inbox)?);
+                self.store.recovery_applied(&user, &o.id)?;
+            }
+        }
+        Ok(o)
+    }
+
+    /// `--watch` learning: messages of `user` we saw in the folder and kept, now found in
+    /// `inbox` (the user moved them out by hand), add their authenticated sender to the user's
+    /// authorised senders. An unauthenticated sender is not learned (the From could be forged);
+    /// the message is marked so it is not looked at again. Returns the senders learned.
+    pub fn learn(&self, inbox: &Path, user: &str) -> Result<Vec<String>> {
+        let kept = self.store.kept_unlearned(user)?;
+        if kept.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut learned = Vec::new();
+        for e in maildir::list(inbox)? {
+            let Ok(raw) = std::fs::read(&e.path) else {
+                continue;
+            };
+            let id = identity(&raw);
+            let Some(sender) = kept.get(&id) else {
+                continue;
+            };
+            let now = ops::now();
+            if let Some(s) = sender {
+                if self.store.add_sender(
+                    user,
+                    s,
+                    Some("learned: moved out of Junk by the user"),
+                    now,
+                )? {
+                    learned.push(s.clone());
+                }
+            } else {
+                tracing::info!(
+                    "{}: moved to the inbox by hand, but its sender is not authenticated: not learned",
+                    e.path.display()
+                );
+            }
+            self.store.recovery_learned(user, &id, now)?;
+        }
+        Ok(learned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Message<'_> {
+        mailstamp_core::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn spam_filter_headers_are_read() {
+        let m = parse(
+            "X-Spam-Flag: YES\nX-Spam-Status: Yes, score=7.3 required=5.0 tests=BAYES_99\n\
+             X-Spamd-Result: default: True [12.30 / 15.00]; R_SPF_FAIL(1.0)\nX-Spam: Yes\n\
+             X-Rspamd-Action: add header\nX-Rspamd-Score: 12.3\nX-Spam-Level: *****\n\
+             From: a@b.example\n\nbody\n",
+        );
+        let f = filter_marks(&m);
+        let got: Vec<_> = f.iter().map(|m| (m.filter, m.spam, m.score)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("spamassassin", Some(true), None),
+                ("spamassassin", Some(true), Some(7.3)),
+                ("rspamd", Some(true), Some(12.3)),
+                ("rspamd", Some(true), None),
+                ("rspamd", Some(true), None),
+                ("rspamd", None, Some(12.3)),
+                ("generic", None, Some(5.0)),
+            ]
+        );
+        let m = parse("X-Spam-Status: No, hits=-1.2\nX-Spam-Flag: garbage\n\nx\n");
+        let got: Vec<_> = filter_marks(&m).iter().map(|m| (m.spam, m.score)).collect();
+        assert_eq!(got, vec![(Some(false), Some(-1.2)), (None, None)]);
+    }
+
+    #[test]
+    fn the_client_comes_only_from_our_own_received_headers() {
+        let ours = vec!["mx.b.example".to_owned()];
+        let m = parse(
+            "Return-Path: <ann@a.example>\n\
+             Received: from mx.b.example ([127.0.0.1]) by mx.b.example (Dovecot) with LMTP id x; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             Received: from mail.a.example (mail.a.example [192.0.2.7]) by mx.b.example (Postfix) with ESMTP id Y; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             Received: from evil ([198.51.100.1]) by mx.b.example; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             From: ann@a.example\n\nx\n",
+        );
+        let t = trace(&m, &ours);
+        assert_eq!(t.client_ip, Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(t.helo, "mail.a.example");
+        assert_eq!(t.mail_from, "ann@a.example");
+        // A Received naming our host below a foreign one is the sender's own writing.
+        let m = parse(
+            "Received: from relay.c.example ([203.0.113.9]) by other.example; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             Received: from x ([192.0.2.7]) by mx.b.example; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             From: ann@a.example\n\nx\n",
+        );
+        assert_eq!(trace(&m, &ours).client_ip, None);
+    }
+
+    #[test]
+    fn identity_is_the_bytes_not_the_name() {
+        assert_eq!(identity(b"a"), identity(b"a"));
+        assert_ne!(identity(b"a"), identity(b"b"));
+        assert!(identity(b"a").starts_with("0x") && identity(b"a").len() == 66);
+    }
+
+    #[test]
+    fn decisions_are_recorded_once_and_pruned() {
+        let s = Store::in_memory().unwrap();
+        assert!(s.recovery("u@b.example", "0x1").unwrap().is_none());
+        s.record_recovery(
+            "u@b.example",
+            "0x1",
+            Action::Keep,
+            "unknown-sender",
+            Some("a@x.example"),
+            10,
+        )
+        .unwrap();
+        s.record_recovery("u@b.example", "0x2", Action::Release, "allowlist", None, 20)
+            .unwrap();
+        let r = s.recovery("u@b.example", "0x2").unwrap().unwrap();
+        assert_eq!((r.action, r.applied), (Action::Release, false));
+        s.recovery_applied("u@b.example", "0x2").unwrap();
+        assert!(s.recovery("u@b.example", "0x2").unwrap().unwrap().applied);
+        let k = s.kept_unlearned("u@b.example").unwrap();
+        assert_eq!(k.len(), 1);
+        assert_eq!(k["0x1"].as_deref(), Some("a@x.example"));
+        s.recovery_learned("u@b.example", "0x1", 30).unwrap();
+        assert!(s.kept_unlearned("u@b.example").unwrap().is_empty());
+        assert_eq!(s.prune_recoveries(15).unwrap(), 1);
+        assert!(s.recovery("u@b.example", "0x1").unwrap().is_none());
+    }
+}
