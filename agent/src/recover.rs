@@ -405,7 +405,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn count(&mut self, o: &Outcome) {
+    /// Counts one outcome.
+    pub fn count(&mut self, o: &Outcome) {
         self.scanned += 1;
         match o.action {
             Action::Release => self.released += 1,

@@ -484,3 +484,53 @@ fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+#[test]
+fn bad_arguments_get_a_clear_error() {
+    let tmp = TempDir::new("recover-args");
+    let config = tmp.0.join("c.toml");
+    std::fs::write(
+        &config,
+        format!("[store]\npath = \"{}\"\n", tmp.0.join("s.sqlite").display()),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let plain = tmp.0.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let junk = maildir(&tmp.0.join("Maildir"));
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec![plain.to_str().unwrap()], "not a Maildir folder"),
+        (vec!["/nonexistent/.Junk"], "does not exist"),
+        (vec![junk.to_str().unwrap(), "--watch"], "needs --apply"),
+        (
+            vec![junk.to_str().unwrap(), "--apply", "--watch"],
+            "give --user",
+        ),
+        (
+            vec![junk.to_str().unwrap(), "--user", "not an address"],
+            "--user",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["--config", c, "recover"];
+        a.extend(args.iter().copied());
+        let out = mailstamp(&a, &[], None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // A Junk that is not a Maildir++ sub-folder and no --inbox: told to pass --inbox.
+    let lone = tmp.0.join("lone");
+    mailstamp::maildir::create_folder(&lone).unwrap();
+    let out = mailstamp(
+        &["--config", c, "recover", lone.to_str().unwrap(), "--apply"],
+        &[],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--inbox"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
