@@ -721,13 +721,21 @@ impl Recoverer {
     /// `inbox` (the user moved them out by hand), add their authenticated sender to the user's
     /// authorised senders. An unauthenticated sender is not learned (the From could be forged);
     /// the message is marked so it is not looked at again. Returns the senders learned.
-    pub fn learn(&self, inbox: &Path, user: &str) -> Result<Vec<String>> {
+    /// `since` (unix seconds): only files whose inode changed since then are read — a move
+    /// (rename) or an IMAP copy changes it — so a tick does not re-hash a large inbox.
+    pub fn learn(&self, inbox: &Path, user: &str, since: Option<i64>) -> Result<Vec<String>> {
+        use std::os::unix::fs::MetadataExt;
         let kept = self.store.kept_unlearned(user)?;
         if kept.is_empty() {
             return Ok(Vec::new());
         }
         let mut learned = Vec::new();
         for e in maildir::list(inbox)? {
+            if let Some(t) = since
+                && std::fs::metadata(&e.path).is_ok_and(|m| m.ctime() < t)
+            {
+                continue;
+            }
             let Ok(raw) = std::fs::read(&e.path) else {
                 continue;
             };

@@ -208,8 +208,11 @@ pub(crate) async fn run(cfg: &Config, a: RecoverArgs) -> Result<u8> {
             a.folder.display(),
             every.as_secs()
         );
+        let mut since = None;
         loop {
-            for s in r.learn(&inbox, &user)? {
+            // Two seconds of slack: ctime has one-second resolution here.
+            let started = mailstamp::ops::now() as i64 - 2;
+            for s in r.learn(&inbox, &user, since)? {
                 total.learned += 1;
                 if a.json {
                     println!("{}", json!({"learned": s, "user": user}));
@@ -217,6 +220,7 @@ pub(crate) async fn run(cfg: &Config, a: RecoverArgs) -> Result<u8> {
                     println!("learned  {s} (moved out of {} by hand)", a.folder.display());
                 }
             }
+            since = Some(started);
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
