@@ -505,7 +505,8 @@ pub async fn folder_headers(
             && let Some(h) = d.list_header(&clean(&rcpt.to_ascii_lowercase(), 200))
         {
             let detail = if d.auth_method == Some("dmarc") || !d.authenticated {
-                format!(" ({})", auth.summary())
+                // The From domain comes from the message: printable ASCII only.
+                format!(" ({})", clean(&auth.summary(), 300))
             } else {
                 String::new()
             };
