@@ -667,8 +667,13 @@ impl Recoverer {
 
     async fn one(&self, e: &Entry, raw: &[u8], inbox: &Path, opts: &Options) -> Result<Outcome> {
         let id = identity(raw);
+        // Whose decision: --user, else the delivering agent's Delivered-To.
+        let user = opts
+            .user
+            .clone()
+            .or_else(|| mailstamp_core::parse(raw).and_then(|m| delivered_to(&m)));
         if !opts.redecide
-            && let Some(user) = opts.user.as_deref()
+            && let Some(user) = user.as_deref()
             && let Some(r) = self.store.recovery(user, &id)?
         {
             let mut o = Outcome {
@@ -694,7 +699,7 @@ impl Recoverer {
             }
             return Ok(o);
         }
-        let mut o = self.examine(&e.path, raw, opts.user.as_deref()).await;
+        let mut o = self.examine(&e.path, raw, user.as_deref()).await;
         if opts.apply
             && let Some(user) = o.user.clone()
             && o.reason != "temperror"

@@ -534,3 +534,66 @@ fn bad_arguments_get_a_clear_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_user_the_delivered_to_decides_and_reruns_are_idempotent() {
+    let tmp = TempDir::new("recover-delivered-to");
+    let junk = maildir(&tmp.0.join("Maildir"));
+    let dns = DnsServer::start(&["example"], &[]).await;
+    let config = tmp.0.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 1\nattempts = 1\n[store]\npath = \"{}\"\n",
+            dns.addr,
+            tmp.0.join("s.sqlite").display()
+        ),
+    )
+    .unwrap();
+    for (i, to) in ["bob@b.example", "dave@b.example"].iter().enumerate() {
+        std::fs::write(
+            junk.join("new").join(format!("1700000000.d{i}.host")),
+            format!(
+                "Delivered-To: {to}\nFrom: eve@c.example\nTo: {to}\nSubject: s{i}\nMessage-ID: <d{i}@c.example>\n\nhi\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        junk.join("new/1700000000.nouser.host"),
+        "From: eve@c.example\nSubject: x\n\nhi\n",
+    )
+    .unwrap();
+    let j = junk.to_str().unwrap().to_owned();
+    let (lines, sum) = tokio::task::spawn_blocking(move || {
+        let first = recover(&config, &[&j, "--apply"]);
+        let second = recover(&config, &[&j, "--apply"]);
+        (first.0, (first.1, second.1))
+    })
+    .await
+    .unwrap();
+    let users: BTreeSet<String> = lines
+        .iter()
+        .filter_map(|l| l["user"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        users,
+        BTreeSet::from(["bob@b.example".to_owned(), "dave@b.example".to_owned()])
+    );
+    let no_user = lines.iter().find(|l| l["user"].is_null()).unwrap();
+    assert_eq!(
+        (no_user["action"].as_str(), no_user["reason"].as_str()),
+        (Some("keep"), Some("no-user"))
+    );
+    assert_eq!(
+        (sum.0["kept"].as_u64(), sum.0["earlier"].as_u64()),
+        (Some(3), Some(0))
+    );
+    // The second run: the two with a user are decided already; the one without is examined
+    // again (nothing recorded for it), still kept.
+    assert_eq!(
+        (sum.1["kept"].as_u64(), sum.1["earlier"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(mailstamp::maildir::list(&junk).unwrap().len(), 3);
+}
