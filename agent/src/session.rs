@@ -626,3 +626,34 @@ pub async fn judge(
         headers,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_x_mailstamp_field_and_our_results_are_ours() {
+        for name in [
+            "X-Mailstamp-Verdict",
+            "x-mailstamp-score",
+            "X-Mailstamp-Folder",
+            "X-MAILSTAMP-Inbox-For",
+            "X-Mailstamp-List",
+        ] {
+            assert!(is_ours(name, b" INBOX", "mx.b.example"), "{name}");
+        }
+        assert!(is_ours(
+            "Authentication-Results",
+            b" MX.b.example; mailstamp=pass",
+            "mx.b.example"
+        ));
+        for (name, value) in [
+            ("Authentication-Results", &b" other.example; dkim=pass"[..]),
+            ("X-Mailstamp", b" short"),
+            ("X-Mailstampede", b" no dash"),
+            ("Subject", b" X-Mailstamp-Folder: INBOX"),
+        ] {
+            assert!(!is_ours(name, value, "mx.b.example"), "{name}");
+        }
+    }
+}
