@@ -597,3 +597,61 @@ async fn without_user_the_delivered_to_decides_and_reruns_are_idempotent() {
     );
     assert_eq!(mailstamp::maildir::list(&junk).unwrap().len(), 3);
 }
+
+#[test]
+fn chain_trouble_keeps_a_stamped_message_as_temperror_and_retries_it() {
+    let tmp = TempDir::new("recover-temperror");
+    let junk = maildir(&tmp.0.join("Maildir"));
+    // A well-formed stamp whose chain cannot be reached (a closed port).
+    let raw =
+        b"From: a@a.example\nTo: bob@b.example\nSubject: x\nMessage-ID: <t@a.example>\n\nhi\n";
+    let msg = mailstamp_core::parse(raw).unwrap();
+    let chain = mailstamp_core::ChainRef {
+        chain_id: 31337,
+        registry: [1; 20],
+        writer: [2; 20],
+    };
+    let p = mailstamp_core::prepare(
+        &msg,
+        &Default::default(),
+        [3; 16],
+        &chain,
+        &Default::default(),
+    )
+    .unwrap();
+    std::fs::write(
+        junk.join("new/1700000000.t.host"),
+        mailstamp_core::insert_header(raw, &p.header),
+    )
+    .unwrap();
+    let config = tmp.0.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[chain]\nrpc_url = \"http://127.0.0.1:9\"\nregistry = \"0x{}\"\ntimeout_secs = 1\n\
+             [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\nattempts = 1\n\
+             [store]\npath = \"{}\"\n",
+            "01".repeat(20),
+            tmp.0.join("s.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let j = junk.to_str().unwrap();
+    for run in 0..2 {
+        let (lines, sum) = recover(&config, &[j, "--user", USER, "--apply"]);
+        assert_eq!(lines.len(), 1);
+        let l = &lines[0];
+        assert_eq!(
+            (
+                l["action"].as_str(),
+                l["reason"].as_str(),
+                l["verdict"].as_str()
+            ),
+            (Some("keep"), Some("temperror"), Some("temperror")),
+            "run {run}: {l}"
+        );
+        // Not recorded: examined again on the next run.
+        assert_eq!(sum["earlier"], 0, "run {run}");
+    }
+    assert_eq!(mailstamp::maildir::list(&junk).unwrap().len(), 1);
+}
