@@ -12,7 +12,7 @@
 //! authenticated.
 
 use anyhow::{Result, bail};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::inbound::{FromIdentity, MatchKind};
@@ -185,6 +185,9 @@ pub fn record_outbound(
     let name = clean_name(to.display_name.as_deref());
     let cutoff = now.saturating_sub(cfg.idle_secs()) as i64;
     store.with(|c| {
+        // One write transaction (BEGIN IMMEDIATE: waits on the busy timeout for another
+        // writer, never fails on a stale snapshot).
+        let c = Transaction::new_unchecked(c, TransactionBehavior::Immediate)?;
         c.execute("DELETE FROM allowlist WHERE last_seen < ?1", [cutoff])?;
         c.execute(
             "INSERT INTO allowlist (user, address, domain, display_name, state, first_seen, last_seen, sent, received)
@@ -195,14 +198,22 @@ pub fn record_outbound(
                 display_name = COALESCE(excluded.display_name, display_name)",
             params![user, to.address, to.domain, name, now as i64],
         )?;
-        // The cap: drop the least recently seen beyond it.
-        c.execute(
-            "DELETE FROM allowlist WHERE user = ?1 AND address IN (
-                SELECT address FROM allowlist WHERE user = ?1
-                ORDER BY last_seen DESC, address LIMIT -1 OFFSET ?2)",
-            params![user, cfg.max_per_user as i64],
+        // The cap: drop the least recently seen beyond it (counted first: the sort runs
+        // only when a new entry took the user over the cap).
+        let n: i64 = c.query_row(
+            "SELECT COUNT(*) FROM allowlist WHERE user = ?1",
+            [&user],
+            |r| r.get(0),
         )?;
-        Ok(())
+        if n > cfg.max_per_user as i64 {
+            c.execute(
+                "DELETE FROM allowlist WHERE user = ?1 AND address IN (
+                    SELECT address FROM allowlist WHERE user = ?1
+                    ORDER BY last_seen DESC, address LIMIT -1 OFFSET ?2)",
+                params![user, cfg.max_per_user as i64],
+            )?;
+        }
+        c.commit()
     })
 }
 

@@ -276,3 +276,52 @@ fn dmarc_result(r: &DmarcResult) -> AuthResult {
         DmarcResult::None => AuthResult::None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dmarc_pass_authenticates_and_the_summary_says_why() {
+        let none = AuthOutcome::none();
+        assert!(!none.pass());
+        assert_eq!(none.summary(), "spf=none dkim=none dmarc=none");
+        let dkim_only = AuthOutcome {
+            from_domain: Some("c.example".into()),
+            dkim: AuthResult::Pass,
+            dmarc: AuthResult::Fail,
+            ..AuthOutcome::none()
+        };
+        // A DKIM signature of another domain passes DKIM but not DMARC: not authenticated.
+        assert!(!dkim_only.pass());
+        assert_eq!(
+            dkim_only.summary(),
+            "spf=none dkim=pass dmarc=fail header.from=c.example"
+        );
+        assert_eq!(rank(AuthResult::Pass), 0);
+        assert_eq!(spf_result(SpfResult::SoftFail), AuthResult::Neutral);
+        assert_eq!(
+            dmarc_result(&DmarcResult::TempError(mail_auth::Error::Io("x".into()))),
+            AuthResult::TempError
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unparsable_message_or_no_answer_is_never_a_pass() {
+        // A name server that never answers (discard port): DNS trouble, not a pass.
+        let dns = DnsConfig {
+            nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout_secs: 1,
+            attempts: 1,
+        };
+        let a = Authenticator::new(&dns, "mx.b.example").unwrap();
+        let o = a.authenticate(b"", None, "", "").await;
+        assert!(!o.pass());
+        let raw = b"From: a@c.example\r\nSubject: x\r\n\r\nbody\r\n";
+        let o = a
+            .authenticate(raw, None, "mail.c.example", "a@c.example")
+            .await;
+        assert!(!o.pass(), "{o:?}");
+        assert_eq!(o.spf, AuthResult::None, "no client IP: no SPF");
+    }
+}

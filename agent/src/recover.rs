@@ -405,7 +405,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn count(&mut self, o: &Outcome) {
+    /// Counts one outcome.
+    pub fn count(&mut self, o: &Outcome) {
         self.scanned += 1;
         match o.action {
             Action::Release => self.released += 1,
@@ -666,8 +667,13 @@ impl Recoverer {
 
     async fn one(&self, e: &Entry, raw: &[u8], inbox: &Path, opts: &Options) -> Result<Outcome> {
         let id = identity(raw);
+        // Whose decision: --user, else the delivering agent's Delivered-To.
+        let user = opts
+            .user
+            .clone()
+            .or_else(|| mailstamp_core::parse(raw).and_then(|m| delivered_to(&m)));
         if !opts.redecide
-            && let Some(user) = opts.user.as_deref()
+            && let Some(user) = user.as_deref()
             && let Some(r) = self.store.recovery(user, &id)?
         {
             let mut o = Outcome {
@@ -693,7 +699,7 @@ impl Recoverer {
             }
             return Ok(o);
         }
-        let mut o = self.examine(&e.path, raw, opts.user.as_deref()).await;
+        let mut o = self.examine(&e.path, raw, user.as_deref()).await;
         if opts.apply
             && let Some(user) = o.user.clone()
             && o.reason != "temperror"
@@ -720,13 +726,21 @@ impl Recoverer {
     /// `inbox` (the user moved them out by hand), add their authenticated sender to the user's
     /// authorised senders. An unauthenticated sender is not learned (the From could be forged);
     /// the message is marked so it is not looked at again. Returns the senders learned.
-    pub fn learn(&self, inbox: &Path, user: &str) -> Result<Vec<String>> {
+    /// `since` (unix seconds): only files whose inode changed since then are read — a move
+    /// (rename) or an IMAP copy changes it — so a tick does not re-hash a large inbox.
+    pub fn learn(&self, inbox: &Path, user: &str, since: Option<i64>) -> Result<Vec<String>> {
+        use std::os::unix::fs::MetadataExt;
         let kept = self.store.kept_unlearned(user)?;
         if kept.is_empty() {
             return Ok(Vec::new());
         }
         let mut learned = Vec::new();
         for e in maildir::list(inbox)? {
+            if let Some(t) = since
+                && std::fs::metadata(&e.path).is_ok_and(|m| m.ctime() < t)
+            {
+                continue;
+            }
             let Ok(raw) = std::fs::read(&e.path) else {
                 continue;
             };

@@ -115,12 +115,15 @@ fn print_summary(s: &Summary, dry: bool, json: bool) {
     }
 }
 
+/// One pass; with `fresh_only` (the later passes of `--watch`) messages decided in an earlier
+/// pass are neither printed nor counted again.
 async fn one_pass(
     r: &Recoverer,
     folder: &Path,
     inbox: &Path,
     opts: &Options,
     json: bool,
+    fresh_only: bool,
 ) -> Result<Summary> {
     let total = maildir::list(folder)?.len();
     let bar = if total >= BAR_FROM && std::io::stderr().is_terminal() {
@@ -133,18 +136,27 @@ async fn one_pass(
     } else {
         ProgressBar::hidden()
     };
+    let mut fresh = Summary::default();
     let sum = r
         .pass(folder, inbox, opts, |o, i, _| {
+            bar.set_position(i as u64);
+            if fresh_only && o.earlier {
+                return;
+            }
+            fresh.count(o);
             let l = line(o, json);
             if bar.is_hidden() {
                 println!("{l}");
             } else {
                 bar.println(l);
             }
-            bar.set_position(i as u64);
         })
         .await?;
     bar.finish_and_clear();
+    if fresh_only {
+        fresh.errors = sum.errors;
+        return Ok(fresh);
+    }
     Ok(sum)
 }
 
@@ -182,7 +194,7 @@ pub(crate) async fn run(cfg: &Config, a: RecoverArgs) -> Result<u8> {
         apply: a.apply,
         redecide: a.redecide,
     };
-    let mut total = one_pass(&r, &a.folder, &inbox, &opts, a.json).await?;
+    let mut total = one_pass(&r, &a.folder, &inbox, &opts, a.json, false).await?;
     if a.watch {
         let user = user.context("--watch needs --user")?;
         let every =
@@ -196,8 +208,11 @@ pub(crate) async fn run(cfg: &Config, a: RecoverArgs) -> Result<u8> {
             a.folder.display(),
             every.as_secs()
         );
+        let mut since = None;
         loop {
-            for s in r.learn(&inbox, &user)? {
+            // Two seconds of slack: ctime has one-second resolution here.
+            let started = mailstamp::ops::now() as i64 - 2;
+            for s in r.learn(&inbox, &user, since)? {
                 total.learned += 1;
                 if a.json {
                     println!("{}", json!({"learned": s, "user": user}));
@@ -205,12 +220,13 @@ pub(crate) async fn run(cfg: &Config, a: RecoverArgs) -> Result<u8> {
                     println!("learned  {s} (moved out of {} by hand)", a.folder.display());
                 }
             }
+            since = Some(started);
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = tokio::time::sleep(every) => {}
             }
-            let s = one_pass(&r, &a.folder, &inbox, &opts, a.json).await?;
+            let s = one_pass(&r, &a.folder, &inbox, &opts, a.json, true).await?;
             total.add(&s);
         }
     }

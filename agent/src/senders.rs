@@ -68,8 +68,8 @@ pub fn normalise_domain(d: &str) -> Result<String> {
 }
 
 /// Checks and normalises a mail address: `local@domain`, the domain as
-/// [`normalise_domain`], the whole address in lower case (the comparison mail systems make in
-/// practice).
+/// [`normalise_domain`], the whole address in (ASCII) lower case — the comparison mail systems
+/// make in practice, and the one [`crate::inbound::user_of`] makes.
 pub fn normalise_address(a: &str) -> Result<String> {
     let a = a.trim().trim_start_matches('<').trim_end_matches('>');
     let Some((local, domain)) = a.rsplit_once('@') else {
@@ -84,7 +84,7 @@ pub fn normalise_address(a: &str) -> Result<String> {
         bail!("`{a}` has no usable local part (want user@example.org)");
     }
     let domain = normalise_domain(domain).map_err(|e| anyhow::anyhow!("`{a}`: {e}"))?;
-    Ok(format!("{}@{domain}", local.to_lowercase()))
+    Ok(format!("{}@{domain}", local.to_ascii_lowercase()))
 }
 
 /// Parses an entry as an operator writes it: an address, a domain, or `@domain`.

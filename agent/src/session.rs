@@ -527,7 +527,8 @@ pub async fn folder_headers(
             && let Some(h) = d.list_header(&clean(&rcpt.to_ascii_lowercase(), 200))
         {
             let detail = if d.auth_method == Some("dmarc") || !d.authenticated {
-                format!(" ({})", auth.summary())
+                // The From domain comes from the message: printable ASCII only.
+                format!(" ({})", clean(&auth.summary(), 300))
             } else {
                 String::new()
             };
@@ -645,5 +646,36 @@ pub async fn judge(
         report,
         action,
         headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_x_mailstamp_field_and_our_results_are_ours() {
+        for name in [
+            "X-Mailstamp-Verdict",
+            "x-mailstamp-score",
+            "X-Mailstamp-Folder",
+            "X-MAILSTAMP-Inbox-For",
+            "X-Mailstamp-List",
+        ] {
+            assert!(is_ours(name, b" INBOX", "mx.b.example"), "{name}");
+        }
+        assert!(is_ours(
+            "Authentication-Results",
+            b" MX.b.example; mailstamp=pass",
+            "mx.b.example"
+        ));
+        for (name, value) in [
+            ("Authentication-Results", &b" other.example; dkim=pass"[..]),
+            ("X-Mailstamp", b" short"),
+            ("X-Mailstampede", b" no dash"),
+            ("Subject", b" X-Mailstamp-Folder: INBOX"),
+        ] {
+            assert!(!is_ours(name, value, "mx.b.example"), "{name}");
+        }
     }
 }

@@ -332,6 +332,38 @@ async fn outbound_stamps_teach_the_allowlist_and_only_authenticated_replies_are_
         "{out:?}"
     );
     assert!(out.folder().is_none(), "{out:?}");
+    // The chain unreachable and `on_temperror = "pass"`: `temperror` proves nothing, so the
+    // lists decide with DMARC only (b.example publishes none): the hit is not trusted.
+    let down = start_in(
+        &dir.0,
+        "down.toml",
+        &site_toml("http://127.0.0.1:1", registry, writer, dns.addr, &store, "").replace(
+            "trusted_networks",
+            "on_temperror = \"pass\"\ntrusted_networks",
+        ),
+        None,
+    )
+    .await;
+    let out = play(
+        down.addr,
+        OTHER_IP,
+        "bob@b.example",
+        &["carol@c.example"],
+        &stamped,
+    )
+    .await;
+    assert_eq!(
+        out.header("X-Mailstamp-Verdict").as_deref(),
+        Some(" temperror"),
+        "{out:?}"
+    );
+    assert_eq!(out.folder().as_deref(), Some("Unknown"), "{out:?}");
+    let l = out.header("X-Mailstamp-List").unwrap();
+    assert!(
+        l.contains("list=authorised") && l.contains("trusted=no; auth=none"),
+        "{l}"
+    );
+    drop(down);
 
     let reply = message(
         "\"Carol Doe\" <carol@c.example>",

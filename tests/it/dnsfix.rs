@@ -74,11 +74,20 @@ impl DnsServer {
             catalog.upsert(LowerName::new(&origin), vec![z.clone()]);
             zones.insert(o.trim_end_matches('.').to_owned(), z);
         }
-        let udp = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        // UDP and TCP on one port: the OS picks a free UDP port, which TCP may still hold (a
+        // connection in TIME_WAIT after a busy test); then pick again.
+        let mut tries = 0;
+        let (udp, tcp, addr) = loop {
+            let udp = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .unwrap();
+            let addr = udp.local_addr().unwrap();
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp, addr),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => tries += 1,
+                Err(e) => panic!("cannot listen on TCP {addr}: {e}"),
+            }
+        };
         let mut server = Server::new(catalog);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 4096);

@@ -484,3 +484,174 @@ fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+#[test]
+fn bad_arguments_get_a_clear_error() {
+    let tmp = TempDir::new("recover-args");
+    let config = tmp.0.join("c.toml");
+    std::fs::write(
+        &config,
+        format!("[store]\npath = \"{}\"\n", tmp.0.join("s.sqlite").display()),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let plain = tmp.0.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let junk = maildir(&tmp.0.join("Maildir"));
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec![plain.to_str().unwrap()], "not a Maildir folder"),
+        (vec!["/nonexistent/.Junk"], "does not exist"),
+        (vec![junk.to_str().unwrap(), "--watch"], "needs --apply"),
+        (
+            vec![junk.to_str().unwrap(), "--apply", "--watch"],
+            "give --user",
+        ),
+        (
+            vec![junk.to_str().unwrap(), "--user", "not an address"],
+            "--user",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["--config", c, "recover"];
+        a.extend(args.iter().copied());
+        let out = mailstamp(&a, &[], None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // A Junk that is not a Maildir++ sub-folder and no --inbox: told to pass --inbox.
+    let lone = tmp.0.join("lone");
+    mailstamp::maildir::create_folder(&lone).unwrap();
+    let out = mailstamp(
+        &["--config", c, "recover", lone.to_str().unwrap(), "--apply"],
+        &[],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--inbox"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_user_the_delivered_to_decides_and_reruns_are_idempotent() {
+    let tmp = TempDir::new("recover-delivered-to");
+    let junk = maildir(&tmp.0.join("Maildir"));
+    let dns = DnsServer::start(&["example"], &[]).await;
+    let config = tmp.0.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 1\nattempts = 1\n[store]\npath = \"{}\"\n",
+            dns.addr,
+            tmp.0.join("s.sqlite").display()
+        ),
+    )
+    .unwrap();
+    for (i, to) in ["bob@b.example", "dave@b.example"].iter().enumerate() {
+        std::fs::write(
+            junk.join("new").join(format!("1700000000.d{i}.host")),
+            format!(
+                "Delivered-To: {to}\nFrom: eve@c.example\nTo: {to}\nSubject: s{i}\nMessage-ID: <d{i}@c.example>\n\nhi\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        junk.join("new/1700000000.nouser.host"),
+        "From: eve@c.example\nSubject: x\n\nhi\n",
+    )
+    .unwrap();
+    let j = junk.to_str().unwrap().to_owned();
+    let (lines, sum) = tokio::task::spawn_blocking(move || {
+        let first = recover(&config, &[&j, "--apply"]);
+        let second = recover(&config, &[&j, "--apply"]);
+        (first.0, (first.1, second.1))
+    })
+    .await
+    .unwrap();
+    let users: BTreeSet<String> = lines
+        .iter()
+        .filter_map(|l| l["user"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        users,
+        BTreeSet::from(["bob@b.example".to_owned(), "dave@b.example".to_owned()])
+    );
+    let no_user = lines.iter().find(|l| l["user"].is_null()).unwrap();
+    assert_eq!(
+        (no_user["action"].as_str(), no_user["reason"].as_str()),
+        (Some("keep"), Some("no-user"))
+    );
+    assert_eq!(
+        (sum.0["kept"].as_u64(), sum.0["earlier"].as_u64()),
+        (Some(3), Some(0))
+    );
+    // The second run: the two with a user are decided already; the one without is examined
+    // again (nothing recorded for it), still kept.
+    assert_eq!(
+        (sum.1["kept"].as_u64(), sum.1["earlier"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(mailstamp::maildir::list(&junk).unwrap().len(), 3);
+}
+
+#[test]
+fn chain_trouble_keeps_a_stamped_message_as_temperror_and_retries_it() {
+    let tmp = TempDir::new("recover-temperror");
+    let junk = maildir(&tmp.0.join("Maildir"));
+    // A well-formed stamp whose chain cannot be reached (a closed port).
+    let raw =
+        b"From: a@a.example\nTo: bob@b.example\nSubject: x\nMessage-ID: <t@a.example>\n\nhi\n";
+    let msg = mailstamp_core::parse(raw).unwrap();
+    let chain = mailstamp_core::ChainRef {
+        chain_id: 31337,
+        registry: [1; 20],
+        writer: [2; 20],
+    };
+    let p = mailstamp_core::prepare(
+        &msg,
+        &Default::default(),
+        [3; 16],
+        &chain,
+        &Default::default(),
+    )
+    .unwrap();
+    std::fs::write(
+        junk.join("new/1700000000.t.host"),
+        mailstamp_core::insert_header(raw, &p.header),
+    )
+    .unwrap();
+    let config = tmp.0.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[chain]\nrpc_url = \"http://127.0.0.1:9\"\nregistry = \"0x{}\"\ntimeout_secs = 1\n\
+             [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\nattempts = 1\n\
+             [store]\npath = \"{}\"\n",
+            "01".repeat(20),
+            tmp.0.join("s.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let j = junk.to_str().unwrap();
+    for run in 0..2 {
+        let (lines, sum) = recover(&config, &[j, "--user", USER, "--apply"]);
+        assert_eq!(lines.len(), 1);
+        let l = &lines[0];
+        assert_eq!(
+            (
+                l["action"].as_str(),
+                l["reason"].as_str(),
+                l["verdict"].as_str()
+            ),
+            (Some("keep"), Some("temperror"), Some("temperror")),
+            "run {run}: {l}"
+        );
+        // Not recorded: examined again on the next run.
+        assert_eq!(sum["earlier"], 0, "run {run}");
+    }
+    assert_eq!(mailstamp::maildir::list(&junk).unwrap().len(), 1);
+}
