@@ -36,6 +36,26 @@ pub fn keccak256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// keccak256 of `data` with every CRLF read as LF: `keccak256(&canon::lf_bytes(data))`,
+/// streamed instead of copied.
+pub fn keccak256_lf(data: &[u8]) -> [u8; 32] {
+    let mut k = Keccak::v256();
+    let mut from = 0;
+    let mut at = 0;
+    while let Some(p) = data[at..].iter().position(|&b| b == b'\r') {
+        let cr = at + p;
+        if data.get(cr + 1) == Some(&b'\n') {
+            k.update(&data[from..cr]);
+            from = cr + 1;
+        }
+        at = cr + 1;
+    }
+    k.update(&data[from..]);
+    let mut out = [0u8; 32];
+    k.finalize(&mut out);
+    out
+}
+
 fn truncate<const N: usize>(full: [u8; 32]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(&full[..N]);
@@ -152,6 +172,33 @@ mod tests {
             hex::encode(keccak256(b"")),
             "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
         );
+    }
+
+    #[test]
+    fn keccak_lf_equals_keccak_of_lf_bytes() {
+        for s in [
+            &b""[..],
+            b"\r",
+            b"\r\n",
+            b"a\r\nb\rc\n\r\r\n",
+            b"no line ends",
+            b"\r\r\r\n\n",
+        ] {
+            assert_eq!(
+                keccak256_lf(s),
+                keccak256(&crate::canon::lf_bytes(s)),
+                "{s:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn keccak_lf_equals_keccak_of_lf_bytes_on_any_bytes(
+            s in proptest::collection::vec(proptest::sample::select(vec![b'\r', b'\n', b'a', 0xff]), 0..300)
+        ) {
+            proptest::prop_assert_eq!(keccak256_lf(&s), keccak256(&crate::canon::lf_bytes(&s)));
+        }
     }
 
     #[test]

@@ -103,11 +103,7 @@ fn lines_of(name: &str, raw: &[u8], seed: u8, out: &mut Vec<String>) {
         ("intact", stamped.clone(), env(&[RCPT], true)),
         ("no-ip", stamped.clone(), env(&[RCPT], false)),
         ("no-envelope", stamped.clone(), env(&[], true)),
-        (
-            "other-rcpt",
-            stamped.clone(),
-            env(&["eve@e.example"], true),
-        ),
+        ("other-rcpt", stamped.clone(), env(&["eve@e.example"], true)),
         (
             "footer",
             [stamped.as_slice(), &footer].concat(),
