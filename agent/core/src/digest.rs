@@ -2,7 +2,29 @@
 //! The hash functions of protocol v1 (docs/PROTOCOL.md §4). Every input starts with a
 //! domain-separation label so a digest of one kind can never stand in for another.
 
-use tiny_keccak::{Hasher, Keccak};
+use keccak_asm::Digest as _;
+
+/// A keccak256 state (the Ethereum variant, not SHA3-256), backed by keccak-asm's assembly
+/// permutation; the small surface the pipeline uses.
+#[derive(Clone)]
+pub(crate) struct Keccak(keccak_asm::Keccak256);
+
+impl Keccak {
+    /// A fresh keccak256 state.
+    pub(crate) fn v256() -> Self {
+        Self(keccak_asm::Keccak256::new())
+    }
+
+    /// Absorbs `data`.
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// Writes the 32-byte digest to `out`.
+    pub(crate) fn finalize(self, out: &mut [u8; 32]) {
+        out.copy_from_slice(&self.0.finalize());
+    }
+}
 
 /// Length of the per-message secret salt.
 pub const SALT_LEN: usize = 16;
