@@ -18,6 +18,22 @@ fn ascii_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Whether eight bytes (little-endian in `x`) can be copied as they are inside a word run:
+/// all printable ASCII (0x20..=0x7E, or DEL), spaces only single and not the last byte, so
+/// every space in them sits between two word bytes. SWAR: a byte below 0x20 borrows into its
+/// high bit, a byte above 0x7F has it set, and a zero byte of `x ^ spaces` marks a space.
+fn copyable(x: u64) -> bool {
+    if ((x.wrapping_sub(ONES * 0x20) & !x) | x) & HIGH != 0 {
+        return false;
+    }
+    let y = x ^ (ONES * 0x20);
+    let spaces = !(((y & !HIGH).wrapping_add(!HIGH)) | y | !HIGH);
+    spaces & (spaces >> 8) == 0 && spaces >> 56 == 0
+}
+
 /// Appends `s` to `out` as `s.split_whitespace()` joined by single spaces (whitespace in the
 /// sense of `char::is_whitespace`, Unicode included), in one pass and without an iterator
 /// per word: ASCII is classified byte by byte, anything else is decoded first. Text between
@@ -43,15 +59,30 @@ fn push_relaxed(s: &str, out: &mut String) {
         // Copy words up to a whitespace run that is not one ASCII space between words.
         let start = i;
         while i < b.len() {
-            let c = b[i];
-            if c < 0x80 {
-                if !ascii_space(c) {
-                    i += 1;
-                } else if c == b' ' && b.get(i + 1).is_some_and(|&n| n < 0x80 && !ascii_space(n)) {
+            // Eight bytes at a time while they are words and single spaces. Inside a run the
+            // byte before `i` is a word byte, so a leading space is a single one too.
+            while let Some(chunk) = b.get(i..i + 8) {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(chunk);
+                if !copyable(u64::from_le_bytes(word)) {
+                    break;
+                }
+                i += 8;
+            }
+            let Some(&c) = b.get(i) else { break };
+            if c > b' ' && c < 0x80 {
+                i += 1;
+            } else if c == b' ' {
+                if b.get(i + 1).is_some_and(|&n| n > b' ' && n < 0x80) {
                     i += 2;
                 } else {
                     break;
                 }
+            } else if c < 0x80 {
+                if ascii_space(c) {
+                    break;
+                }
+                i += 1;
             } else {
                 match s[i..].chars().next() {
                     Some(ch) if !ch.is_whitespace() => i += ch.len_utf8(),
@@ -351,6 +382,36 @@ mod tests {
     }
 
     #[test]
+    fn copyable_is_exact() {
+        let reference = |w: &[u8; 8]| {
+            w.iter().all(|&v| (0x20..0x80).contains(&v))
+                && w.windows(2).all(|p| p != b"  ")
+                && w[7] != b' '
+        };
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let alphabet = [
+            b' ', b'a', b'~', 0x7f, 0x1f, 0x20, 0x21, 0x80, 0xff, 0x00, b'\t',
+        ];
+        for round in 0..200_000 {
+            let mut w = [b'a'; 8];
+            for (pos, byte) in w.iter_mut().enumerate() {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                if round < 256 * 8 {
+                    // Every byte value at every position first.
+                    if pos == round / 256 {
+                        *byte = (round % 256) as u8;
+                    }
+                } else {
+                    *byte = alphabet[(rng % alphabet.len() as u64) as usize];
+                }
+            }
+            assert_eq!(copyable(u64::from_le_bytes(w)), reference(&w), "{w:?}");
+        }
+    }
+
+    #[test]
     fn prefix_skips_trailing_empties() {
         let l = Lines::from_lines(["a", "", "b", "", ""]);
         assert_eq!(l.prefix(5), "a\n\nb");
@@ -409,13 +470,15 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn one_pass_canonicalisation_equals_the_reference_on_any_text(
-            s in "[ a-z\t\r\n\u{0b}\u{0c}\u{85}\u{a0}\u{2000}-\u{200b}\u{3000}é日-]{0,80}"
+            s in "[ a-z\t\r\n\u{0b}\u{0c}\u{85}\u{a0}\u{2000}-\u{200b}\u{3000}é日-]{0,80}",
+            words in "[ a-zA-Z0-9.,\\t\\n\\u{a0}é\\-]{0,200}"
         ) {
             proptest::prop_assert_eq!(collapse_whitespace(&s), relaxed_reference(&s));
             let got = text_lines(&s);
             let want = text_lines_reference(&s);
             proptest::prop_assert_eq!(got.iter().collect::<Vec<_>>(), want.clone());
             proptest::prop_assert_eq!(got.prefix(usize::MAX), want.join("\n"));
+            proptest::prop_assert_eq!(collapse_whitespace(&words), relaxed_reference(&words));
         }
     }
 }

@@ -92,6 +92,11 @@ impl Family {
         }
     }
 
+    /// The family with protocol name `s`.
+    pub fn lookup(s: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
     /// Whether components of this family carry an index (`text.0`).
     pub fn indexed(self) -> bool {
         matches!(self, Family::Text | Family::Html | Family::Attachment)
@@ -107,16 +112,13 @@ impl fmt::Display for Family {
 impl FromStr for Family {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Family::ALL
-            .into_iter()
-            .find(|f| f.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = Family::ALL.iter().map(|f| f.as_str()).collect();
-                format!(
-                    "unknown component family `{s}` (known: {})",
-                    known.join(", ")
-                )
-            })
+        Family::lookup(s).ok_or_else(|| {
+            let known: Vec<_> = Family::ALL.iter().map(|f| f.as_str()).collect();
+            format!(
+                "unknown component family `{s}` (known: {})",
+                known.join(", ")
+            )
+        })
     }
 }
 
@@ -150,11 +152,13 @@ impl ComponentName {
 
     /// Parses `subject` or `text.3`. Indices run from 0 to [`MAX_PER_FAMILY`]` - 1`.
     pub fn parse(s: &str) -> Option<Self> {
-        if let Ok(family) = s.parse::<Family>() {
+        // `Family::lookup`, not `FromStr`: its error message is not needed here, and this
+        // runs for every name of every header verified.
+        if let Some(family) = Family::lookup(s) {
             return (!family.indexed()).then_some(Self::single(family));
         }
         let (fam, idx) = s.rsplit_once('.')?;
-        let family: Family = fam.parse().ok()?;
+        let family = Family::lookup(fam)?;
         if !family.indexed()
             || idx.is_empty()
             || idx.len() > 2

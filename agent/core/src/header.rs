@@ -217,7 +217,10 @@ impl StampHeader {
             if !seen.insert(tag.to_owned()) {
                 return Err(HeaderError::Duplicate(tag.to_owned()));
             }
-            let val: String = val.chars().filter(|ch| !ch.is_ascii_whitespace()).collect();
+            // Folding whitespace removed (ASCII, so splitting on it keeps UTF-8 intact).
+            let mut folded = val.split(|ch: char| ch.is_ascii_whitespace());
+            let mut val = folded.next().unwrap_or_default().to_owned();
+            folded.for_each(|piece| val.push_str(piece));
             match tag {
                 "v" => v = Some(val),
                 "c" => c = Some(val),
