@@ -39,62 +39,76 @@ fn copyable(x: u64) -> bool {
 /// per word: ASCII is classified byte by byte, anything else is decoded first. Text between
 /// whitespace runs that are a single ASCII space is copied in one piece.
 fn push_relaxed(s: &str, out: &mut String) {
-    let b = s.as_bytes();
     let mut i = 0;
     let mut wrote = false;
-    while i < b.len() {
-        // Skip a whitespace run.
-        let c = b[i];
-        if c < 0x80 {
-            if ascii_space(c) {
-                i += 1;
-                continue;
-            }
-        } else if let Some(ch) = s[i..].chars().next()
-            && ch.is_whitespace()
-        {
-            i += ch.len_utf8();
-            continue;
-        }
-        // Copy words up to a whitespace run that is not one ASCII space between words.
-        let start = i;
-        while i < b.len() {
-            // Eight bytes at a time while they are words and single spaces. Inside a run the
-            // byte before `i` is a word byte, so a leading space is a single one too.
-            while let Some(chunk) = b.get(i..i + 8) {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(chunk);
-                if !copyable(u64::from_le_bytes(word)) {
-                    break;
-                }
-                i += 8;
-            }
-            let Some(&c) = b.get(i) else { break };
-            if c > b' ' && c < 0x80 {
-                i += 1;
-            } else if c == b' ' {
-                if b.get(i + 1).is_some_and(|&n| n > b' ' && n < 0x80) {
-                    i += 2;
-                } else {
-                    break;
-                }
-            } else if c < 0x80 {
-                if ascii_space(c) {
-                    break;
-                }
-                i += 1;
-            } else {
-                match s[i..].chars().next() {
-                    Some(ch) if !ch.is_whitespace() => i += ch.len_utf8(),
-                    _ => break,
-                }
-            }
-        }
+    while let Some(start) = skip_space(s, i) {
+        i = run_end(s, start);
         if wrote {
             out.push(' ');
         }
         out.push_str(&s[start..i]);
         wrote = true;
+    }
+}
+
+/// The first index at or after `i` that does not start a whitespace character, or `None` at
+/// the end of `s`. `i` must be a character boundary.
+fn skip_space(s: &str, mut i: usize) -> Option<usize> {
+    let b = s.as_bytes();
+    while let Some(&c) = b.get(i) {
+        if c < 0x80 {
+            if !ascii_space(c) {
+                return Some(i);
+            }
+            i += 1;
+        } else {
+            match s[i..].chars().next() {
+                Some(ch) if ch.is_whitespace() => i += ch.len_utf8(),
+                _ => return Some(i),
+            }
+        }
+    }
+    None
+}
+
+/// From `start`, which begins a non-whitespace character, the end of the longest run of
+/// words separated by single ASCII spaces: the run can be copied as it is. The run stops at
+/// any other whitespace (line breaks included), a space that is not followed by an ASCII word
+/// byte, or the end.
+fn run_end(s: &str, start: usize) -> usize {
+    let b = s.as_bytes();
+    let mut i = start;
+    loop {
+        // Eight bytes at a time while they are words and single spaces. Inside a run the
+        // byte before `i` is a word byte, so a leading space is a single one too.
+        while let Some(chunk) = b.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !copyable(u64::from_le_bytes(word)) {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&c) = b.get(i) else { return i };
+        if c > b' ' && c < 0x80 {
+            i += 1;
+        } else if c == b' ' {
+            if b.get(i + 1).is_some_and(|&n| n > b' ' && n < 0x80) {
+                i += 2;
+            } else {
+                return i;
+            }
+        } else if c < 0x80 {
+            if ascii_space(c) {
+                return i;
+            }
+            i += 1;
+        } else {
+            match s[i..].chars().next() {
+                Some(ch) if !ch.is_whitespace() => i += ch.len_utf8(),
+                _ => return i,
+            }
+        }
     }
 }
 
@@ -237,32 +251,80 @@ pub fn text_lines(s: &str) -> Lines {
         text: String::with_capacity(s.len()),
         ends: Vec::with_capacity(s.len() / 32 + 1),
     };
-    // Empty lines seen since the last non-empty one; written only if another one follows.
+    let b = s.as_bytes();
+    // Empty lines seen since the last non-empty one; written only if another one follows,
+    // so empty lines at either end never reach the buffer.
     let mut pending = 0usize;
-    for raw in s.split('\n') {
-        let raw = raw.strip_suffix('\r').unwrap_or(raw);
-        // A bare CR is a line break too (old Mac mail); split on it as well.
-        for piece in raw.split('\r') {
-            let mark = out.text.len();
-            let lead = !out.ends.is_empty();
-            if lead {
-                for _ in 0..=pending {
-                    out.text.push('\n');
+    // Whether the current line has a word yet.
+    let mut wrote = false;
+    let mut i = 0;
+    loop {
+        let word = skip_space_in_line(s, i);
+        if let Some(start) = word {
+            i = run_end(s, start);
+            if wrote {
+                out.text.push(' ');
+            } else {
+                if !out.ends.is_empty() {
+                    let at = out.text.len();
+                    out.ends.extend((1..=pending).map(|j| at + j));
+                    out.text.extend(std::iter::repeat_n('\n', pending + 1));
+                }
+                pending = 0;
+                wrote = true;
+            }
+            out.text.push_str(&s[start..i]);
+            continue;
+        }
+        // End of the line: CRLF, a bare LF or a bare CR (old Mac mail), or the end of `s`.
+        i = match word_or_break(s, i) {
+            Some(br) => {
+                br + if b[br] == b'\r' && b.get(br + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
                 }
             }
-            let before = out.text.len();
-            push_relaxed(piece, &mut out.text);
-            if out.text.len() == before {
-                out.text.truncate(mark);
-                pending += usize::from(lead);
-            } else {
-                out.ends.extend((0..pending).map(|j| mark + 1 + j));
-                out.ends.push(out.text.len());
-                pending = 0;
-            }
+            None => b.len(),
+        };
+        if wrote {
+            out.ends.push(out.text.len());
+            wrote = false;
+        } else if !out.ends.is_empty() {
+            pending += 1;
+        }
+        if i >= b.len() {
+            break;
         }
     }
     out
+}
+
+/// Like [`skip_space`], but stops at a line break (CR or LF): the index of the next word
+/// character on this line, or `None` when the line (or `s`) ends first.
+fn skip_space_in_line(s: &str, i: usize) -> Option<usize> {
+    let j = word_or_break(s, i)?;
+    (!matches!(s.as_bytes()[j], b'\r' | b'\n')).then_some(j)
+}
+
+/// The index of the next character at or after `i` that is not whitespace other than CR and
+/// LF: a word character or a line break; `None` at the end of `s`.
+fn word_or_break(s: &str, mut i: usize) -> Option<usize> {
+    let b = s.as_bytes();
+    while let Some(&c) = b.get(i) {
+        if c < 0x80 {
+            if !ascii_space(c) || c == b'\r' || c == b'\n' {
+                return Some(i);
+            }
+            i += 1;
+        } else {
+            match s[i..].chars().next() {
+                Some(ch) if ch.is_whitespace() => i += ch.len_utf8(),
+                _ => return Some(i),
+            }
+        }
+    }
+    None
 }
 
 /// A mailbox address in canonical form: trimmed, angle brackets removed, lower case.
@@ -471,7 +533,7 @@ mod tests {
         #[test]
         fn one_pass_canonicalisation_equals_the_reference_on_any_text(
             s in "[ a-z\t\r\n\u{0b}\u{0c}\u{85}\u{a0}\u{2000}-\u{200b}\u{3000}é日-]{0,80}",
-            words in "[ a-zA-Z0-9.,\\t\\n\\u{a0}é\\-]{0,200}"
+            words in "[ a-zA-Z0-9.,\\t\\r\\n\\u{a0}é\\-]{0,200}"
         ) {
             proptest::prop_assert_eq!(collapse_whitespace(&s), relaxed_reference(&s));
             let got = text_lines(&s);
@@ -479,6 +541,10 @@ mod tests {
             proptest::prop_assert_eq!(got.iter().collect::<Vec<_>>(), want.clone());
             proptest::prop_assert_eq!(got.prefix(usize::MAX), want.join("\n"));
             proptest::prop_assert_eq!(collapse_whitespace(&words), relaxed_reference(&words));
+            let got = text_lines(&words);
+            let want = text_lines_reference(&words);
+            proptest::prop_assert_eq!(got.iter().collect::<Vec<_>>(), want.clone());
+            proptest::prop_assert_eq!(got.prefix(usize::MAX), want.join("\n"));
         }
     }
 }
