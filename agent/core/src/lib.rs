@@ -26,7 +26,56 @@ pub use writers::WriterAuth;
 /// clear error rather than parsed: bounded memory and time.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The message parser: mail-parser's default treatment of every header that the pipeline or
+/// the MIME structure reads, while trace and list headers (`Received`, `Return-Path`,
+/// `References`, `In-Reply-To`, `List-*`) stay raw text instead of being parsed into
+/// structures nobody here reads. Parsing `Received` alone was ~15% of verification CPU
+/// (docs/PERFORMANCE.md). What this leaves parsed is exactly what mail-parser's default
+/// parses for those headers, so every component, digest and verdict is unchanged (the
+/// `lean_parse_*` tests compare both parsers on the corpus).
+static PARSER: std::sync::LazyLock<mail_parser::MessageParser> = std::sync::LazyLock::new(|| {
+    use mail_parser::HeaderName as H;
+    let p = mail_parser::MessageParser::new();
+    let p = [
+        H::Subject,
+        H::Comments,
+        H::ContentDescription,
+        H::ContentLocation,
+        H::ContentTransferEncoding,
+    ]
+    .into_iter()
+    .fold(p, |p, h| p.header_text(h));
+    let p = [
+        H::From,
+        H::To,
+        H::Cc,
+        H::Bcc,
+        H::ReplyTo,
+        H::Sender,
+        H::ResentTo,
+        H::ResentFrom,
+        H::ResentBcc,
+        H::ResentCc,
+        H::ResentSender,
+    ]
+    .into_iter()
+    .fold(p, |p, h| p.header_address(h));
+    let p = [H::Date, H::ResentDate]
+        .into_iter()
+        .fold(p, |p, h| p.header_date(h));
+    let p = [H::MessageId, H::ContentId, H::ResentMessageId]
+        .into_iter()
+        .fold(p, |p, h| p.header_id(h));
+    let p = [H::Keywords, H::ContentLanguage]
+        .into_iter()
+        .fold(p, |p, h| p.header_comma_separated(h));
+    // Every other header (Received, List-*, References, …) takes the default: raw text.
+    [H::ContentType, H::ContentDisposition]
+        .into_iter()
+        .fold(p, |p, h| p.header_content_type(h))
+});
+
 /// Parses a message. `None` when it has no header section at all (not a message).
 pub fn parse(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
-    mail_parser::MessageParser::default().parse(raw)
+    PARSER.parse(raw)
 }

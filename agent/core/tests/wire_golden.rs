@@ -18,7 +18,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use common::{CHAIN, fixture_dir, to_crlf};
+use mailstamp_core::component::decompose;
 use mailstamp_core::digest::keccak256;
+use mailstamp_core::mail_parser::{MessageParser, MimeHeaders, PartType};
 use mailstamp_core::{
     Envelope, Inspection, Lookup, Policy, Selection, evaluate, insert_header, inspect, parse,
     prepare,
@@ -235,4 +237,80 @@ fn corpus_sample_stamps_and_verifies_byte_for_byte_as_recorded() {
     }
     assert!(n >= 200, "only {n} corpus messages sampled");
     check(&fixture_dir("wire-corpus.txt"), &out);
+}
+
+/// `parse` leaves trace and list headers raw; everything the pipeline reads must come out as
+/// mail-parser's default parser gives it: same header names and offsets, same decomposition
+/// (every family, envelope included), same addresses, subject, date and message id.
+fn same_as_default_parser(name: &str, raw: &[u8]) {
+    let lean = parse(raw);
+    let full = MessageParser::default().parse(raw);
+    let (Some(lean), Some(full)) = (lean, full) else {
+        assert!(
+            parse(raw).is_none() && MessageParser::default().parse(raw).is_none(),
+            "{name}"
+        );
+        return;
+    };
+    let heads = |m: &mailstamp_core::mail_parser::Message<'_>| {
+        m.headers()
+            .iter()
+            .map(|h| (h.name().to_owned(), h.offset_start(), h.offset_end()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(heads(&lean), heads(&full), "{name}: headers");
+    let env = env(&[RCPT], true);
+    let d = |m| format!("{:?}", decompose(m, &env, &Selection::default()));
+    assert_eq!(d(&lean), d(&full), "{name}: decomposition");
+    assert_eq!(
+        format!("{:?}", mailstamp_core::component::header_recipients(&lean)),
+        format!("{:?}", mailstamp_core::component::header_recipients(&full)),
+        "{name}: recipients"
+    );
+    assert_eq!(lean.subject(), full.subject(), "{name}: subject");
+    assert_eq!(lean.date(), full.date(), "{name}: date");
+    assert_eq!(lean.message_id(), full.message_id(), "{name}: message id");
+    assert_eq!(lean.parts.len(), full.parts.len(), "{name}: parts");
+    assert_eq!(lean.attachments, full.attachments, "{name}: attachments");
+    for (i, (a, b)) in lean.parts.iter().zip(&full.parts).enumerate() {
+        // A nested message is used by its raw bytes only (its own trace headers differ).
+        let same = match (&a.body, &b.body) {
+            (PartType::Message(x), PartType::Message(y)) => x.raw_message() == y.raw_message(),
+            (x, y) => format!("{x:?}") == format!("{y:?}"),
+        };
+        assert!(same, "{name}: part {i} body differs");
+        assert_eq!(a.encoding, b.encoding, "{name}: part {i} encoding");
+        assert_eq!(
+            a.attachment_name(),
+            b.attachment_name(),
+            "{name}: part {i} name"
+        );
+    }
+}
+
+#[test]
+fn lean_parse_reads_fixtures_like_the_default_parser() {
+    let mut n = 0;
+    for dir in ["corpus", "golden"] {
+        for (name, raw) in common::fixtures(dir) {
+            same_as_default_parser(&name, &raw);
+            same_as_default_parser(&name, &to_crlf(&raw));
+            n += 1;
+        }
+    }
+    assert!(n >= 35, "only {n} fixtures");
+}
+
+#[test]
+fn lean_parse_reads_the_corpus_sample_like_the_default_parser() {
+    let dir = corpus_dir();
+    let list: Vec<String> =
+        serde_json::from_slice(&std::fs::read(dir.join("file_list.json")).unwrap()).unwrap();
+    let mut n = 0;
+    for rel in list.iter().step_by(CORPUS_STEP / 5) {
+        let raw = std::fs::read(dir.join(rel)).unwrap();
+        same_as_default_parser(rel, &raw);
+        n += 1;
+    }
+    assert!(n >= 1000, "only {n} corpus messages");
 }
