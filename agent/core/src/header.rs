@@ -199,7 +199,7 @@ impl StampHeader {
         if value.len() > MAX_VALUE_LEN {
             return Err(HeaderError::Oversized(value.len()));
         }
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
         let (mut v, mut c, mut r, mut w, mut m, mut s, mut h, mut d, mut e) =
             (None, None, None, None, None, None, None, None, None);
         let (mut b, mut p) = (None, None);
@@ -214,7 +214,7 @@ impl StampHeader {
             if tag.is_empty() || tag.len() > 16 || !tag.bytes().all(|b| b.is_ascii_lowercase()) {
                 return Err(HeaderError::Syntax(tag.chars().take(32).collect()));
             }
-            if !seen.insert(tag.to_owned()) {
+            if !seen.insert(tag) {
                 return Err(HeaderError::Duplicate(tag.to_owned()));
             }
             // Folding whitespace removed (ASCII, so splitting on it keeps UTF-8 intact).
