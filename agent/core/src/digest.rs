@@ -4,6 +4,8 @@
 
 use keccak_asm::Digest as _;
 
+use crate::component::ComponentName;
+
 /// A keccak256 state (the Ethereum variant, not SHA3-256), backed by keccak-asm's assembly
 /// permutation; the small surface the pipeline uses.
 #[derive(Clone)]
@@ -154,7 +156,7 @@ pub struct CommitInput<'a> {
     /// Record key.
     pub token: &'a [u8; 32],
     /// Component names in header order.
-    pub names: &'a [String],
+    pub names: &'a [ComponentName],
     /// Component digests, one per name.
     pub digests: &'a [Digest],
     /// Sorted envelope-recipient digests.
@@ -171,8 +173,10 @@ pub fn commitment(input: &CommitInput<'_>) -> Commitment {
     k.update(input.token);
     k.update(&(input.names.len() as u32).to_be_bytes());
     for (name, digest) in input.names.iter().zip(input.digests) {
-        k.update(&[name.len().min(255) as u8]);
-        k.update(name.as_bytes());
+        name.with_str(|name| {
+            k.update(&[name.len().min(255) as u8]);
+            k.update(name.as_bytes());
+        });
         k.update(digest);
     }
     k.update(&(input.rcpts.len() as u32).to_be_bytes());

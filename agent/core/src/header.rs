@@ -101,15 +101,18 @@ impl StampHeader {
 
     /// The commitment this header claims is on chain.
     pub fn commitment(&self) -> Commitment {
-        let names: Vec<String> = self.names.iter().map(|n| n.to_string()).collect();
+        self.commitment_with_token(&self.token())
+    }
+
+    /// [`StampHeader::commitment`] when the token is already at hand.
+    pub(crate) fn commitment_with_token(&self, token: &[u8; 32]) -> Commitment {
         let rcpts = self.rcpts.as_deref().unwrap_or(&[]);
-        let token = self.token();
         digest::commitment(&CommitInput {
             chain_id: self.chain_id,
             registry: &self.registry,
             writer: &self.writer,
-            token: &token,
-            names: &names,
+            token,
+            names: &self.names,
             digests: &self.digests,
             rcpts,
         })

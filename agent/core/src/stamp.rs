@@ -112,9 +112,10 @@ pub fn prepare(
         digests,
         rcpts,
     };
+    let token = header.token();
     Ok(Prepared {
-        token: header.token(),
-        commitment: header.commitment(),
+        token,
+        commitment: header.commitment_with_token(&token),
         header,
     })
 }

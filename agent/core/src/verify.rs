@@ -185,16 +185,27 @@ impl StampInfo {
     pub fn of(h: &StampHeader) -> Self {
         Self {
             chain_id: h.chain_id,
-            registry: format!("0x{}", hex::encode(h.registry)),
-            writer: format!("0x{}", hex::encode(h.writer)),
-            token: format!("0x{}", hex::encode(h.token())),
+            registry: hex0x(&h.registry),
+            writer: hex0x(&h.writer),
+            token: hex0x(&h.token()),
             batch: match &h.mode {
                 Mode::Direct => None,
-                Mode::Batch { batch, .. } => Some(format!("0x{}", hex::encode(batch))),
+                Mode::Batch { batch, .. } => Some(hex0x(batch)),
             },
             time: None,
         }
     }
+}
+
+/// `0x` and lower-case hex, in one allocation.
+fn hex0x(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 + 2 * bytes.len());
+    out.push_str("0x");
+    for b in bytes {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// The outcome of verifying one message.
