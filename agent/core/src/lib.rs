@@ -27,12 +27,14 @@ pub use writers::WriterAuth;
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The message parser: mail-parser's default treatment of every header that the pipeline or
-/// the MIME structure reads, while trace and list headers (`Received`, `Return-Path`,
-/// `References`, `In-Reply-To`, `List-*`) stay raw text instead of being parsed into
-/// structures nobody here reads. Parsing `Received` alone was ~15% of verification CPU
-/// (docs/PERFORMANCE.md). What this leaves parsed is exactly what mail-parser's default
-/// parses for those headers, so every component, digest and verdict is unchanged (the
-/// `lean_parse_*` tests compare both parsers on the corpus).
+/// the MIME structure reads; `Received` and `List-*` are skipped over (value
+/// `HeaderValue::Empty`; name, offsets and `header_raw` stay), and `Return-Path`,
+/// `References` and `In-Reply-To` kept as raw text, instead of being parsed into structures
+/// nobody here reads. Parsing `Received` alone was ~15% of verification CPU
+/// (docs/PERFORMANCE.md). Every header the pipeline reads is parsed exactly as by
+/// mail-parser's default, so every component, digest and verdict is unchanged (the
+/// `lean_parse_*` tests compare both parsers on the corpus). Code that needs trace or list
+/// header values parses with `mail_parser::MessageParser::default()` itself.
 static PARSER: std::sync::LazyLock<mail_parser::MessageParser> = std::sync::LazyLock::new(|| {
     use mail_parser::HeaderName as H;
     let p = mail_parser::MessageParser::new();
@@ -69,7 +71,20 @@ static PARSER: std::sync::LazyLock<mail_parser::MessageParser> = std::sync::Lazy
     let p = [H::Keywords, H::ContentLanguage]
         .into_iter()
         .fold(p, |p, h| p.header_comma_separated(h));
-    // Every other header (Received, List-*, References, …) takes the default: raw text.
+    // Trace and list headers: many and long, read by nothing here; skipped over (their
+    // offsets and raw bytes stay available, their value is `HeaderValue::Empty`).
+    let p = [
+        H::Received,
+        H::ListArchive,
+        H::ListHelp,
+        H::ListId,
+        H::ListOwner,
+        H::ListPost,
+        H::ListSubscribe,
+        H::ListUnsubscribe,
+    ]
+    .into_iter()
+    .fold(p, |p, h| p.ignore_header(h));
     [H::ContentType, H::ContentDisposition]
         .into_iter()
         .fold(p, |p, h| p.header_content_type(h))
