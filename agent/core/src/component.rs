@@ -172,7 +172,7 @@ impl ComponentName {
 }
 
 impl ComponentName {
-    /// Calls `f` with the name as text, without allocating (names are at most 14 bytes).
+    /// Calls `f` with the name as text (what `Display` writes), without allocating.
     pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         let fam = self.family.as_str();
         if !self.family.indexed() {
@@ -183,6 +183,10 @@ impl ComponentName {
         buf[..n].copy_from_slice(fam.as_bytes());
         buf[n] = b'.';
         n += 1;
+        if self.index >= 100 {
+            buf[n] = b'0' + self.index / 100;
+            n += 1;
+        }
         if self.index >= 10 {
             buf[n] = b'0' + self.index / 10 % 10;
             n += 1;
@@ -514,6 +518,14 @@ mod tests {
             let n = ComponentName::parse(s).unwrap();
             assert_eq!(n.to_string(), s);
             n.with_str(|x| assert_eq!(x, s));
+        }
+        // `with_str` agrees with `Display` for every name that can be built, even indices the
+        // protocol does not use.
+        for family in Family::ALL {
+            for index in 0..=u8::MAX {
+                let n = ComponentName { family, index };
+                n.with_str(|x| assert_eq!(x, n.to_string()));
+            }
         }
         for s in [
             "text", "from.0", "att.16", "text.01", "text.", "nope", "html.-1", "",
