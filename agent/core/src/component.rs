@@ -335,7 +335,10 @@ pub fn header_recipients(msg: &Message<'_>) -> Vec<String> {
 
 /// Takes a message apart into the selected components.
 pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decomposed {
-    let mut out = Decomposed::default();
+    let mut out = Decomposed {
+        values: Vec::with_capacity(Family::ALL.len() + 4),
+        ..Decomposed::default()
+    };
     let push = |name: ComponentName, v: Value, out: &mut Decomposed| {
         out.values.push((name, v));
     };

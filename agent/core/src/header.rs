@@ -2,6 +2,7 @@
 //! The `Mail-Stamp:` header field (docs/PROTOCOL.md §2): encoding, folding and a strict,
 //! bounded decoder. A header that does not decode is the verdict `invalid`, never a panic.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
@@ -220,10 +221,13 @@ impl StampHeader {
             if !seen.insert(tag) {
                 return Err(HeaderError::Duplicate(tag.to_owned()));
             }
-            // Folding whitespace removed (ASCII, so splitting on it keeps UTF-8 intact).
-            let mut folded = val.split(|ch: char| ch.is_ascii_whitespace());
-            let mut val = folded.next().unwrap_or_default().to_owned();
-            folded.for_each(|piece| val.push_str(piece));
+            // Folding whitespace removed (ASCII, so splitting on it keeps UTF-8 intact); a
+            // value without any is borrowed as it is.
+            let val: Cow<'_, str> = if val.bytes().any(|b| b.is_ascii_whitespace()) {
+                Cow::Owned(val.split(|ch: char| ch.is_ascii_whitespace()).collect())
+            } else {
+                Cow::Borrowed(val)
+            };
             match tag {
                 "v" => v = Some(val),
                 "c" => c = Some(val),
@@ -346,7 +350,7 @@ fn trunc(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
-fn address_tag(tag: &'static str, v: String) -> Result<[u8; 20], HeaderError> {
+fn address_tag(tag: &'static str, v: Cow<'_, str>) -> Result<[u8; 20], HeaderError> {
     let hex_part = v
         .strip_prefix("0x")
         .ok_or_else(|| bad(tag, "address must start with 0x"))?;

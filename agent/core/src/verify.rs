@@ -492,7 +492,7 @@ fn compare(
     let got = component::decompose(msg, env, &sel);
     let mut out = Vec::with_capacity(header.names.len() + 1);
     let result = |name: &ComponentName, status, note: Option<String>| ComponentResult {
-        name: name.to_string(),
+        name: name.with_str(str::to_owned),
         family: Some(name.family),
         status,
         weight: policy.weight(name.family),
