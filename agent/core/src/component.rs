@@ -7,8 +7,8 @@ use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr};
 use mail_parser::{Encoding, Message, MimeHeaders, PartType};
 use serde::{Deserialize, Serialize};
 
-use crate::canon;
-use crate::digest::keccak256;
+use crate::canon::{self, Lines};
+use crate::digest::{keccak256, keccak256_lf};
 
 /// At most this many items of one indexed family (text, html, att) are stamped; the `parts`
 /// component still counts them all, so adding or removing one beyond the cap is seen.
@@ -92,6 +92,11 @@ impl Family {
         }
     }
 
+    /// The family with protocol name `s`.
+    pub fn lookup(s: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
     /// Whether components of this family carry an index (`text.0`).
     pub fn indexed(self) -> bool {
         matches!(self, Family::Text | Family::Html | Family::Attachment)
@@ -107,16 +112,13 @@ impl fmt::Display for Family {
 impl FromStr for Family {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Family::ALL
-            .into_iter()
-            .find(|f| f.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = Family::ALL.iter().map(|f| f.as_str()).collect();
-                format!(
-                    "unknown component family `{s}` (known: {})",
-                    known.join(", ")
-                )
-            })
+        Family::lookup(s).ok_or_else(|| {
+            let known: Vec<_> = Family::ALL.iter().map(|f| f.as_str()).collect();
+            format!(
+                "unknown component family `{s}` (known: {})",
+                known.join(", ")
+            )
+        })
     }
 }
 
@@ -150,11 +152,13 @@ impl ComponentName {
 
     /// Parses `subject` or `text.3`. Indices run from 0 to [`MAX_PER_FAMILY`]` - 1`.
     pub fn parse(s: &str) -> Option<Self> {
-        if let Ok(family) = s.parse::<Family>() {
+        // `Family::lookup`, not `FromStr`: its error message is not needed here, and this
+        // runs for every name of every header verified.
+        if let Some(family) = Family::lookup(s) {
             return (!family.indexed()).then_some(Self::single(family));
         }
         let (fam, idx) = s.rsplit_once('.')?;
-        let family: Family = fam.parse().ok()?;
+        let family = Family::lookup(fam)?;
         if !family.indexed()
             || idx.is_empty()
             || idx.len() > 2
@@ -164,6 +168,33 @@ impl ComponentName {
         }
         let index: u8 = idx.parse().ok()?;
         (usize::from(index) < MAX_PER_FAMILY).then_some(Self { family, index })
+    }
+}
+
+impl ComponentName {
+    /// Calls `f` with the name as text (what `Display` writes), without allocating.
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let fam = self.family.as_str();
+        if !self.family.indexed() {
+            return f(fam);
+        }
+        let mut buf = [0u8; 16];
+        let mut n = fam.len();
+        buf[..n].copy_from_slice(fam.as_bytes());
+        buf[n] = b'.';
+        n += 1;
+        if self.index >= 100 {
+            buf[n] = b'0' + self.index / 100;
+            n += 1;
+        }
+        if self.index >= 10 {
+            buf[n] = b'0' + self.index / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + self.index % 10;
+        n += 1;
+        // Only ASCII was written.
+        f(std::str::from_utf8(&buf[..n]).unwrap_or(fam))
     }
 }
 
@@ -211,7 +242,7 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// Body text as canonical lines (hashed joined by LF); kept as lines so that further
     /// processing can try prefixes (an appended list footer).
-    Lines(Vec<String>),
+    Lines(Lines),
 }
 
 impl Value {
@@ -220,18 +251,15 @@ impl Value {
     pub fn canonical_bytes(&self) -> Vec<u8> {
         match self {
             Value::Bytes(b) => b.clone(),
-            Value::Lines(l) => l[..canon::trimmed_len(l, l.len())].join("\n").into_bytes(),
+            Value::Lines(l) => l.prefix(l.len()).as_bytes().to_vec(),
         }
     }
 
-    /// Feeds the canonical bytes of `lines[..k]` (trailing empty lines dropped) to `h`.
-    pub(crate) fn feed_lines(lines: &[String], k: usize, h: &mut crate::digest::ComponentHasher) {
-        let k = canon::trimmed_len(lines, k);
-        for (i, l) in lines[..k].iter().enumerate() {
-            if i > 0 {
-                h.update(b"\n");
-            }
-            h.update(l.as_bytes());
+    /// The canonical bytes without a copy: what [`Value::canonical_bytes`] returns.
+    pub fn canonical_slice(&self) -> &[u8] {
+        match self {
+            Value::Bytes(b) => b,
+            Value::Lines(l) => l.prefix(l.len()).as_bytes(),
         }
     }
 }
@@ -307,7 +335,10 @@ pub fn header_recipients(msg: &Message<'_>) -> Vec<String> {
 
 /// Takes a message apart into the selected components.
 pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decomposed {
-    let mut out = Decomposed::default();
+    let mut out = Decomposed {
+        values: Vec::with_capacity(Family::ALL.len() + 4),
+        ..Decomposed::default()
+    };
     let push = |name: ComponentName, v: Value, out: &mut Decomposed| {
         out.values.push((name, v));
     };
@@ -375,12 +406,13 @@ pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decompos
     }
 
     // Parts, in MIME order; multipart containers are structure and not counted.
-    let mut texts: Vec<Vec<String>> = Vec::new();
+    let mut texts: Vec<Lines> = Vec::new();
     let mut htmls: Vec<Vec<u8>> = Vec::new();
     let mut atts: Vec<Vec<u8>> = Vec::new();
     for (i, part) in msg.parts.iter().enumerate() {
         let is_att = msg.attachments.contains(&(i as u32));
-        let content: Option<Vec<u8>> = match &part.body {
+        // The attachment's content hash, computed on the parser's buffer without a copy.
+        let content: Option<[u8; 32]> = match &part.body {
             PartType::Multipart(_) => continue,
             PartType::Text(t) if !is_att => {
                 texts.push(canon::text_lines(t));
@@ -390,16 +422,16 @@ pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decompos
                 htmls.push(canon::collapse_whitespace(h).into_bytes());
                 None
             }
-            PartType::Text(t) | PartType::Html(t) => Some(canon::lf_bytes(t.as_bytes())),
+            PartType::Text(t) | PartType::Html(t) => Some(keccak256_lf(t.as_bytes())),
             // Only base64 carries exact bytes; a 7bit/8bit/QP body is line-oriented text whose
             // line endings are CRLF on the wire and whatever the MTA likes on disk.
             PartType::Binary(b) | PartType::InlineBinary(b)
                 if part.encoding == Encoding::Base64 =>
             {
-                Some(b.to_vec())
+                Some(keccak256(b))
             }
-            PartType::Binary(b) | PartType::InlineBinary(b) => Some(canon::lf_bytes(b)),
-            PartType::Message(m) => Some(canon::lf_bytes(m.raw_message())),
+            PartType::Binary(b) | PartType::InlineBinary(b) => Some(keccak256_lf(b)),
+            PartType::Message(m) => Some(keccak256_lf(m.raw_message())),
         };
         if let Some(content) = content {
             let name = part
@@ -408,7 +440,7 @@ pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decompos
                 .unwrap_or_default();
             let mut v = name.into_bytes();
             v.push(0);
-            v.extend_from_slice(&keccak256(&content));
+            v.extend_from_slice(&content);
             atts.push(v);
         }
     }
@@ -426,15 +458,10 @@ pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decompos
     }
 
     // The signature block comes off the first text part.
-    let mut signature: Vec<String> = Vec::new();
-    if let Some(first) = texts.first_mut()
-        && let Some(sep) = canon::signature_separator(first)
-    {
-        signature = first.split_off(sep + 1);
-        first.pop(); // the separator itself
-        canon::trim_empty_ends(first);
-        canon::trim_empty_ends(&mut signature);
-    }
+    let signature = texts
+        .first_mut()
+        .map(Lines::split_signature)
+        .unwrap_or_default();
     if sel.has(Family::Text) {
         for (i, t) in texts.into_iter().take(MAX_PER_FAMILY).enumerate() {
             let name = ComponentName {
@@ -491,7 +518,17 @@ mod tests {
             "message-id",
             "origin",
         ] {
-            assert_eq!(ComponentName::parse(s).unwrap().to_string(), s);
+            let n = ComponentName::parse(s).unwrap();
+            assert_eq!(n.to_string(), s);
+            n.with_str(|x| assert_eq!(x, s));
+        }
+        // `with_str` agrees with `Display` for every name that can be built, even indices the
+        // protocol does not use.
+        for family in Family::ALL {
+            for index in 0..=u8::MAX {
+                let n = ComponentName { family, index };
+                n.with_str(|x| assert_eq!(x, n.to_string()));
+            }
         }
         for s in [
             "text", "from.0", "att.16", "text.01", "text.", "nope", "html.-1", "",
@@ -508,8 +545,8 @@ mod tests {
             index: 0,
         };
         for v in [
-            Value::Lines(vec!["a".into(), "".into(), "b c".into(), "".into()]),
-            Value::Lines(vec![]),
+            Value::Lines(Lines::from_lines(["a", "", "b c", ""])),
+            Value::Lines(Lines::default()),
             Value::Bytes(b"x\0y".to_vec()),
         ] {
             assert_eq!(
@@ -530,9 +567,9 @@ mod tests {
                 index: 0,
             })
             .unwrap();
-        assert_eq!(text, &Value::Lines(vec!["Hello".into()]));
+        assert_eq!(text, &Value::Lines(Lines::from_lines(["Hello"])));
         let sig = d.get(&ComponentName::single(Family::Signature)).unwrap();
-        assert_eq!(sig, &Value::Lines(vec!["Alice".into()]));
+        assert_eq!(sig, &Value::Lines(Lines::from_lines(["Alice"])));
         let from = d.get(&ComponentName::single(Family::FromDomain)).unwrap();
         assert_eq!(from, &Value::Bytes(b"x.org".to_vec()));
     }

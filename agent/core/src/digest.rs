@@ -2,7 +2,31 @@
 //! The hash functions of protocol v1 (docs/PROTOCOL.md §4). Every input starts with a
 //! domain-separation label so a digest of one kind can never stand in for another.
 
-use tiny_keccak::{Hasher, Keccak};
+use keccak_asm::Digest as _;
+
+use crate::component::ComponentName;
+
+/// A keccak256 state (the Ethereum variant, not SHA3-256), backed by keccak-asm's assembly
+/// permutation; the small surface the pipeline uses.
+#[derive(Clone)]
+pub(crate) struct Keccak(keccak_asm::Keccak256);
+
+impl Keccak {
+    /// A fresh keccak256 state.
+    pub(crate) fn v256() -> Self {
+        Self(keccak_asm::Keccak256::new())
+    }
+
+    /// Absorbs `data`.
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// Writes the 32-byte digest to `out`.
+    pub(crate) fn finalize(self, out: &mut [u8; 32]) {
+        out.copy_from_slice(&self.0.finalize());
+    }
+}
 
 /// Length of the per-message secret salt.
 pub const SALT_LEN: usize = 16;
@@ -31,6 +55,26 @@ const COMMIT_LABEL: &[u8] = b"mailstamp:v1:commit";
 pub fn keccak256(data: &[u8]) -> [u8; 32] {
     let mut k = Keccak::v256();
     k.update(data);
+    let mut out = [0u8; 32];
+    k.finalize(&mut out);
+    out
+}
+
+/// keccak256 of `data` with every CRLF read as LF: `keccak256(&canon::lf_bytes(data))`,
+/// streamed instead of copied.
+pub fn keccak256_lf(data: &[u8]) -> [u8; 32] {
+    let mut k = Keccak::v256();
+    let mut from = 0;
+    let mut at = 0;
+    while let Some(p) = data[at..].iter().position(|&b| b == b'\r') {
+        let cr = at + p;
+        if data.get(cr + 1) == Some(&b'\n') {
+            k.update(&data[from..cr]);
+            from = cr + 1;
+        }
+        at = cr + 1;
+    }
+    k.update(&data[from..]);
     let mut out = [0u8; 32];
     k.finalize(&mut out);
     out
@@ -112,7 +156,7 @@ pub struct CommitInput<'a> {
     /// Record key.
     pub token: &'a [u8; 32],
     /// Component names in header order.
-    pub names: &'a [String],
+    pub names: &'a [ComponentName],
     /// Component digests, one per name.
     pub digests: &'a [Digest],
     /// Sorted envelope-recipient digests.
@@ -129,8 +173,10 @@ pub fn commitment(input: &CommitInput<'_>) -> Commitment {
     k.update(input.token);
     k.update(&(input.names.len() as u32).to_be_bytes());
     for (name, digest) in input.names.iter().zip(input.digests) {
-        k.update(&[name.len().min(255) as u8]);
-        k.update(name.as_bytes());
+        name.with_str(|name| {
+            k.update(&[name.len().min(255) as u8]);
+            k.update(name.as_bytes());
+        });
         k.update(digest);
     }
     k.update(&(input.rcpts.len() as u32).to_be_bytes());
@@ -152,6 +198,33 @@ mod tests {
             hex::encode(keccak256(b"")),
             "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
         );
+    }
+
+    #[test]
+    fn keccak_lf_equals_keccak_of_lf_bytes() {
+        for s in [
+            &b""[..],
+            b"\r",
+            b"\r\n",
+            b"a\r\nb\rc\n\r\r\n",
+            b"no line ends",
+            b"\r\r\r\n\n",
+        ] {
+            assert_eq!(
+                keccak256_lf(s),
+                keccak256(&crate::canon::lf_bytes(s)),
+                "{s:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn keccak_lf_equals_keccak_of_lf_bytes_on_any_bytes(
+            s in proptest::collection::vec(proptest::sample::select(vec![b'\r', b'\n', b'a', 0xff]), 0..300)
+        ) {
+            proptest::prop_assert_eq!(keccak256_lf(&s), keccak256(&crate::canon::lf_bytes(&s)));
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! The `Mail-Stamp:` header field (docs/PROTOCOL.md §2): encoding, folding and a strict,
 //! bounded decoder. A header that does not decode is the verdict `invalid`, never a panic.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
@@ -101,15 +102,18 @@ impl StampHeader {
 
     /// The commitment this header claims is on chain.
     pub fn commitment(&self) -> Commitment {
-        let names: Vec<String> = self.names.iter().map(|n| n.to_string()).collect();
+        self.commitment_with_token(&self.token())
+    }
+
+    /// [`StampHeader::commitment`] when the token is already at hand.
+    pub(crate) fn commitment_with_token(&self, token: &[u8; 32]) -> Commitment {
         let rcpts = self.rcpts.as_deref().unwrap_or(&[]);
-        let token = self.token();
         digest::commitment(&CommitInput {
             chain_id: self.chain_id,
             registry: &self.registry,
             writer: &self.writer,
-            token: &token,
-            names: &names,
+            token,
+            names: &self.names,
             digests: &self.digests,
             rcpts,
         })
@@ -199,7 +203,7 @@ impl StampHeader {
         if value.len() > MAX_VALUE_LEN {
             return Err(HeaderError::Oversized(value.len()));
         }
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
         let (mut v, mut c, mut r, mut w, mut m, mut s, mut h, mut d, mut e) =
             (None, None, None, None, None, None, None, None, None);
         let (mut b, mut p) = (None, None);
@@ -214,10 +218,16 @@ impl StampHeader {
             if tag.is_empty() || tag.len() > 16 || !tag.bytes().all(|b| b.is_ascii_lowercase()) {
                 return Err(HeaderError::Syntax(tag.chars().take(32).collect()));
             }
-            if !seen.insert(tag.to_owned()) {
+            if !seen.insert(tag) {
                 return Err(HeaderError::Duplicate(tag.to_owned()));
             }
-            let val: String = val.chars().filter(|ch| !ch.is_ascii_whitespace()).collect();
+            // Folding whitespace removed (ASCII, so splitting on it keeps UTF-8 intact); a
+            // value without any is borrowed as it is.
+            let val: Cow<'_, str> = if val.bytes().any(|b| b.is_ascii_whitespace()) {
+                Cow::Owned(val.split(|ch: char| ch.is_ascii_whitespace()).collect())
+            } else {
+                Cow::Borrowed(val)
+            };
             match tag {
                 "v" => v = Some(val),
                 "c" => c = Some(val),
@@ -340,7 +350,7 @@ fn trunc(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
-fn address_tag(tag: &'static str, v: String) -> Result<[u8; 20], HeaderError> {
+fn address_tag(tag: &'static str, v: Cow<'_, str>) -> Result<[u8; 20], HeaderError> {
     let hex_part = v
         .strip_prefix("0x")
         .ok_or_else(|| bad(tag, "address must start with 0x"))?;

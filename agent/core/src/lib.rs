@@ -26,7 +26,71 @@ pub use writers::WriterAuth;
 /// clear error rather than parsed: bounded memory and time.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The message parser: mail-parser's default treatment of every header that the pipeline or
+/// the MIME structure reads; `Received` and `List-*` are skipped over (value
+/// `HeaderValue::Empty`; name, offsets and `header_raw` stay), and `Return-Path`,
+/// `References` and `In-Reply-To` kept as raw text, instead of being parsed into structures
+/// nobody here reads. Parsing `Received` alone was ~15% of verification CPU
+/// (docs/PERFORMANCE.md). Every header the pipeline reads is parsed exactly as by
+/// mail-parser's default, so every component, digest and verdict is unchanged (the
+/// `lean_parse_*` tests compare both parsers on the corpus). Code that needs trace or list
+/// header values parses with `mail_parser::MessageParser::default()` itself.
+static PARSER: std::sync::LazyLock<mail_parser::MessageParser> = std::sync::LazyLock::new(|| {
+    use mail_parser::HeaderName as H;
+    let p = mail_parser::MessageParser::new();
+    let p = [
+        H::Subject,
+        H::Comments,
+        H::ContentDescription,
+        H::ContentLocation,
+        H::ContentTransferEncoding,
+    ]
+    .into_iter()
+    .fold(p, |p, h| p.header_text(h));
+    let p = [
+        H::From,
+        H::To,
+        H::Cc,
+        H::Bcc,
+        H::ReplyTo,
+        H::Sender,
+        H::ResentTo,
+        H::ResentFrom,
+        H::ResentBcc,
+        H::ResentCc,
+        H::ResentSender,
+    ]
+    .into_iter()
+    .fold(p, |p, h| p.header_address(h));
+    let p = [H::Date, H::ResentDate]
+        .into_iter()
+        .fold(p, |p, h| p.header_date(h));
+    let p = [H::MessageId, H::ContentId, H::ResentMessageId]
+        .into_iter()
+        .fold(p, |p, h| p.header_id(h));
+    let p = [H::Keywords, H::ContentLanguage]
+        .into_iter()
+        .fold(p, |p, h| p.header_comma_separated(h));
+    // Trace and list headers: many and long, read by nothing here; skipped over (their
+    // offsets and raw bytes stay available, their value is `HeaderValue::Empty`).
+    let p = [
+        H::Received,
+        H::ListArchive,
+        H::ListHelp,
+        H::ListId,
+        H::ListOwner,
+        H::ListPost,
+        H::ListSubscribe,
+        H::ListUnsubscribe,
+    ]
+    .into_iter()
+    .fold(p, |p, h| p.ignore_header(h));
+    [H::ContentType, H::ContentDisposition]
+        .into_iter()
+        .fold(p, |p, h| p.header_content_type(h))
+});
+
 /// Parses a message. `None` when it has no header section at all (not a message).
 pub fn parse(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
-    mail_parser::MessageParser::default().parse(raw)
+    PARSER.parse(raw)
 }

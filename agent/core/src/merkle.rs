@@ -5,9 +5,7 @@
 //! convention), an odd node at the end of a level moves up unchanged. Sorted pairs make a proof
 //! a plain list of siblings: no positions needed.
 
-use tiny_keccak::{Hasher, Keccak};
-
-use crate::digest::{COMMITMENT_LEN, Commitment};
+use crate::digest::{COMMITMENT_LEN, Commitment, Keccak};
 
 /// A 32-byte tree node.
 pub type Node = [u8; 32];

@@ -47,11 +47,13 @@ pub struct Prepared {
 
 /// Digest of a component value.
 pub(crate) fn value_digest(salt: &Salt, name: &ComponentName, value: &Value) -> Digest {
-    let mut h = ComponentHasher::new(salt, &name.to_string());
-    match value {
-        Value::Bytes(b) => h.update(b),
-        Value::Lines(l) => Value::feed_lines(l, l.len(), &mut h),
-    }
+    bytes_digest(salt, name, value.canonical_slice())
+}
+
+/// Digest of component `name` with canonical bytes `bytes`.
+pub(crate) fn bytes_digest(salt: &Salt, name: &ComponentName, bytes: &[u8]) -> Digest {
+    let mut h = name.with_str(|n| ComponentHasher::new(salt, n));
+    h.update(bytes);
     h.finish()
 }
 
@@ -110,9 +112,10 @@ pub fn prepare(
         digests,
         rcpts,
     };
+    let token = header.token();
     Ok(Prepared {
-        token: header.token(),
-        commitment: header.commitment(),
+        token,
+        commitment: header.commitment_with_token(&token),
         header,
     })
 }

@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use mail_parser::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::canon;
+use crate::canon::{self, Lines};
 use crate::component::{self, ComponentName, Decomposed, Envelope, Family, Selection, Value};
-use crate::digest::{Commitment, ComponentHasher, Digest};
+use crate::digest::{Commitment, Digest};
 use crate::header::{FIELD_NAME, Mode, StampHeader};
-use crate::stamp::{rcpt_digests, value_digest};
+use crate::stamp::{bytes_digest, rcpt_digests, value_digest};
 use crate::writers::WriterAuth;
 
 /// A footer a list may append: at most this many lines…
@@ -185,16 +185,27 @@ impl StampInfo {
     pub fn of(h: &StampHeader) -> Self {
         Self {
             chain_id: h.chain_id,
-            registry: format!("0x{}", hex::encode(h.registry)),
-            writer: format!("0x{}", hex::encode(h.writer)),
-            token: format!("0x{}", hex::encode(h.token())),
+            registry: hex0x(&h.registry),
+            writer: hex0x(&h.writer),
+            token: hex0x(&h.token()),
             batch: match &h.mode {
                 Mode::Direct => None,
-                Mode::Batch { batch, .. } => Some(format!("0x{}", hex::encode(batch))),
+                Mode::Batch { batch, .. } => Some(hex0x(batch)),
             },
             time: None,
         }
     }
+}
+
+/// `0x` and lower-case hex, in one allocation.
+fn hex0x(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 + 2 * bytes.len());
+    out.push_str("0x");
+    for b in bytes {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// The outcome of verifying one message.
@@ -481,7 +492,7 @@ fn compare(
     let got = component::decompose(msg, env, &sel);
     let mut out = Vec::with_capacity(header.names.len() + 1);
     let result = |name: &ComponentName, status, note: Option<String>| ComponentResult {
-        name: name.to_string(),
+        name: name.with_str(str::to_owned),
         family: Some(name.family),
         status,
         weight: policy.weight(name.family),
@@ -533,7 +544,7 @@ fn compare(
     out
 }
 
-fn is_footer_sized(lines: &[String]) -> bool {
+fn is_footer_sized(lines: &Lines) -> bool {
     lines.len() <= MAX_FOOTER_LINES
         && lines.iter().map(|l| l.len() + 1).sum::<usize>() <= MAX_FOOTER_BYTES
 }
@@ -551,24 +562,18 @@ fn explain(
             let s = std::str::from_utf8(b).ok()?;
             canon::subject_tag_cuts(s)
                 .into_iter()
-                .any(|rest| {
-                    value_digest(&header.salt, name, &Value::Bytes(rest.as_bytes().to_vec()))
-                        == *want
-                })
+                .any(|rest| bytes_digest(&header.salt, name, rest.as_bytes()) == *want)
                 .then_some("subject tag added by a list")
         }
         (Family::Text | Family::Signature, Value::Lines(lines)) => {
             // Try every cut point within the last MAX_FOOTER_LINES lines / MAX_FOOTER_BYTES.
-            let label = name.to_string();
             let mut removed = 0usize;
             for k in (0..lines.len()).rev() {
-                removed += lines[k].len() + 1;
+                removed += lines.get(k).map_or(0, str::len) + 1;
                 if lines.len() - k > MAX_FOOTER_LINES || removed > MAX_FOOTER_BYTES {
                     break;
                 }
-                let mut h = ComponentHasher::new(&header.salt, &label);
-                Value::feed_lines(lines, k, &mut h);
-                if h.finish() == *want {
+                if bytes_digest(&header.salt, name, lines.prefix(k).as_bytes()) == *want {
                     return Some("footer appended by a list");
                 }
             }

@@ -53,8 +53,8 @@ fn render_value(family: Family, v: &Value) -> serde_json::Value {
             json!({
                 "keccak256": keccak,
                 "lines": n,
-                "first": lines.first().map(|l| excerpt(l)),
-                "last": lines.last().filter(|_| n > 1).map(|l| excerpt(l)),
+                "first": lines.first().map(excerpt),
+                "last": lines.last().filter(|_| n > 1).map(excerpt),
             })
         }
         (Family::Attachment, Value::Bytes(b)) => {
