@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use alloy::primitives::keccak256;
 use anyhow::{Context, Result};
-use mailstamp_core::mail_parser::{HeaderName, HeaderValue, Host, Message};
+use mailstamp_core::mail_parser::{HeaderName, HeaderValue, Host, Message, MessageParser};
 use mailstamp_core::{Envelope, Verdict};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -212,6 +212,13 @@ pub fn trace(msg: &Message<'_>, our_hosts: &[String]) -> Trace {
         }
     }
     t
+}
+
+/// Parses a message with every header value parsed: the trace walk needs `Received:`, which
+/// [`mailstamp_core::parse`] (tuned for verification) leaves unparsed. `None` when it has no
+/// header section.
+pub fn parse_full(raw: &[u8]) -> Option<Message<'_>> {
+    MessageParser::default().parse(raw)
 }
 
 /// `release` or `keep`.
@@ -527,7 +534,7 @@ impl Recoverer {
             earlier: false,
             moved_to: None,
         };
-        let Some(msg) = mailstamp_core::parse(raw) else {
+        let Some(msg) = parse_full(raw) else {
             out.reason = "unparsable".into();
             out.detail = "not an RFC 5322 message (no header section); left in place".into();
             return out;
@@ -775,7 +782,7 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Message<'_> {
-        mailstamp_core::parse(s.as_bytes()).unwrap()
+        parse_full(s.as_bytes()).unwrap()
     }
 
     #[test]
