@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult,
@@ -118,29 +117,7 @@ impl Authenticator {
     /// An authenticator asking the name servers of `dns` (the system's when empty). `host` is
     /// this host's name (SPF's `%{r}`). Part B: build one per run from `cfg.dns`.
     pub fn new(dns: &DnsConfig, host: &str) -> Result<Self> {
-        let (config, mut opts) = if dns.nameservers.is_empty() {
-            hickory_resolver::system_conf::read_system_conf().context(
-                "cannot read the system resolver configuration (/etc/resolv.conf); set dns.nameservers",
-            )?
-        } else {
-            let servers = dns
-                .nameservers
-                .iter()
-                .map(|sa| {
-                    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
-                    for c in &mut ns.connections {
-                        c.port = sa.port();
-                    }
-                    ns
-                })
-                .collect();
-            (
-                ResolverConfig::from_name_servers(servers),
-                ResolverOpts::default(),
-            )
-        };
-        opts.timeout = Duration::from_secs(dns.timeout_secs.max(1));
-        opts.attempts = dns.attempts.max(1);
+        let (config, opts) = crate::dns::resolver_config(dns)?;
         let inner = MessageAuthenticator::new(config, opts)
             .map_err(|e| anyhow::anyhow!("cannot build the DMARC resolver: {e}"))?;
         // SPF may take up to 10 lookups, DKIM one per signature, DMARC a tree walk.

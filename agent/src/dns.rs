@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use alloy::primitives::Address;
 use anyhow::{Context, Result};
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
@@ -61,9 +61,12 @@ pub struct Authority {
     timeout: Duration,
 }
 
-fn build_resolver(cfg: &DnsConfig, cache: bool) -> Result<TokioResolver> {
-    let mut builder = if cfg.nameservers.is_empty() {
-        TokioResolver::builder_tokio().context(
+/// The name servers and options of `cfg`: its `nameservers` (UDP and TCP, any port), else the
+/// system's (/etc/resolv.conf); timeout and attempts from `cfg`. Shared by the writer-record
+/// resolver and the DMARC authenticator ([`crate::auth`]), so both ask the same servers.
+pub(crate) fn resolver_config(cfg: &DnsConfig) -> Result<(ResolverConfig, ResolverOpts)> {
+    let (config, mut opts) = if cfg.nameservers.is_empty() {
+        hickory_resolver::system_conf::read_system_conf().context(
             "cannot read the system resolver configuration (/etc/resolv.conf); set dns.nameservers",
         )?
     } else {
@@ -78,16 +81,22 @@ fn build_resolver(cfg: &DnsConfig, cache: bool) -> Result<TokioResolver> {
                 ns
             })
             .collect();
-        Resolver::builder_with_config(
+        (
             ResolverConfig::from_name_servers(servers),
-            TokioRuntimeProvider::default(),
+            ResolverOpts::default(),
         )
     };
-    let o = builder.options_mut();
-    o.timeout = Duration::from_secs(cfg.timeout_secs.max(1));
-    o.attempts = cfg.attempts.max(1);
+    opts.timeout = Duration::from_secs(cfg.timeout_secs.max(1));
+    opts.attempts = cfg.attempts.max(1);
+    Ok((config, opts))
+}
+
+fn build_resolver(cfg: &DnsConfig, cache: bool) -> Result<TokioResolver> {
+    let (config, opts) = resolver_config(cfg)?;
+    let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+    *builder.options_mut() = opts;
     if !cache {
-        o.cache_size = 0;
+        builder.options_mut().cache_size = 0;
     }
     builder.build().context("cannot build the DNS resolver")
 }
