@@ -71,8 +71,23 @@ struct Open {
     id: B256,
     leaves: Vec<Commitment>,
     waiters: Vec<oneshot::Sender<Outcome>>,
-    /// The connection of the latest message (the freshest after a reconnect).
+    /// What every leaf's header names: the chain, the registry and the writer. A message for
+    /// another one closes this batch first (a reload changed `[chain]`), so the anchor always
+    /// lands where the headers point.
+    key: BatchKey,
+    /// The connection of the latest message with this key (the freshest after a reconnect).
     chain: Chain,
+}
+
+/// The chain, registry and writer a batch is anchored with (its leaves' headers name them).
+type BatchKey = (
+    u64,
+    alloy::primitives::Address,
+    Option<alloy::primitives::Address>,
+);
+
+fn key_of(chain: &Chain) -> BatchKey {
+    (chain.chain_id, chain.registry, chain.writer)
 }
 
 /// What [`Batcher::recover`] did with one pending batch.
@@ -113,7 +128,16 @@ impl Batcher {
         cut: Cut,
     ) -> Result<oneshot::Receiver<Outcome>> {
         let (tx, rx) = oneshot::channel();
+        let key = key_of(chain);
         let mut slot = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|o| o.key != key) {
+            // `[chain]` changed under an open batch: anchor it where its headers point and
+            // start another for this message.
+            if let Some(b) = slot.take() {
+                info!(batch = %b.id, size = b.leaves.len(), "chain settings changed: closing the open batch");
+                tokio::spawn(self.clone().anchor(b));
+            }
+        }
         if slot.is_none() {
             let mut id = [0u8; 32];
             getrandom::fill(&mut id)
@@ -126,6 +150,7 @@ impl Batcher {
                 id,
                 leaves: Vec::new(),
                 waiters: Vec::new(),
+                key,
                 chain: chain.clone(),
             });
             let me = self.clone();
@@ -143,6 +168,7 @@ impl Batcher {
             .context("cannot journal the stamp's leaf")?;
         open.leaves.push(commitment);
         open.waiters.push(tx);
+        // Same key (checked above): only the connection may be fresher.
         open.chain = chain.clone();
         if open.leaves.len() >= cut.max {
             let full = slot.take();

@@ -22,7 +22,7 @@ use mailstamp::store::{DaemonBatchState, Store};
 use mailstamp_core::header::Mode;
 use mailstamp_core::{Envelope, Inspection, Policy, Verdict, inspect, parse};
 
-use crate::harness::{TempDir, authority, key_hex, milter_split};
+use crate::harness::{TempDir, authority, key_hex, milter_split, signer};
 use crate::milter::{INBOUND, Outcome, Smtp, T, chain, chain_toml, play, start, with_stamp};
 
 /// A message from alice@a.example to bob@b.example, made distinct by `n`.
@@ -489,4 +489,62 @@ async fn a_restart_applies_the_pending_policy_and_never_anchors_twice() {
     stop(child);
     assert!(out.stop.is_none(), "{out:?}");
     verdict(&url, registry, writer, &with_stamp(&out, &msg(4))).await;
+}
+
+/// The short root of a batch of `leaves`, as the registry records it.
+fn root_of(leaves: &[mailstamp_core::digest::Commitment]) -> mailstamp_core::digest::Commitment {
+    mailstamp_core::merkle::short(&mailstamp_core::merkle::Tree::build(leaves).unwrap().root())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_change_closes_the_open_batch_and_anchors_it_where_its_headers_point() {
+    use mailstamp::batcher::{Batcher, Cut};
+    use mailstamp::chain::RecordKey;
+    use mailstamp_core::Lookup;
+    let (a, registry, w0) = chain().await;
+    let url = a.endpoint();
+    let dir = TempDir::new("mkey");
+    let store = std::sync::Arc::new(Store::open(&dir.0.join("state.sqlite")).unwrap());
+    let cfg = ChainConfig {
+        rpc_url: url.clone(),
+        confirmations: Confirmations::Depth(1),
+        timeout_secs: 5,
+        ..Default::default()
+    };
+    // Two writers stand for a reload that changed `[chain]` while a batch was open: the
+    // first message's header names writer 0, the second's writer 1.
+    let c0 = Chain::connect(&cfg, registry, Some(signer(&a, 0)))
+        .await
+        .unwrap();
+    let c1 = Chain::connect(&cfg, registry, Some(signer(&a, 1)))
+        .await
+        .unwrap();
+    let w1 = c1.writer.unwrap();
+    assert_ne!(w0, w1);
+    let b = std::sync::Arc::new(Batcher::new(store.clone()));
+    let cut = Cut {
+        max: 2,
+        wait: std::time::Duration::from_secs(2),
+    };
+    let (l0, l1) = ([1u8; 24], [2u8; 24]);
+    let r0 = b.submit(&c0, l0, cut).unwrap();
+    let r1 = b.submit(&c1, l1, cut).unwrap();
+    let first = r0.await.unwrap().unwrap();
+    let second = r1.await.unwrap().unwrap();
+    assert_ne!(first.batch, second.batch, "one batch per chain settings");
+    assert_eq!((first.size, second.size), (1, 1));
+    // Each batch is anchored by the writer its header names, with its own root.
+    for (c, w, leaf, got) in [(&c0, w0, l0, &first), (&c1, w1, l1, &second)] {
+        match c.lookup(w, RecordKey::Batch(got.batch)).await {
+            Lookup::Found { commitment, .. } => assert_eq!(commitment, root_of(&[leaf])),
+            other => panic!("batch {} not anchored by {w}: {other:?}", got.batch),
+        }
+    }
+    assert!(matches!(
+        c0.lookup(w1, RecordKey::Batch(first.batch)).await,
+        Lookup::NotFound
+    ));
+    assert_eq!(anchors(&url, registry).await.len(), 2);
+    let rows = journal(&dir.0.join("state.sqlite"), &[DaemonBatchState::Anchored]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
 }
