@@ -18,7 +18,7 @@ use tokio::sync::{OnceCell, oneshot};
 
 use alloy::{
     eips::{BlockId, BlockNumberOrTag},
-    network::EthereumWallet,
+    network::{EthereumWallet, NetworkTransactionBuilder as _},
     primitives::{Address, B256, Bytes, FixedBytes, address, keccak256},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::client::BatchRequest,
@@ -70,6 +70,8 @@ pub struct Chain {
     pub chain_id: u64,
     /// The writer's address, when a key was given.
     pub writer: Option<Address>,
+    /// The writer's key: writes are signed here, so their hash is known before they are sent.
+    wallet: Option<EthereumWallet>,
     confirmations: Confirmations,
     timeout: Duration,
     cache: Arc<RecordCache>,
@@ -86,20 +88,77 @@ struct FeePolicy {
     max_replacements: u32,
 }
 
-/// The writer's nonces, handed out by the agent: the first from the node's pending count, then
+/// The writers' nonce counters of one process, keyed by (chain id, writer): every connection
+/// made through the same pool ([`Chain::connect_in`]) shares one counter per writer, so a
+/// reconnect (after an error or a reload) while transactions of the old connection are still
+/// in flight never hands out their nonces again. The milter and relay keep one pool for their
+/// lifetime. Clones share the pool.
+#[derive(Clone, Default)]
+pub struct NoncePool(Arc<Mutex<NonceMap>>);
+
+/// Each writer's counter, by (chain id, writer).
+type NonceMap = HashMap<(u64, Address), Arc<Nonces>>;
+
+impl std::fmt::Debug for NoncePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoncePool").finish_non_exhaustive()
+    }
+}
+
+impl NoncePool {
+    fn get(&self, chain_id: u64, writer: Option<Address>) -> Arc<Nonces> {
+        let Some(writer) = writer else {
+            return Arc::default();
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((chain_id, writer))
+            .or_default()
+            .clone()
+    }
+}
+
+/// One writer's nonces, handed out by the agent: the first from the node's pending count, then
 /// one more each time, so transactions sent at the same time never share one (alloy's
 /// `CachedNonceManager` does the same). Unlike it, a nonce whose transaction never reached the
 /// node (or never got mined) makes the next caller ask the node again, so a gap does not block
-/// every later transaction.
+/// every later transaction; and a nonce still in flight (its write has not ended) is never
+/// handed out again, even when the node's count, read after such a reset, is below it (a
+/// transaction not yet seen by this node, or queued behind a gap).
 #[derive(Default)]
-struct Nonces {
-    next: tokio::sync::Mutex<Option<u64>>,
+pub(crate) struct Nonces {
+    state: Mutex<NonceState>,
+}
+
+#[derive(Default)]
+struct NonceState {
+    /// The next nonce to try; `None`: ask the node.
+    next: Option<u64>,
+    /// Nonces handed out whose write has not ended.
+    in_flight: std::collections::BTreeSet<u64>,
+}
+
+/// A nonce handed out; it counts as in flight until this is dropped (the write ended).
+pub(crate) struct Taken {
+    nonces: Arc<Nonces>,
+    n: u64,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.nonces.lock().in_flight.remove(&self.n);
+    }
 }
 
 impl Nonces {
-    async fn take(&self, provider: &DynProvider, from: Address) -> Result<u64> {
-        let mut next = self.next.lock().await;
-        let n = match *next {
+    fn lock(&self) -> std::sync::MutexGuard<'_, NonceState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn take(self: &Arc<Self>, provider: &DynProvider, from: Address) -> Result<Taken> {
+        let cached = self.lock().next;
+        let base = match cached {
             Some(n) => n,
             None => provider
                 .get_transaction_count(from)
@@ -107,12 +166,22 @@ impl Nonces {
                 .await
                 .context("reading the writer's nonce")?,
         };
-        *next = Some(n + 1);
-        Ok(n)
+        let mut s = self.lock();
+        // Another caller may have read the count meanwhile: its counter wins.
+        let mut n = s.next.unwrap_or(base);
+        while s.in_flight.contains(&n) {
+            n += 1;
+        }
+        s.in_flight.insert(n);
+        s.next = Some(n + 1);
+        Ok(Taken {
+            nonces: self.clone(),
+            n,
+        })
     }
 
-    async fn resync(&self) {
-        *self.next.lock().await = None;
+    fn resync(&self) {
+        self.lock().next = None;
     }
 }
 
@@ -219,12 +288,26 @@ mod reqwest_url {
 
 impl Chain {
     /// Connects to the node named in `cfg`, checks its chain id, and binds the registry.
+    /// Its nonce counter is its own: see [`Chain::connect_in`] for one shared with other
+    /// connections.
     pub async fn connect(
         cfg: &ChainConfig,
         registry: Address,
         signer: Option<PrivateKeySigner>,
     ) -> Result<Self> {
+        Self::connect_in(cfg, registry, signer, &NoncePool::default()).await
+    }
+
+    /// As [`Chain::connect`], with the writer's nonce counter taken from `pool`: connections
+    /// made through one pool never hand out the same nonce of a writer twice.
+    pub async fn connect_in(
+        cfg: &ChainConfig,
+        registry: Address,
+        signer: Option<PrivateKeySigner>,
+        pool: &NoncePool,
+    ) -> Result<Self> {
         let writer = signer.as_ref().map(|s| s.address());
+        let wallet = signer.clone().map(EthereumWallet::from);
         let provider = provider(&cfg.rpc_url, signer)?;
         let timeout = Duration::from_secs(cfg.timeout_secs);
         let chain_id = within(timeout, "eth_chainId", async {
@@ -259,6 +342,7 @@ impl Chain {
             registry,
             chain_id,
             writer,
+            wallet,
             confirmations: cfg.confirmations.clone(),
             timeout,
             cache: Arc::default(),
@@ -267,7 +351,7 @@ impl Chain {
                 bump_percent: u128::from(cfg.fee_bump_percent),
                 max_replacements: cfg.max_replacements,
             },
-            nonces: Arc::default(),
+            nonces: pool.get(chain_id, writer),
             reads: Arc::new(ReadBatcher {
                 window: Duration::from_millis(cfg.read_batch_window_ms),
                 max: cfg.read_batch_max,
@@ -367,16 +451,20 @@ impl Chain {
         // is used (a transaction this connection did not send: `deploy`, another process, a
         // connection made meanwhile), one more try with the fresh count heals it.
         let mut tries = 0;
-        let (tx, nonce, first) = loop {
-            let nonce = within(self.timeout, "eth_getTransactionCount", async {
+        let (tx, taken, first) = loop {
+            let taken = within(self.timeout, "eth_getTransactionCount", async {
                 self.nonces.take(&self.provider, from).await
             })
             .await?;
+            let nonce = taken.n;
             let tx = tx.clone().with_nonce(nonce);
             match self.broadcast(&tx, fees, what).await {
-                Ok(h) => break (tx, nonce, h),
+                // `taken` lives until this write ends: the nonce stays reserved meanwhile.
+                Ok(h) => break (tx, taken, h),
                 Err(e) => {
-                    self.nonces.resync().await;
+                    // Never reached the node: free the nonce before the count is read again.
+                    drop(taken);
+                    self.nonces.resync();
                     tries += 1;
                     let used = tokio::time::timeout(
                         self.timeout,
@@ -395,6 +483,7 @@ impl Chain {
             }
         };
         let mut hashes = vec![first];
+        let nonce = taken.n;
         let policy = self.fees;
         let start = Instant::now();
         let deadline =
@@ -441,7 +530,7 @@ impl Chain {
                     .is_ok_and(|mined| mined > nonce)
                 && !self.any_receipt(&hashes).await
             {
-                self.nonces.resync().await;
+                self.nonces.resync();
                 bail!(
                     "nonce {nonce} of writer {from} was used by a transaction this agent did not send \
                      (another process with the same writer key?); the {what} was not recorded: the mail is kept and retried"
@@ -450,7 +539,7 @@ impl Chain {
             let now = Instant::now();
             if now >= deadline {
                 // The nonce may still be taken later by one of these; ask the node next time.
-                self.nonces.resync().await;
+                self.nonces.resync();
                 bail!(
                     "no {what} transaction of nonce {nonce} was mined within {}s ({} sent: {}); the chain may be congested: the mail is kept and retried",
                     (now - start).as_secs(),
@@ -513,26 +602,58 @@ impl Chain {
         false
     }
 
-    /// Signs and sends `tx` with `fees`; the transaction hash.
+    /// Signs `tx` with `fees` here, then sends it; the transaction hash. The hash is known
+    /// before the send, so a send that fails without an answer (a timeout, a lost connection)
+    /// but reached the node is recognised: the node is asked for that hash, and when it knows
+    /// it the send counts as done (sending the call again with the next nonce would only
+    /// revert).
     async fn broadcast(
         &self,
         tx: &TransactionRequest,
         fees: alloy::eips::eip1559::Eip1559Estimation,
         what: &str,
     ) -> Result<B256> {
-        let tx = tx
+        use alloy::eips::eip2718::Encodable2718 as _;
+        let wallet = self.wallet.as_ref().with_context(|| {
+            format!(
+                "no writer key: a {what} needs one (set writer.keystore or MAILSTAMP_PRIVATE_KEY)"
+            )
+        })?;
+        let envelope = tx
             .clone()
             .with_max_fee_per_gas(fees.max_fee_per_gas)
-            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
-        within(self.timeout, "eth_sendRawTransaction", async {
-            Ok(*self
-                .provider
-                .send_transaction(tx)
-                .await
-                .map_err(|e| refused(e, what))?
-                .tx_hash())
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas)
+            .build(wallet)
+            .await
+            .map_err(|e| anyhow!("cannot sign the {what} transaction: {e}"))?;
+        let hash = *envelope.tx_hash();
+        let raw = envelope.encoded_2718();
+        let sent = within(self.timeout, "eth_sendRawTransaction", async {
+            // The pending handle is not needed: receipts are polled by hash (with replacements).
+            drop(
+                self.provider
+                    .send_raw_transaction(&raw)
+                    .await
+                    .map_err(|e| refused(e, what))?,
+            );
+            Ok(())
         })
-        .await
+        .await;
+        match sent {
+            Ok(()) => Ok(hash),
+            Err(e) => {
+                let known =
+                    tokio::time::timeout(self.timeout, self.provider.get_transaction_by_hash(hash))
+                        .await
+                        .is_ok_and(|r| r.is_ok_and(|t| t.is_some()));
+                if known {
+                    tracing::warn!(tx = %hash, "{what}: the send failed ({e:#}), but the node has the transaction: waiting for it");
+                    Ok(hash)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// The block at which records count as confirmed.
@@ -1002,3 +1123,61 @@ pub async fn deploy(
 }
 
 use alloy::network::TransactionBuilder as _;
+
+#[cfg(test)]
+mod nonce_tests {
+    use super::{NoncePool, Nonces};
+    use alloy::primitives::{Address, U64};
+    use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+    use alloy::transports::mock::Asserter;
+    use std::sync::Arc;
+
+    /// A provider whose answers are `asserter`'s queue (an empty queue answers an error).
+    fn node(asserter: &Asserter) -> DynProvider {
+        ProviderBuilder::new()
+            .connect_mocked_client(asserter.clone())
+            .erased()
+    }
+
+    const W: Address = Address::repeat_byte(7);
+
+    #[tokio::test]
+    async fn connections_of_one_pool_share_the_writers_counter() {
+        // A reconnect gets the same counter: the node is asked once, then the counter goes
+        // on (the second take would fail on the empty queue if it asked again).
+        let pool = NoncePool::default();
+        let (old, new) = (pool.get(1, Some(W)), pool.get(1, Some(W)));
+        let a = Asserter::new();
+        a.push_success(&U64::from(5));
+        let n1 = old.take(&node(&a), W).await.unwrap();
+        let n2 = new.take(&node(&a), W).await.unwrap();
+        let n3 = old.take(&node(&a), W).await.unwrap();
+        assert_eq!((n1.n, n2.n, n3.n), (5, 6, 7));
+        // Another chain or writer has its own.
+        assert!(!Arc::ptr_eq(&old, &pool.get(2, Some(W))));
+        assert!(!Arc::ptr_eq(&old, &pool.get(1, Some(Address::ZERO))));
+    }
+
+    #[tokio::test]
+    async fn a_reset_never_hands_out_a_nonce_still_in_flight_and_fills_freed_gaps() {
+        let nonces = Arc::new(Nonces::default());
+        let a = Asserter::new();
+        a.push_success(&U64::from(5));
+        let n5 = nonces.take(&node(&a), W).await.unwrap();
+        let n6 = nonces.take(&node(&a), W).await.unwrap();
+        // A send failed: the count is read again, and the node has not seen 5 or 6 yet.
+        nonces.resync();
+        a.push_success(&U64::from(5));
+        let n7 = nonces.take(&node(&a), W).await.unwrap();
+        assert_eq!((n5.n, n6.n, n7.n), (5, 6, 7), "5 and 6 are still in flight");
+        // 5's send failed (never reached the node): freed, and the next reset fills the gap.
+        drop(n5);
+        nonces.resync();
+        a.push_success(&U64::from(5));
+        let again = nonces.take(&node(&a), W).await.unwrap();
+        assert_eq!(again.n, 5);
+        let next = nonces.take(&node(&a), W).await.unwrap();
+        assert_eq!(next.n, 8, "skips 6 and 7, still in flight");
+        drop((n6, n7, again, next));
+    }
+}

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::auth::Authenticator;
 use crate::batcher::{Batcher, Recovered};
-use crate::chain::Chain;
+use crate::chain::{Chain, NoncePool};
 use crate::config::{Config, Overrides, PendingPolicy, StampMode};
 use crate::dns::Authority;
 use crate::maps::{Action, Maps, Net, VerifyPolicy};
@@ -239,6 +239,9 @@ pub struct Milter {
     pub(crate) source: Option<(PathBuf, Overrides)>,
     signer: Option<PrivateKeySigner>,
     chain: tokio::sync::Mutex<Option<Chain>>,
+    /// The writer's nonce counter, kept across reconnects (sessions may still hold the old
+    /// connection with transactions in flight).
+    nonces: NoncePool,
     /// `stamp.mode = "batch"`: the batcher every session shares (made on first use; its
     /// store is `store.path` as it was then).
     batcher: tokio::sync::OnceCell<Arc<Batcher>>,
@@ -258,6 +261,7 @@ impl Milter {
             source,
             signer,
             chain: tokio::sync::Mutex::new(None),
+            nonces: NoncePool::default(),
             batcher: tokio::sync::OnceCell::new(),
         }
     }
@@ -329,15 +333,15 @@ impl Milter {
         }
         let s = self.settings();
         let registry = s.cfg.registry().map_err(|e| format!("{e:#}"))?;
-        let c = Chain::connect(&s.cfg.chain, registry, self.signer.clone())
+        let c = Chain::connect_in(&s.cfg.chain, registry, self.signer.clone(), &self.nonces)
             .await
             .map_err(|e| format!("{e:#}"))?;
         *slot = Some(c.clone());
         Ok(c)
     }
 
-    /// Forgets the connection (after an error), so that the next message reconnects with a
-    /// fresh nonce cache.
+    /// Forgets the connection (after an error), so that the next message reconnects; the
+    /// nonce counter is kept (it asks the node again after a failed send).
     pub(crate) async fn drop_chain(&self) {
         *self.chain.lock().await = None;
     }

@@ -321,12 +321,14 @@ async fn many_stamps_in_flight_get_distinct_nonces_and_all_mine() {
 }
 
 /// A loopback HTTP/1.1 proxy in front of anvil that counts requests and JSON-RPC calls, and
-/// can be told to drop every request (the RPC endpoint failing).
+/// can be told to drop every request (the RPC endpoint failing), or to pass the next
+/// `eth_sendRawTransaction` to anvil and lose its answer (`lose_send`, cleared when done).
 struct Proxy {
     url: String,
     http: Arc<AtomicUsize>,
     calls: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
+    lose_send: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -339,12 +341,13 @@ impl Drop for Proxy {
 async fn proxy(upstream: SocketAddr) -> Proxy {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
-    let (http, calls, down) = (
+    let (http, calls, down, lose_send) = (
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
     );
-    let counters = (http.clone(), calls.clone(), down.clone());
+    let counters = (http.clone(), calls.clone(), down.clone(), lose_send.clone());
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         while let Ok((c, _)) = l.accept().await {
@@ -356,21 +359,26 @@ async fn proxy(upstream: SocketAddr) -> Proxy {
         http,
         calls,
         down,
+        lose_send,
         task,
     }
 }
 
-async fn relay(
-    client: TcpStream,
-    upstream: SocketAddr,
-    (http, calls, down): (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicBool>),
-) {
+/// The proxy's counters and switches: HTTP requests, JSON-RPC calls, `down`, `lose_send`.
+type Counters = (
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Arc<AtomicBool>,
+    Arc<AtomicBool>,
+);
+
+async fn relay(client: TcpStream, upstream: SocketAddr, (http, calls, down, lose_send): Counters) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
-    let back = tokio::spawn(async move {
+    let mut back = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut sr, &mut cw).await;
     });
     let mut buf = Vec::new();
@@ -409,6 +417,18 @@ async fn relay(
             _ => 1,
         };
         calls.fetch_add(n, Ordering::Relaxed);
+        let body = &buf[head..head + len];
+        if body.windows(22).any(|w| w == b"eth_sendRawTransaction")
+            && lose_send.swap(false, Ordering::Relaxed)
+        {
+            // Stop passing answers back first, then let anvil have the transaction and
+            // close the client's connection without its answer.
+            back.abort();
+            let _ = (&mut back).await;
+            let _ = sw.write_all(&buf[..head + len]).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return;
+        }
         if sw.write_all(&buf[..head + len]).await.is_err() {
             break;
         }
@@ -523,4 +543,34 @@ async fn concurrent_lookups_go_out_as_batches_and_match_one_by_one() {
             _ => assert!(matches!(l, Lookup::Unavailable(_)), "{l:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_send_whose_answer_is_lost_is_recognised_and_not_sent_again() {
+    let a = anvil();
+    let registry = deploy(&a).await;
+    let px = proxy(format!("127.0.0.1:{}", a.port()).parse().unwrap()).await;
+    let c = Chain::connect(&cfg(&px.url, 1), registry, Some(signer(&a, 0)))
+        .await
+        .unwrap();
+    let w = c.writer.unwrap();
+    let n0 = raw(&a).get_transaction_count(w).await.unwrap();
+    // The transaction reaches anvil (and is mined), the agent never hears back.
+    px.lose_send.store(true, Ordering::Relaxed);
+    let sent = c
+        .stamp_sent(token("lost", 0), commitment(0))
+        .await
+        .expect("the stamp sent once is recognised, not sent again (which would revert)");
+    assert!(!px.lose_send.load(Ordering::Relaxed), "the answer was lost");
+    assert_eq!(sent.nonce, n0);
+    assert_eq!(sent.hashes.len(), 1, "{sent:?}");
+    assert_eq!(
+        raw(&a).get_transaction_count(w).await.unwrap(),
+        n0 + 1,
+        "ONE transaction"
+    );
+    assert!(matches!(
+        c.lookup(w, RecordKey::Stamp(token("lost", 0))).await,
+        Lookup::Found { commitment: got, .. } if got == commitment(0).0
+    ));
 }
