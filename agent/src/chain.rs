@@ -363,7 +363,11 @@ impl Chain {
     /// The writer's next nonce as the node sees it (tests and diagnostics).
     pub async fn provider_nonce(&self) -> u64 {
         match self.writer {
-            Some(w) => self.provider.get_transaction_count(w).await.unwrap_or(0),
+            Some(w) => tokio::time::timeout(self.timeout, self.provider.get_transaction_count(w))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0),
             None => 0,
         }
     }
@@ -522,13 +526,7 @@ impl Chain {
                     });
                 }
             }
-            if std::mem::take(&mut taken_check)
-                && self
-                    .provider
-                    .get_transaction_count(from)
-                    .await
-                    .is_ok_and(|mined| mined > nonce)
-                && !self.any_receipt(&hashes).await
+            if std::mem::take(&mut taken_check) && self.taken_by_another(from, nonce, &hashes).await
             {
                 self.nonces.resync();
                 bail!(
@@ -591,12 +589,25 @@ impl Chain {
         }
     }
 
-    /// Whether any of `hashes` has a receipt (a read error counts as "don't know": yes).
+    /// Whether `nonce` of `from` is used on chain while none of `hashes` has a receipt: a
+    /// transaction this agent did not send took it. Every read is bounded by the timeout; a
+    /// read that fails or times out counts as "don't know": no.
+    async fn taken_by_another(&self, from: Address, nonce: u64, hashes: &[B256]) -> bool {
+        tokio::time::timeout(self.timeout, self.provider.get_transaction_count(from))
+            .await
+            .is_ok_and(|r| r.is_ok_and(|mined| mined > nonce))
+            && !self.any_receipt(hashes).await
+    }
+
+    /// Whether any of `hashes` has a receipt (a read error or timeout counts as "don't know":
+    /// yes).
     async fn any_receipt(&self, hashes: &[B256]) -> bool {
         for h in hashes {
-            match self.provider.get_transaction_receipt(*h).await {
-                Ok(None) => {}
-                Ok(Some(_)) | Err(_) => return true,
+            match tokio::time::timeout(self.timeout, self.provider.get_transaction_receipt(*h))
+                .await
+            {
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(_)) | Err(_)) | Err(_) => return true,
             }
         }
         false
@@ -1179,5 +1190,70 @@ mod nonce_tests {
         let next = nonces.take(&node(&a), W).await.unwrap();
         assert_eq!(next.n, 8, "skips 6 and 7, still in flight");
         drop((n6, n7, again, next));
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::{Chain, NoncePool, provider};
+    use crate::config::ChainConfig;
+    use alloy::primitives::{Address, B256};
+    use std::time::Duration;
+
+    /// A chain whose RPC endpoint accepts connections and never answers.
+    async fn silent() -> (Chain, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = l.accept().await {
+                held.push(c);
+            }
+        });
+        let cfg = ChainConfig::default();
+        let c = Chain {
+            provider: provider(&url, None).unwrap(),
+            registry: Address::ZERO,
+            chain_id: 1,
+            writer: Some(Address::ZERO),
+            wallet: None,
+            confirmations: cfg.confirmations.clone(),
+            timeout: Duration::from_millis(200),
+            cache: Default::default(),
+            fees: super::FeePolicy {
+                replace_after: Duration::from_secs(1),
+                bump_percent: 20,
+                max_replacements: 1,
+            },
+            nonces: NoncePool::default().get(1, Some(Address::ZERO)),
+            reads: std::sync::Arc::new(super::ReadBatcher {
+                window: Duration::ZERO,
+                max: 1,
+                queue: Default::default(),
+            }),
+        };
+        (c, task)
+    }
+
+    #[tokio::test]
+    async fn the_checks_of_a_stuck_write_end_when_the_endpoint_hangs() {
+        let (c, task) = silent().await;
+        // Without their own timeouts these waited forever (the HTTP client has none); the
+        // outer bound only keeps a regression from hanging the test run.
+        let bound = Duration::from_secs(10);
+        let taken =
+            tokio::time::timeout(bound, c.taken_by_another(Address::ZERO, 0, &[B256::ZERO]))
+                .await
+                .expect("the nonce check gives up after chain.timeout_secs");
+        assert!(!taken, "an unanswered read proves nothing");
+        let any = tokio::time::timeout(bound, c.any_receipt(&[B256::ZERO]))
+            .await
+            .expect("the receipt check gives up after chain.timeout_secs");
+        assert!(any, "an unanswered read counts as \"don't know\"");
+        let n = tokio::time::timeout(bound, c.provider_nonce())
+            .await
+            .expect("provider_nonce gives up after chain.timeout_secs");
+        assert_eq!(n, 0);
+        task.abort();
     }
 }
