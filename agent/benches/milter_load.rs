@@ -456,7 +456,8 @@ async fn outbound_milter(
     .expect("config");
     let settings = Settings::load(Some(&path), &Overrides::default()).expect("settings");
     let m = Arc::new(Milter::new(settings, Some(harness::signer(a, key)), None));
-    m.recover_batches().await.expect("fresh store");
+    let pending = m.pending_batches().await.expect("fresh store");
+    assert!(pending.is_empty(), "a fresh store has no pending batch");
     let (listener, spec) = milter::bind("inet:127.0.0.1:0").await.expect("bind");
     tokio::spawn(milter::run(listener, m, stop.clone().cancelled_owned()));
     Target::Tcp(

@@ -251,24 +251,39 @@ impl Batcher {
             .close_daemon_batch(&b.id.to_string(), &hex24(&root), size, crate::ops::now())
             .context("cannot journal the batch root")?;
         crate::ops::fault("before-anchor");
-        let recorded = b.chain.anchor(b.id, FixedBytes::from(root), size).await?;
+        let recorded = b
+            .chain
+            .anchor_journalled(b.id, FixedBytes::from(root), size, &self.journal_sent(b.id))
+            .await?;
         crate::ops::fault("after-anchor");
         Ok((tree, recorded))
     }
 
-    /// Applies `policy` to the batches a previous run left `open` or `closed`. `Drop` needs no
+    /// The batches a previous run left `open` or `closed` (read at start, before this
+    /// batcher opens any).
+    pub fn pending(&self) -> Result<Vec<crate::store::DaemonBatchRow>> {
+        self.store
+            .daemon_batches(&[DaemonBatchState::Open, DaemonBatchState::Closed])
+    }
+
+    /// Journals each anchor transaction of `batch` before it is sent.
+    fn journal_sent(&self, batch: B256) -> impl Fn(B256) -> Result<()> + Send + Sync + 'static {
+        let store = self.store.clone();
+        move |tx| store.add_daemon_sent(&batch.to_string(), &tx.to_string(), crate::ops::now())
+    }
+
+    /// Applies `policy` to `pending` (from [`Batcher::pending`]). `Drop` needs no
     /// chain; `Anchor` does, and anchors each batch at most once: an anchor already on chain
-    /// with the journalled root is recognised and not sent again. A batch whose anchor cannot
+    /// with the journalled root is recognised and not sent again, and one journalled as sent
+    /// that is still in the node's pool is waited for. A batch whose anchor cannot
     /// be checked now stays pending (the next start tries again) and the error is returned
     /// after the others are done.
     pub async fn recover(
         &self,
+        pending: Vec<crate::store::DaemonBatchRow>,
         policy: PendingPolicy,
         chain: Option<&Chain>,
     ) -> Result<Vec<Recovered>> {
-        let pending = self
-            .store
-            .daemon_batches(&[DaemonBatchState::Open, DaemonBatchState::Closed])?;
         let mut done = Vec::new();
         let mut failed = Vec::new();
         for row in pending {
@@ -343,16 +358,44 @@ impl Batcher {
         let (outcome, tx) = match chain.lookup(writer, RecordKey::Batch(batch)).await {
             Lookup::Found { commitment, .. } if commitment == root => ("already anchored", None),
             Lookup::Found { .. } => bail!("anchored on chain with another root: not touching it"),
-            Lookup::Unconfirmed => ("already anchored", None),
+            // Mined but not yet as deep as the policy asks: it counts once its root is ours.
+            Lookup::Unconfirmed => match chain.anchor_at_head(writer, batch).await? {
+                Some(r) if r.0 == root => ("already anchored", None),
+                Some(_) => bail!("anchored on chain with another root: not touching it"),
+                None => bail!("the anchor is neither confirmed nor at the head block; retry later"),
+            },
             Lookup::NotFound => {
-                self.store.close_daemon_batch(
-                    &row.batch_id,
-                    &hex24(&root),
-                    size,
-                    crate::ops::now(),
-                )?;
-                let r = chain.anchor(batch, FixedBytes::from(root), size).await?;
-                ("anchored", Some(r.tx.to_string()))
+                // An anchor sent before the crash may still be in the pool: wait for it
+                // rather than send a second one (it would revert once the first is mined).
+                let sent = row
+                    .sent
+                    .iter()
+                    .map(|h| h.parse::<B256>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("journal: bad transaction hash")?;
+                match chain.wait_sent(&sent).await? {
+                    Some(r) => (
+                        "anchored by its transaction from before the restart",
+                        Some(r.tx.to_string()),
+                    ),
+                    None => {
+                        self.store.close_daemon_batch(
+                            &row.batch_id,
+                            &hex24(&root),
+                            size,
+                            crate::ops::now(),
+                        )?;
+                        let r = chain
+                            .anchor_journalled(
+                                batch,
+                                FixedBytes::from(root),
+                                size,
+                                &self.journal_sent(batch),
+                            )
+                            .await?;
+                        ("anchored", Some(r.tx.to_string()))
+                    }
+                }
             }
             Lookup::Unavailable(e) => bail!("cannot read the registry (retry later): {e}"),
         };

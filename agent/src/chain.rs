@@ -231,6 +231,10 @@ type Cell = Arc<OnceCell<Lookup>>;
 /// Bound on cached records; past it the cache starts over (cheap, and rare: 64k entries).
 const CACHE_MAX: usize = 65_536;
 
+/// Told the hash of each transaction of a write before it is sent (see
+/// [`Chain::anchor_journalled`]).
+pub type OnSigned = dyn Fn(B256) -> Result<()> + Send + Sync;
+
 /// Where a recorded stamp landed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Recorded {
@@ -411,7 +415,7 @@ impl Chain {
     pub async fn stamp_sent(&self, token: B256, commitment: FixedBytes<24>) -> Result<Sent> {
         let reg = StampRegistry::new(self.registry, &self.provider);
         let tx = reg.stamp(token, commitment).into_transaction_request();
-        self.send_replacing(tx, "stamp").await
+        self.send_replacing(tx, "stamp", None).await
     }
 
     /// Anchors the root of a batch of `size` stamps under `batch` and waits for the receipt
@@ -419,12 +423,100 @@ impl Chain {
     pub async fn anchor(&self, batch: B256, root: FixedBytes<24>, size: u32) -> Result<Recorded> {
         let reg = StampRegistry::new(self.registry, &self.provider);
         let tx = reg.anchor(batch, root, size).into_transaction_request();
-        Ok(self.send_replacing(tx, "anchor").await?.recorded)
+        Ok(self.send_replacing(tx, "anchor", None).await?.recorded)
+    }
+
+    /// As [`Chain::anchor`], calling `journal` with the hash of every transaction (the first
+    /// and each replacement) after it is signed and before it is sent; a `journal` error
+    /// stops the write before that transaction goes out.
+    pub async fn anchor_journalled(
+        &self,
+        batch: B256,
+        root: FixedBytes<24>,
+        size: u32,
+        journal: &OnSigned,
+    ) -> Result<Recorded> {
+        let reg = StampRegistry::new(self.registry, &self.provider);
+        let tx = reg.anchor(batch, root, size).into_transaction_request();
+        Ok(self
+            .send_replacing(tx, "anchor", Some(journal))
+            .await?
+            .recorded)
+    }
+
+    /// Waits for transactions sent earlier (a previous run's, from its journal): the first of
+    /// `hashes` mined successfully, or `None` once none of them is mined or known to the node
+    /// (dropped from the pool, or never sent). While one is still in the pool it waits, up to
+    /// the time a write of this agent would (`replace_after_secs × (max_replacements + 1) + 3
+    /// × timeout_secs`); then it fails, and the caller leaves the batch for later.
+    pub async fn wait_sent(&self, hashes: &[B256]) -> Result<Option<Recorded>> {
+        let policy = self.fees;
+        let deadline = Instant::now()
+            + policy.replace_after * (policy.max_replacements + 1)
+            + self.timeout * 3;
+        let poll = self
+            .provider
+            .client()
+            .poll_interval()
+            .max(Duration::from_millis(50));
+        loop {
+            let mut pending = false;
+            for h in hashes {
+                let r = within(self.timeout, "eth_getTransactionReceipt", async {
+                    Ok(self.provider.get_transaction_receipt(*h).await?)
+                })
+                .await?;
+                match r {
+                    Some(r) if r.status() => {
+                        return Ok(Some(Recorded {
+                            tx: *h,
+                            block: r.block_number.unwrap_or_default(),
+                        }));
+                    }
+                    Some(_) => {}
+                    None => {
+                        let known = within(self.timeout, "eth_getTransactionByHash", async {
+                            Ok(self.provider.get_transaction_by_hash(*h).await?)
+                        })
+                        .await?;
+                        pending |= known.is_some();
+                    }
+                }
+            }
+            if !pending {
+                return Ok(None);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "an anchor transaction sent before the restart is still pending; trying again later"
+                );
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// The root anchored under (`writer`, `batch`) at the head block, confirmed or not.
+    pub async fn anchor_at_head(
+        &self,
+        writer: Address,
+        batch: B256,
+    ) -> Result<Option<FixedBytes<24>>> {
+        let (root, _) = within(self.timeout, "getAnchor", async {
+            self.get_record(writer, RecordKey::Batch(batch), BlockId::latest())
+                .await
+        })
+        .await?;
+        Ok((root != FixedBytes::ZERO).then_some(root))
     }
 
     /// Sends `tx` from the writer and waits until one transaction of its nonce is mined,
     /// replacing it with higher fees while it is stuck.
-    async fn send_replacing(&self, tx: TransactionRequest, what: &str) -> Result<Sent> {
+    async fn send_replacing(
+        &self,
+        tx: TransactionRequest,
+        what: &str,
+        journal: Option<&OnSigned>,
+    ) -> Result<Sent> {
         let from = self.writer.with_context(|| {
             format!(
                 "no writer key: a {what} needs one (set writer.keystore or MAILSTAMP_PRIVATE_KEY)"
@@ -462,7 +554,7 @@ impl Chain {
             .await?;
             let nonce = taken.n;
             let tx = tx.clone().with_nonce(nonce);
-            match self.broadcast(&tx, fees, what).await {
+            match self.broadcast(&tx, fees, what, journal).await {
                 // `taken` lives until this write ends: the nonce stays reserved meanwhile.
                 Ok(h) => break (tx, taken, h),
                 Err(e) => {
@@ -558,7 +650,7 @@ impl Chain {
                         .ok()
                         .and_then(Result::ok);
                 fees = bumped(fees, policy.bump_percent, fresh);
-                match self.broadcast(&tx, fees, what).await {
+                match self.broadcast(&tx, fees, what, journal).await {
                     Ok(h) => {
                         tracing::warn!(
                             nonce,
@@ -623,6 +715,7 @@ impl Chain {
         tx: &TransactionRequest,
         fees: alloy::eips::eip1559::Eip1559Estimation,
         what: &str,
+        journal: Option<&OnSigned>,
     ) -> Result<B256> {
         use alloy::eips::eip2718::Encodable2718 as _;
         let wallet = self.wallet.as_ref().with_context(|| {
@@ -638,6 +731,9 @@ impl Chain {
             .await
             .map_err(|e| anyhow!("cannot sign the {what} transaction: {e}"))?;
         let hash = *envelope.tx_hash();
+        if let Some(j) = journal {
+            j(hash).with_context(|| format!("cannot journal the {what} transaction {hash}"))?;
+        }
         let raw = envelope.encoded_2718();
         let sent = within(self.timeout, "eth_sendRawTransaction", async {
             // The pending handle is not needed: receipts are polled by hash (with replacements).

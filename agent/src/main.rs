@@ -732,9 +732,19 @@ async fn milter(
     use mailstamp::milter::{self, Milter};
     let (settings, signer) = daemon_settings("milter", config.as_deref(), &over, keystore)?;
     let m = std::sync::Arc::new(Milter::new(settings, signer, config.map(|p| (p, over))));
-    report_recovery("milter", m.recover_batches().await);
+    // The batches a previous run left are read before serving, and dealt with beside it:
+    // the MTA must not see the milter missing while an anchor waits for the chain.
+    let pending = m.pending_batches().await;
     let (listener, addr) = milter::bind(listen).await?;
     eprintln!("mailstamp milter: listening on {addr}");
+    let rm = m.clone();
+    tokio::spawn(async move {
+        let r = match pending {
+            Ok(p) => rm.recover_batches(p).await,
+            Err(e) => Err(e),
+        };
+        report_recovery("milter", r);
+    });
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(milter::run(
         listener,
@@ -758,9 +768,17 @@ async fn relay(
     let listen = listen.unwrap_or_else(|| settings.cfg.relay.listen.clone());
     let next_hop = settings.cfg.relay.next_hop.clone();
     let r = std::sync::Arc::new(Relay::new(settings, signer, config.map(|p| (p, over)))?);
-    report_recovery("relay", r.recover_batches().await);
+    let pending = r.pending_batches().await;
     let (listener, addr) = relay::bind(&listen).await?;
     eprintln!("mailstamp relay: listening on {addr}, next hop {next_hop}");
+    let rr = r.clone();
+    tokio::spawn(async move {
+        let res = match pending {
+            Ok(p) => rr.recover_batches(p).await,
+            Err(e) => Err(e),
+        };
+        report_recovery("relay", res);
+    });
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(relay::run(
         listener,

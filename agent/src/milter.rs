@@ -30,7 +30,7 @@ use crate::dns::Authority;
 use crate::maps::{Action, Maps, Net, VerifyPolicy};
 use crate::ops::StampContext;
 use crate::session::{self, Refusal, Step};
-use crate::store::Store;
+use crate::store::{DaemonBatchRow, Store};
 
 pub use crate::session::{SCORE_HEADER, UNSTAMPED_HEADER, VERDICT_HEADER, ar_result, ar_value};
 /// The eom actions the milter uses: add headers, delete forged ones, quarantine.
@@ -284,13 +284,25 @@ impl Milter {
             .cloned()
     }
 
-    /// At start, in batched mode: applies `stamp.pending_on_restart` to the batches a previous
-    /// run left pending (none in direct mode). Call it before serving.
-    pub async fn recover_batches(&self) -> Result<Vec<Recovered>> {
-        let s = self.settings();
-        if s.cfg.stamp.mode != StampMode::Batch {
+    /// At start, in batched mode: the batches a previous run left pending (none in direct
+    /// mode). Call it before serving: a batch opened after this is not among them, so
+    /// [`Milter::recover_batches`] can then run beside the sessions.
+    pub async fn pending_batches(&self) -> Result<Vec<DaemonBatchRow>> {
+        if self.settings().cfg.stamp.mode != StampMode::Batch {
             return Ok(Vec::new());
         }
+        let b = self.batcher().await.map_err(anyhow::Error::msg)?;
+        b.pending()
+    }
+
+    /// Applies `stamp.pending_on_restart` to `pending` (from [`Milter::pending_batches`]).
+    /// It may wait for the chain (and for an anchor still in the pool), so the daemons run it
+    /// on its own task once they listen.
+    pub async fn recover_batches(&self, pending: Vec<DaemonBatchRow>) -> Result<Vec<Recovered>> {
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = self.settings();
         let b = self.batcher().await.map_err(anyhow::Error::msg)?;
         let policy = s.cfg.stamp.pending_on_restart;
         let chain =
@@ -300,7 +312,7 @@ impl Milter {
                     anyhow::anyhow!("pending batches left for the next start: {e}")
                 })?),
             };
-        b.recover(policy, chain.as_ref()).await
+        b.recover(pending, policy, chain.as_ref()).await
     }
 
     /// The settings in force.

@@ -465,7 +465,16 @@ pub async fn finish_batch(
         Lookup::Found { .. } => {
             bail!("batch {batch} is anchored on chain with another root: not touching it")
         }
-        Lookup::Unconfirmed => None,
+        // Mined, not yet deep enough: it counts once its root is the journalled one.
+        Lookup::Unconfirmed => match chain.anchor_at_head(writer, batch).await? {
+            Some(r) if r == root => None,
+            Some(_) => {
+                bail!("batch {batch} is anchored on chain with another root: not touching it")
+            }
+            None => bail!(
+                "batch {batch}: the anchor is neither confirmed nor at the head block; retry later"
+            ),
+        },
         Lookup::NotFound => Some(chain.anchor(batch, root, row.size).await?),
         Lookup::Unavailable(e) => bail!("cannot read the registry (retry later): {e}"),
     };

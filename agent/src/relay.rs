@@ -152,10 +152,18 @@ impl Relay {
         self.core.settings()
     }
 
-    /// At start, in batched mode: applies `stamp.pending_on_restart` to the batches a previous
-    /// run left pending (see [`Milter::recover_batches`]).
-    pub async fn recover_batches(&self) -> Result<Vec<crate::batcher::Recovered>> {
-        self.core.recover_batches().await
+    /// At start, in batched mode: the batches a previous run left pending (see
+    /// [`Milter::pending_batches`]); call it before serving.
+    pub async fn pending_batches(&self) -> Result<Vec<crate::store::DaemonBatchRow>> {
+        self.core.pending_batches().await
+    }
+
+    /// Applies `stamp.pending_on_restart` to `pending` (see [`Milter::recover_batches`]).
+    pub async fn recover_batches(
+        &self,
+        pending: Vec<crate::store::DaemonBatchRow>,
+    ) -> Result<Vec<crate::batcher::Recovered>> {
+        self.core.recover_batches(pending).await
     }
 
     /// Reads the config file and maps again; on error the old ones stay in force. The

@@ -78,13 +78,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX recoveries_decided ON recoveries (decided);",
     // 5: the milter's and relay's batches (stamp.mode = "batch"): every accepted leaf is
     // journalled before its batch closes, the root before the anchor is sent, the outcome
-    // after; what a crash leaves `open`/`closed` meets stamp.pending_on_restart.
+    // after; what a crash leaves `open`/`closed` meets stamp.pending_on_restart. `sent`: every
+    // anchor transaction signed for the batch (space-separated hashes), journalled before it
+    // is broadcast, so a restart finds one still in the pool instead of anchoring again.
     "CREATE TABLE daemon_batches (
         batch_id TEXT PRIMARY KEY,
         state    TEXT NOT NULL CHECK (state IN ('open', 'closed', 'anchored', 'dropped')),
         root     TEXT,
         size     INTEGER,
         tx       TEXT,
+        sent     TEXT NOT NULL DEFAULT '',
         note     TEXT,
         created  INTEGER NOT NULL,
         updated  INTEGER NOT NULL
@@ -368,6 +371,8 @@ pub struct DaemonBatchRow {
     pub tx: Option<String>,
     /// Why it was dropped.
     pub note: Option<String>,
+    /// Every anchor transaction signed for it (0x-hex), in the order sent.
+    pub sent: Vec<String>,
     /// The leaves' commitments (0x-hex), in leaf order.
     pub leaves: Vec<String>,
 }
@@ -393,6 +398,21 @@ impl Store {
                 params![batch_id, leaf, commitment],
             )
         })?;
+        Ok(())
+    }
+
+    /// Journals an anchor transaction of a batch, before it is broadcast.
+    pub fn add_daemon_sent(&self, batch_id: &str, tx: &str, now: u64) -> Result<()> {
+        let n = self.with(|c| {
+            c.execute(
+                "UPDATE daemon_batches SET sent = trim(sent || ' ' || ?2), updated = ?3
+                 WHERE batch_id = ?1",
+                params![batch_id, tx, now as i64],
+            )
+        })?;
+        if n == 0 {
+            bail!("batch {batch_id} is not in the journal");
+        }
         Ok(())
     }
 
@@ -458,7 +478,7 @@ impl Store {
         let wanted: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT batch_id, state, root, size, tx, note FROM daemon_batches
+                "SELECT batch_id, state, root, size, tx, note, sent FROM daemon_batches
                  ORDER BY created, rowid",
             )?;
             let rows: Vec<DaemonBatchRow> = st
@@ -470,6 +490,11 @@ impl Store {
                         size: r.get(3)?,
                         tx: r.get(4)?,
                         note: r.get(5)?,
+                        sent: r
+                            .get::<_, String>(6)?
+                            .split_whitespace()
+                            .map(str::to_owned)
+                            .collect(),
                         leaves: Vec::new(),
                     })
                 })?
@@ -554,6 +579,14 @@ mod tests {
         assert_eq!(pending[0].leaves, ["0xc0", "0xc1"]);
         assert_eq!(pending[0].root.as_deref(), Some("0xr1"));
         assert_eq!(pending[1].state, Open);
+        assert!(pending[0].sent.is_empty());
+        s.add_daemon_sent("0xb1", "0xs1", 3).unwrap();
+        s.add_daemon_sent("0xb1", "0xs2", 3).unwrap();
+        assert!(s.add_daemon_sent("0xnone", "0xs3", 3).is_err());
+        assert_eq!(
+            s.daemon_batches(&[Closed]).unwrap()[0].sent,
+            ["0xs1", "0xs2"]
+        );
         s.end_daemon_batch("0xb1", Anchored, Some("0xt"), None, 4)
             .unwrap();
         s.end_daemon_batch("0xb2", Dropped, None, Some("restart"), 4)

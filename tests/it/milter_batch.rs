@@ -427,9 +427,8 @@ async fn a_restart_applies_the_pending_policy_and_never_anchors_twice() {
     assert_eq!(pending().len(), 1, "the batch is journalled as pending");
     assert_eq!(pending()[0].leaves.len(), 1);
     let (child, _) = spawn_milter(&cfg, &key, None, &log(2));
+    wait_log(&log(2), "(1 leaves): dropped");
     stop(child);
-    let text = std::fs::read_to_string(log(2)).unwrap();
-    assert!(text.contains("(1 leaves): dropped"), "{text}");
     assert!(pending().is_empty());
     assert_eq!(nonce(&url, writer).await, n0, "drop sends nothing");
 
@@ -440,9 +439,8 @@ async fn a_restart_applies_the_pending_policy_and_never_anchors_twice() {
     assert_eq!(child.wait().unwrap().code(), Some(86));
     let batch = pending()[0].batch_id.parse::<B256>().unwrap();
     let (child, _) = spawn_milter(&cfg, &key, None, &log(4));
+    wait_log(&log(4), "(1 leaves): anchored, tx 0x");
     stop(child);
-    let text = std::fs::read_to_string(log(4)).unwrap();
-    assert!(text.contains("(1 leaves): anchored, tx 0x"), "{text}");
     assert_eq!(nonce(&url, writer).await, n0 + 1, "exactly one anchor");
     assert_eq!(anchors(&url, registry).await, [batch]);
     let (child, _) = spawn_milter(&cfg, &key, None, &log(5));
@@ -465,9 +463,8 @@ async fn a_restart_applies_the_pending_policy_and_never_anchors_twice() {
     assert_eq!(nonce(&url, writer).await, n0 + 2);
     assert_eq!(pending().len(), 1);
     let (child, _) = spawn_milter(&cfg, &key, None, &log(7));
+    wait_log(&log(7), "(1 leaves): already anchored");
     stop(child);
-    let text = std::fs::read_to_string(log(7)).unwrap();
-    assert!(text.contains("(1 leaves): already anchored"), "{text}");
     assert_eq!(nonce(&url, writer).await, n0 + 2, "no second anchor");
     assert_eq!(anchors(&url, registry).await.len(), 2);
     let ends = journal(
@@ -489,6 +486,77 @@ async fn a_restart_applies_the_pending_policy_and_never_anchors_twice() {
     stop(child);
     assert!(out.stop.is_none(), "{out:?}");
     verdict(&url, registry, writer, &with_stamp(&out, &msg(4))).await;
+
+    // 4. Killed while its anchor waits in the pool: the journal has the transaction's hash;
+    // the next start (listening at once) waits for that transaction instead of sending a
+    // second anchor, which would revert once the first is mined.
+    let n1 = nonce(&url, writer).await;
+    rpc(&url, "evm_setAutomine", serde_json::json!([false])).await;
+    let (mut child, addr) = spawn_milter(&cfg, &key, None, &log(9));
+    let dying = tokio::spawn(async move { play_dying(addr, &msg(5)).await });
+    let end = std::time::Instant::now() + T;
+    while pending_nonce(&url, writer).await == n1 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the anchor reaches the pool"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        dying.await.unwrap().is_none(),
+        "no answer from a killed milter"
+    );
+    let left = pending();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].sent.len(), 1, "the anchor's hash is journalled");
+    let (child, addr) = spawn_milter(&cfg, &key, None, &log(10));
+    // The restarted milter serves while the recovery waits for the chain.
+    let mut c = TestConnection::configure()
+        .exact_leading_space(true)
+        .open_tcp(addr)
+        .await
+        .unwrap();
+    let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    assert_eq!(
+        c.connect("localhost", (ip, 25000)).await.unwrap(),
+        Status::Continue
+    );
+    drop(c);
+    rpc(&url, "evm_setAutomine", serde_json::json!([true])).await;
+    rpc(&url, "evm_mine", serde_json::json!([])).await;
+    wait_log(
+        &log(10),
+        "(1 leaves): anchored by its transaction from before the restart, tx 0x",
+    );
+    stop(child);
+    assert_eq!(nonce(&url, writer).await, n1 + 1, "no second anchor");
+    assert_eq!(anchors(&url, registry).await.len(), 4);
+    assert!(pending().is_empty());
+}
+
+/// The writer's nonce counting transactions in the pool.
+async fn pending_nonce(url: &str, who: Address) -> u64 {
+    let p = ProviderBuilder::new().connect_http(url.parse().unwrap());
+    p.get_transaction_count(who).pending().await.unwrap()
+}
+
+/// Waits until the log at `path` has `needle` (the daemons deal with pending batches on a
+/// task of their own, after they listen); its text.
+fn wait_log(path: &Path, needle: &str) -> String {
+    let end = std::time::Instant::now() + T;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no `{needle}` in the log:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The short root of a batch of `leaves`, as the registry records it.
