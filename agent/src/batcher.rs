@@ -57,6 +57,9 @@ pub struct Cut {
 /// The shared batcher of a daemon.
 pub struct Batcher {
     store: Arc<Store>,
+    /// Who this daemon is in the journal (kind and listen address): it recovers only the
+    /// batches it opened, not those of another daemon sharing the store.
+    owner: String,
     open: Mutex<Option<Open>>,
 }
 
@@ -108,10 +111,11 @@ fn hex24(c: &Commitment) -> String {
 }
 
 impl Batcher {
-    /// A batcher journalling in `store`.
-    pub fn new(store: Arc<Store>) -> Self {
+    /// A batcher journalling in `store` as `owner` (e.g. `milter inet:127.0.0.1:8891`).
+    pub fn new(store: Arc<Store>, owner: impl Into<String>) -> Self {
         Self {
             store,
+            owner: owner.into(),
             open: Mutex::new(None),
         }
     }
@@ -144,7 +148,7 @@ impl Batcher {
                 .map_err(|e| anyhow::anyhow!("the system random generator failed: {e}"))?;
             let id = B256::from(id);
             self.store
-                .open_daemon_batch(&id.to_string(), crate::ops::now())
+                .open_daemon_batch(&id.to_string(), &self.owner, crate::ops::now())
                 .context("cannot journal a new batch")?;
             *slot = Some(Open {
                 id,
@@ -259,11 +263,13 @@ impl Batcher {
         Ok((tree, recorded))
     }
 
-    /// The batches a previous run left `open` or `closed` (read at start, before this
-    /// batcher opens any).
+    /// The batches a previous run of this daemon (same owner) left `open` or `closed` (read
+    /// at start, before this batcher opens any).
     pub fn pending(&self) -> Result<Vec<crate::store::DaemonBatchRow>> {
-        self.store
-            .daemon_batches(&[DaemonBatchState::Open, DaemonBatchState::Closed])
+        self.store.daemon_batches_of(
+            &self.owner,
+            &[DaemonBatchState::Open, DaemonBatchState::Closed],
+        )
     }
 
     /// Journals each anchor transaction of `batch` before it is sent.

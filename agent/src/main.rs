@@ -731,7 +731,10 @@ async fn milter(
 ) -> Result<u8> {
     use mailstamp::milter::{self, Milter};
     let (settings, signer) = daemon_settings("milter", config.as_deref(), &over, keystore)?;
-    let m = std::sync::Arc::new(Milter::new(settings, signer, config.map(|p| (p, over))));
+    let m = std::sync::Arc::new(
+        Milter::new(settings, signer, config.map(|p| (p, over)))
+            .with_owner(format!("milter {listen}")),
+    );
     // The batches a previous run left are read before serving, and dealt with beside it:
     // the MTA must not see the milter missing while an anchor waits for the chain.
     let pending = m.pending_batches().await;
@@ -767,7 +770,10 @@ async fn relay(
     let (settings, signer) = daemon_settings("relay", config.as_deref(), &over, keystore)?;
     let listen = listen.unwrap_or_else(|| settings.cfg.relay.listen.clone());
     let next_hop = settings.cfg.relay.next_hop.clone();
-    let r = std::sync::Arc::new(Relay::new(settings, signer, config.map(|p| (p, over)))?);
+    let r = std::sync::Arc::new(
+        Relay::new(settings, signer, config.map(|p| (p, over)))?
+            .with_owner(format!("relay {listen}")),
+    );
     let pending = r.pending_batches().await;
     let (listener, addr) = relay::bind(&listen).await?;
     eprintln!("mailstamp relay: listening on {addr}, next hop {next_hop}");

@@ -242,6 +242,8 @@ pub struct Milter {
     /// The writer's nonce counter, kept across reconnects (sessions may still hold the old
     /// connection with transactions in flight).
     nonces: NoncePool,
+    /// Who this daemon is in the batch journal (see [`Milter::with_owner`]).
+    owner: String,
     /// `stamp.mode = "batch"`: the batcher every session shares (made on first use; its
     /// store is `store.path` as it was then).
     batcher: tokio::sync::OnceCell<Arc<Batcher>>,
@@ -262,8 +264,17 @@ impl Milter {
             signer,
             chain: tokio::sync::Mutex::new(None),
             nonces: NoncePool::default(),
+            owner: "milter".to_owned(),
             batcher: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Names this daemon in the batch journal (default `milter`): the daemons give their kind
+    /// and listen address, so that a milter and a relay sharing one store each recover only
+    /// the batches they opened. Call it before serving.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
     }
 
     /// The shared batcher, opening the store on first use.
@@ -278,7 +289,7 @@ impl Milter {
                         format!("batched stamping needs the store (store.path): {e:#}")
                     })?),
                 };
-                Ok(Arc::new(Batcher::new(store)))
+                Ok(Arc::new(Batcher::new(store, self.owner.clone())))
             })
             .await
             .cloned()

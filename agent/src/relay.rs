@@ -143,8 +143,15 @@ impl Relay {
         // `Settings::new` checked `[relay]`; settings built by hand are checked here.
         settings.cfg.relay.check()?;
         Ok(Self {
-            core: Milter::new(settings, signer, source),
+            core: Milter::new(settings, signer, source).with_owner("relay"),
         })
+    }
+
+    /// Names this relay in the batch journal (default `relay`; see [`Milter::with_owner`]).
+    pub fn with_owner(self, owner: impl Into<String>) -> Self {
+        Self {
+            core: self.core.with_owner(owner),
+        }
     }
 
     /// The settings in force.

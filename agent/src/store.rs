@@ -81,6 +81,8 @@ const MIGRATIONS: &[&str] = &[
     // after; what a crash leaves `open`/`closed` meets stamp.pending_on_restart. `sent`: every
     // anchor transaction signed for the batch (space-separated hashes), journalled before it
     // is broadcast, so a restart finds one still in the pool instead of anchoring again.
+    // `owner`: the daemon that opened the batch (kind and listen address), so a milter and a
+    // relay sharing one store each recover only their own.
     "CREATE TABLE daemon_batches (
         batch_id TEXT PRIMARY KEY,
         state    TEXT NOT NULL CHECK (state IN ('open', 'closed', 'anchored', 'dropped')),
@@ -88,6 +90,7 @@ const MIGRATIONS: &[&str] = &[
         size     INTEGER,
         tx       TEXT,
         sent     TEXT NOT NULL DEFAULT '',
+        owner    TEXT NOT NULL DEFAULT '',
         note     TEXT,
         created  INTEGER NOT NULL,
         updated  INTEGER NOT NULL
@@ -373,31 +376,39 @@ pub struct DaemonBatchRow {
     pub note: Option<String>,
     /// Every anchor transaction signed for it (0x-hex), in the order sent.
     pub sent: Vec<String>,
+    /// The daemon that opened it (kind and listen address).
+    pub owner: String,
     /// The leaves' commitments (0x-hex), in leaf order.
     pub leaves: Vec<String>,
 }
 
 impl Store {
-    /// Journals a new, empty daemon batch.
-    pub fn open_daemon_batch(&self, batch_id: &str, now: u64) -> Result<()> {
+    /// Journals a new, empty daemon batch of `owner` (the daemon that opened it).
+    pub fn open_daemon_batch(&self, batch_id: &str, owner: &str, now: u64) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO daemon_batches (batch_id, state, created, updated)
-                 VALUES (?1, 'open', ?2, ?2)",
-                params![batch_id, now as i64],
+                "INSERT INTO daemon_batches (batch_id, state, owner, created, updated)
+                 VALUES (?1, 'open', ?2, ?3, ?3)",
+                params![batch_id, owner, now as i64],
             )
         })?;
         Ok(())
     }
 
-    /// Journals leaf number `leaf` of an open batch.
+    /// Journals leaf number `leaf` of a batch; refused unless the batch is `open` (a closed
+    /// batch's root is fixed, and a recovered one is no longer anyone's to fill).
     pub fn add_daemon_leaf(&self, batch_id: &str, leaf: u32, commitment: &str) -> Result<()> {
-        self.with(|c| {
+        let n = self.with(|c| {
             c.execute(
-                "INSERT INTO daemon_leaves (batch_id, leaf, commitment) VALUES (?1, ?2, ?3)",
+                "INSERT INTO daemon_leaves (batch_id, leaf, commitment)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS
+                   (SELECT 1 FROM daemon_batches WHERE batch_id = ?1 AND state = 'open')",
                 params![batch_id, leaf, commitment],
             )
         })?;
+        if n == 0 {
+            bail!("batch {batch_id} is not open in the journal: no leaf can be added");
+        }
         Ok(())
     }
 
@@ -473,12 +484,23 @@ impl Store {
         Ok(())
     }
 
-    /// Daemon batches in `states`, oldest first, with their leaves.
+    /// The daemon batches of `owner` in `states`, oldest first, with their leaves.
+    pub fn daemon_batches_of(
+        &self,
+        owner: &str,
+        states: &[DaemonBatchState],
+    ) -> Result<Vec<DaemonBatchRow>> {
+        let mut rows = self.daemon_batches(states)?;
+        rows.retain(|r| r.owner == owner);
+        Ok(rows)
+    }
+
+    /// Daemon batches in `states` (every owner's), oldest first, with their leaves.
     pub fn daemon_batches(&self, states: &[DaemonBatchState]) -> Result<Vec<DaemonBatchRow>> {
         let wanted: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT batch_id, state, root, size, tx, note, sent FROM daemon_batches
+                "SELECT batch_id, state, root, size, tx, note, sent, owner FROM daemon_batches
                  ORDER BY created, rowid",
             )?;
             let rows: Vec<DaemonBatchRow> = st
@@ -495,6 +517,7 @@ impl Store {
                             .split_whitespace()
                             .map(str::to_owned)
                             .collect(),
+                        owner: r.get(7)?,
                         leaves: Vec::new(),
                     })
                 })?
@@ -560,7 +583,7 @@ mod tests {
     fn daemon_batches_go_from_open_to_anchored_or_dropped_with_their_leaves() {
         use DaemonBatchState::*;
         let s = Store::in_memory().unwrap();
-        s.open_daemon_batch("0xb1", 1).unwrap();
+        s.open_daemon_batch("0xb1", "milter inet:a", 1).unwrap();
         s.add_daemon_leaf("0xb1", 0, "0xc0").unwrap();
         s.add_daemon_leaf("0xb1", 1, "0xc1").unwrap();
         assert!(
@@ -571,9 +594,27 @@ mod tests {
             s.add_daemon_leaf("0xnone", 0, "0xc2").is_err(),
             "only into a journalled batch"
         );
-        s.open_daemon_batch("0xb2", 2).unwrap();
+        s.open_daemon_batch("0xb2", "milter inet:a", 2).unwrap();
+        s.open_daemon_batch("0xb3", "relay 127.0.0.1:2525", 2)
+            .unwrap();
         s.close_daemon_batch("0xb1", "0xr1", 2, 3).unwrap();
-        let pending = s.daemon_batches(&[Open, Closed]).unwrap();
+        assert!(
+            s.add_daemon_leaf("0xb1", 2, "0xc2").is_err(),
+            "no leaf into a closed batch"
+        );
+        let relay = s
+            .daemon_batches_of("relay 127.0.0.1:2525", &[Open, Closed])
+            .unwrap();
+        assert_eq!(relay.len(), 1, "each daemon sees its own batches");
+        assert_eq!(relay[0].batch_id, "0xb3");
+        s.end_daemon_batch("0xb3", Dropped, None, None, 3).unwrap();
+        assert!(
+            s.add_daemon_leaf("0xb3", 0, "0xc3").is_err(),
+            "no leaf into a dropped batch"
+        );
+        let pending = s
+            .daemon_batches_of("milter inet:a", &[Open, Closed])
+            .unwrap();
         assert_eq!(pending.len(), 2);
         assert_eq!(pending[0].state, Closed);
         assert_eq!(pending[0].leaves, ["0xc0", "0xc1"]);

@@ -589,7 +589,7 @@ async fn a_chain_change_closes_the_open_batch_and_anchors_it_where_its_headers_p
         .unwrap();
     let w1 = c1.writer.unwrap();
     assert_ne!(w0, w1);
-    let b = std::sync::Arc::new(Batcher::new(store.clone()));
+    let b = std::sync::Arc::new(Batcher::new(store.clone(), "test"));
     let cut = Cut {
         max: 2,
         wait: std::time::Duration::from_secs(2),
