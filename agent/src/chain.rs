@@ -190,6 +190,8 @@ struct ReadBatcher {
     window: Duration,
     max: usize,
     queue: Mutex<ReadQueue>,
+    /// Whether a batch failing as a whole was logged (once per connection).
+    fallback_logged: std::sync::atomic::AtomicBool,
 }
 
 /// The lookups waiting, and whether a task is sending batches (it takes them in turn).
@@ -360,6 +362,7 @@ impl Chain {
                 window: Duration::from_millis(cfg.read_batch_window_ms),
                 max: cfg.read_batch_max,
                 queue: Mutex::default(),
+                fallback_logged: Default::default(),
             }),
         })
     }
@@ -908,18 +911,44 @@ impl Chain {
         }
         let keys: Vec<(Address, RecordKey)> = batch.iter().map(|(w, k, _)| (*w, *k)).collect();
         let answers = within(self.timeout, "batched registry read", self.read_many(&keys)).await;
-        match answers {
-            Ok(answers) => {
+        // The batch failing as a whole (some hosted endpoints refuse or cap JSON-RPC batches)
+        // must not turn a burst into temperrors: its keys are asked one by one instead.
+        let why = match answers {
+            Ok(answers) if !answers.iter().all(|a| matches!(a, Lookup::Unavailable(_))) => {
                 for ((_, _, tx), a) in batch.into_iter().zip(answers) {
                     let _ = tx.send(a);
                 }
+                return;
             }
-            Err(e) => {
-                let e = format!("{e:#}");
-                for (_, _, tx) in batch {
-                    let _ = tx.send(Lookup::Unavailable(e.clone()));
-                }
+            Ok(answers) => match answers.into_iter().next() {
+                Some(Lookup::Unavailable(e)) => e,
+                _ => "no answer".to_owned(),
+            },
+            Err(e) => format!("{e:#}"),
+        };
+        if !self
+            .reads
+            .fallback_logged
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "a JSON-RPC batch of {} registry reads failed as a whole ({why}); reading them one by one (if the endpoint refuses or caps batches, set chain.read_batch_max to 1 or to its cap)",
+                keys.len()
+            );
+        }
+        let mut one_by_one = tokio::task::JoinSet::new();
+        for (i, (w, k, _)) in batch.iter().enumerate() {
+            let (me, w, k) = (self.clone(), *w, *k);
+            one_by_one.spawn(async move { (i, me.lookup_uncached(w, k).await) });
+        }
+        let mut out: Vec<Option<Lookup>> = vec![None; batch.len()];
+        while let Some(r) = one_by_one.join_next().await {
+            if let Ok((i, l)) = r {
+                out[i] = Some(l);
             }
+        }
+        for ((_, _, tx), l) in batch.into_iter().zip(out) {
+            let _ = tx.send(l.unwrap_or_else(|| Lookup::Unavailable(why.clone())));
         }
     }
 
@@ -1326,6 +1355,7 @@ mod timeout_tests {
                 window: Duration::ZERO,
                 max: 1,
                 queue: Default::default(),
+                fallback_logged: Default::default(),
             }),
         };
         (c, task)

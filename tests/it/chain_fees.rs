@@ -322,13 +322,17 @@ async fn many_stamps_in_flight_get_distinct_nonces_and_all_mine() {
 
 /// A loopback HTTP/1.1 proxy in front of anvil that counts requests and JSON-RPC calls, and
 /// can be told to drop every request (the RPC endpoint failing), or to pass the next
-/// `eth_sendRawTransaction` to anvil and lose its answer (`lose_send`, cleared when done).
+/// `eth_sendRawTransaction` to anvil and lose its answer (`lose_send`, cleared when done), or
+/// to refuse JSON-RPC batches as some hosted endpoints do (`refuse_batches`: anvil gets a body
+/// it cannot parse instead, and answers one error; `refused` counts them).
 struct Proxy {
     url: String,
     http: Arc<AtomicUsize>,
     calls: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
     lose_send: Arc<AtomicBool>,
+    refuse_batches: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -347,7 +351,18 @@ async fn proxy(upstream: SocketAddr) -> Proxy {
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     );
-    let counters = (http.clone(), calls.clone(), down.clone(), lose_send.clone());
+    let (refuse_batches, refused) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let counters = (
+        http.clone(),
+        calls.clone(),
+        down.clone(),
+        lose_send.clone(),
+        refuse_batches.clone(),
+        refused.clone(),
+    );
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         while let Ok((c, _)) = l.accept().await {
@@ -360,19 +375,28 @@ async fn proxy(upstream: SocketAddr) -> Proxy {
         calls,
         down,
         lose_send,
+        refuse_batches,
+        refused,
         task,
     }
 }
 
-/// The proxy's counters and switches: HTTP requests, JSON-RPC calls, `down`, `lose_send`.
+/// The proxy's counters and switches: HTTP requests, JSON-RPC calls, `down`, `lose_send`,
+/// `refuse_batches`, `refused`.
 type Counters = (
     Arc<AtomicUsize>,
     Arc<AtomicUsize>,
     Arc<AtomicBool>,
     Arc<AtomicBool>,
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
 );
 
-async fn relay(client: TcpStream, upstream: SocketAddr, (http, calls, down, lose_send): Counters) {
+async fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    (http, calls, down, lose_send, refuse_batches, refused): Counters,
+) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -417,6 +441,11 @@ async fn relay(client: TcpStream, upstream: SocketAddr, (http, calls, down, lose
             _ => 1,
         };
         calls.fetch_add(n, Ordering::Relaxed);
+        if n > 1 && refuse_batches.load(Ordering::Relaxed) {
+            refused.fetch_add(1, Ordering::Relaxed);
+            buf[head..head + len].fill(b' ');
+            buf[head] = b'!';
+        }
         let body = &buf[head..head + len];
         if body.windows(22).any(|w| w == b"eth_sendRawTransaction")
             && lose_send.swap(false, Ordering::Relaxed)
@@ -533,6 +562,19 @@ async fn concurrent_lookups_go_out_as_batches_and_match_one_by_one() {
         again < calls && again > 0,
         "second round: {again} calls (first {calls})"
     );
+
+    // An endpoint that refuses JSON-RPC batches: each refused batch falls back to one-by-one
+    // lookups of its keys, and the answers are the same.
+    px.refuse_batches.store(true, Ordering::Relaxed);
+    let fresh = Chain::connect(&cfg(&px.url, 2), registry, None)
+        .await
+        .unwrap();
+    assert_eq!(all_at_once(&fresh, &keys).await, expected);
+    assert!(
+        px.refused.load(Ordering::Relaxed) > 0,
+        "the burst went out as batches, which were refused"
+    );
+    px.refuse_batches.store(false, Ordering::Relaxed);
 
     // The endpoint failing mid-burst: every lookup is unavailable, none is "not found".
     px.down.store(true, Ordering::Relaxed);
