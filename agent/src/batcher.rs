@@ -263,6 +263,23 @@ impl Batcher {
         Ok((tree, recorded))
     }
 
+    /// Deletes this store's anchored and dropped batches (every owner's) older than
+    /// `retention_days` (0: keep all); how many went.
+    pub fn prune(&self, retention_days: u64) -> Result<usize> {
+        if retention_days == 0 {
+            return Ok(0);
+        }
+        let before = crate::ops::now().saturating_sub(retention_days.saturating_mul(86_400));
+        let n = self.store.prune_daemon_batches(before)?;
+        if n > 0 {
+            info!(
+                batches = n,
+                retention_days, "old batches deleted from the journal"
+            );
+        }
+        Ok(n)
+    }
+
     /// The batches a previous run of this daemon (same owner) left `open` or `closed` (read
     /// at start, before this batcher opens any).
     pub fn pending(&self) -> Result<Vec<crate::store::DaemonBatchRow>> {

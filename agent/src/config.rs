@@ -192,6 +192,9 @@ pub struct StampConfig {
     pub hold_timeout_ms: u64,
     /// Batch mode: what a daemon does at start with batches a crash left unanchored.
     pub pending_on_restart: PendingPolicy,
+    /// Batch mode: days an anchored or dropped batch (and its leaves) stays in the journal;
+    /// older ones are deleted at start and hourly. 0 keeps them for ever.
+    pub journal_retention_days: u64,
 }
 
 impl Default for StampConfig {
@@ -204,6 +207,7 @@ impl Default for StampConfig {
             batch_wait_ms: 1000,
             hold_timeout_ms: 60_000,
             pending_on_restart: PendingPolicy::Drop,
+            journal_retention_days: 7,
         }
     }
 }

@@ -722,6 +722,9 @@ fn daemon_settings(
     Ok((settings, signer))
 }
 
+/// How often the daemons delete old ended batches from the journal (`stamp.journal_retention_days`).
+const JOURNAL_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// `mailstamp milter`: binds, serves until SIGTERM/SIGINT, reloads on SIGHUP.
 async fn milter(
     config: Option<PathBuf>,
@@ -747,6 +750,12 @@ async fn milter(
             Err(e) => Err(e),
         };
         report_recovery("milter", r);
+        loop {
+            if let Err(e) = rm.prune_journal().await {
+                eprintln!("mailstamp milter: cannot prune the batch journal: {e:#}");
+            }
+            tokio::time::sleep(JOURNAL_PRUNE_EVERY).await;
+        }
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(milter::run(
@@ -784,6 +793,12 @@ async fn relay(
             Err(e) => Err(e),
         };
         report_recovery("relay", res);
+        loop {
+            if let Err(e) = rr.prune_journal().await {
+                eprintln!("mailstamp relay: cannot prune the batch journal: {e:#}");
+            }
+            tokio::time::sleep(JOURNAL_PRUNE_EVERY).await;
+        }
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(relay::run(

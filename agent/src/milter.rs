@@ -306,6 +306,18 @@ impl Milter {
         b.pending()
     }
 
+    /// Batched mode: deletes anchored and dropped batches older than
+    /// `stamp.journal_retention_days` from the journal; the daemons call it at start and
+    /// hourly. Nothing in direct mode.
+    pub async fn prune_journal(&self) -> Result<usize> {
+        let s = self.settings();
+        if s.cfg.stamp.mode != StampMode::Batch {
+            return Ok(0);
+        }
+        let b = self.batcher().await.map_err(anyhow::Error::msg)?;
+        b.prune(s.cfg.stamp.journal_retention_days)
+    }
+
     /// Applies `stamp.pending_on_restart` to `pending` (from [`Milter::pending_batches`]).
     /// It may wait for the chain (and for an anchor still in the pool), so the daemons run it
     /// on its own task once they listen.

@@ -165,6 +165,11 @@ impl Relay {
         self.core.pending_batches().await
     }
 
+    /// Deletes old ended batches from the journal (see [`Milter::prune_journal`]).
+    pub async fn prune_journal(&self) -> Result<usize> {
+        self.core.prune_journal().await
+    }
+
     /// Applies `stamp.pending_on_restart` to `pending` (see [`Milter::recover_batches`]).
     pub async fn recover_batches(
         &self,

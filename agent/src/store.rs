@@ -484,6 +484,26 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes the `anchored` and `dropped` daemon batches last changed before `before`
+    /// (unix seconds), with their leaves; how many batches went. Pending ones are kept
+    /// whatever their age.
+    pub fn prune_daemon_batches(&self, before: u64) -> Result<usize> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "DELETE FROM daemon_leaves WHERE batch_id IN (SELECT batch_id FROM daemon_batches
+                 WHERE state IN ('anchored', 'dropped') AND updated < ?1)",
+                params![before as i64],
+            )?;
+            let n = tx.execute(
+                "DELETE FROM daemon_batches WHERE state IN ('anchored', 'dropped') AND updated < ?1",
+                params![before as i64],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
     /// The daemon batches of `owner` in `states`, oldest first, with their leaves.
     pub fn daemon_batches_of(
         &self,
@@ -641,6 +661,26 @@ mod tests {
             s.end_daemon_batch("0xnone", Dropped, None, None, 5)
                 .is_err()
         );
+        // Retention: ended batches last changed before the cut go, with their leaves;
+        // pending ones stay whatever their age.
+        s.open_daemon_batch("0xold", "milter inet:a", 0).unwrap();
+        s.add_daemon_leaf("0xold", 0, "0xc9").unwrap();
+        assert_eq!(s.prune_daemon_batches(4).unwrap(), 1, "0xb3 (updated at 3)");
+        assert_eq!(
+            s.prune_daemon_batches(5).unwrap(),
+            2,
+            "0xb1 and 0xb2 (at 4)"
+        );
+        let left = s
+            .daemon_batches(&[Open, Closed, Anchored, Dropped])
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].batch_id, "0xold");
+        assert_eq!(left[0].leaves, ["0xc9"]);
+        let orphans: i64 = s
+            .with(|c| c.query_row("SELECT count(*) FROM daemon_leaves", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(orphans, 1, "the pruned batches' leaves went with them");
     }
 
     #[test]
