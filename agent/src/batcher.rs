@@ -124,8 +124,22 @@ impl Batcher {
     /// before this returns. The receiver gets the leaf and proof once the batch's anchor is
     /// mined, or why not. The batch closes when `cut.max` leaves are in or `cut.wait` after its
     /// first leaf; closing and anchoring run on their own task, so a message that stops waiting
-    /// does not stop the others.
-    pub fn submit(
+    /// does not stop the others. The journal writes (SQLite, with fsync) run on a blocking
+    /// thread, not on the runtime's.
+    pub async fn submit(
+        self: &Arc<Self>,
+        chain: &Chain,
+        commitment: Commitment,
+        cut: Cut,
+    ) -> Result<oneshot::Receiver<Outcome>> {
+        let (me, chain) = (self.clone(), chain.clone());
+        tokio::task::spawn_blocking(move || me.submit_blocking(&chain, commitment, cut))
+            .await
+            .context("the batcher's journal task failed")?
+    }
+
+    /// [`Batcher::submit`] on a blocking thread (inside the runtime: it spawns tasks).
+    fn submit_blocking(
         self: &Arc<Self>,
         chain: &Chain,
         commitment: Commitment,

@@ -537,10 +537,10 @@ impl Chain {
                         .map_err(|e| refused(e, what))
                 },
                 async {
-                    self.provider
-                        .estimate_eip1559_fees()
-                        .await
-                        .context("estimating EIP-1559 fees")
+                    match self.provider.estimate_eip1559_fees().await {
+                        Ok(f) => Ok(f),
+                        Err(e) => Err(self.no_eip1559(e).await),
+                    }
                 }
             )
         })
@@ -681,6 +681,25 @@ impl Chain {
             }
             tokio::time::sleep(sleep).await;
             pause = (pause * 2).min(poll_cap);
+        }
+    }
+
+    /// Why the EIP-1559 fee estimate failed: a chain without a base fee (pre-London, or a
+    /// chain that still prices gas the legacy way) is named as such, since every write would
+    /// fail the same way; anything else is passed on.
+    async fn no_eip1559(&self, e: alloy::transports::TransportError) -> anyhow::Error {
+        let latest = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await;
+        match latest {
+            Ok(Some(b)) if b.header.base_fee_per_gas.is_none() => anyhow!(
+                "chain {} has no EIP-1559 base fee (its blocks carry no baseFeePerGas: a legacy-gas chain); \
+                 mailstamp sends EIP-1559 (type 2) transactions only, so it cannot write here: use a chain with \
+                 EIP-1559 (docs/PROTOCOL.md, \"Fees\")",
+                self.chain_id
+            ),
+            _ => anyhow!(e).context("estimating EIP-1559 fees"),
         }
     }
 

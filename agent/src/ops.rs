@@ -112,7 +112,7 @@ pub async fn stamp_batched(
 ) -> Result<Stamped> {
     let writer = chain.writer.context("stamping needs a writer key")?;
     let mut p = check_and_prepare(ctx, writer, &chain.chain_ref(writer), raw, env).await?;
-    let rx = batcher.submit(chain, p.commitment, cut)?;
+    let rx = batcher.submit(chain, p.commitment, cut).await?;
     let leaf = match tokio::time::timeout(hold, rx).await {
         Ok(Ok(Ok(leaf))) => leaf,
         Ok(Ok(Err(why))) => bail!("{why}"),

@@ -616,3 +616,29 @@ async fn a_send_whose_answer_is_lost_is_recognised_and_not_sent_again() {
         Lookup::Found { commitment: got, .. } if got == commitment(0).0
     ));
 }
+
+#[tokio::test]
+async fn a_chain_without_eip1559_fails_writes_with_a_clear_message() {
+    // A pre-London chain: no base fee in its blocks. Nothing needs to be deployed: the fee
+    // estimate fails before anything is sent.
+    let a = alloy::node_bindings::Anvil::at(crate::harness::tool("anvil"))
+        .port(0u16)
+        .args(["--hardfork", "berlin"])
+        .try_spawn()
+        .expect("anvil starts");
+    let c = Chain::connect(
+        &cfg(&a.endpoint(), 1),
+        Address::repeat_byte(9),
+        Some(signer(&a, 0)),
+    )
+    .await
+    .unwrap();
+    let e = format!(
+        "{:#}",
+        c.stamp(token("legacy", 0), commitment(0))
+            .await
+            .unwrap_err()
+    );
+    assert!(e.contains("has no EIP-1559 base fee"), "{e}");
+    assert!(e.contains("chain 31337"), "{e}");
+}

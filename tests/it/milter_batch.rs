@@ -595,8 +595,8 @@ async fn a_chain_change_closes_the_open_batch_and_anchors_it_where_its_headers_p
         wait: std::time::Duration::from_secs(2),
     };
     let (l0, l1) = ([1u8; 24], [2u8; 24]);
-    let r0 = b.submit(&c0, l0, cut).unwrap();
-    let r1 = b.submit(&c1, l1, cut).unwrap();
+    let r0 = b.submit(&c0, l0, cut).await.unwrap();
+    let r1 = b.submit(&c1, l1, cut).await.unwrap();
     let first = r0.await.unwrap().unwrap();
     let second = r1.await.unwrap().unwrap();
     assert_ne!(first.batch, second.batch, "one batch per chain settings");
