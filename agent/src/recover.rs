@@ -442,10 +442,21 @@ impl Summary {
     }
 }
 
-/// The user a message was delivered to, from the delivering agent's headers.
+/// The user a message was delivered to, from the delivering agent's headers: the TOP-MOST
+/// `Delivered-To:` (else `X-Original-To:`), the one our delivery agent prepended. Never the
+/// last one (`Message::header_raw` gives the bottom-most occurrence): a sender can write
+/// `Delivered-To: mallory@ours` at the bottom of its own header to be judged against
+/// Mallory's lists.
 fn delivered_to(msg: &Message<'_>) -> Option<String> {
     ["Delivered-To", "X-Original-To"].iter().find_map(|n| {
-        let v = msg.header_raw(*n)?;
+        let h = msg
+            .headers()
+            .iter()
+            .find(|h| h.name.as_str().eq_ignore_ascii_case(n))?;
+        let v = msg
+            .raw_message
+            .get(h.offset_start as usize..h.offset_end as usize)?;
+        let v = std::str::from_utf8(v).ok()?;
         crate::senders::normalise_address(v.trim().trim_matches(['<', '>'])).ok()
     })
 }
@@ -833,6 +844,20 @@ mod tests {
              From: ann@a.example\n\nx\n",
         );
         assert_eq!(trace(&m, &ours).client_ip, None);
+    }
+
+    #[test]
+    fn the_user_is_the_top_most_delivered_to() {
+        let raw = "Delivered-To: bob@b.example\n\
+                   Received: from x ([192.0.2.7]) by mx.b.example; Tue, 1 Jan 2030 00:00:00 +0000\n\
+                   From: ann@a.example\n\
+                   Delivered-To: mallory@b.example\n\nx\n";
+        assert_eq!(delivered_to(&parse(raw)).as_deref(), Some("bob@b.example"));
+        // The verification parser (which `one` uses) gives the same answer.
+        let m = mailstamp_core::parse(raw.as_bytes()).unwrap();
+        assert_eq!(delivered_to(&m).as_deref(), Some("bob@b.example"));
+        let m = parse("X-Original-To: <Bob@B.example>\nFrom: a@a.example\n\nx\n");
+        assert_eq!(delivered_to(&m).as_deref(), Some("bob@b.example"));
     }
 
     #[test]
