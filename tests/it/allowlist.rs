@@ -441,8 +441,9 @@ async fn outbound_stamps_teach_the_allowlist_and_only_authenticated_replies_are_
         2
     );
 
-    // Partial matches, authenticated, with their weights: same display name and domain
-    // (0.80 ≥ min_weight 0.50) → INBOX; only the same domain (0.40) → reported, not trusted.
+    // Partial matches, authenticated, with their weights, reported but not trusted by
+    // default: same display name and domain (0.45 < min_weight 0.50) — at a shared domain an
+    // attacker can take any display name and pass DMARC — and only the same domain (0.30).
     let twin = key.sign(
         "c.example",
         &message(
@@ -459,10 +460,10 @@ async fn outbound_stamps_teach_the_allowlist_and_only_authenticated_replies_are_
         &twin,
     )
     .await;
-    assert_eq!(out.folder().as_deref(), Some("INBOX"), "{out:?}");
+    assert_eq!(out.folder().as_deref(), Some("Unknown"), "{out:?}");
     let l = out.header("X-Mailstamp-List").unwrap();
     assert!(
-        l.contains("match=name_domain; weight=0.80; entry=carol@c.example; trusted=yes"),
+        l.contains("match=name_domain; weight=0.45; entry=carol@c.example; trusted=no"),
         "{l}"
     );
     let colleague = key.sign(
@@ -480,7 +481,7 @@ async fn outbound_stamps_teach_the_allowlist_and_only_authenticated_replies_are_
     assert_eq!(out.folder().as_deref(), Some("Unknown"), "{out:?}");
     let l = out.header("X-Mailstamp-List").unwrap();
     assert!(
-        l.contains("match=domain; weight=0.40") && l.contains("trusted=no"),
+        l.contains("match=domain; weight=0.30") && l.contains("trusted=no"),
         "{l}"
     );
     assert!(
@@ -549,6 +550,8 @@ async fn idle_entries_expire_and_stop_matching() {
         // Written to an hour ago, and three days ago (idle past expire_days; recorded last,
         // since learning deletes what has expired by its own clock).
         allowlist::record_outbound(&store, &cfg, "bob@b.example", &fresh, now - 3600).unwrap();
+        // Fred wrote back (partial matches are only against complete entries).
+        assert!(allowlist::complete(&store, &cfg, "bob@b.example", &fresh, now - 3500).unwrap());
         allowlist::record_outbound(&store, &cfg, "bob@b.example", &carol, now - 3 * 86_400)
             .unwrap();
     }
