@@ -169,6 +169,9 @@ pub struct Trace {
     pub helo: String,
     /// The envelope sender (`Return-Path:`, written by the delivering agent).
     pub mail_from: String,
+    /// The date (unix seconds) of the top-most `Received:` written by our own MTA: when the
+    /// message was delivered here.
+    pub delivered: Option<u64>,
 }
 
 fn host_name(h: &Host<'_>) -> String {
@@ -200,6 +203,12 @@ pub fn trace(msg: &Message<'_>, our_hosts: &[String]) -> Trace {
                 if !our_hosts.iter().any(|o| o.eq_ignore_ascii_case(&by)) {
                     break;
                 }
+                if t.delivered.is_none() {
+                    t.delivered = r
+                        .date()
+                        .map(|d| d.to_timestamp())
+                        .and_then(|s| u64::try_from(s).ok());
+                }
                 match r.from_ip() {
                     Some(ip) if !ip.is_loopback() => {
                         t.client_ip = Some(ip);
@@ -212,6 +221,33 @@ pub fn trace(msg: &Message<'_>, our_hosts: &[String]) -> Trace {
         }
     }
     t
+}
+
+/// When the message was delivered here (unix seconds), the time its stamp is verified as at —
+/// as the milter would have at SMTP time, so that mail that sat in Junk for longer than
+/// `[verify] max_age_secs` is not called a replay. The date of the top-most `Received:` our
+/// MTA wrote ([`Trace::delivered`]), else the file's mtime (Dovecot keeps the IMAP
+/// INTERNALDATE there, also across moves), else the delivery time at the start of its Maildir
+/// base name; never later than `now`.
+pub fn delivered_at(t: &Trace, file: &Path, now: u64) -> u64 {
+    let mtime = || {
+        std::fs::metadata(file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    let by_name = || {
+        file.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('.').next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    t.delivered
+        .or_else(mtime)
+        .or_else(by_name)
+        .unwrap_or(now)
+        .min(now)
 }
 
 /// Parses a message with every header value parsed: the trace walk needs `Received:`, which
@@ -266,6 +302,8 @@ pub struct Outcome {
     pub authenticated_sender: Option<String>,
     /// The stamp verdict.
     pub verdict: Verdict,
+    /// The time (unix seconds) the stamp was verified as at: the delivery ([`delivered_at`]).
+    pub verified_at: Option<u64>,
     /// SPF/DKIM/DMARC.
     pub auth: AuthOutcome,
     /// What the spam filters said.
@@ -512,7 +550,8 @@ impl Recoverer {
                 .collect()
         };
         Ok(Self {
-            verify: VerifyContext::from_config(cfg, Some(ops::now()))?,
+            // `now` is set per message: the delivery time (see `examine`).
+            verify: VerifyContext::from_config(cfg, None)?,
             auth: Authenticator::new(&cfg.dns, &host)?,
             cfg: cfg.clone(),
             chain,
@@ -540,6 +579,7 @@ impl Recoverer {
             detail: String::new(),
             authenticated_sender: None,
             verdict: Verdict::Unstamped,
+            verified_at: None,
             auth: AuthOutcome::none(),
             filters: Vec::new(),
             earlier: false,
@@ -560,11 +600,19 @@ impl Recoverer {
             rcpts: out.user.iter().cloned().collect(),
             client_ip: t.client_ip,
         };
+        // Verified as at delivery, not now: a stamped message that sat in Junk for longer than
+        // max_age is no replay.
+        let at = delivered_at(&t, file, ops::now());
+        out.verified_at = Some(at);
+        let verify = VerifyContext {
+            now: Some(at),
+            ..self.verify.clone()
+        };
         // The stamp and DMARC are independent: check both at once.
         let (report, auth) = tokio::join!(
             ops::verify(
                 self.chain.as_ref().map_err(String::as_str),
-                &self.verify,
+                &verify,
                 raw,
                 &env
             ),
@@ -705,6 +753,7 @@ impl Recoverer {
                 detail: "decided in an earlier run".into(),
                 authenticated_sender: r.sender.clone(),
                 verdict: Verdict::Unstamped,
+                verified_at: None,
                 auth: AuthOutcome::none(),
                 filters: Vec::new(),
                 earlier: true,
@@ -835,6 +884,27 @@ mod tests {
         );
         let t = trace(&m, &ours);
         assert_eq!(t.client_ip, Some("192.0.2.7".parse().unwrap()));
+        // Delivered when the top-most of our Received: says (2030-01-01T00:00:00Z).
+        assert_eq!(t.delivered, Some(1_893_456_000));
+        assert_eq!(
+            delivered_at(&t, Path::new("/nonexistent/1.x.host"), u64::MAX),
+            1_893_456_000
+        );
+        assert_eq!(
+            delivered_at(&t, Path::new("/nonexistent/1.x.host"), 5),
+            5,
+            "never later than now"
+        );
+        let none = Trace::default();
+        assert_eq!(
+            delivered_at(
+                &none,
+                Path::new("/nonexistent/1700000000.M1P2.host:2,S"),
+                u64::MAX
+            ),
+            1_700_000_000
+        );
+        assert_eq!(delivered_at(&none, Path::new("/nonexistent/junk"), 42), 42);
         assert_eq!(t.helo, "mail.a.example");
         assert_eq!(t.mail_from, "ann@a.example");
         // A Received naming our host below a foreign one is the sender's own writing.
