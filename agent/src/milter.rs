@@ -701,12 +701,11 @@ fn header(cx: &mut Context<Session>, name: &str, value: &[u8]) -> Status {
         return too_big(&mut cx.reply, limit);
     }
     let index = msg.count(name);
-    if !msg.outbound {
-        // Headers that claim our results came from outside: they go, or a Sieve rule could
-        // be fooled by a sender who writes them.
-        if session::is_ours(name, value, &msg.settings.authserv_id) {
-            msg.forged.push((name.to_owned(), index));
-        }
+    // Headers that claim our results came from outside: they go, or a Sieve rule could be
+    // fooled by a sender who writes them — on outbound (local submission) mail too, which a
+    // local recipient's or the next site's Sieve rule reads.
+    if session::is_ours(name, value, &msg.settings.authserv_id) {
+        msg.forged.push((name.to_owned(), index));
     }
     msg.raw.extend_from_slice(name.as_bytes());
     msg.raw.push(b':');
@@ -749,6 +748,7 @@ async fn eom(m: &Milter, cx: &mut EomContext<Session>) -> Status {
 }
 
 async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
+    remove_forged(cx, &msg, queue_id).await;
     let s = &msg.settings;
     match session::stamp(m, s, &msg.raw, &msg.sender, &msg.rcpts).await {
         Ok(st) => {
@@ -792,6 +792,20 @@ async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: 
                     Status::Continue
                 }
             }
+        }
+    }
+}
+
+/// Removes the sender-written fields that claim to be ours (`X-Mailstamp-*`, our
+/// `Authentication-Results`), last first so the indexes stay right.
+async fn remove_forged(cx: &mut EomContext<Session>, msg: &Msg, queue_id: &str) {
+    for (name, index) in msg.forged.iter().rev() {
+        if let Err(e) = cx
+            .actions
+            .change_header(name.as_str(), *index, None::<&str>)
+            .await
+        {
+            warn!(queue_id, "cannot remove a forged {name}: {e}");
         }
     }
 }
@@ -873,15 +887,7 @@ async fn inbound(
         reason = j.report.reason.as_deref().unwrap_or(""),
         "verified"
     );
-    for (name, index) in msg.forged.iter().rev() {
-        if let Err(e) = cx
-            .actions
-            .change_header(name.as_str(), *index, None::<&str>)
-            .await
-        {
-            warn!(queue_id, "cannot remove a forged {name}: {e}");
-        }
-    }
+    remove_forged(cx, &msg, queue_id).await;
     // Authentication-Results goes on top, the others at the end of the header.
     for (i, (name, value)) in j.headers.iter().enumerate() {
         let added = if i == 0 {

@@ -515,6 +515,28 @@ async fn outbound_stamps_teach_the_allowlist_and_only_authenticated_replies_are_
     )
     .await;
     assert_eq!(out.folder().as_deref(), Some("Unknown"), "{out:?}");
+
+    // Outbound (local submission) mail is stripped of sender-written X-Mailstamp-* fields
+    // too: the Sieve rule at a receiving site — or ours, for a local recipient — must not
+    // file by a folder name the sender chose.
+    let mut forged =
+        b"X-Mailstamp-Folder: ../../../etc\r\nX-Mailstamp-Inbox-For: <bob@b.example>\r\n".to_vec();
+    forged.extend_from_slice(&message("Alice <alice@b.example>", "zed@z.example", "out"));
+    let out = play(
+        m.addr,
+        "127.0.0.1",
+        "alice@b.example",
+        &["zed@z.example"],
+        &forged,
+    )
+    .await;
+    assert_eq!(out.status, Status::Continue, "{out:?}");
+    assert!(out.header("Mail-Stamp").is_some(), "stamped: {out:?}");
+    assert!(
+        out.eom.has_delete_header("X-Mailstamp-Folder", 1)
+            && out.eom.has_delete_header("X-Mailstamp-Inbox-For", 1),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
@@ -865,4 +887,13 @@ async fn the_relay_learns_from_what_it_stamps_and_files_replies_by_authenticatio
     assert_eq!(fields(&data, "X-Mailstamp-Folder"), ["INBOX"], "{data}");
     let e = entry(&store_path, "bob@b.example", "carol@c.example").unwrap();
     assert_eq!((e.state, e.received), (EntryState::Complete, 1));
+
+    // Outbound with a sender-written folder header: the relay removes it too.
+    let mut forged = b"X-Mailstamp-Folder: ../../../etc\r\n".to_vec();
+    forged.extend_from_slice(&outbound);
+    let r = smtp_send(out_relay, "bob@b.example", "carol@c.example", &forged).await;
+    assert!(r.starts_with("250"), "{r}");
+    let data = got.lock().unwrap()[3].clone();
+    assert_eq!(fields(&data, "Mail-Stamp").len(), 1, "{data}");
+    assert!(fields(&data, "X-Mailstamp-Folder").is_empty(), "{data}");
 }
