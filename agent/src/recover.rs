@@ -184,7 +184,8 @@ fn host_name(h: &Host<'_>) -> String {
 /// The SMTP session as our MTA wrote it in trace headers. Walks `Received:` from the top
 /// (the newest) while they are written `by` one of `our_hosts`; hops between our own
 /// programs (a loopback client, e.g. LMTP or a content filter) are passed over; the first
-/// non-loopback client of our hops is the one SPF is about. The walk stops at the first
+/// non-loopback client of our hops is the one SPF is about. One of ours with no client IP
+/// (a local submission, or a line our parser cannot read) ends the walk without a client. The walk stops at the first
 /// `Received:` not by one of our hosts: those below came with the message and prove nothing.
 pub fn trace(msg: &Message<'_>, our_hosts: &[String]) -> Trace {
     let mut t = Trace::default();
@@ -210,11 +211,15 @@ pub fn trace(msg: &Message<'_>, our_hosts: &[String]) -> Trace {
                         .and_then(|s| u64::try_from(s).ok());
                 }
                 match r.from_ip() {
-                    Some(ip) if !ip.is_loopback() => {
+                    // A hop between our own programs (LMTP, a content filter): look further.
+                    Some(ip) if ip.is_loopback() => continue,
+                    Some(ip) => {
                         t.client_ip = Some(ip);
                         t.helo = r.helo().or(r.from()).map(host_name).unwrap_or_default();
                     }
-                    _ => continue,
+                    // Ours, but no client address (a local submission, a garbled line): the
+                    // walk stops here — going on would read headers the sender wrote.
+                    None => break,
                 }
             }
             _ => {}
@@ -914,6 +919,29 @@ mod tests {
              From: ann@a.example\n\nx\n",
         );
         assert_eq!(trace(&m, &ours).client_ip, None);
+    }
+
+    #[test]
+    fn the_walk_stops_at_our_hop_without_a_client_ip() {
+        let ours = vec!["mx.b.example".to_owned()];
+        // Our pickup of a local submission (no client), above sender-written lines naming
+        // our host: no client, not the forged one.
+        let m = parse(
+            "Received: by mx.b.example (Postfix, from userid 1000) id Z; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             Received: from mail.a.example (mail.a.example [192.0.2.7]) by mx.b.example; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             From: ann@a.example\n\nx\n",
+        );
+        assert_eq!(trace(&m, &ours).client_ip, None);
+        // A loopback hop is still passed over.
+        let m = parse(
+            "Received: from mx.b.example ([127.0.0.1]) by mx.b.example (Dovecot) with LMTP id x; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             Received: from mail.a.example (mail.a.example [192.0.2.7]) by mx.b.example; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             From: ann@a.example\n\nx\n",
+        );
+        assert_eq!(
+            trace(&m, &ours).client_ip,
+            Some("192.0.2.7".parse().unwrap())
+        );
     }
 
     #[test]
