@@ -180,14 +180,12 @@ impl Settings {
         } else {
             None
         };
-        // Authorised senders and the allowlist (issue 5) share the provider-mode store.
+        // Authorised senders and the allowlist (issue 5): the same file, their own connection
+        // with a short busy timeout (session::open_people_store).
         let (people, authenticator) = if cfg.inbound.enabled {
-            let store = match &active_only {
-                Some(s) => s.clone(),
-                None => Arc::new(Store::open(&cfg.store.path).context(
-                    "inbound.enabled needs the store (store.path / --store); set inbound.enabled = false to go without",
-                )?),
-            };
+            let store = session::open_people_store(&cfg.store.path).context(
+                "inbound.enabled needs the store (store.path / --store); set inbound.enabled = false to go without",
+            )?;
             let auth = Authenticator::new(&cfg.dns, &authserv_id)?;
             (Some(store), Some(Arc::new(auth)))
         } else {

@@ -898,3 +898,85 @@ async fn the_relay_learns_from_what_it_stamps_and_files_replies_by_authenticatio
     assert_eq!(fields(&data, "Mail-Stamp").len(), 1, "{data}");
     assert!(fields(&data, "X-Mailstamp-Folder").is_empty(), "{data}");
 }
+
+/// Another writer (`recover --apply`, the CLI) holding the store's write lock holds no
+/// session: store work runs on the blocking pool with a short busy timeout; the decision
+/// (reads, WAL) still comes out right, learning is skipped (best effort) and happens again
+/// with the next message once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_locked_by_another_writer_costs_only_the_learning() {
+    let (a, registry, writer) = chain().await;
+    let key = DkimKey::new();
+    let dns = DnsServer::start(&["example", "c.example"], &auth_zone("c.example", &key)).await;
+    let dir = TempDir::new("allowlist-locked");
+    let store_path = dir.0.join("state.sqlite");
+    let m = start_in(
+        &dir.0,
+        "mailstamp.toml",
+        &site_toml(&a.endpoint(), registry, writer, dns.addr, &store_path, ""),
+        Some(&a),
+    )
+    .await;
+    let now = mailstamp::ops::now();
+    {
+        let store = Store::open(&store_path).unwrap();
+        let carol = FromIdentity::new("carol@c.example", None).unwrap();
+        allowlist::record_outbound(
+            &store,
+            &AllowlistConfig::default(),
+            "bob@b.example",
+            &carol,
+            now,
+        )
+        .unwrap();
+    }
+    let lock = rusqlite::Connection::open(&store_path).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let reply = key.sign(
+        "c.example",
+        &message("Carol <carol@c.example>", "bob@b.example", "re"),
+    );
+    let out = play(
+        m.addr,
+        GOOD_IP,
+        "carol@c.example",
+        &["bob@b.example"],
+        &reply,
+    )
+    .await;
+    assert_eq!(out.status, Status::Continue, "{out:?}");
+    assert_eq!(out.folder().as_deref(), Some("INBOX"), "{out:?}");
+    let outbound = message("Bob <bob@b.example>", "dave@c.example", "hi");
+    let out = play(
+        m.addr,
+        "127.0.0.1",
+        "bob@b.example",
+        &["dave@c.example"],
+        &outbound,
+    )
+    .await;
+    assert_eq!(out.status, Status::Continue, "{out:?}");
+    assert!(out.header("Mail-Stamp").is_some(), "stamped: {out:?}");
+    lock.execute_batch("ROLLBACK").unwrap();
+    let e = entry(&store_path, "bob@b.example", "carol@c.example").unwrap();
+    assert_eq!(
+        (e.state, e.received),
+        (EntryState::Partial, 0),
+        "not completed under the lock"
+    );
+    assert!(entry(&store_path, "bob@b.example", "dave@c.example").is_none());
+
+    // The lock gone, the next reply completes the entry.
+    let out = play(
+        m.addr,
+        GOOD_IP,
+        "carol@c.example",
+        &["bob@b.example"],
+        &reply,
+    )
+    .await;
+    assert_eq!(out.folder().as_deref(), Some("INBOX"), "{out:?}");
+    let e = entry(&store_path, "bob@b.example", "carol@c.example").unwrap();
+    assert_eq!((e.state, e.received), (EntryState::Complete, 1));
+}
