@@ -764,8 +764,12 @@ impl Recoverer {
                 earlier: true,
                 moved_to: None,
             };
-            // A release recorded before a crash, not carried out: carry it out now.
-            if opts.apply && r.action == Action::Release {
+            // A release recorded before a crash, not carried out: carry it out now. One carried
+            // out already and found here again: the user put it back — never fight the user
+            // (a `--watch` tick would otherwise pull it out again and again).
+            if r.action == Action::Release && r.applied {
+                o.detail = "released in an earlier run and put back since (by the user?): left where it is".into();
+            } else if opts.apply && r.action == Action::Release {
                 o.moved_to = Some(maildir::move_unsynced(e, inbox)?);
                 self.store.recovery_applied(user, &id)?;
             }

@@ -779,4 +779,25 @@ async fn a_stamp_is_verified_as_at_delivery_not_now() {
         "{l}"
     );
     assert_eq!(sum["released"], 1);
+
+    // The user puts it back in Junk: the next run reports the earlier release and leaves it
+    // there (never fights the user), run after run.
+    let moved = std::path::PathBuf::from(l["moved_to"].as_str().unwrap());
+    let back = junk.join("cur/1700000000.old.host:2,S");
+    std::fs::rename(&moved, &back).unwrap();
+    for run in 0..2 {
+        let j = junk.to_str().unwrap().to_owned();
+        let config = tmp.0.join("c.toml");
+        let (lines, _) =
+            tokio::task::spawn_blocking(move || recover(&config, &[&j, "--user", USER, "--apply"]))
+                .await
+                .unwrap();
+        let l = &lines[0];
+        assert_eq!(
+            (l["earlier"].as_bool(), l["moved_to"].is_null()),
+            (Some(true), true),
+            "run {run}: {l}"
+        );
+        assert!(back.exists(), "run {run}: left where the user put it");
+    }
 }
