@@ -338,10 +338,18 @@ pub fn decide(
     now: u64,
 ) -> Result<Decision> {
     let by_stamp = stamp.is_some_and(stamp_authenticates);
-    let authenticated = by_stamp || auth.pass();
+    // DMARC speaks for the From domain mail-auth evaluated: it counts only when that is the
+    // domain of the From identity the lists are searched with (two parsers reading a garbled
+    // or doubled From could disagree).
+    let by_dmarc = auth.pass()
+        && match (from, auth.from_domain.as_deref()) {
+            (Some(f), Some(d)) => d.trim_end_matches('.').eq_ignore_ascii_case(&f.domain),
+            _ => false,
+        };
+    let authenticated = by_stamp || by_dmarc;
     let auth_method = if by_stamp {
         Some("stamp")
-    } else if auth.pass() {
+    } else if by_dmarc {
         Some("dmarc")
     } else {
         None
@@ -431,6 +439,7 @@ mod tests {
 
     fn pass() -> AuthOutcome {
         AuthOutcome {
+            from_domain: Some("a.example".into()),
             dmarc: AuthResult::Pass,
             aligned: Some("dkim"),
             ..AuthOutcome::none()
@@ -456,6 +465,16 @@ mod tests {
         assert_eq!(
             (d.folder.name(), d.reason, d.list_hit.unwrap().trusted),
             ("Unknown", Reason::UnauthenticatedHit, false)
+        );
+        // DMARC passed for another domain than the From the lists are searched with: no.
+        let elsewhere = AuthOutcome {
+            from_domain: Some("evil.example".into()),
+            ..pass()
+        };
+        let d = decide(&s, &cfg, me, Some(&ann), None, &elsewhere, 10).unwrap();
+        assert_eq!(
+            (d.reason, d.authenticated, d.folder.name()),
+            (Reason::UnauthenticatedHit, false, "Unknown")
         );
         let spam = Report::bare(Verdict::Spam, "forged", None);
         let d = decide(&s, &cfg, me, Some(&ann), Some(&spam), &pass(), 10).unwrap();
