@@ -184,7 +184,7 @@ fn sync_dir(d: &Path) -> Result<()> {
 /// rename and syncs both directories; returns the new path. Fails, leaving the message where
 /// it was, when the target is on another file system or not a Maildir folder.
 pub fn move_to(entry: &Entry, to: &Path) -> Result<PathBuf> {
-    let target = move_unsynced(entry, to)?;
+    let target = move_unsynced(entry, to, &mut bases(to)?)?;
     if let Some(dir) = target.parent() {
         sync_dir(dir)?;
     }
@@ -201,20 +201,28 @@ pub fn move_to(entry: &Entry, to: &Path) -> Result<PathBuf> {
 /// Never replaces a file: the rename is `renameat2(RENAME_NOREPLACE)` (no window between a
 /// check and the rename). A target that already holds the same *base* name (in `new/` or
 /// `cur/`, whatever its flags: for Maildir readers the base is the message's identity) or
-/// the same file name gets a fresh unique base with the same flags.
-pub fn move_unsynced(entry: &Entry, to: &Path) -> Result<PathBuf> {
+/// the same file name gets a fresh unique base with the same flags. `taken`: the base names in
+/// `to` ([`bases`], read once for many moves), kept up to date here.
+pub fn move_unsynced(
+    entry: &Entry,
+    to: &Path,
+    taken: &mut std::collections::BTreeSet<String>,
+) -> Result<PathBuf> {
     require_folder(to)?;
     let dir = to.join(entry.sub.as_str());
     let mut n = 0u32;
     let mut name = entry.file_name();
-    if base_taken(to, &entry.base) {
+    if taken.contains(&entry.base) {
         n += 1;
         name = fresh_name(entry, n);
     }
     loop {
         let target = dir.join(&name);
         match rename_noreplace(&entry.path, &target) {
-            Ok(()) => return Ok(target),
+            Ok(()) => {
+                taken.insert(parse_name(&name).0);
+                return Ok(target);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
                 n += 1;
                 name = fresh_name(entry, n);
@@ -243,14 +251,9 @@ fn fresh_name(entry: &Entry, n: u32) -> String {
     }
 }
 
-/// Whether folder `to` holds a message with base name `base` (in `new/` or `cur/`).
-fn base_taken(to: &Path, base: &str) -> bool {
-    ["new", "cur"].iter().any(|sub| {
-        fs::read_dir(to.join(sub)).is_ok_and(|rd| {
-            rd.flatten()
-                .any(|e| parse_name(&e.file_name().to_string_lossy()).0 == base)
-        })
-    })
+/// The base names of the messages in folder `to` (`new/` and `cur/`), for [`move_unsynced`].
+pub fn bases(to: &Path) -> Result<std::collections::BTreeSet<String>> {
+    Ok(list(to)?.into_iter().map(|e| e.base).collect())
 }
 
 /// `rename(2)` that fails with `AlreadyExists` instead of replacing `to`. Where the file

@@ -704,6 +704,12 @@ impl Recoverer {
         }
         let mut sum = Summary::default();
         let total = entries.len();
+        // The inbox's base names, read once: a release never takes one already there.
+        let mut taken = if opts.apply {
+            maildir::bases(inbox)?
+        } else {
+            Default::default()
+        };
         for (i, e) in entries.iter().enumerate() {
             let raw = match std::fs::read(&e.path) {
                 Ok(r) => r,
@@ -715,7 +721,7 @@ impl Recoverer {
                     continue;
                 }
             };
-            let o = self.one(e, &raw, inbox, opts).await;
+            let o = self.one(e, &raw, inbox, opts, &mut taken).await;
             match o {
                 Ok(o) => {
                     sum.count(&o);
@@ -736,7 +742,14 @@ impl Recoverer {
         Ok(sum)
     }
 
-    async fn one(&self, e: &Entry, raw: &[u8], inbox: &Path, opts: &Options) -> Result<Outcome> {
+    async fn one(
+        &self,
+        e: &Entry,
+        raw: &[u8],
+        inbox: &Path,
+        opts: &Options,
+        taken: &mut std::collections::BTreeSet<String>,
+    ) -> Result<Outcome> {
         let id = identity(raw);
         // Whose decision: --user, else the delivering agent's Delivered-To.
         let user = opts
@@ -770,7 +783,7 @@ impl Recoverer {
             if r.action == Action::Release && r.applied {
                 o.detail = "released in an earlier run and put back since (by the user?): left where it is".into();
             } else if opts.apply && r.action == Action::Release {
-                o.moved_to = Some(maildir::move_unsynced(e, inbox)?);
+                o.moved_to = Some(maildir::move_unsynced(e, inbox, taken)?);
                 self.store.recovery_applied(user, &id)?;
             }
             return Ok(o);
@@ -791,7 +804,7 @@ impl Recoverer {
                 ops::now(),
             )?;
             if o.action == Action::Release {
-                o.moved_to = Some(maildir::move_unsynced(e, inbox)?);
+                o.moved_to = Some(maildir::move_unsynced(e, inbox, taken)?);
                 self.store.recovery_applied(&user, &o.id)?;
             }
         }
