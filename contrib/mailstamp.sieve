@@ -1,7 +1,8 @@
 # Sieve (RFC 5228) rules for Dovecot/Pigeonhole: file mail by the headers mailstamp adds.
-# The milter and the relay remove every X-Mailstamp-* header a sender wrote, so only theirs
-# are seen here. See docs/MTA.md, "Inbound folders".
-require ["fileinto", "mailbox", "envelope", "variables"];
+# The milter and the relay remove every X-Mailstamp-* header a sender wrote (inbound and
+# outbound), so only theirs are seen here; as a second guard, mail is filed only into a folder
+# name of the shape the agent allows. See docs/MTA.md, "Inbound folders".
+require ["fileinto", "mailbox", "envelope", "variables", "regex"];
 
 # 1. A stamp that is forged, altered, replayed or broken: Junk.
 if header :is "X-Mailstamp-Verdict" ["spam", "invalid"] {
@@ -28,7 +29,9 @@ if string :is "${folder}" "INBOX" {
     keep;
     stop;
 }
-if not string :is "${folder}" "" {
+# Only a name the agent could have written (`[inbound] folder`: letters, digits, `-`, `_`,
+# levels separated by `.` or `/`): never `..`, a leading separator or another odd name.
+if string :regex "${folder}" "^[A-Za-z0-9_-]+([./][A-Za-z0-9_-]+)*$" {
     fileinto :create "${folder}";
     stop;
 }

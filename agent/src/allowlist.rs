@@ -7,9 +7,12 @@
 //! `mailstamp allowlist list|show|forget` lets an operator look and correct.
 //!
 //! Matching ([`lookup`]): a *full* match is the exact address; a *partial* match is the same
-//! display name and domain, or (weaker) only the same domain — each with its own weight,
-//! configurable, and reported. [`crate::inbound::decide`] trusts a hit only when the message is
-//! authenticated.
+//! display name and domain, or (weaker) only the same domain, and only against a *complete*
+//! entry — each with its own weight, configurable, and reported. [`crate::inbound::decide`]
+//! trusts a hit only when the message is authenticated and the weight reaches `min_weight`.
+//! By default both partial weights are below it: at a shared domain (gmail.com) anybody can
+//! register an address with a correspondent's display name and pass DMARC, so a partial match
+//! is reported, never trusted, unless an operator of a closed domain raises its weight.
 
 use anyhow::{Result, bail};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
@@ -59,8 +62,10 @@ impl Default for AllowlistConfig {
             max_per_user: 5_000,
             partial: vec![PartialMatch::NameDomain, PartialMatch::Domain],
             weight_full: 1.0,
-            weight_name_domain: 0.8,
-            weight_domain: 0.4,
+            // Below min_weight: partial matches are reported, not trusted (see the module
+            // comment; docs/MTA.md "Matching").
+            weight_name_domain: 0.45,
+            weight_domain: 0.3,
             min_weight: 0.5,
         }
     }
@@ -250,7 +255,9 @@ pub fn complete(
 }
 
 /// The best live (not expired) entry of `user` matching `from`, and how it matched: the exact
-/// address, else the configured partial matches (name+domain before domain).
+/// address, else the configured partial matches (name+domain before domain) against
+/// *complete* entries only — a partial entry (we wrote to them, they never wrote back
+/// authenticated) vouches for nobody but its own address.
 pub fn lookup(
     store: &Store,
     cfg: &AllowlistConfig,
@@ -279,7 +286,8 @@ pub fn lookup(
     let same_domain = store.with(|c| {
         let mut st = c.prepare(&format!(
             "SELECT {COLS} FROM allowlist WHERE user = ?1 AND domain = ?2 AND last_seen >= ?3
-             ORDER BY state = 'complete' DESC, last_seen DESC"
+               AND state = 'complete'
+             ORDER BY last_seen DESC"
         ))?;
         st.query_map(params![user, from.domain, cutoff], entry)?
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -375,6 +383,18 @@ mod tests {
             (e.state, e.sent, e.first_seen, e.last_seen),
             (EntryState::Partial, 2, 100, 200)
         );
+        // A partial entry gives no partial match: it vouches only for its own address.
+        assert!(
+            lookup(
+                &s,
+                &cfg,
+                "me@ours.example",
+                &id("lee@a.example", Some("ann lee")),
+                200
+            )
+            .unwrap()
+            .is_none()
+        );
         assert!(complete(&s, &cfg, "me@ours.example", &ann, 300).unwrap());
         let e = show(&s, "me@ours.example", "ann@a.example")
             .unwrap()
@@ -446,6 +466,17 @@ mod tests {
             1
         );
         assert_eq!(forget(&s, "me@ours.example", None).unwrap(), 1);
+    }
+
+    #[test]
+    fn partial_matches_are_not_trusted_by_default() {
+        // Carol Lee at a shared domain wrote back: an attacker's x@gmail.com named
+        // "Carol Lee" (DMARC pass for gmail.com) must not weigh enough for the inbox.
+        let cfg = AllowlistConfig::default();
+        for k in [MatchKind::PartialNameDomain, MatchKind::PartialDomain] {
+            assert!(cfg.weight(k) < cfg.min_weight, "{k:?}");
+        }
+        assert!(cfg.weight(MatchKind::Full) >= cfg.min_weight);
     }
 
     #[test]

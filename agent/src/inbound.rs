@@ -4,15 +4,15 @@
 //! senders, the self-training allowlist). Used by the milter and the relay at end of message
 //! and by `mailstamp recover`. One rule for both lists: a hit counts only when the message is
 //! authenticated for its From domain — a mailstamp stamp whose writer is authorised (verdict
-//! `wanted`, or `suspect` with `writer_auth` pass) or DMARC pass. Unauthenticated hits are
-//! reported, never trusted.
+//! `wanted`, or `suspect` with `writer_auth` pass and no component that differs unexplained)
+//! or DMARC pass. Unauthenticated hits are reported, never trusted.
 //!
 //! Order: stamp `wanted` → inbox; stamp `spam`/`invalid` → junk (the verdict header and
 //! `contrib/mailstamp.sieve` file it); otherwise (unstamped, suspect, temperror let through)
 //! → inbox on a trusted list hit, else the separate folder (`[inbound] folder`).
 
 use anyhow::{Result, bail};
-use mailstamp_core::{Report, Verdict, WriterAuth};
+use mailstamp_core::{Report, Status, Verdict, WriterAuth};
 use serde::{Deserialize, Serialize};
 
 use crate::allowlist;
@@ -284,11 +284,23 @@ impl Decision {
 }
 
 /// Whether a stamp report authenticates the From domain: verdict `wanted`, or `suspect` with
-/// the writer authorised for the From domain.
+/// the writer authorised for the From domain and every component either matching, explained
+/// by further processing, or not computable here. A `suspect` stamp with a component that
+/// differs unexplained (`mismatch`, `missing`, `added`) proves nothing about the message: a
+/// co-recipient could re-send a real stamped message with another body and still score above
+/// the threshold.
 pub fn stamp_authenticates(r: &Report) -> bool {
     match r.verdict {
         Verdict::Wanted => true,
-        Verdict::Suspect => matches!(r.writer_auth, Some(WriterAuth::Pass(_))),
+        Verdict::Suspect => {
+            matches!(r.writer_auth, Some(WriterAuth::Pass(_)))
+                && r.components.iter().all(|c| {
+                    matches!(
+                        c.status,
+                        Status::Match | Status::Explained | Status::Unavailable
+                    )
+                })
+        }
         _ => false,
     }
 }
@@ -326,10 +338,18 @@ pub fn decide(
     now: u64,
 ) -> Result<Decision> {
     let by_stamp = stamp.is_some_and(stamp_authenticates);
-    let authenticated = by_stamp || auth.pass();
+    // DMARC speaks for the From domain mail-auth evaluated: it counts only when that is the
+    // domain of the From identity the lists are searched with (two parsers reading a garbled
+    // or doubled From could disagree).
+    let by_dmarc = auth.pass()
+        && match (from, auth.from_domain.as_deref()) {
+            (Some(f), Some(d)) => d.trim_end_matches('.').eq_ignore_ascii_case(&f.domain),
+            _ => false,
+        };
+    let authenticated = by_stamp || by_dmarc;
     let auth_method = if by_stamp {
         Some("stamp")
-    } else if auth.pass() {
+    } else if by_dmarc {
         Some("dmarc")
     } else {
         None
@@ -419,6 +439,7 @@ mod tests {
 
     fn pass() -> AuthOutcome {
         AuthOutcome {
+            from_domain: Some("a.example".into()),
             dmarc: AuthResult::Pass,
             aligned: Some("dkim"),
             ..AuthOutcome::none()
@@ -445,6 +466,16 @@ mod tests {
             (d.folder.name(), d.reason, d.list_hit.unwrap().trusted),
             ("Unknown", Reason::UnauthenticatedHit, false)
         );
+        // DMARC passed for another domain than the From the lists are searched with: no.
+        let elsewhere = AuthOutcome {
+            from_domain: Some("evil.example".into()),
+            ..pass()
+        };
+        let d = decide(&s, &cfg, me, Some(&ann), None, &elsewhere, 10).unwrap();
+        assert_eq!(
+            (d.reason, d.authenticated, d.folder.name()),
+            (Reason::UnauthenticatedHit, false, "Unknown")
+        );
         let spam = Report::bare(Verdict::Spam, "forged", None);
         let d = decide(&s, &cfg, me, Some(&ann), Some(&spam), &pass(), 10).unwrap();
         assert_eq!(d.folder, Folder::Junk);
@@ -455,6 +486,52 @@ mod tests {
         assert!(!stamp_authenticates(&suspect));
         suspect.writer_auth = Some(WriterAuth::Pass("record".into()));
         assert!(stamp_authenticates(&suspect));
+    }
+
+    #[test]
+    fn a_suspect_stamp_authenticates_only_when_every_difference_is_explained() {
+        use mailstamp_core::verify::ComponentResult;
+        let c = |name: &str, status| ComponentResult {
+            name: name.to_owned(),
+            family: None,
+            status,
+            weight: 1,
+            note: None,
+        };
+        let mut r = Report::bare(Verdict::Suspect, "x", None);
+        r.writer_auth = Some(WriterAuth::Pass("record".into()));
+        r.components = vec![
+            c("from", Status::Match),
+            c("subject", Status::Explained),
+            c("origin", Status::Unavailable),
+        ];
+        assert!(stamp_authenticates(&r));
+        for bad in [Status::Mismatch, Status::Missing, Status::Added] {
+            r.components.push(c("text.0", bad));
+            assert!(!stamp_authenticates(&r), "{bad:?}");
+            r.components.pop();
+        }
+        // Not authenticated, the authorised-senders hit is reported, not trusted.
+        let s = Store::in_memory().unwrap();
+        let cfg = Config::default();
+        s.add_sender("me@ours.example", "a.example", None, 1)
+            .unwrap();
+        let ann = FromIdentity::new("ann@a.example", None).unwrap();
+        r.components.push(c("text.0", Status::Mismatch));
+        let d = decide(
+            &s,
+            &cfg,
+            "me@ours.example",
+            Some(&ann),
+            Some(&r),
+            &AuthOutcome::none(),
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            (d.reason, d.authenticated, d.folder.name()),
+            (Reason::UnauthenticatedHit, false, "Unknown")
+        );
     }
 
     #[test]

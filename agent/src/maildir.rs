@@ -184,7 +184,7 @@ fn sync_dir(d: &Path) -> Result<()> {
 /// rename and syncs both directories; returns the new path. Fails, leaving the message where
 /// it was, when the target is on another file system or not a Maildir folder.
 pub fn move_to(entry: &Entry, to: &Path) -> Result<PathBuf> {
-    let target = move_unsynced(entry, to)?;
+    let target = move_unsynced(entry, to, &mut bases(to)?)?;
     if let Some(dir) = target.parent() {
         sync_dir(dir)?;
     }
@@ -197,32 +197,79 @@ pub fn move_to(entry: &Entry, to: &Path) -> Result<PathBuf> {
 /// [`move_to`] without the directory syncs, for many moves in a row followed by one
 /// [`sync_folder`] of each folder. The rename is atomic all the same: a power loss before the
 /// sync can only undo the move (the message is back where it was), never lose or double it.
-pub fn move_unsynced(entry: &Entry, to: &Path) -> Result<PathBuf> {
+///
+/// Never replaces a file: the rename is `renameat2(RENAME_NOREPLACE)` (no window between a
+/// check and the rename). A target that already holds the same *base* name (in `new/` or
+/// `cur/`, whatever its flags: for Maildir readers the base is the message's identity) or
+/// the same file name gets a fresh unique base with the same flags. `taken`: the base names in
+/// `to` ([`bases`], read once for many moves), kept up to date here.
+pub fn move_unsynced(
+    entry: &Entry,
+    to: &Path,
+    taken: &mut std::collections::BTreeSet<String>,
+) -> Result<PathBuf> {
     require_folder(to)?;
     let dir = to.join(entry.sub.as_str());
-    let mut target = dir.join(entry.file_name());
-    let mut n = 0;
-    while target.exists() {
+    let mut n = 0u32;
+    let mut name = entry.file_name();
+    if taken.contains(&entry.base) {
         n += 1;
-        let name = match entry.sub {
-            Sub::New => unique_base(n),
-            Sub::Cur => format!("{}:2,{}", unique_base(n), entry.flags),
-        };
-        target = dir.join(name);
+        name = fresh_name(entry, n);
     }
-    fs::rename(&entry.path, &target).map_err(|e| {
-        let hint = if e.raw_os_error() == Some(18) {
-            " (EXDEV: the folders are on different file systems; Maildir moves must stay on one)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!(
-            "cannot move {} to {}: {e}{hint}",
-            entry.path.display(),
-            target.display()
-        )
-    })?;
-    Ok(target)
+    loop {
+        let target = dir.join(&name);
+        match rename_noreplace(&entry.path, &target) {
+            Ok(()) => {
+                taken.insert(parse_name(&name).0);
+                return Ok(target);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
+                n += 1;
+                name = fresh_name(entry, n);
+            }
+            Err(e) => {
+                let hint = if e.raw_os_error() == Some(18) {
+                    " (EXDEV: the folders are on different file systems; Maildir moves must stay on one)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "cannot move {} to {}: {e}{hint}",
+                    entry.path.display(),
+                    target.display()
+                );
+            }
+        }
+    }
+}
+
+/// A fresh name for `entry`: a unique base, the same flags.
+fn fresh_name(entry: &Entry, n: u32) -> String {
+    match entry.sub {
+        Sub::New => unique_base(n),
+        Sub::Cur => format!("{}:2,{}", unique_base(n), entry.flags),
+    }
+}
+
+/// The base names of the messages in folder `to` (`new/` and `cur/`), for [`move_unsynced`].
+pub fn bases(to: &Path) -> Result<std::collections::BTreeSet<String>> {
+    Ok(list(to)?.into_iter().map(|e| e.base).collect())
+}
+
+/// `rename(2)` that fails with `AlreadyExists` instead of replacing `to`. Where the file
+/// system does not support `RENAME_NOREPLACE` (EINVAL; e.g. some network file systems), a
+/// hard link (which never replaces either) then an unlink of `from`.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == Errno::INVAL || e == Errno::NOSYS => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Syncs a folder's `new/` and `cur/` (after [`move_unsynced`]).
@@ -296,6 +343,28 @@ mod tests {
         assert!(c.to_string_lossy().ends_with(":2,RS"), "{}", c.display());
         assert_eq!(fs::read_to_string(&b).unwrap(), "Subject: b\n\ny\n");
         assert_eq!(list(&root).unwrap().len(), 3);
+
+        // The same base name with other flags (or in new/): a fresh base, nothing replaced,
+        // no two messages with one base in the target.
+        fs::write(junk.join("cur/2.b.host:2,S"), "Subject: third\n\nw\n").unwrap();
+        fs::write(junk.join("cur/1.a.host:2,"), "Subject: fourth\n\nv\n").unwrap();
+        for e in list(&junk).unwrap() {
+            let t = move_to(&e, &root).unwrap();
+            let (base, flags) = parse_name(&t.file_name().unwrap().to_string_lossy());
+            assert!(base != "2.b.host" && base != "1.a.host", "{}", t.display());
+            assert_eq!(flags, e.flags);
+        }
+        let bases: Vec<String> = list(&root).unwrap().into_iter().map(|e| e.base).collect();
+        let unique: std::collections::BTreeSet<&String> = bases.iter().collect();
+        assert_eq!((bases.len(), unique.len()), (5, 5), "{bases:?}");
+
+        // The rename itself never replaces: a taken name is an AlreadyExists error.
+        fs::write(root.join("new/x.host"), "keep").unwrap();
+        fs::write(junk.join("new/y.host"), "move").unwrap();
+        let err = rename_noreplace(&junk.join("new/y.host"), &root.join("new/x.host")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(root.join("new/x.host")).unwrap(), "keep");
+        assert!(junk.join("new/y.host").exists());
         fs::remove_dir_all(&root).unwrap();
     }
 

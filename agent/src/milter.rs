@@ -180,14 +180,12 @@ impl Settings {
         } else {
             None
         };
-        // Authorised senders and the allowlist (issue 5) share the provider-mode store.
+        // Authorised senders and the allowlist (issue 5): the same file, their own connection
+        // with a short busy timeout (session::open_people_store).
         let (people, authenticator) = if cfg.inbound.enabled {
-            let store = match &active_only {
-                Some(s) => s.clone(),
-                None => Arc::new(Store::open(&cfg.store.path).context(
-                    "inbound.enabled needs the store (store.path / --store); set inbound.enabled = false to go without",
-                )?),
-            };
+            let store = session::open_people_store(&cfg.store.path).context(
+                "inbound.enabled needs the store (store.path / --store); set inbound.enabled = false to go without",
+            )?;
             let auth = Authenticator::new(&cfg.dns, &authserv_id)?;
             (Some(store), Some(Arc::new(auth)))
         } else {
@@ -740,12 +738,11 @@ fn header(cx: &mut Context<Session>, name: &str, value: &[u8]) -> Status {
         return too_big(&mut cx.reply, limit);
     }
     let index = msg.count(name);
-    if !msg.outbound {
-        // Headers that claim our results came from outside: they go, or a Sieve rule could
-        // be fooled by a sender who writes them.
-        if session::is_ours(name, value, &msg.settings.authserv_id) {
-            msg.forged.push((name.to_owned(), index));
-        }
+    // Headers that claim our results came from outside: they go, or a Sieve rule could be
+    // fooled by a sender who writes them — on outbound (local submission) mail too, which a
+    // local recipient's or the next site's Sieve rule reads.
+    if session::is_ours(name, value, &msg.settings.authserv_id) {
+        msg.forged.push((name.to_owned(), index));
     }
     msg.raw.extend_from_slice(name.as_bytes());
     msg.raw.push(b':');
@@ -788,6 +785,7 @@ async fn eom(m: &Milter, cx: &mut EomContext<Session>) -> Status {
 }
 
 async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
+    remove_forged(cx, &msg, queue_id).await;
     let s = &msg.settings;
     match session::stamp(m, s, &msg.raw, &msg.sender, &msg.rcpts).await {
         Ok(st) => {
@@ -831,6 +829,20 @@ async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: 
                     Status::Continue
                 }
             }
+        }
+    }
+}
+
+/// Removes the sender-written fields that claim to be ours (`X-Mailstamp-*`, our
+/// `Authentication-Results`), last first so the indexes stay right.
+async fn remove_forged(cx: &mut EomContext<Session>, msg: &Msg, queue_id: &str) {
+    for (name, index) in msg.forged.iter().rev() {
+        if let Err(e) = cx
+            .actions
+            .change_header(name.as_str(), *index, None::<&str>)
+            .await
+        {
+            warn!(queue_id, "cannot remove a forged {name}: {e}");
         }
     }
 }
@@ -912,15 +924,7 @@ async fn inbound(
         reason = j.report.reason.as_deref().unwrap_or(""),
         "verified"
     );
-    for (name, index) in msg.forged.iter().rev() {
-        if let Err(e) = cx
-            .actions
-            .change_header(name.as_str(), *index, None::<&str>)
-            .await
-        {
-            warn!(queue_id, "cannot remove a forged {name}: {e}");
-        }
-    }
+    remove_forged(cx, &msg, queue_id).await;
     // Authentication-Results goes on top, the others at the end of the header.
     for (i, (name, value)) in j.headers.iter().enumerate() {
         let added = if i == 0 {

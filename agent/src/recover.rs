@@ -169,6 +169,9 @@ pub struct Trace {
     pub helo: String,
     /// The envelope sender (`Return-Path:`, written by the delivering agent).
     pub mail_from: String,
+    /// The date (unix seconds) of the top-most `Received:` written by our own MTA: when the
+    /// message was delivered here.
+    pub delivered: Option<u64>,
 }
 
 fn host_name(h: &Host<'_>) -> String {
@@ -181,7 +184,8 @@ fn host_name(h: &Host<'_>) -> String {
 /// The SMTP session as our MTA wrote it in trace headers. Walks `Received:` from the top
 /// (the newest) while they are written `by` one of `our_hosts`; hops between our own
 /// programs (a loopback client, e.g. LMTP or a content filter) are passed over; the first
-/// non-loopback client of our hops is the one SPF is about. The walk stops at the first
+/// non-loopback client of our hops is the one SPF is about. One of ours with no client IP
+/// (a local submission, or a line our parser cannot read) ends the walk without a client. The walk stops at the first
 /// `Received:` not by one of our hosts: those below came with the message and prove nothing.
 pub fn trace(msg: &Message<'_>, our_hosts: &[String]) -> Trace {
     let mut t = Trace::default();
@@ -200,18 +204,55 @@ pub fn trace(msg: &Message<'_>, our_hosts: &[String]) -> Trace {
                 if !our_hosts.iter().any(|o| o.eq_ignore_ascii_case(&by)) {
                     break;
                 }
+                if t.delivered.is_none() {
+                    t.delivered = r
+                        .date()
+                        .map(|d| d.to_timestamp())
+                        .and_then(|s| u64::try_from(s).ok());
+                }
                 match r.from_ip() {
-                    Some(ip) if !ip.is_loopback() => {
+                    // A hop between our own programs (LMTP, a content filter): look further.
+                    Some(ip) if ip.is_loopback() => continue,
+                    Some(ip) => {
                         t.client_ip = Some(ip);
                         t.helo = r.helo().or(r.from()).map(host_name).unwrap_or_default();
                     }
-                    _ => continue,
+                    // Ours, but no client address (a local submission, a garbled line): the
+                    // walk stops here — going on would read headers the sender wrote.
+                    None => break,
                 }
             }
             _ => {}
         }
     }
     t
+}
+
+/// When the message was delivered here (unix seconds), the time its stamp is verified as at —
+/// as the milter would have at SMTP time, so that mail that sat in Junk for longer than
+/// `[verify] max_age_secs` is not called a replay. The date of the top-most `Received:` our
+/// MTA wrote ([`Trace::delivered`]), else the file's mtime (Dovecot keeps the IMAP
+/// INTERNALDATE there, also across moves), else the delivery time at the start of its Maildir
+/// base name; never later than `now`.
+pub fn delivered_at(t: &Trace, file: &Path, now: u64) -> u64 {
+    let mtime = || {
+        std::fs::metadata(file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    let by_name = || {
+        file.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('.').next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    t.delivered
+        .or_else(mtime)
+        .or_else(by_name)
+        .unwrap_or(now)
+        .min(now)
 }
 
 /// Parses a message with every header value parsed: the trace walk needs `Received:`, which
@@ -266,6 +307,8 @@ pub struct Outcome {
     pub authenticated_sender: Option<String>,
     /// The stamp verdict.
     pub verdict: Verdict,
+    /// The time (unix seconds) the stamp was verified as at: the delivery ([`delivered_at`]).
+    pub verified_at: Option<u64>,
     /// SPF/DKIM/DMARC.
     pub auth: AuthOutcome,
     /// What the spam filters said.
@@ -442,10 +485,21 @@ impl Summary {
     }
 }
 
-/// The user a message was delivered to, from the delivering agent's headers.
+/// The user a message was delivered to, from the delivering agent's headers: the TOP-MOST
+/// `Delivered-To:` (else `X-Original-To:`), the one our delivery agent prepended. Never the
+/// last one (`Message::header_raw` gives the bottom-most occurrence): a sender can write
+/// `Delivered-To: mallory@ours` at the bottom of its own header to be judged against
+/// Mallory's lists.
 fn delivered_to(msg: &Message<'_>) -> Option<String> {
     ["Delivered-To", "X-Original-To"].iter().find_map(|n| {
-        let v = msg.header_raw(*n)?;
+        let h = msg
+            .headers()
+            .iter()
+            .find(|h| h.name.as_str().eq_ignore_ascii_case(n))?;
+        let v = msg
+            .raw_message
+            .get(h.offset_start as usize..h.offset_end as usize)?;
+        let v = std::str::from_utf8(v).ok()?;
         crate::senders::normalise_address(v.trim().trim_matches(['<', '>'])).ok()
     })
 }
@@ -501,7 +555,8 @@ impl Recoverer {
                 .collect()
         };
         Ok(Self {
-            verify: VerifyContext::from_config(cfg, Some(ops::now()))?,
+            // `now` is set per message: the delivery time (see `examine`).
+            verify: VerifyContext::from_config(cfg, None)?,
             auth: Authenticator::new(&cfg.dns, &host)?,
             cfg: cfg.clone(),
             chain,
@@ -529,6 +584,7 @@ impl Recoverer {
             detail: String::new(),
             authenticated_sender: None,
             verdict: Verdict::Unstamped,
+            verified_at: None,
             auth: AuthOutcome::none(),
             filters: Vec::new(),
             earlier: false,
@@ -549,11 +605,19 @@ impl Recoverer {
             rcpts: out.user.iter().cloned().collect(),
             client_ip: t.client_ip,
         };
+        // Verified as at delivery, not now: a stamped message that sat in Junk for longer than
+        // max_age is no replay.
+        let at = delivered_at(&t, file, ops::now());
+        out.verified_at = Some(at);
+        let verify = VerifyContext {
+            now: Some(at),
+            ..self.verify.clone()
+        };
         // The stamp and DMARC are independent: check both at once.
         let (report, auth) = tokio::join!(
             ops::verify(
                 self.chain.as_ref().map_err(String::as_str),
-                &self.verify,
+                &verify,
                 raw,
                 &env
             ),
@@ -640,6 +704,12 @@ impl Recoverer {
         }
         let mut sum = Summary::default();
         let total = entries.len();
+        // The inbox's base names, read once: a release never takes one already there.
+        let mut taken = if opts.apply {
+            maildir::bases(inbox)?
+        } else {
+            Default::default()
+        };
         for (i, e) in entries.iter().enumerate() {
             let raw = match std::fs::read(&e.path) {
                 Ok(r) => r,
@@ -651,7 +721,7 @@ impl Recoverer {
                     continue;
                 }
             };
-            let o = self.one(e, &raw, inbox, opts).await;
+            let o = self.one(e, &raw, inbox, opts, &mut taken).await;
             match o {
                 Ok(o) => {
                     sum.count(&o);
@@ -672,7 +742,14 @@ impl Recoverer {
         Ok(sum)
     }
 
-    async fn one(&self, e: &Entry, raw: &[u8], inbox: &Path, opts: &Options) -> Result<Outcome> {
+    async fn one(
+        &self,
+        e: &Entry,
+        raw: &[u8],
+        inbox: &Path,
+        opts: &Options,
+        taken: &mut std::collections::BTreeSet<String>,
+    ) -> Result<Outcome> {
         let id = identity(raw);
         // Whose decision: --user, else the delivering agent's Delivered-To.
         let user = opts
@@ -694,14 +771,19 @@ impl Recoverer {
                 detail: "decided in an earlier run".into(),
                 authenticated_sender: r.sender.clone(),
                 verdict: Verdict::Unstamped,
+                verified_at: None,
                 auth: AuthOutcome::none(),
                 filters: Vec::new(),
                 earlier: true,
                 moved_to: None,
             };
-            // A release recorded before a crash, not carried out: carry it out now.
-            if opts.apply && r.action == Action::Release {
-                o.moved_to = Some(maildir::move_unsynced(e, inbox)?);
+            // A release recorded before a crash, not carried out: carry it out now. One carried
+            // out already and found here again: the user put it back — never fight the user
+            // (a `--watch` tick would otherwise pull it out again and again).
+            if r.action == Action::Release && r.applied {
+                o.detail = "released in an earlier run and put back since (by the user?): left where it is".into();
+            } else if opts.apply && r.action == Action::Release {
+                o.moved_to = Some(maildir::move_unsynced(e, inbox, taken)?);
                 self.store.recovery_applied(user, &id)?;
             }
             return Ok(o);
@@ -722,7 +804,7 @@ impl Recoverer {
                 ops::now(),
             )?;
             if o.action == Action::Release {
-                o.moved_to = Some(maildir::move_unsynced(e, inbox)?);
+                o.moved_to = Some(maildir::move_unsynced(e, inbox, taken)?);
                 self.store.recovery_applied(&user, &o.id)?;
             }
         }
@@ -824,6 +906,27 @@ mod tests {
         );
         let t = trace(&m, &ours);
         assert_eq!(t.client_ip, Some("192.0.2.7".parse().unwrap()));
+        // Delivered when the top-most of our Received: says (2030-01-01T00:00:00Z).
+        assert_eq!(t.delivered, Some(1_893_456_000));
+        assert_eq!(
+            delivered_at(&t, Path::new("/nonexistent/1.x.host"), u64::MAX),
+            1_893_456_000
+        );
+        assert_eq!(
+            delivered_at(&t, Path::new("/nonexistent/1.x.host"), 5),
+            5,
+            "never later than now"
+        );
+        let none = Trace::default();
+        assert_eq!(
+            delivered_at(
+                &none,
+                Path::new("/nonexistent/1700000000.M1P2.host:2,S"),
+                u64::MAX
+            ),
+            1_700_000_000
+        );
+        assert_eq!(delivered_at(&none, Path::new("/nonexistent/junk"), 42), 42);
         assert_eq!(t.helo, "mail.a.example");
         assert_eq!(t.mail_from, "ann@a.example");
         // A Received naming our host below a foreign one is the sender's own writing.
@@ -833,6 +936,43 @@ mod tests {
              From: ann@a.example\n\nx\n",
         );
         assert_eq!(trace(&m, &ours).client_ip, None);
+    }
+
+    #[test]
+    fn the_walk_stops_at_our_hop_without_a_client_ip() {
+        let ours = vec!["mx.b.example".to_owned()];
+        // Our pickup of a local submission (no client), above sender-written lines naming
+        // our host: no client, not the forged one.
+        let m = parse(
+            "Received: by mx.b.example (Postfix, from userid 1000) id Z; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             Received: from mail.a.example (mail.a.example [192.0.2.7]) by mx.b.example; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             From: ann@a.example\n\nx\n",
+        );
+        assert_eq!(trace(&m, &ours).client_ip, None);
+        // A loopback hop is still passed over.
+        let m = parse(
+            "Received: from mx.b.example ([127.0.0.1]) by mx.b.example (Dovecot) with LMTP id x; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             Received: from mail.a.example (mail.a.example [192.0.2.7]) by mx.b.example; Tue, 1 Jan 2030 00:00:00 +0000\n\
+             From: ann@a.example\n\nx\n",
+        );
+        assert_eq!(
+            trace(&m, &ours).client_ip,
+            Some("192.0.2.7".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn the_user_is_the_top_most_delivered_to() {
+        let raw = "Delivered-To: bob@b.example\n\
+                   Received: from x ([192.0.2.7]) by mx.b.example; Tue, 1 Jan 2030 00:00:00 +0000\n\
+                   From: ann@a.example\n\
+                   Delivered-To: mallory@b.example\n\nx\n";
+        assert_eq!(delivered_to(&parse(raw)).as_deref(), Some("bob@b.example"));
+        // The verification parser (which `one` uses) gives the same answer.
+        let m = mailstamp_core::parse(raw.as_bytes()).unwrap();
+        assert_eq!(delivered_to(&m).as_deref(), Some("bob@b.example"));
+        let m = parse("X-Original-To: <Bob@B.example>\nFrom: a@a.example\n\nx\n");
+        assert_eq!(delivered_to(&m).as_deref(), Some("bob@b.example"));
     }
 
     #[test]

@@ -59,7 +59,7 @@ fn line(o: &Outcome, json: bool) -> String {
         return json!({
             "file": o.file, "id": o.id, "message_id": o.message_id, "user": o.user,
             "from": o.from, "action": o.action, "reason": o.reason, "detail": o.detail,
-            "verdict": o.verdict, "auth": o.auth, "filters": o.filters,
+            "verdict": o.verdict, "verified_at": o.verified_at, "auth": o.auth, "filters": o.filters,
             "authenticated_sender": o.authenticated_sender, "earlier": o.earlier,
             "moved_to": o.moved_to,
         })

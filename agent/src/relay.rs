@@ -598,6 +598,9 @@ impl Conn<'_> {
         }
         let s = msg.settings.clone();
         let raw = unstuffed_tail(raw);
+        // Sender-written fields that claim to be ours go on both paths: a Sieve rule reads
+        // them (ours for a local recipient, the next site's for outbound mail).
+        let raw = strip_ours(&raw, &s.authserv_id);
         let body = if msg.outbound {
             match session::stamp(&self.relay.core, &s, &raw, &msg.sender, &msg.rcpts).await {
                 Ok(st) => {
@@ -624,7 +627,6 @@ impl Conn<'_> {
                 }
             }
         } else {
-            let raw = strip_ours(&raw, &s.authserv_id);
             let j = session::judge(
                 &self.relay.core,
                 &s,

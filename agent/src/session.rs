@@ -6,6 +6,7 @@
 //! adapters only turn these answers into their own wire form (milter status / SMTP reply).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::B256;
@@ -20,6 +21,7 @@ use crate::inbound::{self, Folder, FromIdentity};
 use crate::maps::{Action, AddrAction, ConnAction, VerifyPolicy};
 use crate::milter::{Milter, MilterConfig, Settings, TroublePolicy};
 use crate::ops::{self, Stamped, VerifyContext};
+use crate::store::Store;
 
 /// Name of the verdict header a Sieve rule can file on.
 pub const VERDICT_HEADER: &str = "X-Mailstamp-Verdict";
@@ -436,25 +438,77 @@ pub async fn stamp(
     if result.is_err() {
         m.drop_chain().await;
     } else {
-        learn_outbound(s, raw, sender, rcpts, ops::now());
+        learn_outbound(s, raw, sender, rcpts, ops::now()).await;
     }
     result
 }
 
+/// The longest a milter/relay session waits for the store (authorised senders, allowlist).
+/// Store work is synchronous SQLite behind a lock: it runs on tokio's blocking pool, never on
+/// a worker, and a session that cannot get it within this time (another writer holds the
+/// SQLite write lock — `recover --apply`, the CLI, another milter) goes on without it:
+/// learning is skipped and logged, the folder decision is the separate folder (never lost).
+pub const STORE_WAIT: Duration = Duration::from_millis(1500);
+
+/// SQLite's busy timeout for the sessions' store work: short, so that a write meeting
+/// another writer's lock gives up (best effort, logged) instead of holding the store's lock
+/// for SQLite's usual 5 s while every other session queues behind it.
+pub const SESSION_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Opens the store for the sessions' people lists (authorised senders, allowlist): its own
+/// connection — not the one batches are written through, which keeps SQLite's 5 s — with
+/// [`SESSION_BUSY_TIMEOUT`].
+pub fn open_people_store(path: &std::path::Path) -> anyhow::Result<Arc<Store>> {
+    let store = Store::open(path)?;
+    store.with(|c| c.busy_timeout(SESSION_BUSY_TIMEOUT))?;
+    Ok(Arc::new(store))
+}
+
+/// Runs `f` (store work) on the blocking pool; `None` (logged) when it does not finish within
+/// [`STORE_WAIT`]. The work itself still finishes in the background (or fails on SQLite's own
+/// busy timeout).
+async fn store_work<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    match tokio::time::timeout(STORE_WAIT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            warn!("{what}: store task failed: {e}");
+            None
+        }
+        Err(_) => {
+            warn!(
+                "{what}: the store is busy (another writer holds it); skipped after {} ms",
+                STORE_WAIT.as_millis()
+            );
+            None
+        }
+    }
+}
+
 /// Outbound learning (seed 004): our user (`sender`, the envelope sender, `+tag` folded) wrote
-/// to each of `rcpts`: create or refresh a partial allowlist entry for each. Store trouble is
-/// logged, never fails the message. Does nothing unless `[inbound] enabled`.
-pub fn learn_outbound(s: &Settings, raw: &[u8], sender: &str, rcpts: &[String], now: u64) {
-    let Some(store) = &s.people else { return };
+/// to each of `rcpts`: create or refresh a partial allowlist entry for each. Best effort:
+/// store trouble or a busy store ([`STORE_WAIT`]) is logged, never fails or holds the
+/// message. Does nothing unless `[inbound] enabled`.
+pub async fn learn_outbound(s: &Settings, raw: &[u8], sender: &str, rcpts: &[String], now: u64) {
+    let Some(store) = s.people.clone() else {
+        return;
+    };
     if sender.trim().is_empty() || !s.cfg.allowlist.enabled {
         return;
     }
     let user = inbound::user_of(sender, s.maps.delimiter);
-    for to in FromIdentity::of_recipients(raw, rcpts) {
-        if let Err(e) = allowlist::record_outbound(store, &s.cfg.allowlist, &user, &to, now) {
-            warn!(user, to = to.address, "allowlist not updated: {e:#}");
+    let to = FromIdentity::of_recipients(raw, rcpts);
+    let cfg = s.cfg.allowlist.clone();
+    store_work("allowlist learning", move || {
+        for to in to {
+            if let Err(e) = allowlist::record_outbound(&store, &cfg, &user, &to, now) {
+                warn!(user, to = to.address, "allowlist not updated: {e:#}");
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// Most recipients given a [`inbound::LIST_HEADER`] field (more are decided, not reported).
@@ -477,7 +531,7 @@ pub async fn folder_headers(
     report: &Report,
     now: u64,
 ) -> Vec<(&'static str, String)> {
-    let (Some(store), Some(authn)) = (&s.people, &s.authenticator) else {
+    let (Some(store), Some(authn)) = (s.people.clone(), &s.authenticator) else {
         return Vec::new();
     };
     if matches!(report.verdict, Verdict::Spam | Verdict::Invalid) {
@@ -493,21 +547,65 @@ pub async fn folder_headers(
     let mut inbox_for = Vec::new();
     let mut lists = Vec::new();
     let mut all_inbox = true;
+    // Every recipient's decision and learning in one go on the blocking pool (STORE_WAIT).
+    let users: Vec<String> = rcpts
+        .iter()
+        .map(|r| inbound::user_of(r, s.maps.delimiter))
+        .collect();
+    // Reads first (the decision; WAL readers are not blocked by a writer), then the writes
+    // (completing allowlist entries), each on the blocking pool within STORE_WAIT: a busy
+    // store costs the learning, not the decision.
+    let cfg = Arc::new(s.cfg.clone());
+    let decided = {
+        let (store, cfg, from, report, auth) = (
+            store.clone(),
+            cfg.clone(),
+            from.clone(),
+            report.clone(),
+            auth.clone(),
+        );
+        let users = users.clone();
+        store_work("inbound decision", move || {
+            users
+                .iter()
+                .map(|user| {
+                    inbound::decide(&store, &cfg, user, from.as_ref(), Some(&report), &auth, now)
+                })
+                .collect::<Vec<anyhow::Result<inbound::Decision>>>()
+        })
+        .await
+    };
+    if let Some(ds) = &decided {
+        let learnable: Vec<(String, inbound::Decision)> = users
+            .iter()
+            .zip(ds)
+            .filter_map(|(u, d)| Some((u.clone(), d.as_ref().ok()?.clone())))
+            .filter(|(_, d)| d.authenticated)
+            .collect();
+        if !learnable.is_empty() {
+            let from = from.clone();
+            store_work("allowlist completion", move || {
+                for (user, d) in learnable {
+                    if let Err(e) = inbound::learn(&store, &cfg, &user, from.as_ref(), &d, now) {
+                        warn!(user, "allowlist not completed: {e:#}");
+                    }
+                }
+            })
+            .await;
+        }
+    }
+    let mut decided = decided.map(Vec::into_iter);
     for rcpt in rcpts {
-        let user = inbound::user_of(rcpt, s.maps.delimiter);
-        let d = match inbound::decide(
-            store,
-            &s.cfg,
-            &user,
-            from.as_ref(),
-            Some(report),
-            &auth,
-            now,
-        ) {
-            Ok(d) => d,
-            Err(e) => {
+        let d = match decided.as_mut().and_then(Iterator::next) {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
                 // Never lost: an unreadable store files the message in the separate folder.
                 warn!(rcpt, "inbound decision without the store: {e:#}");
+                all_inbox = false;
+                continue;
+            }
+            None => {
+                // The store is busy (logged once above): the separate folder.
                 all_inbox = false;
                 continue;
             }
@@ -520,9 +618,6 @@ pub async fn folder_headers(
             auth = auth.summary(),
             "inbound folder"
         );
-        if let Err(e) = inbound::learn(store, &s.cfg, &user, from.as_ref(), &d, now) {
-            warn!(rcpt, "allowlist not completed: {e:#}");
-        }
         if lists.len() < MAX_LIST_HEADERS
             && let Some(h) = d.list_header(&clean(&rcpt.to_ascii_lowercase(), 200))
         {

@@ -655,3 +655,149 @@ fn chain_trouble_keeps_a_stamped_message_as_temperror_and_retries_it() {
     }
     assert_eq!(mailstamp::maildir::list(&junk).unwrap().len(), 1);
 }
+
+/// A stamped message that sat in Junk for longer than `[verify] max_age_secs` (7 days) is no
+/// replay: it is verified as at its delivery (the top-most `Received:` our MTA wrote), as the
+/// milter did at SMTP time, and released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stamp_is_verified_as_at_delivery_not_now() {
+    use alloy::node_bindings::Anvil;
+    use mailstamp::chain::{self, Chain};
+    use mailstamp::config::{ChainConfig, Confirmations};
+    use mailstamp::ops::{self, StampContext, VerifyContext};
+    use mailstamp_core::{Envelope, Policy, Selection, Verdict};
+
+    use crate::harness::{authority, signer, tool};
+
+    // A chain whose clock started ten days ago: the stamp is recorded then.
+    let then = ops::now() - 10 * 86_400;
+    let a = Anvil::at(tool("anvil"))
+        .port(0u16)
+        .arg("--timestamp")
+        .arg(then.to_string())
+        .try_spawn()
+        .expect("anvil starts");
+    let t = std::time::Duration::from_secs(5);
+    let registry = chain::deploy(&a.endpoint(), signer(&a, 0), true, t)
+        .await
+        .unwrap()
+        .address;
+    let writer = signer(&a, 0).address();
+    let c = Chain::connect(
+        &ChainConfig {
+            rpc_url: a.endpoint(),
+            confirmations: Confirmations::Depth(1),
+            timeout_secs: 5,
+            ..ChainConfig::default()
+        },
+        registry,
+        Some(signer(&a, 0)),
+    )
+    .await
+    .unwrap();
+    let trust = BTreeMap::from([("a.example".to_owned(), vec![writer])]);
+    let date = mail_parser::DateTime::from_timestamp(then as i64 + 30).to_rfc822();
+    let raw = format!(
+        "From: Ann <ann@a.example>\nTo: bob@b.example\nSubject: sat in Junk\nDate: {date}\n\
+         Message-ID: <old@a.example>\n\nstill wanted\n"
+    );
+    let env = Envelope {
+        rcpts: vec![USER.to_owned()],
+        client_ip: None,
+    };
+    let sctx = StampContext {
+        selection: Selection::default(),
+        authority: authority(&trust),
+        check_writer: true,
+        active_only: None,
+    };
+    let stamped = ops::stamp(&c, &sctx, raw.as_bytes(), &env)
+        .await
+        .unwrap()
+        .message;
+    // The precondition: verified as at now, it is a replay.
+    let now_ctx = VerifyContext {
+        authority: authority(&trust),
+        trusted: vec![registry],
+        policy: Policy::default(),
+        now: Some(ops::now()),
+    };
+    let r = ops::verify(Ok(&c), &now_ctx, &stamped, &env).await;
+    assert_eq!(r.verdict, Verdict::Spam, "{r:?}");
+    let at_delivery = VerifyContext {
+        now: Some(then + 60),
+        ..now_ctx
+    };
+    assert_eq!(
+        ops::verify(Ok(&c), &at_delivery, &stamped, &env)
+            .await
+            .verdict,
+        Verdict::Wanted
+    );
+
+    let tmp = TempDir::new("recover-old-stamp");
+    let junk = maildir(&tmp.0.join("Maildir"));
+    let received = mail_parser::DateTime::from_timestamp(then as i64 + 60).to_rfc822();
+    let mut file = format!(
+        "X-Spam-Flag: YES\nReceived: from mail.a.example (mail.a.example [192.0.2.7]) by mx.b.example (Postfix) with ESMTP id Q1; {received}\n"
+    )
+    .into_bytes();
+    file.extend_from_slice(&stamped);
+    std::fs::write(junk.join("new/1700000000.old.host"), file).unwrap();
+    let config = tmp.0.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[chain]\nrpc_url = \"{}\"\nregistry = \"{registry:#x}\"\ntimeout_secs = 5\n\
+             [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\nattempts = 1\n\
+             [store]\npath = \"{}\"\n[milter]\nauthserv_id = \"mx.b.example\"\n\
+             [trust]\n\"a.example\" = [\"{writer:#x}\"]\n",
+            a.endpoint(),
+            tmp.0.join("s.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let j = junk.to_str().unwrap().to_owned();
+    let (lines, sum) =
+        tokio::task::spawn_blocking(move || recover(&config, &[&j, "--user", USER, "--apply"]))
+            .await
+            .unwrap();
+    let l = &lines[0];
+    assert_eq!(
+        (
+            l["action"].as_str(),
+            l["reason"].as_str(),
+            l["verdict"].as_str(),
+            l["verified_at"].as_u64()
+        ),
+        (
+            Some("release"),
+            Some("stamp_wanted"),
+            Some("wanted"),
+            Some(then + 60)
+        ),
+        "{l}"
+    );
+    assert_eq!(sum["released"], 1);
+
+    // The user puts it back in Junk: the next run reports the earlier release and leaves it
+    // there (never fights the user), run after run.
+    let moved = std::path::PathBuf::from(l["moved_to"].as_str().unwrap());
+    let back = junk.join("cur/1700000000.old.host:2,S");
+    std::fs::rename(&moved, &back).unwrap();
+    for run in 0..2 {
+        let j = junk.to_str().unwrap().to_owned();
+        let config = tmp.0.join("c.toml");
+        let (lines, _) =
+            tokio::task::spawn_blocking(move || recover(&config, &[&j, "--user", USER, "--apply"]))
+                .await
+                .unwrap();
+        let l = &lines[0];
+        assert_eq!(
+            (l["earlier"].as_bool(), l["moved_to"].is_null()),
+            (Some(true), true),
+            "run {run}: {l}"
+        );
+        assert!(back.exists(), "run {run}: left where the user put it");
+    }
+}
