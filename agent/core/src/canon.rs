@@ -53,11 +53,18 @@ fn push_relaxed(s: &str, out: &mut String) {
 
 /// The first index at or after `i` that does not start a whitespace character, or `None` at
 /// the end of `s`. `i` must be a character boundary.
-fn skip_space(s: &str, mut i: usize) -> Option<usize> {
+fn skip_space(s: &str, i: usize) -> Option<usize> {
+    scan_space(s, i, false)
+}
+
+/// The index of the first character at or after `i` that is not whitespace, or (with
+/// `stop_at_breaks`) is CR or LF; `None` at the end of `s`. `i` must be a character boundary.
+#[inline]
+fn scan_space(s: &str, mut i: usize, stop_at_breaks: bool) -> Option<usize> {
     let b = s.as_bytes();
     while let Some(&c) = b.get(i) {
         if c < 0x80 {
-            if !ascii_space(c) {
+            if !ascii_space(c) || (stop_at_breaks && (c == b'\r' || c == b'\n')) {
                 return Some(i);
             }
             i += 1;
@@ -309,22 +316,8 @@ fn skip_space_in_line(s: &str, i: usize) -> Option<usize> {
 
 /// The index of the next character at or after `i` that is not whitespace other than CR and
 /// LF: a word character or a line break; `None` at the end of `s`.
-fn word_or_break(s: &str, mut i: usize) -> Option<usize> {
-    let b = s.as_bytes();
-    while let Some(&c) = b.get(i) {
-        if c < 0x80 {
-            if !ascii_space(c) || c == b'\r' || c == b'\n' {
-                return Some(i);
-            }
-            i += 1;
-        } else {
-            match s[i..].chars().next() {
-                Some(ch) if ch.is_whitespace() => i += ch.len_utf8(),
-                _ => return Some(i),
-            }
-        }
-    }
-    None
+fn word_or_break(s: &str, i: usize) -> Option<usize> {
+    scan_space(s, i, true)
 }
 
 /// A mailbox address in canonical form: trimmed, angle brackets removed, lower case.
