@@ -90,7 +90,10 @@ pub fn is_folder(dir: &Path) -> bool {
 /// Checks that `dir` is a Maildir folder, with an error saying what to pass instead.
 pub fn require_folder(dir: &Path) -> Result<()> {
     if !dir.exists() {
-        bail!("{} does not exist", dir.display());
+        bail!(
+            "{} does not exist; pass an existing Maildir folder, e.g. ~/Maildir/.Junk",
+            dir.display()
+        );
     }
     if !is_folder(dir) {
         bail!(
