@@ -599,14 +599,15 @@ pub async fn folder_headers(
         let d = match decided.as_mut().and_then(Iterator::next) {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
-                // Never lost: an unreadable store files the message in the separate folder.
+                // Never lost: an unreadable store files the message in the separate folder
+                // (a wanted stamp needs no store: INBOX all the same).
                 warn!(rcpt, "inbound decision without the store: {e:#}");
-                all_inbox = false;
+                store_trouble(report, rcpt, &mut inbox_for, &mut all_inbox);
                 continue;
             }
             None => {
-                // The store is busy (logged once above): the separate folder.
-                all_inbox = false;
+                // The store is busy (logged once above): as above.
+                store_trouble(report, rcpt, &mut inbox_for, &mut all_inbox);
                 continue;
             }
         };
@@ -649,6 +650,16 @@ pub async fn folder_headers(
     }
     headers.extend(lists);
     headers
+}
+
+/// The folder of `rcpt` when the store could not decide: INBOX for a wanted stamp (the lists
+/// are not needed), else the separate folder.
+fn store_trouble(report: &Report, rcpt: &str, inbox_for: &mut Vec<String>, all_inbox: &mut bool) {
+    if report.verdict == Verdict::Wanted {
+        inbox_for.push(format!("<{}>", clean(&rcpt.to_ascii_lowercase(), 200)));
+    } else {
+        *all_inbox = false;
+    }
 }
 
 /// What verification decided for an inbound message.
@@ -747,6 +758,25 @@ pub async fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_the_store_only_a_wanted_stamp_keeps_the_inbox() {
+        let (mut inbox_for, mut all_inbox) = (Vec::new(), true);
+        let wanted = Report::bare(Verdict::Wanted, "all components match", None);
+        store_trouble(&wanted, "Bob@B.example", &mut inbox_for, &mut all_inbox);
+        assert_eq!(inbox_for, ["<bob@b.example>"]);
+        assert!(all_inbox);
+        for v in [Verdict::Unstamped, Verdict::Suspect, Verdict::Temperror] {
+            let (mut inbox_for, mut all_inbox) = (Vec::new(), true);
+            store_trouble(
+                &Report::bare(v, "x", None),
+                "bob@b.example",
+                &mut inbox_for,
+                &mut all_inbox,
+            );
+            assert!(inbox_for.is_empty() && !all_inbox, "{v:?}");
+        }
+    }
 
     #[test]
     fn every_x_mailstamp_field_and_our_results_are_ours() {
