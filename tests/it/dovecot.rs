@@ -34,19 +34,10 @@ use crate::recover::{dkim_sign, message_ids, recover};
 /// Installs Dovecot's LMTP server and Pigeonhole Sieve from Debian's packages unless they
 /// are there. The image's policy-rc.d keeps the system instance from starting.
 fn ensure_dovecot() {
-    if Path::new("/usr/lib/dovecot/lmtp").exists() && Path::new("/usr/bin/sievec").exists() {
-        return;
-    }
-    let script = "set -e\n\
-        apt-get update -q\n\
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dovecot-lmtpd dovecot-sieve\n";
-    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "installing dovecot-lmtpd and dovecot-sieve failed (root and the Debian mirror are needed):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::ensure_debian_packages(&[
+        ("/usr/lib/dovecot/lmtp", "dovecot-lmtpd"),
+        ("/usr/bin/sievec", "dovecot-sieve"),
+    ]);
 }
 
 /// The stand-in for another spam filter (rspamd, SpamAssassin): it files what it marked.

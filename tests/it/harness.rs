@@ -290,3 +290,40 @@ pub(crate) fn milter_split(raw: &[u8]) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
     }
     (fields, body)
 }
+
+/// Installs the Debian packages the end-to-end tests need, for each `(file, package)` whose
+/// file is missing. One apt-get at a time in this process, and dpkg's own lock is waited for
+/// (up to 5 minutes), so tests that start together on a fresh machine do not trip over it.
+pub(crate) fn ensure_debian_packages(need: &[(&str, &str)]) {
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = APT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut missing: Vec<&str> = need
+        .iter()
+        .filter(|(file, _)| !std::path::Path::new(file).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return;
+    }
+    let script = format!(
+        "set -e\n\
+         echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections\n\
+         apt-get -o DPkg::Lock::Timeout=300 update -q\n\
+         DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
+         --no-install-recommends {}\n",
+        missing.join(" ")
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "installing {} failed (root and the Debian mirror are needed):\n{}{}",
+        missing.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -21,21 +21,10 @@ use crate::harness::{TempDir, key_hex, signer, tamper_body, tool};
 /// Installs postfix and swaks from Debian's packages unless they are there. The image's
 /// policy-rc.d keeps the system instance from starting; we run private instances only.
 pub(crate) fn ensure_postfix() {
-    let have = |p: &str| Path::new(p).exists();
-    if have("/usr/sbin/postfix") && have("/usr/bin/swaks") {
-        return;
-    }
-    let script = "set -e\n\
-        echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections\n\
-        apt-get update -q\n\
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix swaks\n";
-    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "installing postfix and swaks failed (root and the Debian mirror are needed):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::ensure_debian_packages(&[
+        ("/usr/sbin/postfix", "postfix"),
+        ("/usr/bin/swaks", "swaks"),
+    ]);
 }
 
 pub(crate) fn free_port() -> u16 {

@@ -177,19 +177,7 @@ fn delivered(out: &Outcome, raw: &[u8]) -> Vec<u8> {
 
 /// Installs Pigeonhole's sieve-test (dovecot-sieve) from Debian's packages unless present.
 fn ensure_sieve_test() {
-    if Path::new("/usr/bin/sieve-test").exists() {
-        return;
-    }
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("set -e; apt-get update -q; DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dovecot-sieve")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "installing dovecot-sieve failed (root and the Debian mirror are needed):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::ensure_debian_packages(&[("/usr/bin/sieve-test", "dovecot-sieve")]);
 }
 
 /// The folder contrib/mailstamp.sieve files `msg` into for envelope recipient `rcpt`.
