@@ -101,10 +101,11 @@ impl FromIdentity {
         })
     }
 
-    /// The first From address of a raw message; `None` when there is none usable. Part B:
-    /// call this on each Maildir message.
+    /// The first From address of a raw message; `None` when there is none usable. Parses the
+    /// header section only (no body decoding): it runs once per inbound message beside the
+    /// verifier's own parse.
     pub fn of_message(raw: &[u8]) -> Option<Self> {
-        let msg = mailstamp_core::parse(raw)?;
+        let msg = mailstamp_core::mail_parser::MessageParser::default().parse_headers(raw)?;
         let a = msg.from()?.first()?;
         Self::new(a.address()?, a.name())
     }

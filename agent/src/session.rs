@@ -338,17 +338,6 @@ pub fn ar_result(v: Verdict) -> &'static str {
     }
 }
 
-/// The From domain, for `header.from`.
-pub fn from_domain(raw: &[u8]) -> Option<String> {
-    let msg = mailstamp_core::parse(raw)?;
-    let a = msg.from()?.first()?.address()?;
-    let d = a.rsplit_once('@')?.1.trim().to_ascii_lowercase();
-    (!d.is_empty()
-        && d.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
-    .then_some(d)
-}
-
 /// The `Authentication-Results:` value (leading space, LF-folded) for a report.
 pub fn ar_value(
     authserv_id: &str,
@@ -524,6 +513,7 @@ pub const MAX_LIST_HEADERS: usize = 50;
 pub async fn folder_headers(
     s: &Settings,
     raw: &[u8],
+    from: Option<&FromIdentity>,
     rcpts: &[String],
     client_ip: Option<IpAddr>,
     helo: &str,
@@ -537,7 +527,7 @@ pub async fn folder_headers(
     if matches!(report.verdict, Verdict::Spam | Verdict::Invalid) {
         return Vec::new();
     }
-    let from = FromIdentity::of_message(raw);
+    let from = from.cloned();
     let auth = if inbound::stamp_authenticates(report) {
         AuthOutcome::none()
     } else {
@@ -725,9 +715,15 @@ pub async fn judge(
                 .map(|r| r.tx),
             _ => None,
         };
+        let from = FromIdentity::of_message(raw);
         headers.push((
             "Authentication-Results",
-            ar_value(&s.authserv_id, &report, from_domain(raw).as_deref(), tx),
+            ar_value(
+                &s.authserv_id,
+                &report,
+                from.as_ref().map(|f| f.domain.as_str()),
+                tx,
+            ),
         ));
         headers.push((VERDICT_HEADER, format!(" {}", report.verdict.as_str())));
         if let Some(sc) = report.score {
@@ -737,6 +733,7 @@ pub async fn judge(
             folder_headers(
                 s,
                 raw,
+                from.as_ref(),
                 rcpts,
                 client_ip,
                 helo,
