@@ -262,6 +262,20 @@ pub fn parse_full(raw: &[u8]) -> Option<Message<'_>> {
     MessageParser::default().parse(raw)
 }
 
+/// Reads one message file, refusing one larger than the verifier takes
+/// ([`mailstamp_core::MAX_MESSAGE_BYTES`]) before reading it: such a file is left in place
+/// and counted as an error, never loaded whole.
+fn read_message(path: &Path) -> std::io::Result<Vec<u8>> {
+    let len = std::fs::metadata(path)?.len();
+    if len > mailstamp_core::MAX_MESSAGE_BYTES as u64 {
+        return Err(std::io::Error::other(format!(
+            "{len} bytes, more than the {} a message may have; left in place",
+            mailstamp_core::MAX_MESSAGE_BYTES
+        )));
+    }
+    std::fs::read(path)
+}
+
 /// `release` or `keep`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -711,7 +725,7 @@ impl Recoverer {
             Default::default()
         };
         for (i, e) in entries.iter().enumerate() {
-            let raw = match std::fs::read(&e.path) {
+            let raw = match read_message(&e.path) {
                 Ok(r) => r,
                 // Moved or expunged by the user meanwhile: not ours to count.
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
@@ -830,7 +844,7 @@ impl Recoverer {
             {
                 continue;
             }
-            let Ok(raw) = std::fs::read(&e.path) else {
+            let Ok(raw) = read_message(&e.path) else {
                 continue;
             };
             let id = identity(&raw);
@@ -862,6 +876,20 @@ impl Recoverer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_file_is_refused_before_it_is_read() {
+        let path = std::env::temp_dir().join(format!("mailstamp-big-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        // Sparse: no 64 MiB written to disk.
+        f.set_len(mailstamp_core::MAX_MESSAGE_BYTES as u64 + 1)
+            .unwrap();
+        let e = read_message(&path).unwrap_err().to_string();
+        assert!(e.contains("left in place"), "{e}");
+        f.set_len(10).unwrap();
+        assert_eq!(read_message(&path).unwrap().len(), 10);
+        std::fs::remove_file(&path).unwrap();
+    }
 
     fn parse(s: &str) -> Message<'_> {
         parse_full(s.as_bytes()).unwrap()
