@@ -20,8 +20,13 @@ use std::time::Instant;
 use alloy::providers::{Provider, ProviderBuilder};
 use mailstamp::chain::{self, Chain, RecordKey};
 use mailstamp::config::{ChainConfig, Confirmations};
-use mailstamp::ops::{self, BatchInput, StampContext, VerifyContext};
+use mailstamp::stamping::{
+    self, StampContext,
+    batch::{self, BatchInput},
+};
 use mailstamp::store::Store;
+use mailstamp::util;
+use mailstamp::verifying::{self, VerifyContext};
 use mailstamp_core::{Envelope, Lookup, Policy, Selection, Verdict};
 
 fn env() -> Envelope {
@@ -75,7 +80,7 @@ async fn main() {
         authority: harness::authority(&trust),
         trusted: vec![registry],
         policy: Policy::default(),
-        now: Some(ops::now()),
+        now: Some(util::now()),
     };
     let msgs: Vec<Vec<u8>> = harness::corpus()
         .into_iter()
@@ -94,7 +99,7 @@ async fn main() {
     let mut stamped = Vec::with_capacity(n);
     let mut tokens = Vec::with_capacity(n);
     for m in &msgs {
-        let s = ops::stamp(&c, &sctx, m, &env()).await.expect("stamp");
+        let s = stamping::stamp(&c, &sctx, m, &env()).await.expect("stamp");
         stamped.push(s.message);
         tokens.push(s.token);
     }
@@ -109,7 +114,7 @@ async fn main() {
         let (c2, s2, sem) = (c2.clone(), s2.clone(), sem.clone());
         set.spawn(async move {
             let _p = sem.acquire_owned().await.expect("semaphore");
-            ops::stamp(&c2, &s2, &m, &env())
+            stamping::stamp(&c2, &s2, &m, &env())
                 .await
                 .expect("stamp")
                 .message
@@ -139,7 +144,7 @@ async fn main() {
                     env: env(),
                 })
                 .collect();
-            ops::stamp_batch(&c, &sctx, &store, inputs, &out)
+            batch::stamp_batch(&c, &sctx, &store, inputs, &out)
                 .await
                 .expect("batch");
         }
@@ -152,7 +157,11 @@ async fn main() {
     for pass in ["cold", "warm"] {
         let t = Instant::now();
         for m in &stamped {
-            if ops::verify(Ok(&verifier), &vctx, m, &env()).await.verdict == Verdict::Wanted {
+            if verifying::verify(Ok(&verifier), &vctx, m, &env())
+                .await
+                .verdict
+                == Verdict::Wanted
+            {
                 wanted += 1;
             }
         }
@@ -173,7 +182,9 @@ async fn main() {
     .expect("connect");
     let t = Instant::now();
     for m in &stamped {
-        let v = ops::verify(Ok(&plain), &vctx, m, &env()).await.verdict;
+        let v = verifying::verify(Ok(&plain), &vctx, m, &env())
+            .await
+            .verdict;
         assert_eq!(v, Verdict::Wanted);
     }
     println!("verify, cold, batching off      {}", rate(n, t.elapsed()));
@@ -199,7 +210,7 @@ async fn main() {
             let (v, vctx, stamped, sem) = (v.clone(), vctx.clone(), stamped.clone(), sem.clone());
             set.spawn(async move {
                 let _p = sem.acquire_owned().await.expect("semaphore");
-                ops::verify(Ok(&v), &vctx, &stamped[i], &env())
+                verifying::verify(Ok(&v), &vctx, &stamped[i], &env())
                     .await
                     .verdict
             });
@@ -270,7 +281,7 @@ async fn main() {
     let few = 5.min(n);
     let t = Instant::now();
     for m in &msgs[..few] {
-        ops::stamp(&c, &sctx, m, &env()).await.expect("stamp");
+        stamping::stamp(&c, &sctx, m, &env()).await.expect("stamp");
     }
     println!("1 s blocks, direct, sequential  {}", rate(few, t.elapsed()));
     for inflight in [32, 128] {
@@ -281,7 +292,7 @@ async fn main() {
             let (c2, s2, sem) = (c2.clone(), s2.clone(), sem.clone());
             set.spawn(async move {
                 let _p = sem.acquire_owned().await.expect("semaphore");
-                ops::stamp(&c2, &s2, &m, &env())
+                stamping::stamp(&c2, &s2, &m, &env())
                     .await
                     .expect("stamp")
                     .recorded

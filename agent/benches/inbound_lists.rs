@@ -24,10 +24,12 @@ use base64::Engine;
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
-use mailstamp::allowlist::{self, AllowlistConfig};
 use mailstamp::auth::{AuthOutcome, AuthResult, Authenticator};
+use mailstamp::config::AllowlistConfig;
 use mailstamp::config::Config;
-use mailstamp::inbound::{self, Folder, FromIdentity, Reason};
+use mailstamp::inbound::{self, Folder, Reason};
+use mailstamp::people::FromIdentity;
+use mailstamp::people::allowlist;
 use mailstamp::store::Store;
 
 fn report(name: &str, mut lat: Vec<Duration>) {
@@ -64,7 +66,7 @@ fn main() {
     let store = Store::open(&dir.join("state.sqlite")).unwrap();
     let cfg = Config::default();
     let acfg = AllowlistConfig::default();
-    let now = mailstamp::ops::now();
+    let now = mailstamp::util::now();
     let bob = "bob@b.example";
     let t = Instant::now();
     {

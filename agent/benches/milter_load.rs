@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 use indymilter_test::{EomAction, MacroStage, Status, TestConnection};
 use mailstamp::chain::{self, Chain};
 use mailstamp::config::{ChainConfig, Confirmations, Overrides};
-use mailstamp::milter::{self, Milter, Settings};
-use mailstamp::ops::{self, StampContext};
+use mailstamp::milter;
+use mailstamp::session::{Daemon, Settings};
+use mailstamp::stamping::{self, StampContext};
 use mailstamp_core::{Envelope, Selection};
 use tokio_util::sync::CancellationToken;
 
@@ -286,7 +287,12 @@ async fn main() {
     let t = Instant::now();
     let mut stamped = Vec::with_capacity(n);
     for m in &raws {
-        stamped.push(ops::stamp(&c, &sctx, m, &env).await.expect("stamp").message);
+        stamped.push(
+            stamping::stamp(&c, &sctx, m, &env)
+                .await
+                .expect("stamp")
+                .message,
+        );
     }
     let stamping = t.elapsed();
     let stamped: Arc<Vec<Prepared>> = Arc::new(stamped.iter().map(|m| prepare(m)).collect());
@@ -307,8 +313,8 @@ async fn main() {
     )
     .expect("config");
     let settings = Settings::load(Some(&path), &Overrides::default()).expect("settings");
-    let max_sessions = settings.milter.max_sessions;
-    let m = Arc::new(Milter::new(settings, None, None));
+    let max_sessions = settings.cfg.milter.max_sessions;
+    let m = Arc::new(Daemon::new(settings, None, None));
     let stop = CancellationToken::new();
     let mut servers = Vec::new();
     // 1. Plain TCP with Nagle on (the baseline that showed the delayed-ACK stalls).
@@ -455,7 +461,7 @@ async fn outbound_milter(
     )
     .expect("config");
     let settings = Settings::load(Some(&path), &Overrides::default()).expect("settings");
-    let m = Arc::new(Milter::new(settings, Some(harness::signer(a, key)), None));
+    let m = Arc::new(Daemon::new(settings, Some(harness::signer(a, key)), None));
     let pending = m.pending_batches().await.expect("fresh store");
     assert!(pending.is_empty(), "a fresh store has no pending batch");
     let (listener, spec) = milter::bind("inet:127.0.0.1:0").await.expect("bind");

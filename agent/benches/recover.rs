@@ -26,9 +26,9 @@ mod recover;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use mailstamp::allowlist;
 use mailstamp::config::Config;
-use mailstamp::inbound::FromIdentity;
+use mailstamp::people::FromIdentity;
+use mailstamp::people::allowlist;
 use mailstamp::recover::{Action, Options, Recoverer, Summary};
 use mailstamp::store::Store;
 
@@ -98,7 +98,7 @@ async fn main() {
     ))
     .unwrap();
     let store = Store::open(&store_path).unwrap();
-    let now = mailstamp::ops::now();
+    let now = mailstamp::util::now();
     for f in &senders {
         allowlist::record_outbound(&store, &cfg.allowlist, USER, f, now).unwrap();
     }

@@ -5,18 +5,20 @@
 //! receive over SMTP, e.g. `mailstamp recover` on a Maildir) SPF is `none` and only DKIM can
 //! pass. Any DNS trouble is `temperror`: never a pass.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::Result;
+use crate::error::Result;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult,
     dmarc::verify::DmarcParameters,
 };
+use mailstamp_core::mail_parser;
 use serde::Serialize;
 
-use crate::dns::DnsConfig;
+use crate::config::DnsConfig;
 
 /// One method's result, as in `Authentication-Results:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,7 +121,7 @@ impl Authenticator {
     pub fn new(dns: &DnsConfig, host: &str) -> Result<Self> {
         let (config, opts) = crate::dns::resolver_config(dns)?;
         let inner = MessageAuthenticator::new(config, opts)
-            .map_err(|e| anyhow::anyhow!("cannot build the DMARC resolver: {e}"))?;
+            .map_err(|e| crate::error::err!("cannot build the DMARC resolver: {e}"))?;
         // SPF may take up to 10 lookups, DKIM one per signature, DMARC a tree walk.
         let timeout =
             Duration::from_secs(dns.timeout_secs.max(1) * dns.attempts.max(1) as u64 * 4 + 2);
@@ -140,8 +142,30 @@ impl Authenticator {
         helo: &str,
         mail_from: &str,
     ) -> AuthOutcome {
-        match tokio::time::timeout(self.timeout, self.check(raw, client_ip, helo, mail_from)).await
-        {
+        let Some(msg) = AuthenticatedMessage::parse(raw) else {
+            return AuthOutcome::none();
+        };
+        self.within_timeout(self.check(msg, client_ip, helo, mail_from))
+            .await
+    }
+
+    /// [`Authenticator::authenticate`] of a message the caller parsed already (with the
+    /// core's parser), so that the inbound path parses each message once.
+    pub async fn authenticate_parsed(
+        &self,
+        parsed: &mail_parser::Message<'_>,
+        raw: &[u8],
+        client_ip: Option<IpAddr>,
+        helo: &str,
+        mail_from: &str,
+    ) -> AuthOutcome {
+        let msg = AuthenticatedMessage::from_parsed(parsed, raw, true);
+        self.within_timeout(self.check(msg, client_ip, helo, mail_from))
+            .await
+    }
+
+    async fn within_timeout(&self, check: impl Future<Output = AuthOutcome>) -> AuthOutcome {
+        match tokio::time::timeout(self.timeout, check).await {
             Ok(o) => o,
             Err(_) => AuthOutcome {
                 dmarc: AuthResult::TempError,
@@ -152,20 +176,14 @@ impl Authenticator {
 
     async fn check(
         &self,
-        raw: &[u8],
+        msg: AuthenticatedMessage<'_>,
         client_ip: Option<IpAddr>,
         helo: &str,
         mail_from: &str,
     ) -> AuthOutcome {
-        let Some(msg) = AuthenticatedMessage::parse(raw) else {
-            return AuthOutcome::none();
-        };
         let dkim = self.inner.verify_dkim(&msg).await;
         let helo = helo.trim().trim_end_matches('.');
-        let mail_from = mail_from
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>');
+        let mail_from = crate::util::bare_address(mail_from);
         let mail_from_domain = mail_from
             .rsplit_once('@')
             .map_or(helo, |(_, d)| d)

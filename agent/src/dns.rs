@@ -6,11 +6,12 @@
 //! error; only an authoritative "no such record" is "none".
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::config::DnsConfig;
+use crate::error::{Context, Result};
+use crate::util::normalise_name as normalise;
 use alloy::primitives::Address;
-use anyhow::{Context, Result};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -18,29 +19,6 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use mailstamp_core::WriterAuth;
 use mailstamp_core::writers::{RECORD_LABEL, authorise};
-use serde::Deserialize;
-
-/// `[dns]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DnsConfig {
-    /// Name servers (`ip:port`); empty means the system's (`/etc/resolv.conf`).
-    pub nameservers: Vec<SocketAddr>,
-    /// Seconds before one query is given up.
-    pub timeout_secs: u64,
-    /// Tries per query.
-    pub attempts: usize,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        Self {
-            nameservers: Vec::new(),
-            timeout_secs: 3,
-            attempts: 2,
-        }
-    }
-}
 
 /// What a DNS question got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,11 +213,6 @@ impl Authority {
             Answer::Trouble(e) => WriterAuth::TempError(e),
         }
     }
-}
-
-/// A domain name in the form we compare: lower case, no trailing dot, trimmed.
-pub fn normalise(name: &str) -> String {
-    name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn describe(fqdn: &str, rt: RecordType, e: &NetError) -> String {

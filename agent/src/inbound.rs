@@ -11,14 +11,13 @@
 //! `contrib/mailstamp.sieve` file it); otherwise (unstamped, suspect, temperror let through)
 //! → inbox on a trusted list hit, else the separate folder (`[inbound] folder`).
 
-use anyhow::{Result, bail};
 use mailstamp_core::{Report, Status, Verdict, WriterAuth};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::allowlist;
 use crate::auth::AuthOutcome;
 use crate::config::Config;
-use crate::senders::{normalise_address, normalise_domain};
+use crate::error::Result;
+use crate::people::{FromIdentity, MatchKind, allowlist};
 use crate::store::Store;
 
 /// Header naming the folder the milter/relay chose: `INBOX` or the separate folder.
@@ -28,111 +27,6 @@ pub const FOLDER_HEADER: &str = "X-Mailstamp-Folder";
 pub const INBOX_FOR_HEADER: &str = "X-Mailstamp-Inbox-For";
 /// Header reporting a list hit for one recipient (trusted or not), one field per recipient.
 pub const LIST_HEADER: &str = "X-Mailstamp-List";
-
-/// `[inbound]` in the configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct InboundConfig {
-    /// Decide a folder for inbound mail and add the folder headers; also turns on learning
-    /// the allowlist from outbound mail. Needs the store (`[store] path`). Off by default so
-    /// that an agent without a store or Sieve rule behaves as before.
-    pub enabled: bool,
-    /// The separate folder for mail from strangers (an IMAP folder name, never INBOX).
-    pub folder: String,
-}
-
-impl Default for InboundConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            folder: "Unknown".to_owned(),
-        }
-    }
-}
-
-impl InboundConfig {
-    /// Checks that `folder` is a safe IMAP folder name: 1–64 characters of letters, digits,
-    /// `.`, `-`, `_` and `/` (hierarchy), no empty level, not `INBOX`.
-    pub fn check(&self) -> Result<()> {
-        check_folder(&self.folder)
-    }
-}
-
-/// See [`InboundConfig::check`].
-pub fn check_folder(f: &str) -> Result<()> {
-    let ok = !f.is_empty()
-        && f.len() <= 64
-        && f.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'))
-        && f.split(['/', '.']).all(|l| !l.is_empty())
-        && !f.eq_ignore_ascii_case("inbox");
-    if !ok {
-        bail!(
-            "inbound.folder = `{f}` is not a safe folder name: use 1-64 letters, digits, `.`, `-`, `_` (e.g. \"Unknown\"), not INBOX"
-        );
-    }
-    Ok(())
-}
-
-/// The author of a message (RFC 5322 From), normalised: lower-case address, its domain, and
-/// the display name if any.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FromIdentity {
-    /// `local@domain`, lower case.
-    pub address: String,
-    /// The domain, lower case.
-    pub domain: String,
-    /// The display name (`"Ann Lee" <ann@…>`), trimmed.
-    pub display_name: Option<String>,
-}
-
-impl FromIdentity {
-    /// An identity from an address and an optional display name; `None` when the address is
-    /// not a usable `local@domain`.
-    pub fn new(address: &str, display_name: Option<&str>) -> Option<Self> {
-        let address = normalise_address(address).ok()?;
-        let domain = normalise_domain(address.rsplit_once('@')?.1).ok()?;
-        Some(Self {
-            address,
-            domain,
-            display_name: display_name
-                .map(|n| n.trim().to_owned())
-                .filter(|n| !n.is_empty()),
-        })
-    }
-
-    /// The first From address of a raw message; `None` when there is none usable. Parses the
-    /// header section only (no body decoding): it runs once per inbound message beside the
-    /// verifier's own parse.
-    pub fn of_message(raw: &[u8]) -> Option<Self> {
-        let msg = mailstamp_core::mail_parser::MessageParser::default().parse_headers(raw)?;
-        let a = msg.from()?.first()?;
-        Self::new(a.address()?, a.name())
-    }
-
-    /// The identities of `rcpts` (envelope recipients) with the display names the message's
-    /// To/Cc give them (outbound learning).
-    pub fn of_recipients(raw: &[u8], rcpts: &[String]) -> Vec<Self> {
-        let msg = mailstamp_core::parse(raw);
-        let named: Vec<(String, String)> = msg
-            .iter()
-            .flat_map(|m| m.to().into_iter().chain(m.cc()))
-            .flat_map(|a| a.iter())
-            .filter_map(|a| Some((a.address()?.to_ascii_lowercase(), a.name()?.to_owned())))
-            .collect();
-        rcpts
-            .iter()
-            .filter_map(|r| {
-                let lower = r.trim().to_ascii_lowercase();
-                let name = named
-                    .iter()
-                    .find(|(a, _)| *a == lower)
-                    .map(|(_, n)| n.as_str());
-                Self::new(r, name)
-            })
-            .collect()
-    }
-}
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -214,29 +108,6 @@ impl ListName {
     }
 }
 
-/// How a sender matched a list entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MatchKind {
-    /// The exact address (or, for authorised senders, an authorised whole domain).
-    Full,
-    /// Partial: same display name and domain as an entry.
-    PartialNameDomain,
-    /// Partial: same domain as an entry.
-    PartialDomain,
-}
-
-impl MatchKind {
-    /// `full` / `name_domain` / `domain`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Full => "full",
-            Self::PartialNameDomain => "name_domain",
-            Self::PartialDomain => "domain",
-        }
-    }
-}
-
 /// A list hit, reported whether trusted or not.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Hit {
@@ -306,28 +177,11 @@ pub fn stamp_authenticates(r: &Report) -> bool {
     }
 }
 
-/// The local user a recipient address stands for: lower case, `user+tag` folded to `user`
-/// with the recipient `delimiter` (none when `None`).
-pub fn user_of(rcpt: &str, delimiter: Option<char>) -> String {
-    let a = rcpt
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .to_ascii_lowercase();
-    match (delimiter, a.rsplit_once('@')) {
-        (Some(d), Some((local, domain))) => match local.split_once(d) {
-            Some((u, _)) if !u.is_empty() => format!("{u}@{domain}"),
-            _ => a,
-        },
-        _ => a,
-    }
-}
-
 /// Decides the folder of a message for `user` (a lower-case address, see [`user_of`]) from
 /// `cfg` (`[inbound]`, `[allowlist]`), the From identity (`None`: no usable From), the stamp
 /// report (`None`: not verified, treated as unstamped) and the DMARC outcome. Reads the store
 /// only; call [`learn`] afterwards to complete allowlist entries. Part B (`recover`): call it
-/// per message with `FromIdentity::of_message`, `ops::verify`'s report and
+/// per message with `FromIdentity::of_message`, `verifying::verify`'s report and
 /// `Authenticator::authenticate(raw, None, "", "")`.
 pub fn decide(
     store: &Store,
@@ -437,6 +291,8 @@ pub fn learn(
 mod tests {
     use super::*;
     use crate::auth::AuthResult;
+    use crate::config::people::check_folder;
+    use crate::people::user_of;
 
     fn pass() -> AuthOutcome {
         AuthOutcome {

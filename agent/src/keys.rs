@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use crate::error::{Context, Result, bail};
 use alloy::signers::local::PrivateKeySigner;
-use anyhow::{Context, Result, bail};
 
 use crate::config::WriterConfig;
 
@@ -31,7 +31,7 @@ pub fn load(cfg: &WriterConfig, keystore: Option<&Path>) -> Result<PrivateKeySig
             })?,
         };
         return PrivateKeySigner::decrypt_keystore(path, password).map_err(|e| {
-            anyhow::anyhow!(
+            crate::error::err!(
                 "cannot open keystore {}: {e} (wrong password or not a keystore file)",
                 path.display()
             )
@@ -49,7 +49,7 @@ pub fn load(cfg: &WriterConfig, keystore: Option<&Path>) -> Result<PrivateKeySig
 pub fn parse_key(k: &str) -> Result<PrivateKeySigner> {
     k.trim()
         .parse::<PrivateKeySigner>()
-        .map_err(|_| anyhow::anyhow!("{PRIVATE_KEY_ENV} is not a 32-byte hex private key"))
+        .map_err(|_| crate::error::err!("{PRIVATE_KEY_ENV} is not a 32-byte hex private key"))
 }
 
 #[cfg(test)]

@@ -1,22 +1,49 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! The mailstamp agent: configuration, the chain client, the writer key, and the commands the
-//! CLI runs (stamp, verify, audit, deploy). The verdict logic itself lives in `mailstamp-core`.
+//! The mailstamp agent: everything around the pure pipeline of `mailstamp-core` — the chain,
+//! the store, DNS, the people lists, stamping and verifying, the SMTP-session decisions and
+//! the two MTA adapters. The binary (`src/main.rs`, `src/cli/`) only parses flags and prints.
+//!
+//! The modules form one-way layers: a module imports only from the rows above its own (the
+//! `layers` test reads `src/**/*.rs` and fails on an import against this table):
+//!
+//! | row | modules | what they own |
+//! |-----|---------|---------------|
+//! | 0 | `error`, `util`, `config` | the error type; clock, text, networks; every config section with its checks |
+//! | 1 | `store`, `chain`, `dns`, `keys`, `maildir`, `maps` | infrastructure: SQLite, the registry, DNS, the writer key, Maildir, the access maps |
+//! | 2 | `auth` | DMARC through the resolver of `dns` |
+//! | 3 | `people`, `stamping`, `verifying`, `onboard` | the domain: who is who, stamping (direct, batch, the daemons' batcher), verifying, customer domains |
+//! | 4 | `inbound` | the inbound folder decision |
+//! | 5 | `session`, `recover` | SMTP-session decisions and daemon state; the Junk recovery pass |
+//! | 6 | `milter`, `relay` | the adapters: protocol events in, one `session` call, one reply out |
 
-pub mod allowlist;
-pub mod auth;
-pub mod batcher;
-pub mod chain;
+pub mod error;
+pub mod util;
+
 pub mod config;
+
+pub mod chain;
 pub mod dns;
-pub mod inbound;
 pub mod keys;
 pub mod maildir;
 pub mod maps;
-pub mod milter;
-pub mod onboard;
-pub mod ops;
-pub mod recover;
-pub mod relay;
-pub mod senders;
-pub mod session;
 pub mod store;
+
+pub mod auth;
+
+pub mod onboard;
+pub mod people;
+pub mod stamping;
+pub mod verifying;
+
+pub mod inbound;
+
+pub mod recover;
+pub mod session;
+
+pub mod milter;
+pub mod relay;
+
+pub use error::{Error, Result};
+
+#[cfg(test)]
+mod layers;

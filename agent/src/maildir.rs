@@ -19,7 +19,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 
 /// The sub-directory a message sits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

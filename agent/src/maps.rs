@@ -9,45 +9,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use mailstamp_core::Verdict;
-use serde::Deserialize;
 
-/// What to do with a message after verification (per verdict), and the strictness order used
-/// when several recipients ask for different things: later variants are stricter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    /// Deliver without any mailstamp header.
-    Accept,
-    /// Deliver with `Authentication-Results:` and the verdict headers.
-    AddHeader,
-    /// Add the headers and hold the message (Postfix: the hold queue).
-    Quarantine,
-    /// Accept the message and drop it.
-    Discard,
-    /// Refuse with a temporary error (the client retries).
-    Tempfail,
-    /// Refuse with a permanent error (5xx): the sender gets a bounce.
-    Reject,
-}
-
-impl std::str::FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "accept" => Self::Accept,
-            "add-header" => Self::AddHeader,
-            "quarantine" => Self::Quarantine,
-            "discard" => Self::Discard,
-            "tempfail" => Self::Tempfail,
-            "reject" => Self::Reject,
-            other => {
-                return Err(format!(
-                    "`{other}` is not an action: accept | add-header | quarantine | discard | tempfail | reject"
-                ));
-            }
-        })
-    }
-}
+use crate::config::{Action, MapsConfig};
+use crate::util::{Net, bare_address};
 
 /// A verify policy attached to a sender or recipient: a threshold and actions per verdict
 /// that override the global `[milter.actions]` table for messages to (or from) that address.
@@ -119,79 +83,9 @@ pub enum MapError {
     },
 }
 
-/// An IP network (an address with a prefix length).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are IPv4 addresses for lookup.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn bits(ip: IpAddr) -> (u128, u8) {
-    match ip {
-        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
-        IpAddr::V6(a) => (u128::from(a), 128),
-    }
-}
-
-impl Net {
-    /// Whether `ip` is inside this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let (a, width) = bits(self.addr);
-        let (b, w2) = bits(canonical_ip(ip));
-        if width != w2 {
-            return false;
-        }
-        if self.prefix == 0 {
-            return true;
-        }
-        let shift = u32::from(width - self.prefix);
-        (a >> shift) == (b >> shift)
-    }
-
-    /// The prefix length.
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-}
-
-impl std::str::FromStr for Net {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| format!("`{s}` is not an IP address or CIDR network"))?;
-        let addr = canonical_ip(addr);
-        let width = bits(addr).1;
-        let prefix = match p {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|&n| n <= width)
-                .ok_or_else(|| format!("`{s}`: prefix length must be 0..={width}"))?,
-            None => width,
-        };
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl<'de> Deserialize<'de> for Net {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+impl From<MapError> for crate::error::Error {
+    fn from(e: MapError) -> Self {
+        Self::msg(e)
     }
 }
 
@@ -252,7 +146,7 @@ impl ConnectionMap {
         }
         // Longest prefix first, so the first network that contains an address is the most
         // specific one (an exact address is a /32 or /128).
-        m.nets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix));
+        m.nets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix()));
         Ok(m)
     }
 
@@ -306,11 +200,7 @@ pub struct AddrMap {
 /// `user@domain`, `domain`, parent domains (`.domain`, …), `user+tag@`, `user@`. The null
 /// sender is looked up as `<>`.
 pub fn lookup_keys(address: &str, delimiter: Option<char>) -> Vec<String> {
-    let a = address
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .to_ascii_lowercase();
+    let a = bare_address(address).to_ascii_lowercase();
     if a.is_empty() {
         return vec!["<>".to_owned()];
     }
@@ -446,31 +336,6 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, &str, &str, Option<String>)
             .filter(|s| !s.is_empty());
         Some((i + 1, key, action, args))
     })
-}
-
-/// `[maps]` in the configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MapsConfig {
-    /// Connection map file (client IP / CIDR, hostname, `helo:` name).
-    pub connection: Option<PathBuf>,
-    /// Sender map file (MAIL FROM).
-    pub sender: Option<PathBuf>,
-    /// Recipient map file (RCPT TO).
-    pub recipient: Option<PathBuf>,
-    /// The `user+tag` delimiter (Postfix `recipient_delimiter`); empty for none.
-    pub delimiter: String,
-}
-
-impl Default for MapsConfig {
-    fn default() -> Self {
-        Self {
-            connection: None,
-            sender: None,
-            recipient: None,
-            delimiter: "+".to_owned(),
-        }
-    }
 }
 
 /// The three maps, loaded.

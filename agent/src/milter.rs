@@ -1,394 +1,44 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! `mailstamp milter`: the agent beside Postfix or Sendmail, on indymilter. It owns the milter
-//! session (one per SMTP connection), the `[milter]` configuration (whose policy part —
-//! trusted networks, actions, trouble policies — the relay applies too), the settings and the
-//! chain connection both adapters share ([`Milter`]), and the translation of
-//! [`crate::session`]'s decisions into milter replies ([`disposition`]). The decisions
-//! themselves (maps per stage, verdict → action, header texts) are in [`crate::session`].
+//! side only — negotiation, the per-connection and per-message state, the header and body
+//! bytes as the MTA sends them, and the translation of [`crate::session`]'s answers into
+//! milter statuses and actions ([`disposition`]). Every decision (maps per stage, stamping,
+//! verdict → action, header texts) is `session`'s, exactly as for the relay.
 
 use std::ffi::CString;
 use std::future::Future;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::Arc;
 
-use alloy::signers::local::PrivateKeySigner;
-use anyhow::{Context as _, Result, bail};
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
     ProtoOpts, SetErrorReply, SocketInfo, Status,
 };
-use mailstamp_core::{MAX_MESSAGE_BYTES, Verdict};
-use serde::Deserialize;
+use mailstamp_core::Verdict;
 use tracing::{info, warn};
 
-use crate::auth::Authenticator;
-use crate::batcher::{Batcher, Recovered};
-use crate::chain::{Chain, NoncePool};
-use crate::config::{Config, Overrides, PendingPolicy, StampMode};
-use crate::dns::Authority;
-use crate::maps::{Action, Maps, Net, VerifyPolicy};
-use crate::ops::StampContext;
-use crate::session::{self, Refusal, Step};
-use crate::store::{DaemonBatchRow, Store};
+use crate::config::{Action, MilterConfig};
+use crate::error::{Context as _, Result, bail};
+use crate::maps::VerifyPolicy;
+use crate::session::message::Client;
+use crate::session::{self, Daemon, Message, Outbound, Refusal, Step, results, stages, verdict};
+use crate::util::bare_address;
 
-pub use crate::session::{SCORE_HEADER, UNSTAMPED_HEADER, VERDICT_HEADER, ar_result, ar_value};
 /// The eom actions the milter uses: add headers, delete forged ones, quarantine.
 const NEEDED_ACTIONS: Actions = Actions::ADD_HEADER
     .union(Actions::CHANGE_HEADER)
     .union(Actions::QUARANTINE);
 
-/// What to do when the chain cannot be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TroublePolicy {
-    /// Answer 451: the MTA keeps the message and retries.
-    Tempfail,
-    /// Let the message through, marked (outbound: `X-Mailstamp-Unstamped`; inbound:
-    /// `mailstamp=temperror`).
-    Pass,
-}
-
-/// The action per verdict (`[milter.actions]`); `temperror` is `on_temperror`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ActionTable {
-    /// All components match.
-    pub wanted: Action,
-    /// Most of it matches.
-    pub suspect: Action,
-    /// Forged, altered or replayed.
-    pub spam: Action,
-    /// No stamp.
-    pub unstamped: Action,
-    /// A stamp that does not decode or names an untrusted registry.
-    pub invalid: Action,
-}
-
-impl Default for ActionTable {
-    fn default() -> Self {
-        Self {
-            wanted: Action::AddHeader,
-            suspect: Action::AddHeader,
-            spam: Action::AddHeader,
-            unstamped: Action::AddHeader,
-            invalid: Action::AddHeader,
-        }
-    }
-}
-
-impl ActionTable {
-    /// The configured action for `v` (`temperror` has none here: see `on_temperror`).
-    pub fn get(&self, v: Verdict) -> Option<Action> {
-        match v {
-            Verdict::Wanted => Some(self.wanted),
-            Verdict::Suspect => Some(self.suspect),
-            Verdict::Spam => Some(self.spam),
-            Verdict::Unstamped => Some(self.unstamped),
-            Verdict::Invalid => Some(self.invalid),
-            Verdict::Temperror => None,
-        }
-    }
-}
-
-/// `[milter]` in the configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MilterConfig {
-    /// The authserv-id of `Authentication-Results:` (default: this host's name).
-    pub authserv_id: Option<String>,
-    /// Clients in these networks send outbound mail (stamped, not verified).
-    pub trusted_networks: Vec<Net>,
-    /// Postfix `{daemon_name}` values (`-o milter_macro_daemon_name=…`) whose mail is outbound.
-    pub outbound_daemons: Vec<String>,
-    /// SASL-authenticated senders (`{auth_authen}` set) send outbound mail.
-    pub outbound_authenticated: bool,
-    /// Largest message taken (bytes); bigger ones get `552 5.3.4`.
-    pub max_message_bytes: usize,
-    /// Most SMTP sessions served at once (read at start; not changed by a reload).
-    pub max_sessions: usize,
-    /// Outbound mail when the stamp cannot be recorded: `tempfail` (default) or `pass`.
-    pub on_stamp_error: TroublePolicy,
-    /// Inbound mail whose verdict is `temperror`: `tempfail` (default) or `pass`.
-    pub on_temperror: TroublePolicy,
-    /// Look up the recording transaction of a found stamp and name it in the header.
-    pub lookup_tx: bool,
-    /// Action per verdict.
-    pub actions: ActionTable,
-}
-
-impl Default for MilterConfig {
-    fn default() -> Self {
-        Self {
-            authserv_id: None,
-            trusted_networks: Vec::new(),
-            outbound_daemons: Vec::new(),
-            outbound_authenticated: true,
-            max_message_bytes: 25 * 1024 * 1024,
-            max_sessions: 100,
-            on_stamp_error: TroublePolicy::Tempfail,
-            on_temperror: TroublePolicy::Tempfail,
-            lookup_tx: true,
-            actions: ActionTable::default(),
-        }
-    }
-}
-
-/// Everything a message is judged with; replaced as a whole on reload.
-#[derive(Clone)]
-pub struct Settings {
-    /// The agent configuration (chain, stamp, verify).
-    pub cfg: Config,
-    /// `[milter]`.
-    pub milter: MilterConfig,
-    /// The loaded maps.
-    pub maps: Maps,
-    /// The authserv-id in use.
-    pub authserv_id: String,
-    /// Outbound: selection, writer check, provider mode.
-    pub stamp: StampContext,
-    /// Writer records and the trust map, for inbound checks.
-    pub authority: Authority,
-    /// The store holding authorised senders and the allowlist (`[inbound] enabled`).
-    pub people: Option<Arc<Store>>,
-    /// DMARC checks for the inbound folder decision (`[inbound] enabled`).
-    pub authenticator: Option<Arc<Authenticator>>,
-}
-
-impl Settings {
-    /// Builds settings from parts (the maps already loaded).
-    pub fn new(cfg: Config, milter: MilterConfig, maps: Maps) -> Result<Self> {
-        if milter.max_message_bytes == 0 || milter.max_message_bytes > MAX_MESSAGE_BYTES {
-            bail!("milter.max_message_bytes must be between 1 and {MAX_MESSAGE_BYTES}");
-        }
-        if milter.max_sessions == 0 {
-            bail!("milter.max_sessions must be at least 1");
-        }
-        cfg.relay.check()?;
-        let authserv_id = match &milter.authserv_id {
-            Some(id) if id.is_empty() || id.contains([';', ' ', '\t', '\r', '\n']) => {
-                bail!("milter.authserv_id `{id}` must be one token (a host name)")
-            }
-            Some(id) => id.clone(),
-            None => hostname(),
-        };
-        let authority = Authority::new(&cfg.dns, &cfg.trust)?;
-        let active_only = if cfg.provider.enabled {
-            Some(Arc::new(Store::open(&cfg.store.path).context(
-                "provider mode needs the store (store.path / --store)",
-            )?))
-        } else {
-            None
-        };
-        // Authorised senders and the allowlist (issue 5): the same file, their own connection
-        // with a short busy timeout (session::open_people_store).
-        let (people, authenticator) = if cfg.inbound.enabled {
-            let store = session::open_people_store(&cfg.store.path).context(
-                "inbound.enabled needs the store (store.path / --store); set inbound.enabled = false to go without",
-            )?;
-            let auth = Authenticator::new(&cfg.dns, &authserv_id)?;
-            (Some(store), Some(Arc::new(auth)))
-        } else {
-            (None, None)
-        };
-        let stamp = StampContext {
-            selection: cfg.stamp.selection(),
-            authority: authority.clone(),
-            check_writer: cfg.stamp.check_writer,
-            active_only,
-        };
-        Ok(Self {
-            cfg,
-            milter,
-            maps,
-            authserv_id,
-            stamp,
-            authority,
-            people,
-            authenticator,
-        })
-    }
-
-    /// Reads the configuration file (with `over` applied) and the map files it names
-    /// (relative to the file's directory).
-    pub fn load(path: Option<&Path>, over: &Overrides) -> Result<Self> {
-        let cfg = Config::load(path, over)?;
-        let base = path
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let maps = Maps::load(&cfg.maps, &base)?;
-        let milter = cfg.milter.clone();
-        Self::new(cfg, milter, maps)
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-/// The milter: settings (reloadable), the writer key, and a lazily (re)connected chain.
-pub struct Milter {
-    settings: RwLock<Arc<Settings>>,
-    pub(crate) source: Option<(PathBuf, Overrides)>,
-    signer: Option<PrivateKeySigner>,
-    chain: tokio::sync::Mutex<Option<Chain>>,
-    /// The writer's nonce counter, kept across reconnects (sessions may still hold the old
-    /// connection with transactions in flight).
-    nonces: NoncePool,
-    /// Who this daemon is in the batch journal (see [`Milter::with_owner`]).
-    owner: String,
-    /// `stamp.mode = "batch"`: the batcher every session shares (made on first use; its
-    /// store is `store.path` as it was then).
-    batcher: tokio::sync::OnceCell<Arc<Batcher>>,
-}
-
-impl Milter {
-    /// A milter judging with `settings`, stamping with `signer` (none: outbound mail cannot be
-    /// stamped and meets `on_stamp_error`). `source` is the config file [`Milter::reload`]
-    /// reads again.
-    pub fn new(
-        settings: Settings,
-        signer: Option<PrivateKeySigner>,
-        source: Option<(PathBuf, Overrides)>,
-    ) -> Self {
-        Self {
-            settings: RwLock::new(Arc::new(settings)),
-            source,
-            signer,
-            chain: tokio::sync::Mutex::new(None),
-            nonces: NoncePool::default(),
-            owner: "milter".to_owned(),
-            batcher: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// Names this daemon in the batch journal (default `milter`): the daemons give their kind
-    /// and listen address, so that a milter and a relay sharing one store each recover only
-    /// the batches they opened. Call it before serving.
-    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
-        self.owner = owner.into();
-        self
-    }
-
-    /// The shared batcher, opening the store on first use.
-    pub(crate) async fn batcher(&self) -> Result<Arc<Batcher>, String> {
-        self.batcher
-            .get_or_try_init(|| async {
-                let s = self.settings();
-                let store = match &s.stamp.active_only {
-                    // Provider mode already opened the same file.
-                    Some(st) => st.clone(),
-                    None => Arc::new(Store::open(&s.cfg.store.path).map_err(|e| {
-                        format!("batched stamping needs the store (store.path): {e:#}")
-                    })?),
-                };
-                Ok(Arc::new(Batcher::new(store, self.owner.clone())))
-            })
-            .await
-            .cloned()
-    }
-
-    /// At start, in batched mode: the batches a previous run left pending (none in direct
-    /// mode). Call it before serving: a batch opened after this is not among them, so
-    /// [`Milter::recover_batches`] can then run beside the sessions.
-    pub async fn pending_batches(&self) -> Result<Vec<DaemonBatchRow>> {
-        if self.settings().cfg.stamp.mode != StampMode::Batch {
-            return Ok(Vec::new());
-        }
-        let b = self.batcher().await.map_err(anyhow::Error::msg)?;
-        b.pending()
-    }
-
-    /// Batched mode: deletes anchored and dropped batches older than
-    /// `stamp.journal_retention_days` from the journal; the daemons call it at start and
-    /// hourly. Nothing in direct mode.
-    pub async fn prune_journal(&self) -> Result<usize> {
-        let s = self.settings();
-        if s.cfg.stamp.mode != StampMode::Batch {
-            return Ok(0);
-        }
-        let b = self.batcher().await.map_err(anyhow::Error::msg)?;
-        b.prune(s.cfg.stamp.journal_retention_days)
-    }
-
-    /// Applies `stamp.pending_on_restart` to `pending` (from [`Milter::pending_batches`]).
-    /// It may wait for the chain (and for an anchor still in the pool), so the daemons run it
-    /// on its own task once they listen.
-    pub async fn recover_batches(&self, pending: Vec<DaemonBatchRow>) -> Result<Vec<Recovered>> {
-        if pending.is_empty() {
-            return Ok(Vec::new());
-        }
-        let s = self.settings();
-        let b = self.batcher().await.map_err(anyhow::Error::msg)?;
-        let policy = s.cfg.stamp.pending_on_restart;
-        let chain =
-            match policy {
-                PendingPolicy::Drop => None,
-                PendingPolicy::Anchor => Some(self.chain().await.map_err(|e| {
-                    anyhow::anyhow!("pending batches left for the next start: {e}")
-                })?),
-            };
-        b.recover(pending, policy, chain.as_ref()).await
-    }
-
-    /// The settings in force.
-    pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Reads the config file and maps again. On any error the old settings stay in force and
-    /// the error (with file and line for a map) is returned. Sessions under way keep the
-    /// settings they started the message with.
-    pub async fn reload(&self) -> Result<()> {
-        let Some((path, over)) = &self.source else {
-            bail!("no config file to reload");
-        };
-        let new = Settings::load(Some(path), over)?;
-        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        // The chain settings may have changed: connect afresh on the next message.
-        *self.chain.lock().await = None;
-        Ok(())
-    }
-
-    /// The chain connection, made on first use and after any failure.
-    pub(crate) async fn chain(&self) -> Result<Chain, String> {
-        let mut slot = self.chain.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let s = self.settings();
-        let registry = s.cfg.registry().map_err(|e| format!("{e:#}"))?;
-        let c = Chain::connect_in(&s.cfg.chain, registry, self.signer.clone(), &self.nonces)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        *slot = Some(c.clone());
-        Ok(c)
-    }
-
-    /// Forgets the connection (after an error), so that the next message reconnects; the
-    /// nonce counter is kept (it asks the node again after a failed send).
-    pub(crate) async fn drop_chain(&self) {
-        *self.chain.lock().await = None;
-    }
-}
-
 /// Serves milter connections on `listener` until `shutdown` completes; sessions under way
 /// finish their current command.
 pub async fn run(
     listener: impl indymilter::Listener,
-    milter: Arc<Milter>,
+    milter: Arc<Daemon>,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
     let config = indymilter::Config {
-        max_connections: milter.settings().milter.max_sessions,
+        max_connections: milter.settings().cfg.milter.max_sessions,
         actions: NEEDED_ACTIONS,
         ..indymilter::Config::default()
     };
@@ -473,15 +123,10 @@ pub struct Session {
     msg: Option<Msg>,
 }
 
-/// Per-message state, from MAIL FROM to end of message.
+/// Per-message state, from MAIL FROM to end of message: the session's [`Message`] and the
+/// bytes as the milter protocol brings them.
 struct Msg {
-    settings: Arc<Settings>,
-    outbound: bool,
-    /// The envelope sender (MAIL FROM), empty for the null sender.
-    sender: String,
-    rcpts: Vec<String>,
-    sender_policy: Option<VerifyPolicy>,
-    rcpt_policies: Vec<Option<VerifyPolicy>>,
+    m: Message,
     raw: Vec<u8>,
     /// Occurrences seen per header name (lowercase), for deleting by index.
     seen: std::collections::HashMap<String, i32>,
@@ -501,7 +146,7 @@ fn c(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
-fn callbacks(m: Arc<Milter>) -> Callbacks<Session> {
+fn callbacks(m: Arc<Daemon>) -> Callbacks<Session> {
     let (m1, m2, m3, m4, m5, m6) = (
         m.clone(),
         m.clone(),
@@ -526,7 +171,7 @@ fn callbacks(m: Arc<Milter>) -> Callbacks<Session> {
         })
         .on_rcpt(move |cx, args| {
             let _ = &m4;
-            Box::pin(async move { rcpt(cx, &args) })
+            Box::pin(async move { rcpt(cx, &args).await })
         })
         .on_header(move |cx, name, value| {
             let _ = &m5;
@@ -611,7 +256,7 @@ fn missing_state(reply: &mut indymilter::SmtpReply, stage: &str) -> Status {
     )
 }
 
-fn connect(m: &Milter, cx: &mut Context<Session>, host: &str, info: SocketInfo) -> Status {
+fn connect(m: &Daemon, cx: &mut Context<Session>, host: &str, info: SocketInfo) -> Status {
     let s = m.settings();
     let ip = match info {
         SocketInfo::Inet(a) => Some(a.ip()),
@@ -621,10 +266,10 @@ fn connect(m: &Milter, cx: &mut Context<Session>, host: &str, info: SocketInfo) 
         .macros
         .get(&c("{daemon_name}"))
         .map(|d| d.to_string_lossy().into_owned());
-    let (step, accepted) = session::at_connect(&s, ip, host);
+    let (step, accepted) = stages::at_connect(&s, ip, host);
     cx.data = Some(Session {
         client_ip: ip,
-        outbound_client: session::outbound_client(&s, ip, daemon.as_deref()),
+        outbound_client: stages::outbound_client(&s, ip, daemon.as_deref()),
         client_accepted: accepted,
         helo: String::new(),
         msg: None,
@@ -632,7 +277,7 @@ fn connect(m: &Milter, cx: &mut Context<Session>, host: &str, info: SocketInfo) 
     step_status(&mut cx.reply, &step)
 }
 
-fn helo(m: &Milter, cx: &mut Context<Session>, helo: &str) -> Status {
+fn helo(m: &Daemon, cx: &mut Context<Session>, helo: &str) -> Status {
     let Some(session) = cx.data.as_mut() else {
         return missing_state(&mut cx.reply, "helo");
     };
@@ -640,24 +285,18 @@ fn helo(m: &Milter, cx: &mut Context<Session>, helo: &str) -> Status {
     if session.client_accepted {
         return Status::Continue;
     }
-    let (step, accepted) = session::at_helo(&m.settings(), helo);
+    let (step, accepted) = stages::at_helo(&m.settings(), helo);
     session.client_accepted = accepted;
     step_status(&mut cx.reply, &step)
 }
 
 fn addr_of(args: &[CString]) -> String {
     args.first()
-        .map(|a| {
-            a.to_string_lossy()
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_owned()
-        })
+        .map(|a| bare_address(&a.to_string_lossy()).to_owned())
         .unwrap_or_default()
 }
 
-fn mail(m: &Milter, cx: &mut Context<Session>, args: &[CString]) -> Status {
+fn mail(m: &Daemon, cx: &mut Context<Session>, args: &[CString]) -> Status {
     let authenticated = cx
         .macros
         .get(&c("{auth_authen}"))
@@ -673,24 +312,20 @@ fn mail(m: &Milter, cx: &mut Context<Session>, args: &[CString]) -> Status {
             .filter(|p| p.eq_ignore_ascii_case("SIZE="))
             .and_then(|_| a[5..].parse::<u64>().ok())
     });
-    let outbound = session.outbound_client || (s.milter.outbound_authenticated && authenticated);
-    let sender_policy = match session::at_mail(
+    let outbound =
+        session.outbound_client || (s.cfg.milter.outbound_authenticated && authenticated);
+    let sender_policy = match stages::at_mail(
         &s,
         &sender,
         declared,
-        s.milter.max_message_bytes,
+        s.cfg.milter.max_message_bytes,
         session.client_accepted,
     ) {
         Ok(p) => p,
         Err(step) => return step_status(&mut cx.reply, &step),
     };
     session.msg = Some(Msg {
-        settings: s,
-        outbound,
-        sender,
-        rcpts: Vec::new(),
-        sender_policy,
-        rcpt_policies: Vec::new(),
+        m: Message::new(s, outbound, sender, sender_policy),
         raw: Vec::new(),
         seen: std::collections::HashMap::new(),
         forged: Vec::new(),
@@ -699,20 +334,21 @@ fn mail(m: &Milter, cx: &mut Context<Session>, args: &[CString]) -> Status {
 }
 
 fn too_big(reply: &mut indymilter::SmtpReply, limit: usize) -> Status {
-    reply_with(reply, &session::too_big(limit))
+    reply_with(reply, &stages::too_big(limit))
 }
 
-fn rcpt(cx: &mut Context<Session>, args: &[CString]) -> Status {
+async fn rcpt(cx: &mut Context<Session>, args: &[CString]) -> Status {
     let Some(msg) = cx.data.as_mut().and_then(|s| s.msg.as_mut()) else {
         return missing_state(&mut cx.reply, "rcpt");
     };
     let rcpt = addr_of(args);
-    let policy = match session::at_rcpt(&msg.settings, &rcpt, msg.outbound) {
+    let settings = msg.m.settings.clone();
+    let policy = match stages::at_rcpt(&settings, &rcpt, msg.m.outbound).await {
         Ok(p) => p,
         Err(step) => return step_status(&mut cx.reply, &step),
     };
-    msg.rcpts.push(rcpt);
-    msg.rcpt_policies.push(policy);
+    msg.m.rcpts.push(rcpt);
+    msg.m.rcpt_policies.push(policy);
     Status::Continue
 }
 
@@ -733,7 +369,7 @@ fn header(cx: &mut Context<Session>, name: &str, value: &[u8]) -> Status {
     let Some(msg) = cx.data.as_mut().and_then(|s| s.msg.as_mut()) else {
         return missing_state(&mut cx.reply, "header");
     };
-    let limit = msg.settings.milter.max_message_bytes;
+    let limit = msg.m.settings.cfg.milter.max_message_bytes;
     if msg.raw.len() + name.len() + value.len() * 2 + 3 > limit {
         return too_big(&mut cx.reply, limit);
     }
@@ -741,7 +377,7 @@ fn header(cx: &mut Context<Session>, name: &str, value: &[u8]) -> Status {
     // Headers that claim our results came from outside: they go, or a Sieve rule could be
     // fooled by a sender who writes them — on outbound (local submission) mail too, which a
     // local recipient's or the next site's Sieve rule reads.
-    if session::is_ours(name, value, &msg.settings.authserv_id) {
+    if results::is_ours(name, value, &msg.m.settings.authserv_id) {
         msg.forged.push((name.to_owned(), index));
     }
     msg.raw.extend_from_slice(name.as_bytes());
@@ -755,7 +391,7 @@ fn append(cx: &mut Context<Session>, bytes: &[u8]) -> Status {
     let Some(msg) = cx.data.as_mut().and_then(|s| s.msg.as_mut()) else {
         return missing_state(&mut cx.reply, "body");
     };
-    let limit = msg.settings.milter.max_message_bytes;
+    let limit = msg.m.settings.cfg.milter.max_message_bytes;
     if msg.raw.len() + bytes.len() > limit {
         msg.raw = Vec::new();
         return too_big(&mut cx.reply, limit);
@@ -764,7 +400,7 @@ fn append(cx: &mut Context<Session>, bytes: &[u8]) -> Status {
     Status::Continue
 }
 
-async fn eom(m: &Milter, cx: &mut EomContext<Session>) -> Status {
+async fn eom(m: &Daemon, cx: &mut EomContext<Session>) -> Status {
     let Some((msg, client_ip, helo)) = cx
         .data
         .as_mut()
@@ -777,19 +413,18 @@ async fn eom(m: &Milter, cx: &mut EomContext<Session>) -> Status {
         .get(&c("i"))
         .map(|v| v.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if msg.outbound {
+    if msg.m.outbound {
         outbound(m, cx, msg, &queue_id).await
     } else {
         inbound(m, cx, msg, client_ip, &helo, &queue_id).await
     }
 }
 
-async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
+async fn outbound(d: &Daemon, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
     remove_forged(cx, &msg, queue_id).await;
-    let s = &msg.settings;
-    match session::stamp(m, s, &msg.raw, &msg.sender, &msg.rcpts).await {
-        Ok(st) => {
-            let Some(value) = session::stamp_value(&st.message, msg.raw.len()) else {
+    match session::stamp(d, &msg.m, &msg.raw).await {
+        Outbound::Stamped(st) => {
+            let Some(value) = results::stamp_value(&st.message, msg.raw.len()) else {
                 warn!(queue_id, "stamped message has no leading Mail-Stamp field");
                 return refuse(&mut cx.reply, false, "4.3.0", "mailstamp: internal error");
             };
@@ -806,30 +441,17 @@ async fn outbound(m: &Milter, cx: &mut EomContext<Session>, msg: Msg, queue_id: 
                     "mailstamp: cannot add the stamp header",
                 );
             }
-            info!(queue_id, token = %st.token, tx = %st.recorded.tx, block = st.recorded.block, batch = ?st.batch, rcpts = msg.rcpts.len(), "stamped");
+            info!(queue_id, token = %st.token, tx = %st.recorded.tx, block = st.recorded.block, batch = ?st.batch, rcpts = msg.m.rcpts.len(), "stamped");
             Status::Continue
         }
-        Err(e) => {
-            warn!(queue_id, "cannot stamp: {e}");
-            match s.milter.on_stamp_error {
-                TroublePolicy::Tempfail => refuse(
-                    &mut cx.reply,
-                    false,
-                    "4.7.1",
-                    "mailstamp: cannot record the stamp now, try again later",
-                ),
-                TroublePolicy::Pass => {
-                    if let Err(e) = cx
-                        .actions
-                        .add_header(UNSTAMPED_HEADER, " temporary chain error")
-                        .await
-                    {
-                        warn!(queue_id, "cannot add {UNSTAMPED_HEADER}: {e}");
-                    }
-                    Status::Continue
-                }
+        Outbound::Unstamped(value) => {
+            let name = session::UNSTAMPED_HEADER;
+            if let Err(e) = cx.actions.add_header(name, value.as_str()).await {
+                warn!(queue_id, "cannot add {name}: {e}");
             }
+            Status::Continue
         }
+        Outbound::Refused(r) => reply_with(&mut cx.reply, &r),
     }
 }
 
@@ -862,26 +484,26 @@ pub struct Disposition {
     pub quarantine: bool,
 }
 
-/// A verdict as the milter's answer: the action is [`session::action_for`]'s (the one
+/// A verdict as the milter's answer: the action is [`verdict::action_for`]'s (the one
 /// mapping from verdict to action), turned into a milter status and reply.
 pub fn disposition(
-    verdict: Verdict,
+    v: Verdict,
     mc: &MilterConfig,
     sender: Option<&VerifyPolicy>,
     rcpts: &[Option<VerifyPolicy>],
 ) -> Disposition {
-    let action = session::action_for(verdict, mc, sender, rcpts);
-    disposition_of(action, verdict)
+    let action = verdict::action_for(v, mc, sender, rcpts);
+    disposition_of(action, v)
 }
 
-fn disposition_of(action: Action, verdict: Verdict) -> Disposition {
+fn disposition_of(action: Action, v: Verdict) -> Disposition {
     let status = match action {
         Action::Accept | Action::AddHeader | Action::Quarantine => Status::Continue,
         Action::Discard => Status::Discard,
         Action::Tempfail => Status::Tempfail,
         Action::Reject => Status::Reject,
     };
-    let reply = session::verdict_refusal(action, verdict).map(|r| {
+    let reply = verdict::verdict_refusal(action, v).map(|r| {
         let code = if r.permanent() { "550" } else { "451" };
         (code, r.xcode, r.text)
     });
@@ -889,32 +511,24 @@ fn disposition_of(action: Action, verdict: Verdict) -> Disposition {
         action,
         status,
         reply,
-        headers: session::adds_headers(action),
+        headers: verdict::adds_headers(action),
         quarantine: action == Action::Quarantine,
     }
 }
 
 async fn inbound(
-    m: &Milter,
+    d: &Daemon,
     cx: &mut EomContext<Session>,
     msg: Msg,
     client_ip: Option<IpAddr>,
     helo: &str,
     queue_id: &str,
 ) -> Status {
-    let s = &msg.settings;
-    let j = session::judge(
-        m,
-        s,
-        &msg.raw,
-        &msg.rcpts,
-        client_ip,
+    let client = Client {
+        ip: client_ip,
         helo,
-        &msg.sender,
-        msg.sender_policy.as_ref(),
-        &msg.rcpt_policies,
-    )
-    .await;
+    };
+    let j = session::judge(d, &msg.m, &msg.raw, client).await;
     let d = disposition_of(j.action, j.report.verdict);
     info!(
         queue_id,
@@ -969,8 +583,10 @@ async fn inbound(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ActionTable, Overrides, TroublePolicy};
     use crate::maps::AddrAction;
-    use crate::session::{authserv_id_of, stamp_value};
+    use crate::session::Settings;
+    use crate::session::results::{ar_result, ar_value, authserv_id_of, stamp_value};
     use mailstamp_core::Report;
 
     fn pol(actions: &[(Verdict, Action)]) -> Option<VerifyPolicy> {
@@ -1121,7 +737,7 @@ mod tests {
             Ok(s) => s,
             Err(e) => panic!("{e:#}"),
         };
-        assert_eq!(s.milter.actions.spam, Action::Quarantine);
+        assert_eq!(s.cfg.milter.actions.spam, Action::Quarantine);
         assert!(!s.maps.connection.is_empty());
         assert!(!s.maps.sender.is_empty() && !s.maps.recipient.is_empty());
         assert!(matches!(
@@ -1147,8 +763,8 @@ mod tests {
         let s = Settings::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(s.authserv_id, "mx.b.example");
         assert_eq!(s.cfg.chain.rpc_url, "http://127.0.0.1:1");
-        assert_eq!(s.milter.actions.spam, Action::Quarantine);
-        assert_eq!(s.milter.on_temperror, TroublePolicy::Pass);
+        assert_eq!(s.cfg.milter.actions.spam, Action::Quarantine);
+        assert_eq!(s.cfg.milter.on_temperror, TroublePolicy::Pass);
         assert_eq!(s.maps.recipient.len(), 1);
         std::fs::write(&path, "[milter]\nactions = { spam = \"bounce\" }\n").unwrap();
         let e = load_err(&path);

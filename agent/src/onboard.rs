@@ -11,44 +11,15 @@
 //! from `pending` to `active`, and only active domains are stamped and accepted in provider
 //! mode.
 
-use std::net::IpAddr;
-
+use crate::error::{Result, bail};
 use alloy::primitives::Address;
-use anyhow::{Result, bail};
 use mailstamp_core::writers::{RECORD_LABEL, WriterRecord};
-use serde::Deserialize;
 
-use crate::dns::{Answer, Authority, normalise};
+use crate::config::ProviderConfig;
+use crate::dns::{Answer, Authority};
 use crate::store::Store;
-
-/// `[provider]`: this agent runs for a hosting provider that onboards customer domains.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProviderConfig {
-    /// Provider mode: stamp and accept mail only for active customer domains.
-    pub enabled: bool,
-    /// The provider's zone, under which account names are made (e.g. `mailstamp-provider.net`).
-    pub zone: String,
-    /// Addresses of the provider's inbound mail servers (the A/AAAA of every account's mail host).
-    pub mail_host_addresses: Vec<IpAddr>,
-    /// The provider's writer addresses, published in every account's writer record. Several
-    /// during a key rotation; default: the configured writer key's address.
-    pub writers: Vec<Address>,
-    /// TTL of the records printed for zone files.
-    pub ttl: u32,
-}
-
-impl Default for ProviderConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            zone: String::new(),
-            mail_host_addresses: Vec::new(),
-            writers: Vec::new(),
-            ttl: 3600,
-        }
-    }
-}
+use crate::util::normalise_name as normalise;
+pub use crate::util::validate_domain;
 
 /// The account-specific names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,17 +31,6 @@ pub struct Names {
 }
 
 impl ProviderConfig {
-    /// Checks the section is usable for onboarding.
-    pub fn require(&self) -> Result<()> {
-        if self.zone.is_empty() {
-            bail!(
-                "provider.zone is not set: give the provider's DNS zone (e.g. provider.example) in the config file"
-            );
-        }
-        validate_domain(&self.zone)?;
-        Ok(())
-    }
-
     /// The names of `account`.
     pub fn names(&self, account: &str) -> Names {
         let zone = normalise(&self.zone);
@@ -96,24 +56,6 @@ pub fn validate_account(account: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Checks and normalises a domain name.
-pub fn validate_domain(domain: &str) -> Result<String> {
-    let d = normalise(domain);
-    let labels_ok = d.split('.').all(|l| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    });
-    if d.len() > 253 || !d.contains('.') || !labels_ok {
-        bail!(
-            "`{domain}` is not a domain name (e.g. customer.example); IDNs go in their xn-- form"
-        );
-    }
-    Ok(d)
 }
 
 /// The records the customer must publish for `domain`, as zone-file lines.

@@ -22,45 +22,21 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use crate::error::{Context, Result};
 use alloy::primitives::keccak256;
-use anyhow::{Context, Result};
 use mailstamp_core::mail_parser::{HeaderName, HeaderValue, Host, Message, MessageParser};
 use mailstamp_core::{Envelope, Verdict};
 use rusqlite::{OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::auth::{AuthOutcome, AuthResult, Authenticator};
 use crate::chain::Chain;
 use crate::config::Config;
-use crate::inbound::{self, Folder, FromIdentity, Reason};
+use crate::inbound::{self, Folder, Reason};
 use crate::maildir::{self, Entry};
-use crate::ops::{self, VerifyContext};
+use crate::people::FromIdentity;
 use crate::store::Store;
-
-/// `[recover]` in the configuration file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RecoverConfig {
-    /// Host names (the `by` of `Received:`) of our own MTA hops, whose trace headers are
-    /// trusted for the SMTP client IP, HELO and MAIL FROM (SPF after delivery). Empty: the
-    /// milter's authserv-id (this host's name by default).
-    pub mta_hosts: Vec<String>,
-    /// Days a recorded decision is kept (bounded growth); older ones are pruned each run, and
-    /// a message still in the folder after that is examined afresh.
-    pub retention_days: u64,
-    /// Seconds between two scans with `--watch`.
-    pub watch_interval_secs: u64,
-}
-
-impl Default for RecoverConfig {
-    fn default() -> Self {
-        Self {
-            mta_hosts: Vec::new(),
-            retention_days: 180,
-            watch_interval_secs: 5,
-        }
-    }
-}
+use crate::verifying::{self, VerifyContext};
 
 /// What a spam filter wrote on a message, for the report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -147,7 +123,7 @@ pub fn filter_marks(msg: &Message<'_>) -> Vec<FilterMark> {
                 filter,
                 spam,
                 score,
-                header: format!("{name}: {}", crate::session::clean(v, 120)),
+                header: format!("{name}: {}", crate::util::clean(v, 120)),
             });
         }
     }
@@ -286,13 +262,70 @@ pub enum Action {
     Keep,
 }
 
-impl Action {
-    /// The word.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Release => "release",
-            Action::Keep => "keep",
+crate::store::stored_enum!(Action, "recovery action", {
+    Release => "release",
+    Keep => "keep",
+});
+
+/// Why a message is released or kept: the inbound decision's reason, or why there was none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryReason {
+    /// The stamp verdict is `wanted`.
+    StampWanted,
+    /// The stamp verdict is `spam` or `invalid`.
+    StampRejected,
+    /// An authenticated hit in the user's authorised senders.
+    AuthorisedSender,
+    /// An authenticated, heavy enough hit in the allowlist.
+    Allowlisted,
+    /// A list hit, but the message is not authenticated for its From domain.
+    UnauthenticatedHit,
+    /// An authenticated allowlist hit lighter than `min_weight`.
+    WeakHit,
+    /// No list knows the sender.
+    Stranger,
+    /// No usable From address.
+    NoFrom,
+    /// Not a message (no header section).
+    Unparsable,
+    /// Whose lists apply is unknown (no `--user`, no Delivered-To / X-Original-To).
+    NoUser,
+    /// Chain, DNS or store trouble: not a decision, examined again next run.
+    Temperror,
+}
+
+crate::store::stored_enum!(RecoveryReason, "recovery reason", {
+    StampWanted => "stamp_wanted",
+    StampRejected => "stamp_rejected",
+    AuthorisedSender => "authorised_sender",
+    Allowlisted => "allowlisted",
+    UnauthenticatedHit => "unauthenticated_hit",
+    WeakHit => "weak_hit",
+    Stranger => "stranger",
+    NoFrom => "no_from",
+    Unparsable => "unparsable",
+    NoUser => "no-user",
+    Temperror => "temperror",
+});
+
+impl From<Reason> for RecoveryReason {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::StampWanted => Self::StampWanted,
+            Reason::StampRejected => Self::StampRejected,
+            Reason::AuthorisedSender => Self::AuthorisedSender,
+            Reason::Allowlisted => Self::Allowlisted,
+            Reason::UnauthenticatedHit => Self::UnauthenticatedHit,
+            Reason::WeakHit => Self::WeakHit,
+            Reason::Stranger => Self::Stranger,
+            Reason::NoFrom => Self::NoFrom,
         }
+    }
+}
+
+impl Serialize for RecoveryReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -311,9 +344,8 @@ pub struct Outcome {
     pub from: Option<String>,
     /// Release or keep.
     pub action: Action,
-    /// Why (a short word: `stamp-wanted`, `authorised-sender`, `allowlist`, `unknown-sender`,
-    /// `unauthenticated`, `stamp-spam`, `temperror`…).
-    pub reason: String,
+    /// Why ([`RecoveryReason`]).
+    pub reason: RecoveryReason,
     /// The longer explanation.
     pub detail: String,
     /// The From address, when the message is authenticated for its domain (what `--watch`
@@ -333,13 +365,79 @@ pub struct Outcome {
     pub moved_to: Option<PathBuf>,
 }
 
+impl Outcome {
+    /// Nothing known yet of the message at `file`: kept, unstamped.
+    fn blank(file: &Path, raw: &[u8]) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            id: identity(raw),
+            message_id: None,
+            user: None,
+            from: None,
+            action: Action::Keep,
+            reason: RecoveryReason::Stranger,
+            detail: String::new(),
+            authenticated_sender: None,
+            verdict: Verdict::Unstamped,
+            verified_at: None,
+            auth: AuthOutcome::none(),
+            filters: Vec::new(),
+            earlier: false,
+            moved_to: None,
+        }
+    }
+
+    /// The inbound decision as this outcome: release to the inbox or keep, with why.
+    fn decided(
+        &mut self,
+        d: &inbound::Decision,
+        from: Option<FromIdentity>,
+        report: &mailstamp_core::Report,
+    ) {
+        self.action = if d.folder == Folder::Inbox {
+            Action::Release
+        } else {
+            Action::Keep
+        };
+        self.reason = d.reason.into();
+        self.detail = match &d.list_hit {
+            Some(h) => format!(
+                "{} hit ({}, weight {:.2}, entry {}){}; {}",
+                h.list.as_str(),
+                h.kind.as_str(),
+                h.weight,
+                h.entry,
+                if h.trusted { "" } else { ", not trusted" },
+                self.auth.summary()
+            ),
+            None => format!("stamp {}; {}", report.verdict.as_str(), self.auth.summary()),
+        };
+        self.authenticated_sender = from.filter(|_| d.authenticated).map(|f| f.address);
+    }
+
+    /// Trouble that a retry may clear (chain, DNS) is not a decision: examined next run.
+    fn defer_trouble(&mut self, report: &mailstamp_core::Report) {
+        let dns_trouble = self.auth.dmarc == AuthResult::TempError
+            && self.reason == RecoveryReason::UnauthenticatedHit;
+        if self.action == Action::Keep && (report.verdict == Verdict::Temperror || dns_trouble) {
+            let why = if report.verdict == Verdict::Temperror {
+                report.reason.clone().unwrap_or_default()
+            } else {
+                format!("DNS trouble ({})", self.auth.summary())
+            };
+            self.detail = format!("{}: {why}; examined again next run", self.reason);
+            self.reason = RecoveryReason::Temperror;
+        }
+    }
+}
+
 /// A recorded decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Recorded {
     /// Release or keep.
     pub action: Action,
     /// Why.
-    pub reason: String,
+    pub reason: RecoveryReason,
     /// The authenticated sender, if any.
     pub sender: Option<String>,
     /// Whether a release was carried out.
@@ -357,13 +455,8 @@ impl Store {
                  WHERE user = ?1 AND message = ?2",
                 params![user, id],
                 |r| {
-                    let a: String = r.get(0)?;
                     Ok(Recorded {
-                        action: if a == "release" {
-                            Action::Release
-                        } else {
-                            Action::Keep
-                        },
+                        action: r.get(0)?,
                         reason: r.get(1)?,
                         sender: r.get(2)?,
                         applied: r.get::<_, i64>(3)? != 0,
@@ -381,7 +474,7 @@ impl Store {
         user: &str,
         id: &str,
         action: Action,
-        reason: &str,
+        reason: RecoveryReason,
         sender: Option<&str>,
         now: u64,
     ) -> Result<()> {
@@ -392,7 +485,7 @@ impl Store {
                  ON CONFLICT (user, message) DO UPDATE SET action = excluded.action,
                     reason = excluded.reason, sender = excluded.sender, applied = 0,
                     decided = excluded.decided",
-                params![user, id, action.as_str(), reason, sender, now as i64],
+                params![user, id, action, reason, sender, now as i64],
             )
         })?;
         Ok(())
@@ -514,14 +607,14 @@ fn delivered_to(msg: &Message<'_>) -> Option<String> {
             .raw_message
             .get(h.offset_start as usize..h.offset_end as usize)?;
         let v = std::str::from_utf8(v).ok()?;
-        crate::senders::normalise_address(v.trim().trim_matches(['<', '>'])).ok()
+        crate::people::normalise_address(v.trim().trim_matches(['<', '>'])).ok()
     })
 }
 
 /// The engine: chain, DNS checks, authenticator and store, built once per run.
 pub struct Recoverer {
     cfg: Config,
-    chain: Result<Chain, String>,
+    chain: Result<Chain>,
     verify: VerifyContext,
     auth: Authenticator,
     store: Store,
@@ -536,28 +629,19 @@ impl std::fmt::Debug for Recoverer {
     }
 }
 
-/// This host's name.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_ascii_lowercase())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
 impl Recoverer {
     /// Connects to the chain (trouble is not an error: stamped messages are then kept as
     /// `temperror`), builds the DNS checks and opens nothing else: `store` is the agent's.
     pub async fn new(cfg: &Config, store: Store) -> Result<Self> {
         let chain = match cfg.registry() {
-            Ok(reg) => Chain::connect(&cfg.chain, reg, None)
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Err(e) => Err(format!("{e:#}")),
+            Ok(reg) => Chain::connect(&cfg.chain, reg, None).await,
+            Err(e) => Err(e),
         };
         let host = cfg
             .milter
             .authserv_id
             .clone()
-            .unwrap_or_else(hostname)
+            .unwrap_or_else(crate::util::hostname)
             .to_ascii_lowercase();
         let our_hosts = if cfg.recover.mta_hosts.is_empty() {
             vec![host.clone()]
@@ -586,26 +670,11 @@ impl Recoverer {
 
     /// Examines one message for `user` (or its delivered-to address) and decides.
     pub async fn examine(&self, file: &Path, raw: &[u8], user: Option<&str>) -> Outcome {
-        let id = identity(raw);
-        let mut out = Outcome {
-            file: file.to_path_buf(),
-            id,
-            message_id: None,
-            user: None,
-            from: None,
-            action: Action::Keep,
-            reason: String::new(),
-            detail: String::new(),
-            authenticated_sender: None,
-            verdict: Verdict::Unstamped,
-            verified_at: None,
-            auth: AuthOutcome::none(),
-            filters: Vec::new(),
-            earlier: false,
-            moved_to: None,
-        };
+        let mut out = Outcome::blank(file, raw);
+        // One parse (the full one: trace and filter headers are read) serves the stamp, DMARC
+        // and the From identity.
         let Some(msg) = parse_full(raw) else {
-            out.reason = "unparsable".into();
+            out.reason = RecoveryReason::Unparsable;
             out.detail = "not an RFC 5322 message (no header section); left in place".into();
             return out;
         };
@@ -614,40 +683,15 @@ impl Recoverer {
         out.user = user.map(str::to_owned).or_else(|| delivered_to(&msg));
         let from = mailstamp_core::component::from_address(&msg).to_ascii_lowercase();
         out.from = Some(from.clone()).filter(|f| f.contains('@'));
-        let t = trace(&msg, &self.our_hosts);
-        let env = Envelope {
-            rcpts: out.user.iter().cloned().collect(),
-            client_ip: t.client_ip,
-        };
-        // Verified as at delivery, not now: a stamped message that sat in Junk for longer than
-        // max_age is no replay.
-        let at = delivered_at(&t, file, ops::now());
-        out.verified_at = Some(at);
-        let verify = VerifyContext {
-            now: Some(at),
-            ..self.verify.clone()
-        };
-        // The stamp and DMARC are independent: check both at once.
-        let (report, auth) = tokio::join!(
-            ops::verify(
-                self.chain.as_ref().map_err(String::as_str),
-                &verify,
-                raw,
-                &env
-            ),
-            self.auth
-                .authenticate(raw, t.client_ip, &t.helo, &t.mail_from)
-        );
-        out.verdict = report.verdict;
-        out.auth = auth;
+        let report = self.check(&mut out, file, raw, &msg).await;
         let Some(user) = out.user.clone() else {
-            out.reason = "no-user".into();
+            out.reason = RecoveryReason::NoUser;
             out.detail =
                 "no --user and no Delivered-To / X-Original-To header: whose lists apply is unknown"
                     .into();
             return out;
         };
-        let from_id = FromIdentity::of_message(raw);
+        let from_id = FromIdentity::of_parsed(&msg);
         let d = inbound::decide(
             &self.store,
             &self.cfg,
@@ -655,48 +699,49 @@ impl Recoverer {
             from_id.as_ref(),
             Some(&report),
             &out.auth,
-            ops::now(),
+            crate::util::now(),
         );
         match d {
-            Ok(d) => {
-                out.action = if d.folder == Folder::Inbox {
-                    Action::Release
-                } else {
-                    Action::Keep
-                };
-                out.reason = d.reason.as_str().to_owned();
-                out.detail = match &d.list_hit {
-                    Some(h) => format!(
-                        "{} hit ({}, weight {:.2}, entry {}){}; {}",
-                        h.list.as_str(),
-                        h.kind.as_str(),
-                        h.weight,
-                        h.entry,
-                        if h.trusted { "" } else { ", not trusted" },
-                        out.auth.summary()
-                    ),
-                    None => format!("stamp {}; {}", report.verdict.as_str(), out.auth.summary()),
-                };
-                out.authenticated_sender = from_id.filter(|_| d.authenticated).map(|f| f.address);
-            }
+            Ok(d) => out.decided(&d, from_id, &report),
             Err(e) => {
-                out.reason = "temperror".into();
+                out.reason = RecoveryReason::Temperror;
                 out.detail = format!("store: {e:#}");
             }
         }
-        // Trouble that a retry may clear (chain, DNS) is not a decision: examined next run.
-        let dns_trouble = out.auth.dmarc == AuthResult::TempError
-            && out.reason == Reason::UnauthenticatedHit.as_str();
-        if out.action == Action::Keep && (report.verdict == Verdict::Temperror || dns_trouble) {
-            let why = if report.verdict == Verdict::Temperror {
-                report.reason.clone().unwrap_or_default()
-            } else {
-                format!("DNS trouble ({})", out.auth.summary())
-            };
-            out.detail = format!("{}: {why}; examined again next run", out.reason);
-            out.reason = "temperror".into();
-        }
+        out.defer_trouble(&report);
         out
+    }
+
+    /// The stamp (verified as at delivery) and DMARC of a parsed message, at once; the verdict
+    /// and the authentication go into `out`.
+    async fn check(
+        &self,
+        out: &mut Outcome,
+        file: &Path,
+        raw: &[u8],
+        msg: &Message<'_>,
+    ) -> mailstamp_core::Report {
+        let t = trace(msg, &self.our_hosts);
+        let env = Envelope {
+            rcpts: out.user.iter().cloned().collect(),
+            client_ip: t.client_ip,
+        };
+        // Verified as at delivery, not now: a stamped message that sat in Junk for longer than
+        // max_age is no replay.
+        let at = delivered_at(&t, file, crate::util::now());
+        out.verified_at = Some(at);
+        let verify = VerifyContext {
+            now: Some(at),
+            ..self.verify.clone()
+        };
+        let (report, auth) = tokio::join!(
+            verifying::verify_parsed(self.chain.as_ref(), &verify, raw, Some(msg), &env),
+            self.auth
+                .authenticate_parsed(msg, raw, t.client_ip, &t.helo, &t.mail_from)
+        );
+        out.verdict = report.verdict;
+        out.auth = auth;
+        report
     }
 
     /// One pass over `folder`: examines every message not decided before (all with
@@ -714,7 +759,7 @@ impl Recoverer {
             maildir::require_folder(inbox).context("the inbox (--inbox)")?;
             let keep = self.cfg.recover.retention_days.saturating_mul(86_400);
             self.store
-                .prune_recoveries(ops::now().saturating_sub(keep))?;
+                .prune_recoveries(crate::util::now().saturating_sub(keep))?;
         }
         let mut sum = Summary::default();
         let total = entries.len();
@@ -781,7 +826,7 @@ impl Recoverer {
                 user: Some(user.to_owned()),
                 from: None,
                 action: r.action,
-                reason: r.reason.clone(),
+                reason: r.reason,
                 detail: "decided in an earlier run".into(),
                 authenticated_sender: r.sender.clone(),
                 verdict: Verdict::Unstamped,
@@ -805,7 +850,7 @@ impl Recoverer {
         let mut o = self.examine(&e.path, raw, user.as_deref()).await;
         if opts.apply
             && let Some(user) = o.user.clone()
-            && o.reason != "temperror"
+            && o.reason != RecoveryReason::Temperror
         {
             // Record first, then move: a crash in between leaves a recorded release that the
             // next run carries out; the other order could move without a record.
@@ -813,9 +858,9 @@ impl Recoverer {
                 &user,
                 &o.id,
                 o.action,
-                &o.reason,
+                o.reason,
                 o.authenticated_sender.as_deref(),
-                ops::now(),
+                crate::util::now(),
             )?;
             if o.action == Action::Release {
                 o.moved_to = Some(maildir::move_unsynced(e, inbox, taken)?);
@@ -851,7 +896,7 @@ impl Recoverer {
             let Some(sender) = kept.get(&id) else {
                 continue;
             };
-            let now = ops::now();
+            let now = crate::util::now();
             if let Some(s) = sender {
                 if self.store.add_sender(
                     user,
@@ -1011,6 +1056,35 @@ mod tests {
     }
 
     #[test]
+    fn recovery_words_read_back_what_they_write_and_unknown_ones_are_errors() {
+        for r in RecoveryReason::ALL {
+            assert_eq!(r.as_str().parse::<RecoveryReason>(), Ok(*r));
+        }
+        for a in Action::ALL {
+            assert_eq!(a.as_str().parse::<Action>(), Ok(*a));
+        }
+        // The inbound reasons keep the words the headers and reports have always used.
+        for r in [
+            Reason::StampWanted,
+            Reason::UnauthenticatedHit,
+            Reason::NoFrom,
+        ] {
+            assert_eq!(RecoveryReason::from(r).as_str(), r.as_str());
+        }
+        let s = Store::in_memory().unwrap();
+        s.with(|c| {
+            c.execute(
+                "INSERT INTO recoveries (user, message, action, reason, applied, decided)
+                 VALUES ('u@b.example', '0x9', 'keep', 'moonphase', 0, 1)",
+                [],
+            )
+        })
+        .unwrap();
+        let e = format!("{:#}", s.recovery("u@b.example", "0x9").unwrap_err());
+        assert!(e.contains("recovery reason `moonphase`"), "{e}");
+    }
+
+    #[test]
     fn decisions_are_recorded_once_and_pruned() {
         let s = Store::in_memory().unwrap();
         assert!(s.recovery("u@b.example", "0x1").unwrap().is_none());
@@ -1018,15 +1092,23 @@ mod tests {
             "u@b.example",
             "0x1",
             Action::Keep,
-            "unknown-sender",
+            RecoveryReason::Stranger,
             Some("a@x.example"),
             10,
         )
         .unwrap();
-        s.record_recovery("u@b.example", "0x2", Action::Release, "allowlist", None, 20)
-            .unwrap();
+        s.record_recovery(
+            "u@b.example",
+            "0x2",
+            Action::Release,
+            RecoveryReason::Allowlisted,
+            None,
+            20,
+        )
+        .unwrap();
         let r = s.recovery("u@b.example", "0x2").unwrap().unwrap();
         assert_eq!((r.action, r.applied), (Action::Release, false));
+        assert_eq!(r.reason, RecoveryReason::Allowlisted);
         s.recovery_applied("u@b.example", "0x2").unwrap();
         assert!(s.recovery("u@b.example", "0x2").unwrap().unwrap().applied);
         let k = s.kept_unlearned("u@b.example").unwrap();

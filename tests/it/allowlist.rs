@@ -20,10 +20,12 @@ use indymilter_test::{EomAction, EomActions, MacroStage, Status, TestConnection}
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
-use mailstamp::allowlist::{self, AllowlistConfig, EntryState};
+use mailstamp::config::AllowlistConfig;
 use mailstamp::config::Overrides;
-use mailstamp::inbound::FromIdentity;
-use mailstamp::milter::{self, Milter, Settings};
+use mailstamp::milter;
+use mailstamp::people::FromIdentity;
+use mailstamp::people::allowlist::{self, EntryState};
+use mailstamp::session::{Daemon, Settings};
 use mailstamp::store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -123,7 +125,7 @@ pub(crate) async fn start_in(
     let config = dir.join(name);
     std::fs::write(&config, toml).unwrap();
     let settings = Settings::load(Some(&config), &Overrides::default()).unwrap();
-    let m = Arc::new(Milter::new(settings, key.map(|a| signer(a, 0)), None));
+    let m = Arc::new(Daemon::new(settings, key.map(|a| signer(a, 0)), None));
     let (listener, addr) = milter::bind("inet:127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = addr.strip_prefix("inet:").unwrap().parse().unwrap();
     let stop = CancellationToken::new();
@@ -565,7 +567,7 @@ async fn idle_entries_expire_and_stop_matching() {
         expire_days: 2,
         ..AllowlistConfig::default()
     };
-    let now = mailstamp::ops::now();
+    let now = mailstamp::util::now();
     {
         let store = Store::open(&store_path).unwrap();
         let carol = FromIdentity::new("carol@c.example", None).unwrap();
@@ -633,7 +635,7 @@ async fn many_milter_sessions_write_the_store_at_once() {
         let cfg = AllowlistConfig::default();
         for p in &people {
             let id = FromIdentity::new(p, None).unwrap();
-            allowlist::record_outbound(&store, &cfg, "bob@b.example", &id, mailstamp::ops::now())
+            allowlist::record_outbound(&store, &cfg, "bob@b.example", &id, mailstamp::util::now())
                 .unwrap();
         }
     }
@@ -672,7 +674,7 @@ fn allowlist_cli_lists_shows_forgets_with_clear_errors() {
         let cfg = AllowlistConfig::default();
         for a in ["carol@c.example", "dave@d.example"] {
             let id = FromIdentity::new(a, Some("Someone")).unwrap();
-            allowlist::record_outbound(&store, &cfg, "bob@b.example", &id, mailstamp::ops::now())
+            allowlist::record_outbound(&store, &cfg, "bob@b.example", &id, mailstamp::util::now())
                 .unwrap();
         }
     }
@@ -825,7 +827,7 @@ fn fields(data: &str, name: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_learns_from_what_it_stamps_and_files_replies_by_authentication() {
-    use mailstamp::relay::{self, Relay};
+    use mailstamp::relay;
     let (a, registry, writer) = chain().await;
     let key = DkimKey::new();
     let dns = DnsServer::start(&["example", "c.example"], &auth_zone("c.example", &key)).await;
@@ -846,7 +848,7 @@ async fn the_relay_learns_from_what_it_stamps_and_files_replies_by_authenticatio
         )
         .unwrap();
         let settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
-        let r = Arc::new(Relay::new(settings, Some(signer(&a, 0)), None).unwrap());
+        let r = Arc::new(Daemon::new(settings, Some(signer(&a, 0)), None).with_owner("relay"));
         let (listener, addr) = relay::bind("127.0.0.1:0").await.unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(relay::run(listener, r, stop.clone().cancelled_owned()));
@@ -917,7 +919,7 @@ async fn a_store_locked_by_another_writer_costs_only_the_learning() {
         Some(&a),
     )
     .await;
-    let now = mailstamp::ops::now();
+    let now = mailstamp::util::now();
     {
         let store = Store::open(&store_path).unwrap();
         let carol = FromIdentity::new("carol@c.example", None).unwrap();

@@ -10,8 +10,13 @@ use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent;
 use mailstamp::chain::{self, Chain, StampRegistry};
 use mailstamp::config::{ChainConfig, Confirmations};
-use mailstamp::ops::{self, BatchInput, StampContext, VerifyContext};
+use mailstamp::stamping::{
+    StampContext,
+    batch::{self, BatchInput},
+};
 use mailstamp::store::Store;
+use mailstamp::util;
+use mailstamp::verifying::{self, VerifyContext};
 use mailstamp_core::header::Mode;
 use mailstamp_core::{Envelope, Inspection, Policy, Selection, Verdict, inspect, parse};
 
@@ -73,7 +78,7 @@ async fn one_anchor_for_a_batch_and_every_message_verifies() {
         authority: authority(&trust),
         trusted: vec![registry],
         policy: Policy::default(),
-        now: Some(ops::now()),
+        now: Some(util::now()),
     };
     let dir = TempDir::new("batch");
     let store = Store::open(&dir.0.join("state.sqlite")).unwrap();
@@ -90,7 +95,7 @@ async fn one_anchor_for_a_batch_and_every_message_verifies() {
         .collect();
     let n = inputs.len();
     let nonce_before = c.provider_nonce().await;
-    let out = ops::stamp_batch(&c, &sctx, &store, inputs, &dir.0)
+    let out = batch::stamp_batch(&c, &sctx, &store, inputs, &dir.0)
         .await
         .unwrap();
     assert!(out.refused.is_empty(), "{:?}", out.refused);
@@ -113,7 +118,7 @@ async fn one_anchor_for_a_batch_and_every_message_verifies() {
     let mut wanted = 0;
     for i in 0..n {
         let m = std::fs::read(dir.0.join(format!("m{i:02}.eml"))).unwrap();
-        let r = ops::verify(Ok(&c), &vctx, &m, &env()).await;
+        let r = verifying::verify(Ok(&c), &vctx, &m, &env()).await;
         if r.verdict == Verdict::Wanted {
             wanted += 1;
         }
@@ -154,7 +159,7 @@ async fn one_anchor_for_a_batch_and_every_message_verifies() {
         assert!(!bad);
         if let Some(t) = tamper_body(&m) {
             assert_ne!(
-                ops::verify(Ok(&c), &vctx, &t, &env()).await.verdict,
+                verifying::verify(Ok(&c), &vctx, &t, &env()).await.verdict,
                 Verdict::Wanted
             );
         }

@@ -7,7 +7,9 @@ use alloy::primitives::{Address, B256, FixedBytes};
 use alloy::providers::{Provider, ProviderBuilder};
 use mailstamp::chain::{self, Chain};
 use mailstamp::config::{ChainConfig, Confirmations};
-use mailstamp::ops::{self, StampContext, VerifyContext};
+use mailstamp::stamping::{self, StampContext};
+use mailstamp::util;
+use mailstamp::verifying::{self, VerifyContext};
 use mailstamp_core::{Envelope, Policy, Selection, Verdict};
 
 use crate::harness::{anvil, authority, corpus, corpus_trust, signer, tamper_body};
@@ -57,7 +59,7 @@ fn ctx(a: &AnvilInstance, registry: Address) -> VerifyContext {
         authority: authority(&corpus_trust(signer(a, 0).address())),
         trusted: vec![registry],
         policy: Policy::default(),
-        now: Some(ops::now()),
+        now: Some(util::now()),
     }
 }
 
@@ -93,10 +95,10 @@ async fn corpus_sample_round_trips_on_chain_and_tampering_never_passes() {
     assert!(sample.len() >= 40);
     let (mut wanted, mut tampered, mut tampered_wanted, mut replay_wanted) = (0, 0, 0, 0);
     for (name, raw) in &sample {
-        let s = ops::stamp(&c, &sctx(&a, 0), raw, &env(RCPT))
+        let s = stamping::stamp(&c, &sctx(&a, 0), raw, &env(RCPT))
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        let r = ops::verify(Ok(&c), &ctx(&a, d.address), &s.message, &env(RCPT)).await;
+        let r = verifying::verify(Ok(&c), &ctx(&a, d.address), &s.message, &env(RCPT)).await;
         if r.verdict == Verdict::Wanted {
             wanted += 1;
         } else {
@@ -104,7 +106,7 @@ async fn corpus_sample_round_trips_on_chain_and_tampering_never_passes() {
         }
         if let Some(t) = tamper_body(&s.message) {
             tampered += 1;
-            if ops::verify(Ok(&c), &ctx(&a, d.address), &t, &env(RCPT))
+            if verifying::verify(Ok(&c), &ctx(&a, d.address), &t, &env(RCPT))
                 .await
                 .verdict
                 == Verdict::Wanted
@@ -112,7 +114,7 @@ async fn corpus_sample_round_trips_on_chain_and_tampering_never_passes() {
                 tampered_wanted += 1;
             }
         }
-        if ops::verify(
+        if verifying::verify(
             Ok(&c),
             &ctx(&a, d.address),
             &s.message,
@@ -144,35 +146,36 @@ async fn depth_and_outage_give_temperror_never_spam() {
     let d = deploy(&a, 0, false).await;
     let writer = connect(&a, d.address, Some(0), 1).await;
     let (_, raw) = &corpus()[7];
-    let s = ops::stamp(&writer, &sctx(&a, 0), raw, &env(RCPT))
+    let s = stamping::stamp(&writer, &sctx(&a, 0), raw, &env(RCPT))
         .await
         .unwrap();
 
     let deep = connect(&a, d.address, None, 3).await;
     let vctx = ctx(&a, d.address);
-    let r = ops::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
+    let r = verifying::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Temperror, "{:?}", r.reason);
     assert!(r.reason.unwrap().contains("not confirmed"));
 
     let p = ProviderBuilder::new().connect_http(a.endpoint_url());
     let _: serde_json::Value = p.raw_request("anvil_mine".into(), (2u64,)).await.unwrap();
-    let r = ops::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
+    let r = verifying::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Wanted, "{:?}", r.reason);
     let (_, raw2) = &corpus()[8];
-    let s2 = ops::stamp(&writer, &sctx(&a, 0), raw2, &env(RCPT))
+    let s2 = stamping::stamp(&writer, &sctx(&a, 0), raw2, &env(RCPT))
         .await
         .unwrap();
 
     drop(a); // the chain goes away
     // A confirmed record never changes: the one already seen is answered from the cache…
-    let r = ops::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
+    let r = verifying::verify(Ok(&deep), &vctx, &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Wanted, "{:?}", r.reason);
     // …one never seen needs the chain: temperror, never spam.
-    let r = ops::verify(Ok(&deep), &vctx, &s2.message, &env(RCPT)).await;
+    let r = verifying::verify(Ok(&deep), &vctx, &s2.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Temperror, "{:?}", r.reason);
     assert!(r.reason.unwrap().contains("chain unavailable"));
     // A fresh connection has no cache: the chain is needed for the first one too.
-    let r = ops::verify(Err("connection refused"), &vctx, &s.message, &env(RCPT)).await;
+    let down = mailstamp::Error::msg("connection refused");
+    let r = verifying::verify(Err(&down), &vctx, &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Temperror);
 }
 
@@ -185,17 +188,17 @@ async fn foreign_registry_chain_and_forged_records() {
     assert_ne!(rogue.address, d.address);
     let rogue_writer = connect(&a, rogue.address, Some(2), 1).await;
     let (_, raw) = &corpus()[11];
-    let s = ops::stamp(&rogue_writer, &sctx(&a, 2), raw, &env(RCPT))
+    let s = stamping::stamp(&rogue_writer, &sctx(&a, 2), raw, &env(RCPT))
         .await
         .unwrap();
     let verifier = connect(&a, d.address, None, 1).await;
-    let r = ops::verify(Ok(&verifier), &ctx(&a, d.address), &s.message, &env(RCPT)).await;
+    let r = verifying::verify(Ok(&verifier), &ctx(&a, d.address), &s.message, &env(RCPT)).await;
     assert_eq!(r.verdict, Verdict::Invalid);
     assert!(r.reason.unwrap().contains("not trusted"));
 
     // A header whose record does not exist (made up by a forger) is spam, not temperror.
     let honest = connect(&a, d.address, Some(0), 1).await;
-    let s = ops::stamp(&honest, &sctx(&a, 0), raw, &env(RCPT))
+    let s = stamping::stamp(&honest, &sctx(&a, 0), raw, &env(RCPT))
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&s.message).into_owned();
@@ -204,7 +207,7 @@ async fn foreign_registry_chain_and_forged_records() {
     let mine = alloy::hex::encode(signer(&a, 0).address());
     assert!(text.contains(&mine));
     let forged = text.replacen(&mine, &other, 1);
-    let r = ops::verify(
+    let r = verifying::verify(
         Ok(&verifier),
         &ctx(&a, d.address),
         forged.as_bytes(),

@@ -219,6 +219,32 @@ fn errors_say_what_is_wrong_and_what_to_do() {
         stderr(&o)
     );
 
+    // A typo fails a daemon's start-up before it listens, naming the file and the key (it used
+    // to surface only at the first message: `[chain]` was checked at the first connect).
+    for (text, key) in [
+        ("[chain]\nfee_bump_percent = 5\n", "chain.fee_bump_percent"),
+        ("[chain]\nrpc_url = \"localhost:8545\"\n", "chain.rpc_url"),
+        ("[milter]\nauthserv_id = \"mx b\"\n", "milter.authserv_id"),
+        ("[relay]\nnext_hop = \"nohost\"\n", "relay.next_hop"),
+        ("[stamp]\nmode = \"bulk\"\n", "stamp.mode"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        for verb in [
+            &["milter", "--listen", "inet:127.0.0.1:0"][..],
+            &["relay", "--listen", "127.0.0.1:0"],
+        ] {
+            let mut args = vec!["--config", cfg.to_str().unwrap()];
+            args.extend_from_slice(verb);
+            let o = mailstamp(&args, &none, None);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{verb:?} {text}: {err}");
+            assert!(
+                err.contains(&format!("{}: {key}: ", cfg.display())) && !err.contains("listening"),
+                "{verb:?} {text}: {err}"
+            );
+        }
+    }
+
     // Dead chain: verify says temperror per message (exit 14), it does not crash.
     let dead = [
         "verify",

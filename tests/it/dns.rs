@@ -11,8 +11,10 @@ use alloy::primitives::Address;
 use mailstamp::chain::{self, Chain};
 use mailstamp::config::{ChainConfig, Confirmations};
 use mailstamp::dns::Authority;
-use mailstamp::ops::{self, StampContext, VerifyContext};
+use mailstamp::stamping::{self, StampContext};
 use mailstamp::store::Store;
+use mailstamp::util;
+use mailstamp::verifying::{self, VerifyContext};
 use mailstamp_core::writers::WriterRecord;
 use mailstamp_core::{Envelope, Policy, Selection, Verdict};
 
@@ -122,7 +124,7 @@ impl World {
             authority: self.authority(),
             trusted: vec![self.registry],
             policy: Policy::default(),
-            now: Some(ops::now()),
+            now: Some(util::now()),
         }
     }
     /// Writer `i` stamps corpus message `n` sent as `from`, checking its own authorisation first
@@ -133,8 +135,8 @@ impl World {
         check: bool,
         n: usize,
         from: &str,
-    ) -> anyhow::Result<ops::Stamped> {
-        ops::stamp(
+    ) -> mailstamp::Result<stamping::Stamped> {
+        stamping::stamp(
             &self.writer(i).await,
             &self.stamping(check),
             &mail_from(n, from),
@@ -144,7 +146,7 @@ impl World {
     }
     async fn verdict(&self, msg: &[u8]) -> (Verdict, String) {
         let c = self.writer(PROVIDER).await;
-        let r = ops::verify(Ok(&c), &self.verifying(), msg, &env()).await;
+        let r = verifying::verify(Ok(&c), &self.verifying(), msg, &env()).await;
         let auth = r
             .writer_auth
             .as_ref()
@@ -231,13 +233,13 @@ async fn only_writers_the_from_domain_publishes_count() {
 
     // DNS goes away: temperror, never spam; stamping asks to retry.
     let good = mail_from(3, "alice@c1.example");
-    let s = ops::stamp(&w.writer(PROVIDER).await, &w.stamping(true), &good, &env())
+    let s = stamping::stamp(&w.writer(PROVIDER).await, &w.stamping(true), &good, &env())
         .await
         .unwrap();
     w.dns.stop().await;
     let (v, why) = w.verdict(&s.message).await;
     assert_eq!(v, Verdict::Temperror, "{why}");
-    let e = ops::stamp(&w.writer(PROVIDER).await, &w.stamping(true), &good, &env())
+    let e = stamping::stamp(&w.writer(PROVIDER).await, &w.stamping(true), &good, &env())
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("retry later"), "{e:#}");
@@ -311,7 +313,7 @@ async fn a_customer_domain_goes_from_onboard_add_to_active_with_the_printed_reco
         active_only: Some(st.clone()),
         ..w.stamping(true)
     };
-    let e = ops::stamp(
+    let e = stamping::stamp(
         &w.writer(PROVIDER).await,
         &ctx,
         &mail_from(8, "ann@c3.example"),
@@ -359,7 +361,7 @@ async fn a_customer_domain_goes_from_onboard_add_to_active_with_the_printed_reco
     );
 
     // Now stamping for c3.example works and the receiver finds the writer through the CNAME.
-    let s = ops::stamp(
+    let s = stamping::stamp(
         &w.writer(PROVIDER).await,
         &ctx,
         &mail_from(8, "ann@c3.example"),
@@ -370,7 +372,7 @@ async fn a_customer_domain_goes_from_onboard_add_to_active_with_the_printed_reco
     let (v, why) = w.verdict(&s.message).await;
     assert_eq!(v, Verdict::Wanted, "{why}");
     // Other domains stay refused in provider mode.
-    let e = ops::stamp(
+    let e = stamping::stamp(
         &w.writer(PROVIDER).await,
         &ctx,
         &mail_from(8, "x@c2.example"),

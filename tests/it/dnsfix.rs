@@ -123,8 +123,8 @@ impl DnsServer {
     }
 
     /// A `[dns]` config pointing at this server.
-    pub(crate) fn config(&self) -> mailstamp::dns::DnsConfig {
-        mailstamp::dns::DnsConfig {
+    pub(crate) fn config(&self) -> mailstamp::config::DnsConfig {
+        mailstamp::config::DnsConfig {
             nameservers: vec![self.addr],
             timeout_secs: 1,
             attempts: 1,

@@ -231,7 +231,7 @@ pub(crate) fn corpus_trust(
 pub(crate) fn authority(
     trust: &std::collections::BTreeMap<String, Vec<alloy::primitives::Address>>,
 ) -> mailstamp::dns::Authority {
-    let cfg = mailstamp::dns::DnsConfig {
+    let cfg = mailstamp::config::DnsConfig {
         nameservers: vec!["127.0.0.1:9".parse().unwrap()],
         timeout_secs: 1,
         attempts: 1,

@@ -15,7 +15,8 @@ use indymilter_test::{
 };
 use mailstamp::chain;
 use mailstamp::config::Overrides;
-use mailstamp::milter::{self, Milter, Settings};
+use mailstamp::milter;
+use mailstamp::session::{Daemon, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{TempDir, anvil, milter_split as split, signer, tamper_body};
@@ -25,7 +26,7 @@ pub(crate) const T: std::time::Duration = std::time::Duration::from_secs(10);
 /// A milter served on 127.0.0.1:0 until dropped.
 pub(crate) struct Running {
     pub(crate) addr: SocketAddr,
-    pub(crate) milter: Arc<Milter>,
+    pub(crate) milter: Arc<Daemon>,
     stop: CancellationToken,
     pub(crate) dir: TempDir,
 }
@@ -59,7 +60,7 @@ pub(crate) async fn start(
     let path = dir.0.join("mailstamp.toml");
     std::fs::write(&path, toml).unwrap();
     let settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
-    let m = Arc::new(Milter::new(
+    let m = Arc::new(Daemon::new(
         settings,
         key.map(|a| signer(a, 0)),
         Some((path, Overrides::default())),
@@ -901,4 +902,81 @@ async fn provider_mode_accepts_rcpt_only_for_active_customer_domains() {
         );
         assert!(o.reply().contains("not an active customer domain"), "{o:?}");
     }
+}
+
+/// Defect 1 of issue 10: a refusal to stamp that asking again cannot change (the From domain
+/// does not authorise our writer, or the milter has no writer key) is permanent — `550`
+/// naming the record to publish — not `451 cannot record the stamp now`, which the MTA retries
+/// for days; with `on_stamp_error = "pass"` it passes unstamped, marked. The chain connection
+/// is kept: the next message stamps at once.
+#[tokio::test]
+async fn a_permanent_stamping_refusal_is_a_5xx_not_chain_trouble() {
+    let (a, registry, writer) = chain().await;
+    // c.example pins another writer: ours is not authorised for it.
+    let base = chain_toml(&a.endpoint(), registry, writer).replace(
+        "[trust]\n",
+        "[trust]\n\"c.example\" = [\"0x000000000000000000000000000000000000dEaD\"]\n",
+    );
+    let submit = Smtp {
+        ip: "127.0.0.1",
+        ..INBOUND
+    };
+    let foreign = MSG.replace("alice@a.example", "carol@c.example");
+    let strict = start(
+        &format!("{base}[milter]\ntrusted_networks = [\"127.0.0.0/8\"]\n"),
+        &[],
+        Some(&a),
+    )
+    .await;
+    let o = play(strict.addr, &submit, foreign.as_bytes()).await;
+    assert!(
+        matches!(o.stop, Some(("eom", Status::Reject { .. }))),
+        "{o:?}"
+    );
+    let reply = o.reply();
+    assert!(
+        reply.starts_with("550 5.7.1 mailstamp: refusing to stamp for `c.example`")
+            && reply.contains("_mailstamp.c.example TXT"),
+        "{reply}"
+    );
+    // The same milter stamps an authorised domain's message right after.
+    let o = play(strict.addr, &submit, MSG.as_bytes()).await;
+    assert!(
+        o.stop.is_none() && o.header("Mail-Stamp").is_some(),
+        "{o:?}"
+    );
+
+    // No writer key: 550 5.3.5, not 451.
+    let keyless = start(
+        &format!("{base}[milter]\ntrusted_networks = [\"127.0.0.0/8\"]\n"),
+        &[],
+        None,
+    )
+    .await;
+    let o = play(keyless.addr, &submit, MSG.as_bytes()).await;
+    assert!(
+        o.reply()
+            .starts_with("550 5.3.5 mailstamp: stamping needs a writer key"),
+        "{o:?}"
+    );
+
+    // on_stamp_error = "pass": delivered unstamped, the refusal named in the mark.
+    let lenient = start(
+        &format!(
+            "{base}[milter]\ntrusted_networks = [\"127.0.0.0/8\"]\non_stamp_error = \"pass\"\n"
+        ),
+        &[],
+        Some(&a),
+    )
+    .await;
+    let o = play(lenient.addr, &submit, foreign.as_bytes()).await;
+    assert!(
+        o.stop.is_none() && o.header("Mail-Stamp").is_none(),
+        "{o:?}"
+    );
+    let mark = o.header("X-Mailstamp-Unstamped").unwrap_or_default();
+    assert!(
+        mark.starts_with(" refused: refusing to stamp for `c.example`"),
+        "{mark}"
+    );
 }

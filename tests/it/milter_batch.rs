@@ -17,8 +17,9 @@ use alloy::sol_types::SolEvent;
 use indymilter_test::{MacroStage, Status, TestConnection};
 use mailstamp::chain::{Chain, StampRegistry};
 use mailstamp::config::{ChainConfig, Confirmations};
-use mailstamp::ops::{self, VerifyContext};
 use mailstamp::store::{DaemonBatchState, Store};
+use mailstamp::util;
+use mailstamp::verifying::{self, VerifyContext};
 use mailstamp_core::header::Mode;
 use mailstamp_core::{Envelope, Inspection, Policy, Verdict, inspect, parse};
 
@@ -107,13 +108,13 @@ async fn verdict(url: &str, registry: Address, writer: Address, stamped: &[u8]) 
         authority: authority(&trust),
         trusted: vec![registry],
         policy: Policy::default(),
-        now: Some(ops::now()),
+        now: Some(util::now()),
     };
     let env = Envelope {
         rcpts: vec!["bob@b.example".into()],
         client_ip: None,
     };
-    let r = ops::verify(Ok(&chain), &ctx, stamped, &env).await;
+    let r = verifying::verify(Ok(&chain), &ctx, stamped, &env).await;
     assert_eq!(r.verdict, Verdict::Wanted, "{r:?}");
     r.verdict
 }
@@ -566,8 +567,8 @@ fn root_of(leaves: &[mailstamp_core::digest::Commitment]) -> mailstamp_core::dig
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_change_closes_the_open_batch_and_anchors_it_where_its_headers_point() {
-    use mailstamp::batcher::{Batcher, Cut};
     use mailstamp::chain::RecordKey;
+    use mailstamp::stamping::batcher::{Batcher, Cut};
     use mailstamp_core::Lookup;
     let (a, registry, w0) = chain().await;
     let url = a.endpoint();

@@ -21,9 +21,9 @@ use base64::Engine;
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
-use mailstamp::allowlist;
 use mailstamp::config::Config;
-use mailstamp::inbound::FromIdentity;
+use mailstamp::people::FromIdentity;
+use mailstamp::people::allowlist;
 use mailstamp::store::Store;
 use serde_json::Value;
 
@@ -207,7 +207,7 @@ async fn build(tag: &str, ham_n: usize, spam_n: usize, spoof_n: usize) -> (Folde
     // The user wrote to every ham sender before: outbound learning made partial entries.
     let store = Store::open(&store_path).unwrap();
     let cfg = Config::default();
-    let now = mailstamp::ops::now();
+    let now = mailstamp::util::now();
     for (_, f) in &ham {
         allowlist::record_outbound(&store, &cfg.allowlist, USER, f, now).unwrap();
     }
@@ -664,13 +664,15 @@ async fn a_stamp_is_verified_as_at_delivery_not_now() {
     use alloy::node_bindings::Anvil;
     use mailstamp::chain::{self, Chain};
     use mailstamp::config::{ChainConfig, Confirmations};
-    use mailstamp::ops::{self, StampContext, VerifyContext};
+    use mailstamp::stamping::{self, StampContext};
+    use mailstamp::util;
+    use mailstamp::verifying::{self, VerifyContext};
     use mailstamp_core::{Envelope, Policy, Selection, Verdict};
 
     use crate::harness::{authority, signer, tool};
 
     // A chain whose clock started ten days ago: the stamp is recorded then.
-    let then = ops::now() - 10 * 86_400;
+    let then = util::now() - 10 * 86_400;
     let a = Anvil::at(tool("anvil"))
         .port(0u16)
         .arg("--timestamp")
@@ -711,7 +713,7 @@ async fn a_stamp_is_verified_as_at_delivery_not_now() {
         check_writer: true,
         active_only: None,
     };
-    let stamped = ops::stamp(&c, &sctx, raw.as_bytes(), &env)
+    let stamped = stamping::stamp(&c, &sctx, raw.as_bytes(), &env)
         .await
         .unwrap()
         .message;
@@ -720,16 +722,16 @@ async fn a_stamp_is_verified_as_at_delivery_not_now() {
         authority: authority(&trust),
         trusted: vec![registry],
         policy: Policy::default(),
-        now: Some(ops::now()),
+        now: Some(util::now()),
     };
-    let r = ops::verify(Ok(&c), &now_ctx, &stamped, &env).await;
+    let r = verifying::verify(Ok(&c), &now_ctx, &stamped, &env).await;
     assert_eq!(r.verdict, Verdict::Spam, "{r:?}");
     let at_delivery = VerifyContext {
         now: Some(then + 60),
         ..now_ctx
     };
     assert_eq!(
-        ops::verify(Ok(&c), &at_delivery, &stamped, &env)
+        verifying::verify(Ok(&c), &at_delivery, &stamped, &env)
             .await
             .verdict,
         Verdict::Wanted

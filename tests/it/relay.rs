@@ -14,8 +14,8 @@ use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::Address;
 use mailstamp::chain;
 use mailstamp::config::Overrides;
-use mailstamp::milter::Settings;
-use mailstamp::relay::{self, Relay};
+use mailstamp::relay;
+use mailstamp::session::{Daemon, Settings};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -212,12 +212,12 @@ pub(crate) async fn start(
     .unwrap();
     let settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
     let r = Arc::new(
-        Relay::new(
+        Daemon::new(
             settings,
             key.map(|a| signer(a, 0)),
             Some((path, Overrides::default())),
         )
-        .unwrap(),
+        .with_owner("relay"),
     );
     let (listener, addr) = relay::bind("127.0.0.1:0").await.unwrap();
     let stop = CancellationToken::new();
@@ -865,4 +865,80 @@ async fn sessions_are_capped_and_idle_ones_time_out() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_third, g) = Client::connect(r.addr).await;
     assert!(g.starts_with("220"), "{g}");
+}
+
+/// Defect 1 of issue 10, through the relay: a From domain that does not authorise our writer
+/// is refused for good (`550 5.7.1`, naming the record to publish), not deferred as chain
+/// trouble; nothing is forwarded; the next authorised message is stamped; `on_stamp_error =
+/// "pass"` forwards it unstamped with the refusal in the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_stamping_refusal_is_a_5xx_not_chain_trouble() {
+    let (a, registry, writer) = chain().await;
+    let base = chain_toml(&a.endpoint(), registry, writer).replace(
+        "[trust]\n",
+        "[trust]\n\"c.example\" = [\"0x000000000000000000000000000000000000dEaD\"]\n",
+    );
+    let foreign = MSG.replace("alice@a.example", "carol@c.example");
+    let sink = Sink::start().await;
+    let strict = start(&base, "outbound = true", sink.addr, &[], Some(&a)).await;
+    let reply = deliver(
+        strict.addr,
+        "carol@c.example",
+        &["bob@b.example"],
+        foreign.as_bytes(),
+    )
+    .await;
+    assert!(
+        reply.starts_with("550 5.7.1 mailstamp: refusing to stamp for `c.example`")
+            && reply.contains("_mailstamp.c.example TXT"),
+        "{reply}"
+    );
+    assert!(sink.got().is_empty());
+    let reply = deliver(
+        strict.addr,
+        "alice@a.example",
+        &["bob@b.example"],
+        MSG.as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert!(sink.got()[0].data.starts_with("Received: "));
+    assert!(sink.got()[0].data.contains("Mail-Stamp: "));
+
+    let keyless = start(&base, "outbound = true", sink.addr, &[], None).await;
+    let reply = deliver(
+        keyless.addr,
+        "alice@a.example",
+        &["bob@b.example"],
+        MSG.as_bytes(),
+    )
+    .await;
+    assert!(
+        reply.starts_with("550 5.3.5 mailstamp: stamping needs a writer key"),
+        "{reply}"
+    );
+
+    let pass_sink = Sink::start().await;
+    let lenient = start(
+        &format!("{base}[milter]\non_stamp_error = \"pass\"\n"),
+        "outbound = true",
+        pass_sink.addr,
+        &[],
+        Some(&a),
+    )
+    .await;
+    let reply = deliver(
+        lenient.addr,
+        "carol@c.example",
+        &["bob@b.example"],
+        foreign.as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = &pass_sink.got()[0].data;
+    assert!(
+        got.contains("X-Mailstamp-Unstamped: refused: refusing to stamp for `c.example`")
+            && !got.contains("Mail-Stamp: "),
+        "{got}"
+    );
 }

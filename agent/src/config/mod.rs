@@ -2,22 +2,27 @@
 //! Configuration: a documented TOML file (see `mailstamp.example.toml`), overridden by
 //! environment variables, overridden by flags. Secrets (the writer key, keystore password)
 //! come only from files or the environment and are never printed.
+//!
+//! This module is a leaf: every section's data, defaults and checks live here (the adapters'
+//! sections in [`daemon`], the people lists' in [`people`]), and [`Config::check`] checks them
+//! all, so a mistake fails start-up (or a reload, which keeps the old configuration) with the
+//! file, the key and what is wrong — never the first message that needs the value.
+
+pub mod daemon;
+pub mod people;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use alloy::primitives::Address;
-use anyhow::{Context, Result, bail};
 use mailstamp_core::{Family, Policy, Selection};
 use serde::Deserialize;
 
-use crate::allowlist::AllowlistConfig;
-use crate::dns::DnsConfig;
-use crate::inbound::InboundConfig;
-use crate::maps::MapsConfig;
-use crate::milter::MilterConfig;
-use crate::onboard::ProviderConfig;
-use crate::relay::RelayConfig;
+pub use daemon::{Action, ActionTable, MapsConfig, MilterConfig, RelayConfig, TroublePolicy};
+pub use people::{AllowlistConfig, InboundConfig, PartialMatch, RecoverConfig};
+
+use crate::error::{Context, Error, Result};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -51,7 +56,58 @@ pub struct Config {
     /// The self-training allowlist (seed 004).
     pub allowlist: AllowlistConfig,
     /// `mailstamp recover` (seed 004).
-    pub recover: crate::recover::RecoverConfig,
+    pub recover: RecoverConfig,
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers (`ip:port`); empty means the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// Seconds before one query is given up.
+    pub timeout_secs: u64,
+    /// Tries per query.
+    pub attempts: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout_secs: 3,
+            attempts: 2,
+        }
+    }
+}
+
+/// `[provider]`: this agent runs for a hosting provider that onboards customer domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Provider mode: stamp and accept mail only for active customer domains.
+    pub enabled: bool,
+    /// The provider's zone, under which account names are made (e.g. `mailstamp-provider.net`).
+    pub zone: String,
+    /// Addresses of the provider's inbound mail servers (the A/AAAA of every account's mail host).
+    pub mail_host_addresses: Vec<IpAddr>,
+    /// The provider's writer addresses, published in every account's writer record. Several
+    /// during a key rotation; default: the configured writer key's address.
+    pub writers: Vec<Address>,
+    /// TTL of the records printed for zone files.
+    pub ttl: u32,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            zone: String::new(),
+            mail_host_addresses: Vec::new(),
+            writers: Vec::new(),
+            ttl: 3600,
+        }
+    }
 }
 
 /// `[store]`
@@ -299,14 +355,138 @@ pub struct Overrides {
     pub store: Option<PathBuf>,
 }
 
+impl ChainConfig {
+    /// The `[chain]` checks (done at load, not at the first connect).
+    pub fn check(&self) -> Result<()> {
+        let url = self.rpc_url.as_str();
+        let scheme_ok = ["http://", "https://"].iter().any(|p| {
+            url.get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p))
+                && url.len() > p.len()
+        });
+        if !scheme_ok || url.contains(char::is_whitespace) {
+            return Err(Error::config(
+                "chain.rpc_url",
+                format!("`{url}` is not an RPC URL: give http://HOST:PORT or https://…"),
+            ));
+        }
+        if self.timeout_secs == 0 {
+            return Err(Error::config("chain.timeout_secs", "must be at least 1"));
+        }
+        if self.confirmations == Confirmations::Depth(0) {
+            return Err(Error::config(
+                "chain.confirmations",
+                "0 would count records that are not on chain; use 1 or more",
+            ));
+        }
+        if self.fee_bump_percent < 10 {
+            return Err(Error::config(
+                "chain.fee_bump_percent",
+                format!(
+                    "{} is too small: nodes refuse a replacement that raises the fees by less than 10%; set 10 or more",
+                    self.fee_bump_percent
+                ),
+            ));
+        }
+        if self.replace_after_secs == 0 {
+            return Err(Error::config(
+                "chain.replace_after_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.read_batch_max == 0 {
+            return Err(Error::config("chain.read_batch_max", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl StampConfig {
+    /// The `[stamp]` checks.
+    pub fn check(&self) -> Result<()> {
+        if self.components.is_empty() {
+            return Err(Error::config(
+                "stamp.components",
+                "is empty: nothing would be stamped; remove the key for all families",
+            ));
+        }
+        if self.batch_max == 0 || self.batch_max > BATCH_MAX_LIMIT {
+            return Err(Error::config(
+                "stamp.batch_max",
+                format!(
+                    "is {}; give 1 to {BATCH_MAX_LIMIT} messages per batch",
+                    self.batch_max
+                ),
+            ));
+        }
+        if self.batch_wait_ms == 0 {
+            return Err(Error::config(
+                "stamp.batch_wait_ms",
+                "must be at least 1 (milliseconds a batch stays open)",
+            ));
+        }
+        if self.hold_timeout_ms <= self.batch_wait_ms {
+            return Err(Error::config(
+                "stamp.hold_timeout_ms",
+                format!(
+                    "({}) must be longer than stamp.batch_wait_ms ({}): a message waits for its \
+                     batch to close and then for the anchor to be mined",
+                    self.hold_timeout_ms, self.batch_wait_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl VerifyConfig {
+    /// The `[verify]` checks, against what `stamp` stamps.
+    pub fn check(&self, stamp: &StampConfig) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(Error::config(
+                "verify.threshold",
+                format!(
+                    "is {}; give a share between 0 and 1 (default 0.75)",
+                    self.threshold
+                ),
+            ));
+        }
+        for f in [Family::From, Family::Rcpt] {
+            if self.required.contains(&f) && !stamp.components.contains(&f) {
+                return Err(Error::config(
+                    "verify.required",
+                    format!("lists `{f}` but stamp.components does not stamp it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ProviderConfig {
+    /// Checks the section is usable for onboarding.
+    pub fn require(&self) -> Result<()> {
+        if self.zone.is_empty() {
+            return Err(Error::config(
+                "provider.zone",
+                "is not set: give the provider's DNS zone (e.g. provider.example) in the config file",
+            ));
+        }
+        crate::util::validate_domain(&self.zone)
+            .map_err(|e| Error::config("provider.zone", e.to_string()))?;
+        Ok(())
+    }
+}
+
 impl Config {
-    /// Loads the file at `path` (if any) and applies `over`.
+    /// Loads the file at `path` (if any), applies `over` and checks the result: a mistake is
+    /// an [`Error::Config`] naming the file, the key and what is wrong.
     pub fn load(path: Option<&Path>, over: &Overrides) -> Result<Self> {
         let mut cfg = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read config file {}", p.display()))?;
-                Self::parse(&text).with_context(|| format!("config file {}", p.display()))?
+                Self::parse(&text).map_err(|e| e.in_file(p))?
             }
             None => Self::default(),
         };
@@ -322,65 +502,47 @@ impl Config {
         if let Some(p) = &over.store {
             cfg.store.path = p.clone();
         }
-        cfg.check()?;
+        cfg.check().map_err(|e| match path {
+            Some(p) => e.in_file(p),
+            None => e,
+        })?;
         Ok(cfg)
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text (not checked: see [`Config::check`]). A mistake names its key (the
+    /// dotted path to it) and, from the TOML parser, its line.
     pub fn parse(text: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(text)?;
-        Ok(cfg)
+        let de =
+            toml::Deserializer::parse(text).map_err(|e| Error::config("(file)", e.to_string()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = match e.path().to_string() {
+                k if k == "." => "(top level)".to_owned(),
+                k => k,
+            };
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|sp| text[..sp.start.min(text.len())].matches('\n').count() + 1);
+            let problem = match line {
+                Some(l) => format!("{} (line {l})", inner.message()),
+                None => inner.message().to_owned(),
+            };
+            Error::config(key, problem)
+        })
     }
 
-    fn check(&self) -> Result<()> {
-        let p = &self.verify;
-        if !(0.0..=1.0).contains(&p.threshold) {
-            bail!(
-                "verify.threshold is {}; give a share between 0 and 1 (default 0.75)",
-                p.threshold
-            );
-        }
-        if self.chain.timeout_secs == 0 {
-            bail!("chain.timeout_secs must be at least 1");
-        }
-        if self.chain.confirmations == Confirmations::Depth(0) {
-            bail!(
-                "chain.confirmations = 0 would count records that are not on chain; use 1 or more"
-            );
-        }
+    /// Checks every section, first mistake first, as an [`Error::Config`] naming its key.
+    pub fn check(&self) -> Result<()> {
+        self.chain.check()?;
+        self.stamp.check()?;
+        self.verify.check(&self.stamp)?;
         if self.provider.enabled {
             self.provider.require()?;
         }
         self.inbound.check()?;
         self.allowlist.check()?;
-        if self.stamp.components.is_empty() {
-            bail!(
-                "stamp.components is empty: nothing would be stamped; remove the key for all families"
-            );
-        }
-        let st = &self.stamp;
-        if st.batch_max == 0 || st.batch_max > BATCH_MAX_LIMIT {
-            bail!(
-                "stamp.batch_max is {}; give 1 to {BATCH_MAX_LIMIT} messages per batch",
-                st.batch_max
-            );
-        }
-        if st.batch_wait_ms == 0 {
-            bail!("stamp.batch_wait_ms must be at least 1 (milliseconds a batch stays open)");
-        }
-        if st.hold_timeout_ms <= st.batch_wait_ms {
-            bail!(
-                "stamp.hold_timeout_ms ({}) must be longer than stamp.batch_wait_ms ({}): a message \
-                 waits for its batch to close and then for the anchor to be mined",
-                st.hold_timeout_ms,
-                st.batch_wait_ms
-            );
-        }
-        for f in [Family::From, Family::Rcpt] {
-            if p.required.contains(&f) && !self.stamp.components.contains(&f) {
-                bail!("verify.required lists `{f}` but stamp.components does not stamp it");
-            }
-        }
+        self.milter.check()?;
+        self.relay.check()?;
         Ok(())
     }
 
@@ -414,7 +576,7 @@ mod tests {
 
     #[test]
     fn the_example_config_parses() {
-        let text = include_str!("../mailstamp.example.toml");
+        let text = include_str!("../../mailstamp.example.toml");
         let cfg = Config::parse(text).unwrap();
         assert_eq!(
             cfg.chain.confirmations,
@@ -422,8 +584,8 @@ mod tests {
         );
         assert_eq!(cfg.verify.policy(), Policy::default());
         // The documented [inbound] / [allowlist] values are the defaults.
-        assert_eq!(cfg.inbound, crate::inbound::InboundConfig::default());
-        assert_eq!(cfg.allowlist, crate::allowlist::AllowlistConfig::default());
+        assert_eq!(cfg.inbound, InboundConfig::default());
+        assert_eq!(cfg.allowlist, AllowlistConfig::default());
         cfg.check().unwrap();
     }
 
@@ -435,6 +597,45 @@ mod tests {
         assert_eq!(cfg.stamp.selection(), Selection::default());
         assert_eq!(cfg.stamp.mode, StampMode::Direct);
         assert_eq!(cfg.stamp.pending_on_restart, PendingPolicy::Drop);
+    }
+
+    #[test]
+    fn a_mistake_names_the_file_the_key_and_the_line() {
+        let dir = std::env::temp_dir().join(format!("mailstamp-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        let err = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+            assert!(e.is_permanent(), "{e}");
+            e.to_string()
+        };
+        let p = path.display();
+        assert_eq!(
+            err("[chain]\nrpc_url = \"localhost:8545\"\n"),
+            format!(
+                "{p}: chain.rpc_url: `localhost:8545` is not an RPC URL: give http://HOST:PORT or https://…"
+            )
+        );
+        let e = err("[chain]\ntimeout_secs = 10\nrpc = 1\n");
+        assert!(
+            e.starts_with(&format!(
+                "{p}: chain.rpc: unknown field `rpc`, expected one of `rpc_url`"
+            )) && e.ends_with("(line 3)"),
+            "{e}"
+        );
+        let e = err("[stamp]\nmode = \"bulk\"\n");
+        assert!(
+            e.starts_with(&format!("{p}: stamp.mode: unknown variant `bulk`")),
+            "{e}"
+        );
+        let e = err("[milter]\nmax_sessions = 0\n");
+        assert_eq!(e, format!("{p}: milter.max_sessions: must be at least 1"));
+        let e = err("[relay]\nnext_hop = \"h:x\"\n");
+        assert_eq!(e, format!("{p}: relay.next_hop: `h:x`: give HOST:PORT"));
+        let e = err("[chain]\nread_batch_max = 0\n");
+        assert_eq!(e, format!("{p}: chain.read_batch_max: must be at least 1"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

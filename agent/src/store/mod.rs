@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -104,6 +104,75 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
 ];
 
+/// A stored value this version does not know (a row written by a newer mailstamp, or edited by
+/// hand): an error, never a default.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the store holds {what} `{value}`, which this version of mailstamp does not know: upgrade mailstamp, or correct the row"
+)]
+pub struct UnknownValue {
+    /// What the column holds (`batch state`, …).
+    pub what: &'static str,
+    /// The value read.
+    pub value: String,
+}
+
+/// Declares the one string mapping of an enum kept in the store: `as_str` (also what is
+/// printed, and its `Display`), `FromStr` (an unknown word is an [`UnknownValue`]), and
+/// rusqlite's `ToSql` and
+/// `FromSql`, so that a column can only be read back into a variant or fail.
+macro_rules! stored_enum {
+    ($t:ty, $what:literal, { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$v),+];
+
+            /// The stored (and printed) word.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $s),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = $crate::store::UnknownValue;
+            fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+                match s {
+                    $($s => Ok(Self::$v),)+
+                    other => Err($crate::store::UnknownValue {
+                        what: $what,
+                        value: other.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                v.as_str()?
+                    .parse()
+                    .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+            }
+        }
+
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+    };
+}
+pub(crate) use stored_enum;
+
 /// The state store.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -124,6 +193,8 @@ pub enum DomainStatus {
     /// Records verified: mail is stamped and accepted for it.
     Active,
 }
+
+stored_enum!(DomainStatus, "domain status", { Pending => "pending", Active => "active" });
 
 /// One customer domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -182,13 +253,26 @@ impl Store {
         })
     }
 
+    /// Runs `f` with this store on tokio's blocking pool, never on a runtime worker: SQLite may
+    /// wait for another writer's lock (up to its busy timeout) or for an fsync. Every store
+    /// call made from async code goes through here.
+    pub async fn call<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| crate::error::err!("store task failed: {e}"))?
+    }
+
     /// Runs `f` on the connection (one user at a time). The per-feature modules (senders,
     /// allowlist) keep their SQL next to their logic and go through this.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         let conn = self
             .conn
             .lock()
-            .map_err(|_| anyhow::anyhow!("store lock poisoned"))?;
+            .map_err(|_| crate::error::err!("store lock poisoned"))?;
         Ok(f(&conn)?)
     }
 
@@ -339,25 +423,12 @@ pub enum DaemonBatchState {
     Dropped,
 }
 
-impl DaemonBatchState {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::Closed => "closed",
-            Self::Anchored => "anchored",
-            Self::Dropped => "dropped",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "open" => Self::Open,
-            "closed" => Self::Closed,
-            "anchored" => Self::Anchored,
-            _ => Self::Dropped,
-        }
-    }
-}
+stored_enum!(DaemonBatchState, "batch state", {
+    Open => "open",
+    Closed => "closed",
+    Anchored => "anchored",
+    Dropped => "dropped",
+});
 
 /// A daemon batch in the journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -527,7 +598,7 @@ impl Store {
                 .query_map([], |r| {
                     Ok(DaemonBatchRow {
                         batch_id: r.get(0)?,
-                        state: DaemonBatchState::parse(&r.get::<_, String>(1)?),
+                        state: r.get(1)?,
                         root: r.get(2)?,
                         size: r.get(3)?,
                         tx: r.get(4)?,
@@ -559,15 +630,10 @@ impl Store {
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRow> {
-    let status: String = r.get(2)?;
     Ok(DomainRow {
         domain: r.get(0)?,
         account: r.get(1)?,
-        status: if status == "active" {
-            DomainStatus::Active
-        } else {
-            DomainStatus::Pending
-        },
+        status: r.get(2)?,
         added: r.get::<_, i64>(3)? as u64,
         verified: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
     })
@@ -576,6 +642,66 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_stored_state_is_an_error_not_a_default() {
+        // Before: an unknown batch state read back as `dropped`, so the batch was never
+        // recovered. Written past the CHECK constraint, as a newer version or a hand edit could.
+        let s = Store::in_memory().unwrap();
+        s.open_daemon_batch("0xb1", "milter inet:a", 1).unwrap();
+        s.with(|c| {
+            c.execute_batch(
+                "PRAGMA ignore_check_constraints = ON;
+                 UPDATE daemon_batches SET state = 'frozen' WHERE batch_id = '0xb1';
+                 PRAGMA ignore_check_constraints = OFF;",
+            )
+        })
+        .unwrap();
+        let e = s
+            .daemon_batches_of("milter inet:a", &[DaemonBatchState::Open])
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("batch state `frozen`") && e.contains("upgrade"),
+            "{e}"
+        );
+        s.add_domain("c1.example", "acme", 1).unwrap();
+        s.with(|c| {
+            c.execute_batch(
+                "PRAGMA ignore_check_constraints = ON;
+                 UPDATE domains SET status = 'suspended';",
+            )
+        })
+        .unwrap();
+        let e = format!("{:#}", s.domain("c1.example").unwrap_err());
+        assert!(e.contains("domain status `suspended`"), "{e}");
+    }
+
+    #[test]
+    fn every_stored_enum_reads_back_what_it_writes() {
+        for v in DaemonBatchState::ALL {
+            assert_eq!(v.as_str().parse::<DaemonBatchState>(), Ok(*v));
+        }
+        for v in DomainStatus::ALL {
+            assert_eq!(v.as_str().parse::<DomainStatus>(), Ok(*v));
+        }
+        assert_eq!(
+            "Open".parse::<DaemonBatchState>(),
+            Err(UnknownValue {
+                what: "batch state",
+                value: "Open".into()
+            }),
+            "exact words only"
+        );
+        // Through SQLite too.
+        let s = Store::in_memory().unwrap();
+        for v in DaemonBatchState::ALL {
+            let back: DaemonBatchState = s
+                .with(|c| c.query_row("SELECT ?1", [v], |r| r.get(0)))
+                .unwrap();
+            assert_eq!(back, *v);
+        }
+    }
 
     #[test]
     fn domains_go_from_pending_to_active_and_belong_to_one_account() {

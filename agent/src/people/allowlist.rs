@@ -14,89 +14,15 @@
 //! register an address with a correspondent's display name and pass DMARC, so a partial match
 //! is reported, never trusted, unless an operator of a closed domain raises its weight.
 
-use anyhow::{Result, bail};
+use crate::error::Result;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::inbound::{FromIdentity, MatchKind};
+use crate::config::{AllowlistConfig, PartialMatch};
+use crate::people::{FromIdentity, MatchKind};
 use crate::store::Store;
 
-/// `[allowlist]` in the configuration file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AllowlistConfig {
-    /// Learn from outbound mail and consult the list at inbound.
-    pub enabled: bool,
-    /// Days without traffic after which an entry expires (and is deleted).
-    pub expire_days: u64,
-    /// Most entries per user; when full, the least recently seen entry is dropped.
-    pub max_per_user: usize,
-    /// Partial matches consulted: `name_domain` (same display name and domain), `domain`.
-    pub partial: Vec<PartialMatch>,
-    /// Weight of a full (exact address) match.
-    pub weight_full: f64,
-    /// Weight of a same-display-name-and-domain match.
-    pub weight_name_domain: f64,
-    /// Weight of a same-domain match.
-    pub weight_domain: f64,
-    /// A hit counts toward the inbox only with at least this weight (lighter hits are
-    /// reported, not trusted).
-    pub min_weight: f64,
-}
-
-/// A kind of partial match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PartialMatch {
-    /// Same display name (case-insensitive) and same domain.
-    NameDomain,
-    /// Same domain.
-    Domain,
-}
-
-impl Default for AllowlistConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            expire_days: 365,
-            max_per_user: 5_000,
-            partial: vec![PartialMatch::NameDomain, PartialMatch::Domain],
-            weight_full: 1.0,
-            // Below min_weight: partial matches are reported, not trusted (see the module
-            // comment; docs/MTA.md "Matching").
-            weight_name_domain: 0.45,
-            weight_domain: 0.3,
-            min_weight: 0.5,
-        }
-    }
-}
-
 impl AllowlistConfig {
-    /// Rejects weights outside 0..=1 and a zero expiry or cap.
-    pub fn check(&self) -> Result<()> {
-        for (k, v) in [
-            ("weight_full", self.weight_full),
-            ("weight_name_domain", self.weight_name_domain),
-            ("weight_domain", self.weight_domain),
-            ("min_weight", self.min_weight),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                bail!("allowlist.{k} is {v}; give a weight between 0 and 1");
-            }
-        }
-        if self.expire_days == 0 {
-            bail!(
-                "allowlist.expire_days must be at least 1 (days without traffic before an entry goes)"
-            );
-        }
-        if self.max_per_user == 0 {
-            bail!(
-                "allowlist.max_per_user must be at least 1; set allowlist.enabled = false to turn learning off"
-            );
-        }
-        Ok(())
-    }
-
     /// Seconds of idleness after which an entry expires.
     pub fn idle_secs(&self) -> u64 {
         self.expire_days.saturating_mul(86_400)
@@ -121,6 +47,11 @@ pub enum EntryState {
     /// The correspondent wrote back (authenticated).
     Complete,
 }
+
+crate::store::stored_enum!(EntryState, "allowlist state", {
+    Partial => "partial",
+    Complete => "complete",
+});
 
 /// One allowlist entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -149,17 +80,12 @@ const COLS: &str =
     "user, address, domain, display_name, state, first_seen, last_seen, sent, received";
 
 fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    let state: String = r.get(4)?;
     Ok(Entry {
         user: r.get(0)?,
         address: r.get(1)?,
         domain: r.get(2)?,
         display_name: r.get(3)?,
-        state: if state == "complete" {
-            EntryState::Complete
-        } else {
-            EntryState::Partial
-        },
+        state: r.get(4)?,
         first_seen: r.get::<_, i64>(5)? as u64,
         last_seen: r.get::<_, i64>(6)? as u64,
         sent: r.get::<_, i64>(7)? as u64,

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use mailstamp::{
-    allowlist::{self, Entry},
     config::Config,
-    ops,
-    senders::{self, normalise_address},
+    people::allowlist::{self, Entry},
+    people::{normalise_address, senders},
     store::Store,
+    util,
 };
 
 #[derive(Subcommand)]
@@ -112,7 +112,7 @@ pub(crate) fn senders(cfg: &Config, cmd: SendersCmd) -> Result<u8> {
             let store = open_store(cfg)?;
             for s in &senders {
                 let (p, kind) = senders::parse_pattern(s)?;
-                let new = store.add_sender(&user, s, None, ops::now())?;
+                let new = store.add_sender(&user, s, None, util::now())?;
                 println!(
                     "{user}: {p} ({kind:?}) {}",
                     if new {
@@ -156,7 +156,7 @@ pub(crate) fn senders(cfg: &Config, cmd: SendersCmd) -> Result<u8> {
                         r.user,
                         r.pattern,
                         r.kind,
-                        ops::rfc3339(r.added),
+                        util::rfc3339(r.added),
                         r.note
                             .as_deref()
                             .map(|n| format!("\t{n}"))
@@ -186,7 +186,7 @@ pub(crate) fn senders(cfg: &Config, cmd: SendersCmd) -> Result<u8> {
                 (t, file.display().to_string())
             };
             let store = open_store(cfg)?;
-            let sum = senders::import(&store, &user, &text, &source, ops::now())?;
+            let sum = senders::import(&store, &user, &text, &source, util::now())?;
             println!(
                 "{user}: {} authorised senders added, {} already there",
                 sum.added, sum.present
@@ -207,8 +207,8 @@ fn print_entry(e: &Entry, json: bool) -> Result<()> {
             e.state,
             e.sent,
             e.received,
-            ops::rfc3339(e.first_seen),
-            ops::rfc3339(e.last_seen),
+            util::rfc3339(e.first_seen),
+            util::rfc3339(e.last_seen),
             e.display_name
                 .as_deref()
                 .map(|n| format!("\t\"{n}\""))
@@ -272,7 +272,7 @@ pub(crate) fn allowlist(cfg: &Config, cmd: AllowlistCmd) -> Result<u8> {
             Ok(0)
         }
         AllowlistCmd::Expire => {
-            let n = allowlist::expire(&open_store(cfg)?, &cfg.allowlist, ops::now())?;
+            let n = allowlist::expire(&open_store(cfg)?, &cfg.allowlist, util::now())?;
             println!(
                 "{n} entries idle for more than {} days deleted",
                 cfg.allowlist.expire_days

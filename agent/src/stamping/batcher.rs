@@ -15,16 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::{B256, FixedBytes};
-use anyhow::{Context, Result, bail};
-use mailstamp_core::Lookup;
 use mailstamp_core::digest::Commitment;
 use mailstamp_core::merkle::{Node, Tree, short};
+use mailstamp_core::{Envelope, insert_header};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::chain::{Chain, RecordKey, Recorded};
+use crate::chain::{Chain, Journalled, Recorded};
 use crate::config::PendingPolicy;
+use crate::error::{Context, Result, bail};
 use crate::store::{DaemonBatchState, Store};
+
+use super::{AnchorState, StampContext, Stamped, anchor_state, check_and_prepare, writer_of};
 
 /// A message's place in an anchored batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +44,17 @@ pub struct Leaf {
 }
 
 /// What a waiting message is told when its batch is done.
-pub type Outcome = Result<Leaf, String>;
+pub type BatchOutcome = Result<Leaf>;
+
+/// How long a message waits for its batch: how batches are cut, and the longest it waits for
+/// the anchor (`stamp.hold_timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// How batches are cut.
+    pub cut: Cut,
+    /// How long a message waits for its batch's anchor to be mined.
+    pub timeout: Duration,
+}
 
 /// How batches are cut (from `[stamp]`, read per message so a reload applies to the next
 /// batch).
@@ -73,7 +85,7 @@ impl std::fmt::Debug for Batcher {
 struct Open {
     id: B256,
     leaves: Vec<Commitment>,
-    waiters: Vec<oneshot::Sender<Outcome>>,
+    waiters: Vec<oneshot::Sender<BatchOutcome>>,
     /// What every leaf's header names: the chain, the registry and the writer. A message for
     /// another one closes this batch first (a reload changed `[chain]`), so the anchor always
     /// lands where the headers point.
@@ -131,7 +143,7 @@ impl Batcher {
         chain: &Chain,
         commitment: Commitment,
         cut: Cut,
-    ) -> Result<oneshot::Receiver<Outcome>> {
+    ) -> Result<oneshot::Receiver<BatchOutcome>> {
         let (me, chain) = (self.clone(), chain.clone());
         tokio::task::spawn_blocking(move || me.submit_blocking(&chain, commitment, cut))
             .await
@@ -144,7 +156,7 @@ impl Batcher {
         chain: &Chain,
         commitment: Commitment,
         cut: Cut,
-    ) -> Result<oneshot::Receiver<Outcome>> {
+    ) -> Result<oneshot::Receiver<BatchOutcome>> {
         let (tx, rx) = oneshot::channel();
         let key = key_of(chain);
         let mut slot = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,10 +171,10 @@ impl Batcher {
         if slot.is_none() {
             let mut id = [0u8; 32];
             getrandom::fill(&mut id)
-                .map_err(|e| anyhow::anyhow!("the system random generator failed: {e}"))?;
+                .map_err(|e| crate::error::err!("the system random generator failed: {e}"))?;
             let id = B256::from(id);
             self.store
-                .open_daemon_batch(&id.to_string(), &self.owner, crate::ops::now())
+                .open_daemon_batch(&id.to_string(), &self.owner, crate::util::now())
                 .context("cannot journal a new batch")?;
             *slot = Some(Open {
                 id,
@@ -218,16 +230,17 @@ impl Batcher {
     async fn anchor(self: Arc<Self>, b: Open) {
         let id = b.id.to_string();
         let result = self.anchor_inner(&b).await;
-        let now = crate::ops::now();
+        let now = crate::util::now();
         match result {
             Ok((tree, recorded)) => {
-                if let Err(e) = self.store.end_daemon_batch(
-                    &id,
-                    DaemonBatchState::Anchored,
-                    Some(&recorded.tx.to_string()),
-                    None,
-                    now,
-                ) {
+                let (bid, tx) = (id.clone(), recorded.tx.to_string());
+                let ended = self
+                    .store
+                    .call(move |s| {
+                        s.end_daemon_batch(&bid, DaemonBatchState::Anchored, Some(&tx), None, now)
+                    })
+                    .await;
+                if let Err(e) = ended {
                     warn!(batch = %id, "cannot journal the anchor: {e:#}");
                 }
                 info!(batch = %id, size = b.leaves.len(), tx = %recorded.tx, block = recorded.block, "batch anchored");
@@ -243,19 +256,21 @@ impl Batcher {
                 }
             }
             Err(e) => {
-                let why = format!("batch {id} not anchored: {e:#}");
+                let e = e.context(format!("batch {id} not anchored"));
+                let why = format!("{e:#}");
                 warn!(batch = %id, size = b.leaves.len(), "{why}");
-                if let Err(e) = self.store.end_daemon_batch(
-                    &id,
-                    DaemonBatchState::Dropped,
-                    None,
-                    Some(&why),
-                    now,
-                ) {
+                let bid = id.clone();
+                let ended = self
+                    .store
+                    .call(move |s| {
+                        s.end_daemon_batch(&bid, DaemonBatchState::Dropped, None, Some(&why), now)
+                    })
+                    .await;
+                if let Err(e) = ended {
                     warn!(batch = %id, "cannot journal the dropped batch: {e:#}");
                 }
                 for w in b.waiters {
-                    let _ = w.send(Err(why.clone()));
+                    let _ = w.send(Err(e.clone()));
                 }
             }
         }
@@ -265,26 +280,31 @@ impl Batcher {
         let tree = Tree::build(&b.leaves).context("empty batch")?;
         let root = short(&tree.root());
         let size = u32::try_from(b.leaves.len()).context("batch too large")?;
+        let (bid, r) = (b.id.to_string(), hex24(&root));
         self.store
-            .close_daemon_batch(&b.id.to_string(), &hex24(&root), size, crate::ops::now())
+            .call(move |s| s.close_daemon_batch(&bid, &r, size, crate::util::now()))
+            .await
             .context("cannot journal the batch root")?;
-        crate::ops::fault("before-anchor");
+        crate::util::fault("before-anchor");
         let recorded = b
             .chain
             .anchor_journalled(b.id, FixedBytes::from(root), size, &self.journal_sent(b.id))
             .await?;
-        crate::ops::fault("after-anchor");
+        crate::util::fault("after-anchor");
         Ok((tree, recorded))
     }
 
     /// Deletes this store's anchored and dropped batches (every owner's) older than
     /// `retention_days` (0: keep all); how many went.
-    pub fn prune(&self, retention_days: u64) -> Result<usize> {
+    pub async fn prune(&self, retention_days: u64) -> Result<usize> {
         if retention_days == 0 {
             return Ok(0);
         }
-        let before = crate::ops::now().saturating_sub(retention_days.saturating_mul(86_400));
-        let n = self.store.prune_daemon_batches(before)?;
+        let before = crate::util::now().saturating_sub(retention_days.saturating_mul(86_400));
+        let n = self
+            .store
+            .call(move |s| s.prune_daemon_batches(before))
+            .await?;
         if n > 0 {
             info!(
                 batches = n,
@@ -296,17 +316,28 @@ impl Batcher {
 
     /// The batches a previous run of this daemon (same owner) left `open` or `closed` (read
     /// at start, before this batcher opens any).
-    pub fn pending(&self) -> Result<Vec<crate::store::DaemonBatchRow>> {
-        self.store.daemon_batches_of(
-            &self.owner,
-            &[DaemonBatchState::Open, DaemonBatchState::Closed],
-        )
+    pub async fn pending(&self) -> Result<Vec<crate::store::DaemonBatchRow>> {
+        let owner = self.owner.clone();
+        self.store
+            .call(move |s| {
+                s.daemon_batches_of(&owner, &[DaemonBatchState::Open, DaemonBatchState::Closed])
+            })
+            .await
     }
 
     /// Journals each anchor transaction of `batch` before it is sent.
-    fn journal_sent(&self, batch: B256) -> impl Fn(B256) -> Result<()> + Send + Sync + 'static {
+    fn journal_sent(&self, batch: B256) -> impl Fn(B256) -> Journalled + Send + Sync + 'static {
         let store = self.store.clone();
-        move |tx| store.add_daemon_sent(&batch.to_string(), &tx.to_string(), crate::ops::now())
+        move |tx| {
+            let store = store.clone();
+            Box::pin(async move {
+                store
+                    .call(move |s| {
+                        s.add_daemon_sent(&batch.to_string(), &tx.to_string(), crate::util::now())
+                    })
+                    .await
+            })
+        }
     }
 
     /// Applies `policy` to `pending` (from [`Batcher::pending`]). `Drop` needs no
@@ -324,22 +355,27 @@ impl Batcher {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         for row in pending {
-            let now = crate::ops::now();
+            let now = crate::util::now();
             let leaves = row.leaves.len();
             let r = match policy {
-                PendingPolicy::Drop => self
-                    .store
-                    .end_daemon_batch(
-                        &row.batch_id,
-                        DaemonBatchState::Dropped,
-                        None,
-                        Some("pending at restart; stamp.pending_on_restart = drop"),
-                        now,
-                    )
-                    .map(|()| ("dropped".to_owned(), None)),
+                PendingPolicy::Drop => {
+                    let id = row.batch_id.clone();
+                    self.store
+                        .call(move |s| {
+                            s.end_daemon_batch(
+                                &id,
+                                DaemonBatchState::Dropped,
+                                None,
+                                Some("pending at restart; stamp.pending_on_restart = drop"),
+                                now,
+                            )
+                        })
+                        .await
+                        .map(|()| ("dropped".to_owned(), None))
+                }
                 PendingPolicy::Anchor => match chain {
                     Some(c) => self.anchor_pending(c, &row).await,
-                    None => Err(anyhow::anyhow!("no chain connection")),
+                    None => Err(crate::error::err!("no chain connection")),
                 },
             };
             match r {
@@ -376,13 +412,13 @@ impl Batcher {
             .collect::<Result<Vec<_>, _>>()
             .context("journal: bad leaf")?;
         let Some(tree) = Tree::build(&leaves) else {
-            self.store.end_daemon_batch(
+            self.end(
                 &row.batch_id,
                 DaemonBatchState::Dropped,
                 None,
                 Some("no leaves"),
-                crate::ops::now(),
-            )?;
+            )
+            .await?;
             return Ok(("dropped (empty)".to_owned(), None));
         };
         let root = short(&tree.root());
@@ -392,16 +428,9 @@ impl Batcher {
             bail!("journal: the leaves do not give the journalled root {r}");
         }
         let size = u32::try_from(leaves.len()).context("batch too large")?;
-        let (outcome, tx) = match chain.lookup(writer, RecordKey::Batch(batch)).await {
-            Lookup::Found { commitment, .. } if commitment == root => ("already anchored", None),
-            Lookup::Found { .. } => bail!("anchored on chain with another root: not touching it"),
-            // Mined but not yet as deep as the policy asks: it counts once its root is ours.
-            Lookup::Unconfirmed => match chain.anchor_at_head(writer, batch).await? {
-                Some(r) if r.0 == root => ("already anchored", None),
-                Some(_) => bail!("anchored on chain with another root: not touching it"),
-                None => bail!("the anchor is neither confirmed nor at the head block; retry later"),
-            },
-            Lookup::NotFound => {
+        let (outcome, tx) = match anchor_state(chain, writer, batch, root).await? {
+            AnchorState::Ours => ("already anchored", None),
+            AnchorState::Absent => {
                 // An anchor sent before the crash may still be in the pool: wait for it
                 // rather than send a second one (it would revert once the first is mined).
                 let sent = row
@@ -416,12 +445,10 @@ impl Batcher {
                         Some(r.tx.to_string()),
                     ),
                     None => {
-                        self.store.close_daemon_batch(
-                            &row.batch_id,
-                            &hex24(&root),
-                            size,
-                            crate::ops::now(),
-                        )?;
+                        let (id, r) = (row.batch_id.clone(), hex24(&root));
+                        self.store
+                            .call(move |s| s.close_daemon_batch(&id, &r, size, crate::util::now()))
+                            .await?;
                         let r = chain
                             .anchor_journalled(
                                 batch,
@@ -434,15 +461,60 @@ impl Batcher {
                     }
                 }
             }
-            Lookup::Unavailable(e) => bail!("cannot read the registry (retry later): {e}"),
         };
-        self.store.end_daemon_batch(
-            &row.batch_id,
-            DaemonBatchState::Anchored,
-            tx.as_deref(),
-            None,
-            crate::ops::now(),
-        )?;
+        self.end(&row.batch_id, DaemonBatchState::Anchored, tx.clone(), None)
+            .await?;
         Ok((outcome.to_owned(), tx))
     }
+
+    /// Journals the outcome of batch `id` (on the blocking pool).
+    async fn end(
+        &self,
+        id: &str,
+        state: DaemonBatchState,
+        tx: Option<String>,
+        note: Option<&'static str>,
+    ) -> Result<()> {
+        let id = id.to_owned();
+        self.store
+            .call(move |s| s.end_daemon_batch(&id, state, tx.as_deref(), note, crate::util::now()))
+            .await
+    }
+}
+
+/// Stamps one message in batched mode (docs/PROTOCOL.md §5a) through the daemon's shared
+/// `batcher`: the same checks and preparation as [`super::stamp`], then the commitment goes into the
+/// open batch and this waits — at most `hold` — for that batch's anchor to be mined. Only then
+/// does the message get its header (mode `b`, its leaf's proof). Past `hold` it is an error:
+/// the caller defers the message, which never carries this stamp.
+pub async fn stamp_batched(
+    chain: &Chain,
+    ctx: &StampContext,
+    batcher: &Arc<Batcher>,
+    hold: Hold,
+    raw: &[u8],
+    env: &Envelope,
+) -> Result<Stamped> {
+    let writer = writer_of(chain)?;
+    let mut p = check_and_prepare(ctx, writer, &chain.chain_ref(writer), raw, env).await?;
+    let rx = batcher.submit(chain, p.commitment, hold.cut).await?;
+    let leaf = match tokio::time::timeout(hold.timeout, rx).await {
+        Ok(Ok(Ok(leaf))) => leaf,
+        Ok(Ok(Err(why))) => return Err(why),
+        Ok(Err(_)) => bail!("the batcher stopped before the batch was anchored"),
+        Err(_) => bail!(
+            "the batch anchor was not mined within stamp.hold_timeout_ms ({} ms)",
+            hold.timeout.as_millis()
+        ),
+    };
+    p.header.mode = mailstamp_core::header::Mode::Batch {
+        batch: leaf.batch.0,
+        proof: leaf.proof,
+    };
+    Ok(Stamped {
+        message: insert_header(raw, &p.header),
+        token: B256::from(p.token),
+        recorded: leaf.recorded,
+        batch: Some((leaf.batch, leaf.index)),
+    })
 }

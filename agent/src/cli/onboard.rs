@@ -11,8 +11,8 @@ use mailstamp::{
     dns::Authority,
     keys,
     onboard::{self, Problem},
-    ops,
     store::{DomainStatus, Store},
+    util,
 };
 use serde_json::json;
 
@@ -78,7 +78,7 @@ pub(crate) async fn run(cfg: &Config, cmd: OnboardCmd) -> Result<u8> {
             let domain = onboard::validate_domain(&domain)?;
             onboard::validate_account(&account)?;
             let store = open_store(cfg)?;
-            let row = store.add_domain(&domain, &account, ops::now())?;
+            let row = store.add_domain(&domain, &account, util::now())?;
             let names = p.names(&account);
             println!("{domain}: {:?} for account {account}", row.status);
             println!("Ask the customer to publish, in the zone of {domain}:");
@@ -100,42 +100,7 @@ pub(crate) async fn run(cfg: &Config, cmd: OnboardCmd) -> Result<u8> {
             wait,
             timeout,
             interval,
-        } => {
-            let domain = onboard::validate_domain(&domain)?;
-            let store = open_store(cfg)?;
-            let Some(row) = store.domain(&domain)? else {
-                bail!(
-                    "{domain} is not onboarded: run `mailstamp onboard add {domain} --account ID` first"
-                );
-            };
-            // No cache: the customer may have published a record a minute ago.
-            let dns = Authority::with_cache(&cfg.dns, &Default::default(), false)?;
-            let deadline = Instant::now() + Duration::from_secs(timeout);
-            loop {
-                let problems = onboard::check(&dns, p, &domain, &row.account).await;
-                if problems.is_empty() {
-                    store.set_active(&domain, ops::now())?;
-                    println!(
-                        "{domain}: active (account {}): MX and writer CNAME verified",
-                        row.account
-                    );
-                    return Ok(0);
-                }
-                let temporary = problems.iter().all(|p| matches!(p, Problem::Dns(_)));
-                if !wait || Instant::now() >= deadline {
-                    eprintln!("{domain}: still {:?}; DNS is not right yet:", row.status);
-                    for pr in &problems {
-                        eprintln!("  - {pr}");
-                    }
-                    return Ok(if temporary { 75 } else { 3 });
-                }
-                eprintln!(
-                    "{domain}: {} record(s) not right yet; checking again in {interval}s",
-                    problems.len()
-                );
-                tokio::time::sleep(Duration::from_secs(interval.max(1))).await;
-            }
-        }
+        } => verify(cfg, &domain, wait, timeout, interval).await,
         OnboardCmd::List { json } => {
             let store = open_store(cfg)?;
             let rows = store.domains()?;
@@ -154,7 +119,7 @@ pub(crate) async fn run(cfg: &Config, cmd: OnboardCmd) -> Result<u8> {
                     } else {
                         "pending"
                     };
-                    let when = r.verified.map(ops::rfc3339).unwrap_or_else(|| "-".into());
+                    let when = r.verified.map(util::rfc3339).unwrap_or_else(|| "-".into());
                     println!("{:<32} {:<20} {status:<8} {when}", r.domain, r.account);
                 }
             }
@@ -169,5 +134,42 @@ pub(crate) async fn run(cfg: &Config, cmd: OnboardCmd) -> Result<u8> {
                 bail!("{domain} is not onboarded (see `mailstamp onboard list`)");
             }
         }
+    }
+}
+
+/// `onboard verify`: checks the customer's records, `--wait` until they are right.
+async fn verify(cfg: &Config, domain: &str, wait: bool, timeout: u64, interval: u64) -> Result<u8> {
+    let p = &cfg.provider;
+    let domain = onboard::validate_domain(domain)?;
+    let store = open_store(cfg)?;
+    let Some(row) = store.domain(&domain)? else {
+        bail!("{domain} is not onboarded: run `mailstamp onboard add {domain} --account ID` first");
+    };
+    // No cache: the customer may have published a record a minute ago.
+    let dns = Authority::with_cache(&cfg.dns, &Default::default(), false)?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let problems = onboard::check(&dns, p, &domain, &row.account).await;
+        if problems.is_empty() {
+            store.set_active(&domain, util::now())?;
+            println!(
+                "{domain}: active (account {}): MX and writer CNAME verified",
+                row.account
+            );
+            return Ok(0);
+        }
+        let temporary = problems.iter().all(|p| matches!(p, Problem::Dns(_)));
+        if !wait || Instant::now() >= deadline {
+            eprintln!("{domain}: still {:?}; DNS is not right yet:", row.status);
+            for pr in &problems {
+                eprintln!("  - {pr}");
+            }
+            return Ok(if temporary { 75 } else { 3 });
+        }
+        eprintln!(
+            "{domain}: {} record(s) not right yet; checking again in {interval}s",
+            problems.len()
+        );
+        tokio::time::sleep(Duration::from_secs(interval.max(1))).await;
     }
 }

@@ -5,10 +5,11 @@
 //! add|remove|list|import`. A hit here counts only when the message is authenticated for its
 //! From domain ([`crate::inbound::decide`] applies that rule).
 
-use anyhow::{Result, bail};
+use crate::error::{Result, bail};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
+use crate::people::{normalise_address, normalise_domain};
 use crate::store::Store;
 
 /// Most authorised senders one user may have (bounded growth; `senders add` refuses more).
@@ -24,14 +25,10 @@ pub enum SenderKind {
     Domain,
 }
 
-impl SenderKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Address => "address",
-            Self::Domain => "domain",
-        }
-    }
-}
+crate::store::stored_enum!(SenderKind, "authorised-sender kind", {
+    Address => "address",
+    Domain => "domain",
+});
 
 /// One authorised sender of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,45 +45,6 @@ pub struct SenderRow {
     pub note: Option<String>,
 }
 
-/// Checks and normalises a domain name: lower case, labels of letters, digits and `-`, at
-/// least two labels.
-pub fn normalise_domain(d: &str) -> Result<String> {
-    let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
-    let ok = d.len() <= 253
-        && d.contains('.')
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if !ok {
-        bail!("`{d}` is not a domain name (want e.g. example.org)");
-    }
-    Ok(d)
-}
-
-/// Checks and normalises a mail address: `local@domain`, the domain as
-/// [`normalise_domain`], the whole address in (ASCII) lower case — the comparison mail systems
-/// make in practice, and the one [`crate::inbound::user_of`] makes.
-pub fn normalise_address(a: &str) -> Result<String> {
-    let a = a.trim().trim_start_matches('<').trim_end_matches('>');
-    let Some((local, domain)) = a.rsplit_once('@') else {
-        bail!("`{a}` is not a mail address (want user@example.org)");
-    };
-    if local.is_empty()
-        || local.len() > 64
-        || local
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | '"'))
-    {
-        bail!("`{a}` has no usable local part (want user@example.org)");
-    }
-    let domain = normalise_domain(domain).map_err(|e| anyhow::anyhow!("`{a}`: {e}"))?;
-    Ok(format!("{}@{domain}", local.to_ascii_lowercase()))
-}
-
 /// Parses an entry as an operator writes it: an address, a domain, or `@domain`.
 pub fn parse_pattern(p: &str) -> Result<(String, SenderKind)> {
     let p = p.trim();
@@ -98,7 +56,7 @@ pub fn parse_pattern(p: &str) -> Result<(String, SenderKind)> {
     }
     Ok((
         normalise_domain(p).map_err(|_| {
-            anyhow::anyhow!(
+            crate::error::err!(
                 "`{p}` is neither a mail address (user@example.org) nor a domain (example.org)"
             )
         })?,
@@ -116,7 +74,7 @@ impl Store {
         note: Option<&str>,
         now: u64,
     ) -> Result<bool> {
-        let user = normalise_address(user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+        let user = normalise_address(user).map_err(|e| crate::error::err!("--user: {e}"))?;
         let (pattern, kind) = parse_pattern(pattern)?;
         let count: i64 = self.with(|c| {
             c.query_row(
@@ -162,7 +120,7 @@ impl Store {
 
     /// Removes an entry; false if it was not there.
     pub fn remove_sender(&self, user: &str, pattern: &str) -> Result<bool> {
-        let user = normalise_address(user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+        let user = normalise_address(user).map_err(|e| crate::error::err!("--user: {e}"))?;
         let (pattern, _) = parse_pattern(pattern)?;
         Ok(self.with(|c| {
             c.execute(
@@ -175,7 +133,7 @@ impl Store {
     /// A user's entries (every user's when `user` is `None`), by user then pattern.
     pub fn senders(&self, user: Option<&str>) -> Result<Vec<SenderRow>> {
         let user = user
-            .map(|u| normalise_address(u).map_err(|e| anyhow::anyhow!("--user: {e}")))
+            .map(|u| normalise_address(u).map_err(|e| crate::error::err!("--user: {e}")))
             .transpose()?;
         self.with(|c| {
             let mut st = c.prepare(
@@ -234,7 +192,7 @@ pub fn import(
             continue;
         }
         parse_pattern(line).map_err(|e| {
-            anyhow::anyhow!(
+            crate::error::err!(
                 "{source} line {}: {e}; nothing was imported, fix the line and run again",
                 i + 1
             )
@@ -254,15 +212,10 @@ pub fn import(
 }
 
 fn sender_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SenderRow> {
-    let kind: String = r.get(2)?;
     Ok(SenderRow {
         user: r.get(0)?,
         pattern: r.get(1)?,
-        kind: if kind == "domain" {
-            SenderKind::Domain
-        } else {
-            SenderKind::Address
-        },
+        kind: r.get(2)?,
         added: r.get::<_, i64>(3)? as u64,
         note: r.get(4)?,
     })

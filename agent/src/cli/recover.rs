@@ -14,8 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mailstamp::{
     config::Config,
     maildir,
+    people::normalise_address,
     recover::{Options, Outcome, Recoverer, Summary},
-    senders::normalise_address,
     store::Store,
 };
 use serde_json::json;
@@ -211,7 +211,7 @@ pub(crate) async fn run(cfg: &Config, a: RecoverArgs) -> Result<u8> {
         let mut since = None;
         loop {
             // Two seconds of slack: ctime has one-second resolution here.
-            let started = mailstamp::ops::now() as i64 - 2;
+            let started = mailstamp::util::now() as i64 - 2;
             for s in r.learn(&inbox, &user, since)? {
                 total.learned += 1;
                 if a.json {

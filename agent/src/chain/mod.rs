@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The chain client: typed bindings to `StampRegistry` (from the checked-in Forge artifact
+//! `agent/abi/StampRegistry.json`), deployment through the CREATE2 deployer, recording, and the
+//! confirmed lookups verification needs. Every RPC call has a timeout; a failure to reach the
+//! chain is reported as such (the caller turns it into `temperror`), never as "no record".
+//!
+//! Here: the connection ([`Chain::connect`]) and what every part shares. [`write`]: EIP-1559
+//! fees from the node's estimate, nonces handed out by the agent ([`nonce`]: many transactions
+//! in flight from one writer never share one), and a transaction without a receipt after
+//! `chain.replace_after_secs` re-sent with the same nonce and higher fees. [`read`]: confirmed
+//! lookups, cached, batched when they arrive together. [`deploy`]: the registry through the
+//! CREATE2 deployer.
+
+mod deploy;
+mod nonce;
+mod read;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::{
+    network::EthereumWallet,
+    primitives::{Address, B256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    signers::local::PrivateKeySigner,
+    sol,
+};
+
+use crate::config::{ChainConfig, Confirmations};
+use crate::error::{Context, Result, bail, err};
+
+pub use deploy::{
+    CREATE2_DEPLOYER, Deployed, creation_code, deploy, deploy_salt, predicted_address,
+};
+pub use nonce::NoncePool;
+use nonce::Nonces;
+use read::{ReadBatcher, RecordCache};
+
+sol!(
+    #[sol(rpc)]
+    #[allow(missing_docs)]
+    #[derive(Debug)]
+    StampRegistry,
+    "abi/StampRegistry.json"
+);
+
+/// A connection to the chain and the registry.
+#[derive(Clone)]
+pub struct Chain {
+    provider: DynProvider,
+    /// The registry address.
+    pub registry: Address,
+    /// The chain id the node reports.
+    pub chain_id: u64,
+    /// The writer's address, when a key was given.
+    pub writer: Option<Address>,
+    /// The writer's key: writes are signed here, so their hash is known before they are sent.
+    wallet: Option<EthereumWallet>,
+    confirmations: Confirmations,
+    timeout: Duration,
+    cache: Arc<RecordCache>,
+    fees: FeePolicy,
+    nonces: Arc<Nonces>,
+    reads: Arc<ReadBatcher>,
+}
+
+/// When and how a stuck transaction is replaced.
+#[derive(Debug, Clone, Copy)]
+struct FeePolicy {
+    replace_after: Duration,
+    bump_percent: u128,
+    max_replacements: u32,
+}
+
+impl FeePolicy {
+    /// The longest a write (or the wait for one sent before a restart) lasts: every
+    /// replacement's interval, one more for the last to be mined, and three RPC timeouts.
+    fn deadline(&self, rpc_timeout: Duration) -> Duration {
+        self.replace_after * (self.max_replacements + 1) + rpc_timeout * 3
+    }
+}
+
+/// What an [`OnSigned`] journal returns: the write waits for it (it runs off the runtime's
+/// workers, e.g. through `Store::call`).
+pub type Journalled = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// Told the hash of each transaction of a write before it is sent (see
+/// [`Chain::anchor_journalled`]).
+pub type OnSigned = dyn Fn(B256) -> Journalled + Send + Sync;
+
+/// Where a recorded stamp landed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Recorded {
+    /// Transaction hash.
+    pub tx: B256,
+    /// Block number.
+    pub block: u64,
+}
+
+/// A registry write as it went out: the nonce, every transaction sent with it (the first, then
+/// each replacement, in order), and where the one that was mined landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The mined transaction (one of `hashes`).
+    pub recorded: Recorded,
+    /// The nonce all of `hashes` share.
+    pub nonce: u64,
+    /// Every transaction broadcast for this write.
+    pub hashes: Vec<B256>,
+}
+
+async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => bail!(
+            "{what}: no answer from the RPC endpoint within {}s",
+            timeout.as_secs()
+        ),
+    }
+}
+
+/// Builds a provider for `url`, with a wallet when a signer is given.
+pub fn provider(url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider> {
+    let url: reqwest_url::Url = url.parse().map_err(|e| {
+        err!("`{url}` is not a valid RPC URL (expected e.g. http://127.0.0.1:8545): {e}")
+    })?;
+    // The recommended fillers (gas, nonce through a CachedNonceManager, chain id) serve
+    // `deploy`; `Chain`'s writes set every field themselves, so the fillers only sign them.
+    Ok(match signer {
+        Some(s) => ProviderBuilder::new()
+            .wallet(EthereumWallet::from(s))
+            .connect_http(url)
+            .erased(),
+        None => ProviderBuilder::new().connect_http(url).erased(),
+    })
+}
+
+mod reqwest_url {
+    pub(super) use alloy::transports::http::reqwest::Url;
+}
+
+impl Chain {
+    /// Connects to the node named in `cfg`, checks its chain id, and binds the registry.
+    /// Its nonce counter is its own: see [`Chain::connect_in`] for one shared with other
+    /// connections.
+    pub async fn connect(
+        cfg: &ChainConfig,
+        registry: Address,
+        signer: Option<PrivateKeySigner>,
+    ) -> Result<Self> {
+        Self::connect_in(cfg, registry, signer, &NoncePool::default()).await
+    }
+
+    /// As [`Chain::connect`], with the writer's nonce counter taken from `pool`: connections
+    /// made through one pool never hand out the same nonce of a writer twice.
+    pub async fn connect_in(
+        cfg: &ChainConfig,
+        registry: Address,
+        signer: Option<PrivateKeySigner>,
+        pool: &NoncePool,
+    ) -> Result<Self> {
+        // Checked at load already; a hand-made config is checked by the same rules here.
+        cfg.check()?;
+        let writer = signer.as_ref().map(|s| s.address());
+        let wallet = signer.clone().map(EthereumWallet::from);
+        let provider = provider(&cfg.rpc_url, signer)?;
+        let timeout = Duration::from_secs(cfg.timeout_secs);
+        let chain_id = within(timeout, "eth_chainId", async {
+            provider
+                .get_chain_id()
+                .await
+                .with_context(|| format!("cannot reach the chain at {}", cfg.rpc_url))
+        })
+        .await?;
+        if let Some(want) = cfg.chain_id
+            && want != chain_id
+        {
+            bail!(
+                "the node at {} is chain {chain_id}, but chain.chain_id says {want}; fix the RPC URL or the config",
+                cfg.rpc_url
+            );
+        }
+        Ok(Self {
+            provider,
+            registry,
+            chain_id,
+            writer,
+            wallet,
+            confirmations: cfg.confirmations.clone(),
+            timeout,
+            cache: Arc::default(),
+            fees: FeePolicy {
+                replace_after: Duration::from_secs(cfg.replace_after_secs),
+                bump_percent: u128::from(cfg.fee_bump_percent),
+                max_replacements: cfg.max_replacements,
+            },
+            nonces: pool.get(chain_id, writer),
+            reads: Arc::new(ReadBatcher::new(
+                Duration::from_millis(cfg.read_batch_window_ms),
+                cfg.read_batch_max,
+            )),
+        })
+    }
+
+    /// The writer's next nonce as the node sees it (tests and diagnostics).
+    pub async fn provider_nonce(&self) -> u64 {
+        match self.writer {
+            Some(w) => tokio::time::timeout(self.timeout, self.provider.get_transaction_count(w))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// What the core binds a stamp to: this chain, this registry, `writer`.
+    pub fn chain_ref(&self, writer: Address) -> mailstamp_core::ChainRef {
+        mailstamp_core::ChainRef {
+            chain_id: self.chain_id,
+            registry: self.registry.0.0,
+            writer: writer.0.0,
+        }
+    }
+
+    /// Checks that the registry has code and answers `version()`.
+    pub async fn check_registry(&self) -> Result<String> {
+        let reg = StampRegistry::new(self.registry, &self.provider);
+        within(self.timeout, "version()", async {
+            let code = self.provider.get_code_at(self.registry).await?;
+            if code.is_empty() {
+                bail!(
+                    "no contract at {} on chain {}: deploy one with `mailstamp deploy` or fix chain.registry",
+                    self.registry,
+                    self.chain_id
+                );
+            }
+            Ok(reg.version().call().await?)
+        })
+        .await
+    }
+}
+
+/// The key of a registry record: a direct stamp's token or a batch's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKey {
+    /// `stamp(token, …)` / `getStamp`.
+    Stamp(B256),
+    /// `anchor(batchId, …)` / `getAnchor`.
+    Batch(B256),
+}
+
+impl RecordKey {
+    /// The record a header points to.
+    pub fn of(h: &mailstamp_core::StampHeader) -> Self {
+        match &h.mode {
+            mailstamp_core::header::Mode::Direct => Self::Stamp(B256::from(h.token())),
+            mailstamp_core::header::Mode::Batch { batch, .. } => Self::Batch(B256::from(*batch)),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! `mailstamp verify`: a table (or JSON) of verdicts, and the exit status of the worst.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use mailstamp::{
+    chain::Chain,
+    config::Config,
+    util::now,
+    verifying::{self, VerifyContext},
+};
+use mailstamp_core::{Envelope, Report, Status, Verdict};
+use serde_json::json;
+
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Ok(vec![PathBuf::from("-")]);
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("cannot list {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn exit_code(v: Verdict) -> u8 {
+    match v {
+        Verdict::Wanted => 0,
+        Verdict::Suspect => 10,
+        Verdict::Unstamped => 11,
+        Verdict::Invalid => 12,
+        Verdict::Spam => 13,
+        Verdict::Temperror => 14,
+    }
+}
+
+fn differing(r: &Report) -> String {
+    let d: Vec<&str> = r
+        .components
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c.status,
+                Status::Match | Status::Explained | Status::Unavailable
+            )
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    d.join(",")
+}
+
+pub(crate) async fn run(
+    cfg: &Config,
+    paths: &[PathBuf],
+    env: &Envelope,
+    at: Option<u64>,
+    json: bool,
+) -> Result<u8> {
+    let files = expand(paths)?;
+    // A chain that cannot be reached is not an error here: each message becomes `temperror`.
+    let registry = cfg.registry()?;
+    let chain = Chain::connect(&cfg.chain, registry, None).await;
+    let ctx = VerifyContext::from_config(cfg, Some(at.unwrap_or_else(now)))?;
+    if !json {
+        println!(
+            "{:<36} {:<10} {:>5}  {:<28} {:<14} REASON",
+            "FILE", "VERDICT", "SCORE", "DIFFERS", "TX"
+        );
+    }
+    let mut worst = 0u8;
+    for f in &files {
+        let raw = match super::stamp::read_input(f) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("mailstamp: {e:#}");
+                worst = worst.max(1);
+                continue;
+            }
+        };
+        let report = verifying::verify(chain.as_ref(), &ctx, &raw, env).await;
+        let ev = match &chain {
+            Ok(c) => verifying::recording_tx(c, &report, cfg.chain.from_block).await,
+            Err(_) => None,
+        };
+        let (tx, block) = (ev.as_ref().map(|e| e.tx), ev.as_ref().map(|e| e.block));
+        worst = worst.max(exit_code(report.verdict));
+        let file = f.display().to_string();
+        if json {
+            let s = report.stamp.as_ref();
+            let comps: Vec<_> = report
+                .components
+                .iter()
+                .map(|c| json!({"name": c.name, "match": c.status, "weight": c.weight, "note": c.note}))
+                .collect();
+            println!(
+                "{}",
+                json!({
+                    "file": file, "verdict": report.verdict, "score": report.score, "reason": report.reason,
+                    "components": comps,
+                    "chain_id": s.map(|s| s.chain_id), "registry": s.map(|s| &s.registry),
+                    "writer": s.map(|s| &s.writer), "token": s.map(|s| &s.token),
+                    "time": s.and_then(|s| s.time),
+                    "writer_auth": report.writer_auth.as_ref().map(|w| w.as_str()),
+                    "writer_auth_detail": report.writer_auth.as_ref().map(|w| w.detail()), "tx": tx, "block": block,
+                    "explorer": tx.and_then(|t| cfg.tx_link(&t.to_string())),
+                })
+            );
+        } else {
+            let name = Path::new(&file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(file.clone());
+            let score = report
+                .score
+                .map(|s| format!("{s:.2}"))
+                .unwrap_or_else(|| "-".into());
+            let txs = tx
+                .map(|t| {
+                    let s = t.to_string();
+                    format!("{}…{}", &s[..8], &s[s.len() - 4..])
+                })
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{:<36} {:<10} {:>5}  {:<28} {:<14} {}",
+                trunc(&name, 36),
+                report.verdict.as_str(),
+                score,
+                trunc(&differing(&report), 28),
+                txs,
+                report.reason.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(worst)
+}
+
+fn trunc(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}

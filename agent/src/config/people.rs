@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! `[inbound]`, `[allowlist]` and `[recover]`: the unstamped-mail decision (seeds 003, 004),
+//! the self-training allowlist and the Junk recovery pass. Data, defaults and checks only;
+//! the behaviour is in `crate::people`, `crate::inbound` and `crate::recover`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `[inbound]` in the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Decide a folder for inbound mail and add the folder headers; also turns on learning
+    /// the allowlist from outbound mail. Needs the store (`[store] path`). Off by default so
+    /// that an agent without a store or Sieve rule behaves as before.
+    pub enabled: bool,
+    /// The separate folder for mail from strangers (an IMAP folder name, never INBOX).
+    pub folder: String,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            folder: "Unknown".to_owned(),
+        }
+    }
+}
+
+impl InboundConfig {
+    /// Checks that `folder` is a safe IMAP folder name: 1–64 characters of letters, digits,
+    /// `.`, `-`, `_` and `/` (hierarchy), no empty level, not `INBOX`.
+    pub fn check(&self) -> Result<()> {
+        check_folder(&self.folder)
+    }
+}
+
+/// See [`InboundConfig::check`].
+pub fn check_folder(f: &str) -> Result<()> {
+    let ok = !f.is_empty()
+        && f.len() <= 64
+        && f.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'))
+        && f.split(['/', '.']).all(|l| !l.is_empty())
+        && !f.eq_ignore_ascii_case("inbox");
+    if !ok {
+        return Err(Error::config(
+            "inbound.folder",
+            format!(
+                "`{f}` is not a safe folder name: use 1-64 letters, digits, `.`, `-`, `_` (e.g. \"Unknown\"), not INBOX"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[allowlist]` in the configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllowlistConfig {
+    /// Learn from outbound mail and consult the list at inbound.
+    pub enabled: bool,
+    /// Days without traffic after which an entry expires (and is deleted).
+    pub expire_days: u64,
+    /// Most entries per user; when full, the least recently seen entry is dropped.
+    pub max_per_user: usize,
+    /// Partial matches consulted: `name_domain` (same display name and domain), `domain`.
+    pub partial: Vec<PartialMatch>,
+    /// Weight of a full (exact address) match.
+    pub weight_full: f64,
+    /// Weight of a same-display-name-and-domain match.
+    pub weight_name_domain: f64,
+    /// Weight of a same-domain match.
+    pub weight_domain: f64,
+    /// A hit counts toward the inbox only with at least this weight (lighter hits are
+    /// reported, not trusted).
+    pub min_weight: f64,
+}
+
+/// A kind of partial match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartialMatch {
+    /// Same display name (case-insensitive) and same domain.
+    NameDomain,
+    /// Same domain.
+    Domain,
+}
+
+impl Default for AllowlistConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            expire_days: 365,
+            max_per_user: 5_000,
+            partial: vec![PartialMatch::NameDomain, PartialMatch::Domain],
+            weight_full: 1.0,
+            // Below min_weight: partial matches are reported, not trusted (see the module
+            // comment; docs/MTA.md "Matching").
+            weight_name_domain: 0.45,
+            weight_domain: 0.3,
+            min_weight: 0.5,
+        }
+    }
+}
+
+/// `[recover]` in the configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecoverConfig {
+    /// Host names (the `by` of `Received:`) of our own MTA hops, whose trace headers are
+    /// trusted for the SMTP client IP, HELO and MAIL FROM (SPF after delivery). Empty: the
+    /// milter's authserv-id (this host's name by default).
+    pub mta_hosts: Vec<String>,
+    /// Days a recorded decision is kept (bounded growth); older ones are pruned each run, and
+    /// a message still in the folder after that is examined afresh.
+    pub retention_days: u64,
+    /// Seconds between two scans with `--watch`.
+    pub watch_interval_secs: u64,
+}
+
+impl Default for RecoverConfig {
+    fn default() -> Self {
+        Self {
+            mta_hosts: Vec::new(),
+            retention_days: 180,
+            watch_interval_secs: 5,
+        }
+    }
+}
+
+impl AllowlistConfig {
+    /// Rejects weights outside 0..=1 and a zero expiry or cap.
+    pub fn check(&self) -> Result<()> {
+        for (k, v) in [
+            ("weight_full", self.weight_full),
+            ("weight_name_domain", self.weight_name_domain),
+            ("weight_domain", self.weight_domain),
+            ("min_weight", self.min_weight),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::config(
+                    format!("allowlist.{k}"),
+                    format!("is {v}; give a weight between 0 and 1"),
+                ));
+            }
+        }
+        if self.expire_days == 0 {
+            return Err(Error::config(
+                "allowlist.expire_days",
+                "must be at least 1 (days without traffic before an entry goes)",
+            ));
+        }
+        if self.max_per_user == 0 {
+            return Err(Error::config(
+                "allowlist.max_per_user",
+                "must be at least 1; set allowlist.enabled = false to turn learning off",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,555 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The work on one whole message, the same for both adapters: an outbound message is stamped
+//! ([`stamp`]: recorded, or refused, or passed unstamped by policy), an inbound one is judged
+//! ([`judge`]: verified once, parsed once, its action and the headers to add). Outbound mail
+//! teaches the allowlist; authenticated inbound mail completes it; unstamped inbound mail gets
+//! its folder from the people lists ([`folder_headers`]). Store work runs on the blocking pool
+//! within [`STORE_WAIT`], never on a runtime worker.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use mailstamp_core::mail_parser;
+use mailstamp_core::{Envelope, MAX_MESSAGE_BYTES, Report, Verdict};
+use tracing::{info, warn};
+
+use crate::auth::AuthOutcome;
+use crate::config::{Action, Config, StampMode, TroublePolicy};
+use crate::error::Result;
+use crate::inbound::{self, Decision, Folder};
+use crate::maps::VerifyPolicy;
+use crate::people::{FromIdentity, allowlist, user_of};
+use crate::stamping::batcher::{self, Cut};
+use crate::stamping::{self, Stamped};
+use crate::store::Store;
+use crate::util::{clean, now};
+use crate::verifying::{self, VerifyContext};
+
+use super::results::{SCORE_HEADER, VERDICT_HEADER, ar_value};
+use super::verdict::{action_for, adds_headers, verdict_refusal};
+use super::{Daemon, Refusal, Settings};
+
+/// One message from MAIL FROM to the end of its data, as both adapters keep it.
+#[derive(Clone)]
+pub struct Message {
+    /// The settings in force when MAIL FROM came (a reload applies to the next message).
+    pub settings: Arc<Settings>,
+    /// Outbound (stamped) or inbound (verified).
+    pub outbound: bool,
+    /// The envelope sender (MAIL FROM), empty for the null sender.
+    pub sender: String,
+    /// The envelope recipients taken so far.
+    pub rcpts: Vec<String>,
+    /// The sender map's verify policy.
+    pub sender_policy: Option<VerifyPolicy>,
+    /// Each recipient's verify policy, in the order of `rcpts`.
+    pub rcpt_policies: Vec<Option<VerifyPolicy>>,
+}
+
+impl Message {
+    /// A message from `sender`, no recipients yet.
+    pub fn new(
+        settings: Arc<Settings>,
+        outbound: bool,
+        sender: String,
+        sender_policy: Option<VerifyPolicy>,
+    ) -> Self {
+        Self {
+            settings,
+            outbound,
+            sender,
+            rcpts: Vec::new(),
+            sender_policy,
+            rcpt_policies: Vec::new(),
+        }
+    }
+}
+
+/// The SMTP client a message came from: its address and HELO name (SPF).
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// The client's IP address, when known.
+    pub ip: Option<IpAddr>,
+    /// What it said in HELO/EHLO.
+    pub helo: &'a str,
+}
+
+/// What became of an outbound message.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Recorded: the message with its `Mail-Stamp:` header, and where the record landed.
+    Stamped(Stamped),
+    /// Not stamped, passed on by `milter.on_stamp_error = "pass"` with this value (leading
+    /// space) of [`super::UNSTAMPED_HEADER`].
+    Unstamped(String),
+    /// Refused: permanently (5xx, the From domain may not be stamped for, no writer key…) or
+    /// for now (4xx, chain trouble).
+    Refused(Refusal),
+}
+
+/// Stamps an outbound message for its recipients and says what the MTA is to answer: a
+/// refusal that asking again cannot change is permanent (`550 5.7.1` naming the record to
+/// publish, `550 5.3.5` without a writer key) and leaves the chain connection alone; chain or
+/// RPC trouble is `451 4.7.1` and makes the next message reconnect. With `on_stamp_error =
+/// "pass"` both pass unstamped, marked. A stamped message teaches the allowlist.
+pub async fn stamp(d: &Daemon, m: &Message, raw: &[u8]) -> Outbound {
+    let s = &m.settings;
+    match record(d, s, raw, &m.rcpts).await {
+        Ok(st) => {
+            learn_outbound(s, raw, &m.sender, &m.rcpts, now()).await;
+            Outbound::Stamped(st)
+        }
+        Err(e) => match (e.refusal(), s.cfg.milter.on_stamp_error) {
+            (Some((xcode, reason)), TroublePolicy::Tempfail) => {
+                warn!(sender = m.sender, "refusing to stamp: {reason}");
+                Outbound::Refused(Refusal::new(true, xcode, &format!("mailstamp: {reason}")))
+            }
+            (Some((_, reason)), TroublePolicy::Pass) => {
+                warn!(
+                    sender = m.sender,
+                    "not stamped (passed unstamped): {reason}"
+                );
+                Outbound::Unstamped(format!(" refused: {}", clean(reason, 200)))
+            }
+            (None, policy) => {
+                warn!(sender = m.sender, "cannot stamp: {e:#}");
+                d.drop_chain().await;
+                match policy {
+                    TroublePolicy::Tempfail => Outbound::Refused(Refusal::new(
+                        false,
+                        "4.7.1",
+                        "mailstamp: cannot record the stamp now, try again later",
+                    )),
+                    TroublePolicy::Pass => Outbound::Unstamped(" temporary chain error".to_owned()),
+                }
+            }
+        },
+    }
+}
+
+/// Records the stamp of `raw` for `rcpts`: one transaction (`stamp.mode = "direct"`), or a
+/// leaf in the shared batch, waiting at most `stamp.hold_timeout_ms` for its anchor.
+async fn record(d: &Daemon, s: &Settings, raw: &[u8], rcpts: &[String]) -> Result<Stamped> {
+    let env = Envelope {
+        rcpts: rcpts.to_vec(),
+        client_ip: None,
+    };
+    let chain = d
+        .chain()
+        .await
+        .map_err(|e| e.context("chain unavailable"))?;
+    match s.cfg.stamp.mode {
+        StampMode::Direct => stamping::stamp(&chain, &s.stamp, raw, &env).await,
+        StampMode::Batch => {
+            let b = d.batcher().await?;
+            let st = &s.cfg.stamp;
+            let hold = batcher::Hold {
+                cut: Cut {
+                    max: st.batch_max,
+                    wait: Duration::from_millis(st.batch_wait_ms),
+                },
+                timeout: Duration::from_millis(st.hold_timeout_ms),
+            };
+            batcher::stamp_batched(&chain, &s.stamp, &b, hold, raw, &env).await
+        }
+    }
+}
+
+/// The longest a milter/relay session waits for the store (authorised senders, allowlist).
+/// Store work is synchronous SQLite behind a lock: it runs on tokio's blocking pool, never on
+/// a worker, and a session that cannot get it within this time (another writer holds the
+/// SQLite write lock — `recover --apply`, the CLI, another milter) goes on without it:
+/// learning is skipped and logged, the folder decision is the separate folder (never lost).
+pub const STORE_WAIT: Duration = Duration::from_millis(1500);
+
+/// SQLite's busy timeout for the sessions' store work: short, so that a write meeting
+/// another writer's lock gives up (best effort, logged) instead of holding the store's lock
+/// for SQLite's usual 5 s while every other session queues behind it.
+pub const SESSION_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Opens the store for the sessions' people lists (authorised senders, allowlist): its own
+/// connection — not the one batches are written through, which keeps SQLite's 5 s — with
+/// [`SESSION_BUSY_TIMEOUT`].
+pub fn open_people_store(path: &std::path::Path) -> Result<Arc<Store>> {
+    let store = Store::open(path)?;
+    store.with(|c| c.busy_timeout(SESSION_BUSY_TIMEOUT))?;
+    Ok(Arc::new(store))
+}
+
+/// Runs `f` (store work) on the blocking pool ([`Store::call`]); `None` (logged) when it does
+/// not finish within [`STORE_WAIT`]. The work itself still finishes in the background (or
+/// fails on SQLite's own busy timeout).
+async fn store_work<T: Send + 'static>(
+    what: &'static str,
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> T + Send + 'static,
+) -> Option<T> {
+    match tokio::time::timeout(STORE_WAIT, store.call(move |s| Ok(f(s)))).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            warn!("{what}: store task failed: {e:#}");
+            None
+        }
+        Err(_) => {
+            warn!(
+                "{what}: the store is busy (another writer holds it); skipped after {} ms",
+                STORE_WAIT.as_millis()
+            );
+            None
+        }
+    }
+}
+
+/// Outbound learning (seed 004): our user (`sender`, the envelope sender, `+tag` folded) wrote
+/// to each of `rcpts`: create or refresh a partial allowlist entry for each. Best effort:
+/// store trouble or a busy store ([`STORE_WAIT`]) is logged, never fails or holds the
+/// message. Does nothing unless `[inbound] enabled`.
+pub async fn learn_outbound(s: &Settings, raw: &[u8], sender: &str, rcpts: &[String], now: u64) {
+    let Some(store) = s.people.clone() else {
+        return;
+    };
+    if sender.trim().is_empty() || !s.cfg.allowlist.enabled {
+        return;
+    }
+    let user = user_of(sender, s.maps.delimiter);
+    let to = FromIdentity::of_recipients(raw, rcpts);
+    let cfg = s.cfg.clone();
+    store_work("allowlist learning", &store, move |st| {
+        for to in to {
+            if let Err(e) = allowlist::record_outbound(st, &cfg.allowlist, &user, &to, now) {
+                warn!(user, to = to.address, "allowlist not updated: {e:#}");
+            }
+        }
+    })
+    .await;
+}
+
+/// Most recipients given a [`inbound::LIST_HEADER`] field (more are decided, not reported).
+pub const MAX_LIST_HEADERS: usize = 50;
+
+/// An inbound message as the folder decision reads it: parsed once by [`judge`].
+struct Inbound<'a, 'm> {
+    raw: &'a [u8],
+    parsed: Option<&'a mail_parser::Message<'m>>,
+    from: Option<&'a FromIdentity>,
+    rcpts: &'a [String],
+    client: Client<'a>,
+    mail_from: &'a str,
+}
+
+/// The inbound folder decision for every recipient (seeds 003, 004) and the headers that
+/// carry it: [`inbound::FOLDER_HEADER`] (`INBOX` or the separate folder), when recipients
+/// disagree [`inbound::INBOX_FOR_HEADER`] (the recipients for whom it is INBOX), and one
+/// [`inbound::LIST_HEADER`] per recipient with a list hit. Authenticated messages complete
+/// allowlist entries. Nothing for a `spam`/`invalid` stamp (the verdict header files it) or
+/// when `[inbound] enabled` is off.
+async fn folder_headers(
+    s: &Settings,
+    msg: &Inbound<'_, '_>,
+    report: &Report,
+    now: u64,
+) -> Vec<(&'static str, String)> {
+    let (Some(store), Some(authn)) = (&s.people, &s.authenticator) else {
+        return Vec::new();
+    };
+    if matches!(report.verdict, Verdict::Spam | Verdict::Invalid) {
+        return Vec::new();
+    }
+    let auth = if inbound::stamp_authenticates(report) {
+        AuthOutcome::none()
+    } else {
+        let Client { ip, helo } = msg.client;
+        match msg.parsed {
+            Some(p) => {
+                authn
+                    .authenticate_parsed(p, msg.raw, ip, helo, msg.mail_from)
+                    .await
+            }
+            None => AuthOutcome::none(),
+        }
+    };
+    let users: Vec<String> = msg
+        .rcpts
+        .iter()
+        .map(|r| user_of(r, s.maps.delimiter))
+        .collect();
+    let decided = decide_all(s, store, &users, msg.from, report, &auth, now).await;
+    if let Some(ds) = &decided {
+        learn_inbound(s, store, &users, ds, msg.from, now).await;
+    }
+    folder_fields(s, msg.rcpts, decided, report, &auth)
+}
+
+/// Every recipient's decision in one go on the blocking pool (reads only: WAL readers are not
+/// blocked by a writer); `None` when the store is busy ([`STORE_WAIT`]).
+async fn decide_all(
+    s: &Settings,
+    store: &Arc<Store>,
+    users: &[String],
+    from: Option<&FromIdentity>,
+    report: &Report,
+    auth: &AuthOutcome,
+    now: u64,
+) -> Option<Vec<Result<Decision>>> {
+    let (cfg, users, from, report, auth) = (
+        s.cfg.clone(),
+        users.to_vec(),
+        from.cloned(),
+        report.clone(),
+        auth.clone(),
+    );
+    store_work("inbound decision", store, move |st| {
+        users
+            .iter()
+            .map(|user| inbound::decide(st, &cfg, user, from.as_ref(), Some(&report), &auth, now))
+            .collect()
+    })
+    .await
+}
+
+/// Completes the allowlist entries of the users for whom the message is authenticated (the
+/// writes after the reads; a busy store costs the learning, not the decision).
+async fn learn_inbound(
+    s: &Settings,
+    store: &Arc<Store>,
+    users: &[String],
+    decided: &[Result<Decision>],
+    from: Option<&FromIdentity>,
+    now: u64,
+) {
+    let learnable: Vec<(String, Decision)> = users
+        .iter()
+        .zip(decided)
+        .filter_map(|(u, d)| Some((u.clone(), d.as_ref().ok()?.clone())))
+        .filter(|(_, d)| d.authenticated)
+        .collect();
+    if learnable.is_empty() {
+        return;
+    }
+    let (cfg, from): (Arc<Config>, _) = (s.cfg.clone(), from.cloned());
+    store_work("allowlist completion", store, move |st| {
+        for (user, d) in learnable {
+            if let Err(e) = inbound::learn(st, &cfg, &user, from.as_ref(), &d, now) {
+                warn!(user, "allowlist not completed: {e:#}");
+            }
+        }
+    })
+    .await;
+}
+
+/// The folder fields from each recipient's decision (or the store's trouble).
+fn folder_fields(
+    s: &Settings,
+    rcpts: &[String],
+    decided: Option<Vec<Result<Decision>>>,
+    report: &Report,
+    auth: &AuthOutcome,
+) -> Vec<(&'static str, String)> {
+    let mut inbox_for = Vec::new();
+    let mut lists = Vec::new();
+    let mut all_inbox = true;
+    let mut decided = decided.map(Vec::into_iter);
+    for rcpt in rcpts {
+        let d = match decided.as_mut().and_then(Iterator::next) {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                // Never lost: an unreadable store files the message in the separate folder
+                // (a wanted stamp needs no store: INBOX all the same).
+                warn!(rcpt, "inbound decision without the store: {e:#}");
+                store_trouble(report, rcpt, &mut inbox_for, &mut all_inbox);
+                continue;
+            }
+            None => {
+                // The store is busy (logged once above): as above.
+                store_trouble(report, rcpt, &mut inbox_for, &mut all_inbox);
+                continue;
+            }
+        };
+        info!(
+            rcpt,
+            folder = d.folder.name(),
+            reason = d.reason.as_str(),
+            hit = ?d.list_hit,
+            auth = auth.summary(),
+            "inbound folder"
+        );
+        if lists.len() < MAX_LIST_HEADERS
+            && let Some(h) = d.list_header(&clean(&rcpt.to_ascii_lowercase(), 200))
+        {
+            let detail = if d.auth_method == Some("dmarc") || !d.authenticated {
+                // The From domain comes from the message: printable ASCII only.
+                format!(" ({})", clean(&auth.summary(), 300))
+            } else {
+                String::new()
+            };
+            lists.push((inbound::LIST_HEADER, format!("{h}{detail}")));
+        }
+        if d.folder == Folder::Inbox {
+            inbox_for.push(format!("<{}>", clean(&rcpt.to_ascii_lowercase(), 200)));
+        } else {
+            all_inbox = false;
+        }
+    }
+    let separate = Folder::Separate(s.cfg.inbound.folder.clone());
+    let mut headers = Vec::new();
+    if all_inbox && !rcpts.is_empty() {
+        headers.push((inbound::FOLDER_HEADER, " INBOX".to_owned()));
+    } else {
+        headers.push((inbound::FOLDER_HEADER, format!(" {}", separate.name())));
+        if !inbox_for.is_empty() {
+            headers.push((
+                inbound::INBOX_FOR_HEADER,
+                format!(" {}", inbox_for.join(",\n\t")),
+            ));
+        }
+    }
+    headers.extend(lists);
+    headers
+}
+
+/// The folder of `rcpt` when the store could not decide: INBOX for a wanted stamp (the lists
+/// are not needed), else the separate folder.
+fn store_trouble(report: &Report, rcpt: &str, inbox_for: &mut Vec<String>, all_inbox: &mut bool) {
+    if report.verdict == Verdict::Wanted {
+        inbox_for.push(format!("<{}>", clean(&rcpt.to_ascii_lowercase(), 200)));
+    } else {
+        *all_inbox = false;
+    }
+}
+
+/// What verification decided for an inbound message.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    /// The verifier's report.
+    pub report: Report,
+    /// The action ([`action_for`]).
+    pub action: Action,
+    /// The SMTP refusal for `tempfail` / `reject`.
+    pub refusal: Option<Refusal>,
+    /// Headers to add (name, value with leading space, folds joined by LF), in order;
+    /// `Authentication-Results` first, to go on top. Empty unless the action adds headers.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// The verification context of `m`: the configured policy, with the highest threshold any
+/// sender or recipient policy sets.
+fn verify_context(m: &Message) -> VerifyContext {
+    let s = &m.settings;
+    let mut policy = s.cfg.verify.policy();
+    let thresholds = m
+        .rcpt_policies
+        .iter()
+        .map(Option::as_ref)
+        .chain(std::iter::once(m.sender_policy.as_ref()))
+        .filter_map(|p| p.and_then(|p| p.threshold));
+    if let Some(t) = thresholds.reduce(f64::max) {
+        policy.threshold = t;
+    }
+    VerifyContext {
+        authority: s.authority.clone(),
+        trusted: s.cfg.trusted_registries(),
+        policy,
+        now: Some(now()),
+    }
+}
+
+/// Verifies an inbound message and decides its action. The message is parsed once and that
+/// parse serves the verifier, the From identity and DMARC. A `temperror` drops the chain
+/// connection. With `[inbound] enabled`, the folder headers ([`folder_headers`]) follow the
+/// result headers.
+pub async fn judge(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) -> Judgement {
+    let s = &m.settings;
+    let env = Envelope {
+        rcpts: m.rcpts.clone(),
+        client_ip: client.ip,
+    };
+    let ctx = verify_context(m);
+    let parsed = (raw.len() <= MAX_MESSAGE_BYTES)
+        .then(|| verifying::parse(raw))
+        .flatten();
+    let chain = d.chain().await;
+    let report = verifying::verify_parsed(chain.as_ref(), &ctx, raw, parsed.as_ref(), &env).await;
+    if report.verdict == Verdict::Temperror {
+        d.drop_chain().await;
+    }
+    let action = action_for(
+        report.verdict,
+        &s.cfg.milter,
+        m.sender_policy.as_ref(),
+        &m.rcpt_policies,
+    );
+    let mut headers = Vec::new();
+    if adds_headers(action) {
+        let tx = match &chain {
+            Ok(c) if s.cfg.milter.lookup_tx => {
+                verifying::recording_tx(c, &report, s.cfg.chain.from_block)
+                    .await
+                    .map(|r| r.tx)
+            }
+            _ => None,
+        };
+        let from = parsed.as_ref().and_then(FromIdentity::of_parsed);
+        headers = result_headers(s, &report, from.as_ref(), tx);
+        let msg = Inbound {
+            raw,
+            parsed: parsed.as_ref(),
+            from: from.as_ref(),
+            rcpts: &m.rcpts,
+            client,
+            mail_from: &m.sender,
+        };
+        headers.extend(folder_headers(s, &msg, &report, now()).await);
+    }
+    Judgement {
+        refusal: verdict_refusal(action, report.verdict),
+        report,
+        action,
+        headers,
+    }
+}
+
+/// `Authentication-Results` (first, to go on top), the verdict and the score.
+fn result_headers(
+    s: &Settings,
+    report: &Report,
+    from: Option<&FromIdentity>,
+    tx: Option<B256>,
+) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        (
+            "Authentication-Results",
+            ar_value(&s.authserv_id, report, from.map(|f| f.domain.as_str()), tx),
+        ),
+        (VERDICT_HEADER, format!(" {}", report.verdict.as_str())),
+    ];
+    if let Some(sc) = report.score {
+        headers.push((SCORE_HEADER, format!(" {sc:.2}")));
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_store_only_a_wanted_stamp_keeps_the_inbox() {
+        let (mut inbox_for, mut all_inbox) = (Vec::new(), true);
+        let wanted = Report::bare(Verdict::Wanted, "all components match", None);
+        store_trouble(&wanted, "Bob@B.example", &mut inbox_for, &mut all_inbox);
+        assert_eq!(inbox_for, ["<bob@b.example>"]);
+        assert!(all_inbox);
+        for v in [Verdict::Unstamped, Verdict::Suspect, Verdict::Temperror] {
+            let (mut inbox_for, mut all_inbox) = (Vec::new(), true);
+            store_trouble(
+                &Report::bare(v, "x", None),
+                "bob@b.example",
+                &mut inbox_for,
+                &mut all_inbox,
+            );
+            assert!(inbox_for.is_empty() && !all_inbox, "{v:?}");
+        }
+    }
+}
