@@ -15,7 +15,6 @@ use mail_auth::{
     AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult,
     dmarc::verify::DmarcParameters,
 };
-use mailstamp_core::mail_parser;
 use serde::Serialize;
 
 use crate::config::DnsConfig;
@@ -145,21 +144,6 @@ impl Authenticator {
         let Some(msg) = AuthenticatedMessage::parse(raw) else {
             return AuthOutcome::none();
         };
-        self.within_timeout(self.check(msg, client_ip, helo, mail_from))
-            .await
-    }
-
-    /// [`Authenticator::authenticate`] of a message the caller parsed already (with the
-    /// core's parser), so that the inbound path parses each message once.
-    pub async fn authenticate_parsed(
-        &self,
-        parsed: &mail_parser::Message<'_>,
-        raw: &[u8],
-        client_ip: Option<IpAddr>,
-        helo: &str,
-        mail_from: &str,
-    ) -> AuthOutcome {
-        let msg = AuthenticatedMessage::from_parsed(parsed, raw, true);
         self.within_timeout(self.check(msg, client_ip, helo, mail_from))
             .await
     }

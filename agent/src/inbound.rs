@@ -72,21 +72,16 @@ pub enum Reason {
     NoFrom,
 }
 
-impl Reason {
-    /// The snake_case word used in headers and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::StampWanted => "stamp_wanted",
-            Self::StampRejected => "stamp_rejected",
-            Self::AuthorisedSender => "authorised_sender",
-            Self::Allowlisted => "allowlisted",
-            Self::UnauthenticatedHit => "unauthenticated_hit",
-            Self::WeakHit => "weak_hit",
-            Self::Stranger => "stranger",
-            Self::NoFrom => "no_from",
-        }
-    }
-}
+crate::store::stored_enum!(Reason, "folder reason", {
+    StampWanted => "stamp_wanted",
+    StampRejected => "stamp_rejected",
+    AuthorisedSender => "authorised_sender",
+    Allowlisted => "allowlisted",
+    UnauthenticatedHit => "unauthenticated_hit",
+    WeakHit => "weak_hit",
+    Stranger => "stranger",
+    NoFrom => "no_from",
+});
 
 /// Which list a hit is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

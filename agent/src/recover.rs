@@ -268,24 +268,11 @@ crate::store::stored_enum!(Action, "recovery action", {
 });
 
 /// Why a message is released or kept: the inbound decision's reason, or why there was none.
+/// Stored and printed as one word: the decision's ([`Reason`]) or one of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryReason {
-    /// The stamp verdict is `wanted`.
-    StampWanted,
-    /// The stamp verdict is `spam` or `invalid`.
-    StampRejected,
-    /// An authenticated hit in the user's authorised senders.
-    AuthorisedSender,
-    /// An authenticated, heavy enough hit in the allowlist.
-    Allowlisted,
-    /// A list hit, but the message is not authenticated for its From domain.
-    UnauthenticatedHit,
-    /// An authenticated allowlist hit lighter than `min_weight`.
-    WeakHit,
-    /// No list knows the sender.
-    Stranger,
-    /// No usable From address.
-    NoFrom,
+    /// The inbound folder decision, and its reason.
+    Decided(Reason),
     /// Not a message (no header section).
     Unparsable,
     /// Whose lists apply is unknown (no `--user`, no Delivered-To / X-Original-To).
@@ -294,32 +281,66 @@ pub enum RecoveryReason {
     Temperror,
 }
 
-crate::store::stored_enum!(RecoveryReason, "recovery reason", {
-    StampWanted => "stamp_wanted",
-    StampRejected => "stamp_rejected",
-    AuthorisedSender => "authorised_sender",
-    Allowlisted => "allowlisted",
-    UnauthenticatedHit => "unauthenticated_hit",
-    WeakHit => "weak_hit",
-    Stranger => "stranger",
-    NoFrom => "no_from",
-    Unparsable => "unparsable",
-    NoUser => "no-user",
-    Temperror => "temperror",
-});
+/// The words of the reasons that are not a decision's.
+const UNDECIDED: [(RecoveryReason, &str); 3] = [
+    (RecoveryReason::Unparsable, "unparsable"),
+    (RecoveryReason::NoUser, "no-user"),
+    (RecoveryReason::Temperror, "temperror"),
+];
+
+impl RecoveryReason {
+    /// The stored (and printed) word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decided(r) => r.as_str(),
+            other => UNDECIDED
+                .iter()
+                .find(|(r, _)| *r == other)
+                .map_or("", |(_, w)| w),
+        }
+    }
+}
 
 impl From<Reason> for RecoveryReason {
     fn from(r: Reason) -> Self {
-        match r {
-            Reason::StampWanted => Self::StampWanted,
-            Reason::StampRejected => Self::StampRejected,
-            Reason::AuthorisedSender => Self::AuthorisedSender,
-            Reason::Allowlisted => Self::Allowlisted,
-            Reason::UnauthenticatedHit => Self::UnauthenticatedHit,
-            Reason::WeakHit => Self::WeakHit,
-            Reason::Stranger => Self::Stranger,
-            Reason::NoFrom => Self::NoFrom,
+        Self::Decided(r)
+    }
+}
+
+impl std::fmt::Display for RecoveryReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RecoveryReason {
+    type Err = crate::store::UnknownValue;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match UNDECIDED.iter().find(|(_, w)| *w == s) {
+            Some((r, _)) => Ok(*r),
+            None => {
+                s.parse::<Reason>()
+                    .map(Self::Decided)
+                    .map_err(|e| crate::store::UnknownValue {
+                        what: "recovery reason",
+                        ..e
+                    })
+            }
         }
+    }
+}
+
+impl rusqlite::types::FromSql for RecoveryReason {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        v.as_str()?
+            .parse()
+            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
+impl rusqlite::types::ToSql for RecoveryReason {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
     }
 }
 
@@ -375,7 +396,7 @@ impl Outcome {
             user: None,
             from: None,
             action: Action::Keep,
-            reason: RecoveryReason::Stranger,
+            reason: RecoveryReason::Decided(Reason::Stranger),
             detail: String::new(),
             authenticated_sender: None,
             verdict: Verdict::Unstamped,
@@ -418,7 +439,7 @@ impl Outcome {
     /// Trouble that a retry may clear (chain, DNS) is not a decision: examined next run.
     fn defer_trouble(&mut self, report: &mailstamp_core::Report) {
         let dns_trouble = self.auth.dmarc == AuthResult::TempError
-            && self.reason == RecoveryReason::UnauthenticatedHit;
+            && self.reason == RecoveryReason::Decided(Reason::UnauthenticatedHit);
         if self.action == Action::Keep && (report.verdict == Verdict::Temperror || dns_trouble) {
             let why = if report.verdict == Verdict::Temperror {
                 report.reason.clone().unwrap_or_default()
@@ -671,8 +692,8 @@ impl Recoverer {
     /// Examines one message for `user` (or its delivered-to address) and decides.
     pub async fn examine(&self, file: &Path, raw: &[u8], user: Option<&str>) -> Outcome {
         let mut out = Outcome::blank(file, raw);
-        // One parse (the full one: trace and filter headers are read) serves the stamp, DMARC
-        // and the From identity.
+        // One parse (the full one: trace and filter headers are read) serves the stamp and the
+        // From identity; DMARC's mail-auth reads the header section itself.
         let Some(msg) = parse_full(raw) else {
             out.reason = RecoveryReason::Unparsable;
             out.detail = "not an RFC 5322 message (no header section); left in place".into();
@@ -737,7 +758,7 @@ impl Recoverer {
         let (report, auth) = tokio::join!(
             verifying::verify_parsed(self.chain.as_ref(), &verify, raw, Some(msg), &env),
             self.auth
-                .authenticate_parsed(msg, raw, t.client_ip, &t.helo, &t.mail_from)
+                .authenticate(raw, t.client_ip, &t.helo, &t.mail_from)
         );
         out.verdict = report.verdict;
         out.auth = auth;
@@ -1057,8 +1078,13 @@ mod tests {
 
     #[test]
     fn recovery_words_read_back_what_they_write_and_unknown_ones_are_errors() {
-        for r in RecoveryReason::ALL {
-            assert_eq!(r.as_str().parse::<RecoveryReason>(), Ok(*r));
+        let every = Reason::ALL
+            .iter()
+            .map(|r| RecoveryReason::Decided(*r))
+            .chain(UNDECIDED.iter().map(|(r, _)| *r));
+        for r in every {
+            assert_eq!(r.as_str().parse::<RecoveryReason>(), Ok(r));
+            assert!(!r.as_str().is_empty());
         }
         for a in Action::ALL {
             assert_eq!(a.as_str().parse::<Action>(), Ok(*a));
@@ -1092,7 +1118,7 @@ mod tests {
             "u@b.example",
             "0x1",
             Action::Keep,
-            RecoveryReason::Stranger,
+            RecoveryReason::Decided(Reason::Stranger),
             Some("a@x.example"),
             10,
         )
@@ -1101,14 +1127,14 @@ mod tests {
             "u@b.example",
             "0x2",
             Action::Release,
-            RecoveryReason::Allowlisted,
+            RecoveryReason::Decided(Reason::Allowlisted),
             None,
             20,
         )
         .unwrap();
         let r = s.recovery("u@b.example", "0x2").unwrap().unwrap();
         assert_eq!((r.action, r.applied), (Action::Release, false));
-        assert_eq!(r.reason, RecoveryReason::Allowlisted);
+        assert_eq!(r.reason, RecoveryReason::Decided(Reason::Allowlisted));
         s.recovery_applied("u@b.example", "0x2").unwrap();
         assert!(s.recovery("u@b.example", "0x2").unwrap().unwrap().applied);
         let k = s.kept_unlearned("u@b.example").unwrap();

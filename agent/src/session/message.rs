@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::B256;
-use mailstamp_core::mail_parser;
 use mailstamp_core::{Envelope, MAX_MESSAGE_BYTES, Report, Verdict};
 use tracing::{info, warn};
 
@@ -229,10 +228,9 @@ pub async fn learn_outbound(s: &Settings, raw: &[u8], sender: &str, rcpts: &[Str
 /// Most recipients given a [`inbound::LIST_HEADER`] field (more are decided, not reported).
 pub const MAX_LIST_HEADERS: usize = 50;
 
-/// An inbound message as the folder decision reads it: parsed once by [`judge`].
-struct Inbound<'a, 'm> {
+/// An inbound message as the folder decision reads it (its From taken from [`judge`]'s parse).
+struct Inbound<'a> {
     raw: &'a [u8],
-    parsed: Option<&'a mail_parser::Message<'m>>,
     from: Option<&'a FromIdentity>,
     rcpts: &'a [String],
     client: Client<'a>,
@@ -247,7 +245,7 @@ struct Inbound<'a, 'm> {
 /// when `[inbound] enabled` is off.
 async fn folder_headers(
     s: &Settings,
-    msg: &Inbound<'_, '_>,
+    msg: &Inbound<'_>,
     report: &Report,
     now: u64,
 ) -> Vec<(&'static str, String)> {
@@ -260,15 +258,10 @@ async fn folder_headers(
     let auth = if inbound::stamp_authenticates(report) {
         AuthOutcome::none()
     } else {
+        // mail-auth reads the header section with its own parser: its `from_parsed` over our
+        // parse was tried and gave other DKIM results on corpus mail (neutral for pass).
         let Client { ip, helo } = msg.client;
-        match msg.parsed {
-            Some(p) => {
-                authn
-                    .authenticate_parsed(p, msg.raw, ip, helo, msg.mail_from)
-                    .await
-            }
-            None => AuthOutcome::none(),
-        }
+        authn.authenticate(msg.raw, ip, helo, msg.mail_from).await
     };
     let users: Vec<String> = msg
         .rcpts
@@ -456,7 +449,8 @@ fn verify_context(m: &Message) -> VerifyContext {
 }
 
 /// Verifies an inbound message and decides its action. The message is parsed once and that
-/// parse serves the verifier, the From identity and DMARC. A `temperror` drops the chain
+/// parse serves the verifier and the From identity (DMARC's mail-auth reads the header section
+/// itself). A `temperror` drops the chain
 /// connection. With `[inbound] enabled`, the folder headers ([`folder_headers`]) follow the
 /// result headers.
 pub async fn judge(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) -> Judgement {
@@ -494,7 +488,6 @@ pub async fn judge(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) -> J
         headers = result_headers(s, &report, from.as_ref(), tx);
         let msg = Inbound {
             raw,
-            parsed: parsed.as_ref(),
             from: from.as_ref(),
             rcpts: &m.rcpts,
             client,

@@ -275,8 +275,8 @@ mod tests {
         holder.join().unwrap();
     }
 
-    /// Defect 5 of issue 10: an inbound message was parsed by the verifier, again for the From
-    /// identity and again for DMARC. Now one parse serves all three.
+    /// Defect 5 of issue 10: an inbound message was parsed by the verifier and again for the
+    /// From identity. Now one parse serves both (mail-auth reads the header section itself).
     #[tokio::test(flavor = "current_thread")]
     async fn an_inbound_message_is_parsed_once() {
         let path = config(
