@@ -4,7 +4,7 @@
 
 use keccak_asm::Digest as _;
 
-use crate::component::ComponentName;
+use crate::name::ComponentName;
 
 /// A keccak256 state (the Ethereum variant, not SHA3-256), backed by keccak-asm's assembly
 /// permutation; the small surface the pipeline uses.

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 
-use crate::component::ComponentName;
 use crate::digest::{
     self, CommitInput, Commitment, DIGEST_LEN, Digest, RCPT_DIGEST_LEN, RcptDigest, SALT_LEN, Salt,
 };
+use crate::name::{ComponentName, Family};
 
 /// The header field name.
 pub const FIELD_NAME: &str = "Mail-Stamp";
@@ -284,7 +284,7 @@ impl StampHeader {
         for n in h.split(':').filter(|n| !n.is_empty()) {
             let name = ComponentName::parse(n)
                 .ok_or_else(|| bad("h", format!("unknown component `{}`", trunc(n))))?;
-            if name.family == crate::Family::Rcpt {
+            if name.family == Family::Rcpt {
                 return Err(bad("h", "rcpt is carried in tag e, not h"));
             }
             if !uniq.insert(name) {
@@ -370,7 +370,6 @@ fn b64_tag(tag: &'static str, v: &str) -> Result<Vec<u8>, HeaderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Family;
 
     fn sample() -> StampHeader {
         StampHeader {

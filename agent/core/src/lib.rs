@@ -10,14 +10,16 @@ pub mod component;
 pub mod digest;
 pub mod header;
 pub mod merkle;
+pub mod name;
 pub mod stamp;
 pub mod verify;
 pub mod writers;
 
-pub use component::{ComponentName, Envelope, Family, Selection};
+pub use component::{Envelope, Selection};
 pub use header::{HeaderError, StampHeader};
 /// The parser the pipeline is built on, for callers that hold parsed messages.
 pub use mail_parser;
+pub use name::{ComponentName, Family};
 pub use stamp::{ChainRef, Prepared, StampError, insert_header, prepare};
 pub use verify::{Inspection, Lookup, Policy, Report, Status, Verdict, evaluate, inspect};
 pub use writers::WriterAuth;
