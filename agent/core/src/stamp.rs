@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 
 use mail_parser::Message;
 
-use crate::component::{self, ComponentName, Envelope, Family, Selection, Value};
+use crate::component::{self, Envelope, Selection, Value};
 use crate::digest::{self, Commitment, ComponentHasher, Digest, RcptDigest, Salt};
 use crate::header::{FIELD_NAME, Mode, StampHeader};
+use crate::name::{ComponentName, Family};
 
 /// Where a stamp is recorded and who records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,9 +12,10 @@ use mail_parser::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::canon::{self, Lines};
-use crate::component::{self, ComponentName, Decomposed, Envelope, Family, Selection, Value};
+use crate::component::{self, Decomposed, Envelope, Selection, Value};
 use crate::digest::{Commitment, Digest};
 use crate::header::{FIELD_NAME, Mode, StampHeader};
+use crate::name::{ComponentName, Family};
 use crate::stamp::{bytes_digest, rcpt_digests, value_digest};
 use crate::writers::WriterAuth;
 
