@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use mail_parser::{Encoding, Message, MimeHeaders, PartType};
+use mail_parser::{Encoding, Message, MessagePart, MimeHeaders, PartType};
 
 use crate::canon::{self, Lines};
 use crate::digest::{keccak256, keccak256_lf};
@@ -138,175 +138,203 @@ pub fn header_recipients(msg: &Message<'_>) -> Vec<String> {
     set.into_iter().collect()
 }
 
-/// Takes a message apart into the selected components.
+/// Takes a message apart into the selected components, in header order: the header-field
+/// families, `parts`, the body items, `origin`.
 pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decomposed {
     let mut out = Decomposed {
         values: Vec::with_capacity(Family::ALL.len() + 4),
         ..Decomposed::default()
     };
-    let push = |name: ComponentName, v: Value, out: &mut Decomposed| {
-        out.values.push((name, v));
-    };
-
-    let from = from_address(msg);
-    let (local, domain) = canon::split_address(&from);
-    let single = |f| ComponentName::single(f);
-    if sel.has(Family::From) {
-        push(
-            single(Family::From),
-            Value::Bytes(from.as_bytes().to_vec()),
-            &mut out,
-        );
-    }
-    if sel.has(Family::FromLocal) {
-        push(
-            single(Family::FromLocal),
-            Value::Bytes(local.as_bytes().to_vec()),
-            &mut out,
-        );
-    }
-    if sel.has(Family::FromDomain) {
-        push(
-            single(Family::FromDomain),
-            Value::Bytes(domain.as_bytes().to_vec()),
-            &mut out,
-        );
-    }
-    if sel.has(Family::To) {
-        push(
-            single(Family::To),
-            Value::Bytes(address_set(msg.all_to())),
-            &mut out,
-        );
-    }
-    if sel.has(Family::Cc) {
-        push(
-            single(Family::Cc),
-            Value::Bytes(address_set(msg.all_cc())),
-            &mut out,
-        );
-    }
-    if sel.has(Family::Subject) {
-        let s = canon::collapse_whitespace(msg.subject().unwrap_or(""));
-        push(
-            single(Family::Subject),
-            Value::Bytes(s.into_bytes()),
-            &mut out,
-        );
-    }
-    if sel.has(Family::Date) {
-        let d = match msg.date() {
-            Some(d) => d.to_timestamp().to_string(),
-            None => canon::collapse_whitespace(msg.header_raw("Date").unwrap_or("")),
-        };
-        push(single(Family::Date), Value::Bytes(d.into_bytes()), &mut out);
-    }
-    if sel.has(Family::MessageId) {
-        let id = msg.message_id().unwrap_or("").trim();
-        push(
-            single(Family::MessageId),
-            Value::Bytes(id.as_bytes().to_vec()),
-            &mut out,
-        );
-    }
-
-    // Parts, in MIME order; multipart containers are structure and not counted.
-    let mut texts: Vec<Lines> = Vec::new();
-    let mut htmls: Vec<Vec<u8>> = Vec::new();
-    let mut atts: Vec<Vec<u8>> = Vec::new();
-    for (i, part) in msg.parts.iter().enumerate() {
-        let is_att = msg.attachments.contains(&(i as u32));
-        // The attachment's content hash, computed on the parser's buffer without a copy.
-        let content: Option<[u8; 32]> = match &part.body {
-            PartType::Multipart(_) => continue,
-            PartType::Text(t) if !is_att => {
-                texts.push(canon::text_lines(t));
-                None
-            }
-            PartType::Html(h) if !is_att => {
-                htmls.push(canon::collapse_whitespace(h).into_bytes());
-                None
-            }
-            PartType::Text(t) | PartType::Html(t) => Some(keccak256_lf(t.as_bytes())),
-            // Only base64 carries exact bytes; a 7bit/8bit/QP body is line-oriented text whose
-            // line endings are CRLF on the wire and whatever the MTA likes on disk.
-            PartType::Binary(b) | PartType::InlineBinary(b)
-                if part.encoding == Encoding::Base64 =>
-            {
-                Some(keccak256(b))
-            }
-            PartType::Binary(b) | PartType::InlineBinary(b) => Some(keccak256_lf(b)),
-            PartType::Message(m) => Some(keccak256_lf(m.raw_message())),
-        };
-        if let Some(content) = content {
-            let name = part
-                .attachment_name()
-                .map(canon::collapse_whitespace)
-                .unwrap_or_default();
-            let mut v = name.into_bytes();
-            v.push(0);
-            v.extend_from_slice(&content);
-            atts.push(v);
-        }
-    }
-    out.counts = PartCounts {
-        text: texts.len(),
-        html: htmls.len(),
-        att: atts.len(),
-    };
+    push_header_fields(msg, sel, &mut out.values);
+    let body = BodyItems::of(msg);
+    out.counts = body.counts();
     if sel.has(Family::Parts) {
-        push(
-            single(Family::Parts),
-            Value::Bytes(out.counts.value()),
-            &mut out,
-        );
+        let parts = Value::Bytes(out.counts.value());
+        out.values
+            .push((ComponentName::single(Family::Parts), parts));
     }
-
-    // The signature block comes off the first text part.
-    let signature = texts
-        .first_mut()
-        .map(Lines::split_signature)
-        .unwrap_or_default();
-    if sel.has(Family::Text) {
-        for (i, t) in texts.into_iter().take(MAX_PER_FAMILY).enumerate() {
-            let name = ComponentName {
-                family: Family::Text,
-                index: i as u8,
-            };
-            push(name, Value::Lines(t), &mut out);
-        }
-    }
-    if sel.has(Family::Signature) {
-        push(single(Family::Signature), Value::Lines(signature), &mut out);
-    }
-    if sel.has(Family::Html) {
-        for (i, h) in htmls.into_iter().take(MAX_PER_FAMILY).enumerate() {
-            let name = ComponentName {
-                family: Family::Html,
-                index: i as u8,
-            };
-            push(name, Value::Bytes(h), &mut out);
-        }
-    }
-    if sel.has(Family::Attachment) {
-        for (i, a) in atts.into_iter().take(MAX_PER_FAMILY).enumerate() {
-            let name = ComponentName {
-                family: Family::Attachment,
-                index: i as u8,
-            };
-            push(name, Value::Bytes(a), &mut out);
-        }
-    }
+    body.push_selected(sel, &mut out.values);
     if sel.has(Family::Origin)
         && let Some(ip) = env.client_ip
     {
-        push(
-            single(Family::Origin),
-            Value::Bytes(ip.to_string().into_bytes()),
-            &mut out,
-        );
+        let origin = Value::Bytes(ip.to_string().into_bytes());
+        out.values
+            .push((ComponentName::single(Family::Origin), origin));
     }
     out
+}
+
+/// The families read from one header field each, in header order.
+const HEADER_FIELDS: [Family; 8] = [
+    Family::From,
+    Family::FromLocal,
+    Family::FromDomain,
+    Family::To,
+    Family::Cc,
+    Family::Subject,
+    Family::Date,
+    Family::MessageId,
+];
+
+/// Pushes the selected [`HEADER_FIELDS`] components.
+fn push_header_fields(
+    msg: &Message<'_>,
+    sel: &Selection,
+    values: &mut Vec<(ComponentName, Value)>,
+) {
+    let from = from_address(msg);
+    for family in HEADER_FIELDS {
+        if sel.has(family) {
+            let value = Value::Bytes(header_field(msg, family, &from));
+            values.push((ComponentName::single(family), value));
+        }
+    }
+}
+
+/// The canonical value of a [`HEADER_FIELDS`] family; `from` is [`from_address`] of `msg`,
+/// computed once for the three From families.
+fn header_field(msg: &Message<'_>, family: Family, from: &str) -> Vec<u8> {
+    match family {
+        Family::From => from.as_bytes().to_vec(),
+        Family::FromLocal => canon::split_address(from).0.as_bytes().to_vec(),
+        Family::FromDomain => canon::split_address(from).1.as_bytes().to_vec(),
+        Family::To => address_set(msg.all_to()),
+        Family::Cc => address_set(msg.all_cc()),
+        Family::Subject => canon::collapse_whitespace(msg.subject().unwrap_or("")).into_bytes(),
+        Family::Date => match msg.date() {
+            Some(d) => d.to_timestamp().to_string(),
+            None => canon::collapse_whitespace(msg.header_raw("Date").unwrap_or("")),
+        }
+        .into_bytes(),
+        Family::MessageId => msg.message_id().unwrap_or("").trim().as_bytes().to_vec(),
+        // Not header fields; `HEADER_FIELDS` does not list them.
+        Family::Rcpt
+        | Family::Parts
+        | Family::Text
+        | Family::Signature
+        | Family::Html
+        | Family::Attachment
+        | Family::Origin => Vec::new(),
+    }
+}
+
+/// The body items of a message, canonical, in MIME order and before the
+/// [`MAX_PER_FAMILY`] cap.
+struct BodyItems {
+    texts: Vec<Lines>,
+    htmls: Vec<Vec<u8>>,
+    /// File name, a zero byte, content hash.
+    atts: Vec<Vec<u8>>,
+}
+
+impl BodyItems {
+    /// Walks the MIME parts; multipart containers are structure and not counted.
+    fn of(msg: &Message<'_>) -> Self {
+        let mut items = Self {
+            texts: Vec::new(),
+            htmls: Vec::new(),
+            atts: Vec::new(),
+        };
+        for (i, part) in msg.parts.iter().enumerate() {
+            let is_att = msg.attachments.contains(&(i as u32));
+            match &part.body {
+                PartType::Text(t) if !is_att => items.texts.push(canon::text_lines(t)),
+                PartType::Html(h) if !is_att => {
+                    items.htmls.push(canon::collapse_whitespace(h).into_bytes());
+                }
+                _ => {
+                    if let Some(content) = content_hash(part) {
+                        items.atts.push(attachment_value(part, &content));
+                    }
+                }
+            }
+        }
+        items
+    }
+
+    fn counts(&self) -> PartCounts {
+        PartCounts {
+            text: self.texts.len(),
+            html: self.htmls.len(),
+            att: self.atts.len(),
+        }
+    }
+
+    /// Pushes the selected text, signature, html and att components, capped per family.
+    fn push_selected(self, sel: &Selection, values: &mut Vec<(ComponentName, Value)>) {
+        let Self {
+            mut texts,
+            htmls,
+            atts,
+        } = self;
+        // The signature block comes off the first text part.
+        let signature = texts
+            .first_mut()
+            .map(Lines::split_signature)
+            .unwrap_or_default();
+        if sel.has(Family::Text) {
+            push_indexed(Family::Text, texts.into_iter().map(Value::Lines), values);
+        }
+        if sel.has(Family::Signature) {
+            values.push((
+                ComponentName::single(Family::Signature),
+                Value::Lines(signature),
+            ));
+        }
+        if sel.has(Family::Html) {
+            push_indexed(Family::Html, htmls.into_iter().map(Value::Bytes), values);
+        }
+        if sel.has(Family::Attachment) {
+            push_indexed(
+                Family::Attachment,
+                atts.into_iter().map(Value::Bytes),
+                values,
+            );
+        }
+    }
+}
+
+/// Pushes the first [`MAX_PER_FAMILY`] items as `family.0`, `family.1`, …
+fn push_indexed(
+    family: Family,
+    items: impl Iterator<Item = Value>,
+    values: &mut Vec<(ComponentName, Value)>,
+) {
+    for (i, v) in items.take(MAX_PER_FAMILY).enumerate() {
+        let name = ComponentName {
+            family,
+            index: i as u8,
+        };
+        values.push((name, v));
+    }
+}
+
+/// The content hash of a part taken as an attachment, computed on the parser's buffer without
+/// a copy; `None` for a multipart container.
+fn content_hash(part: &MessagePart<'_>) -> Option<[u8; 32]> {
+    match &part.body {
+        PartType::Multipart(_) => None,
+        PartType::Text(t) | PartType::Html(t) => Some(keccak256_lf(t.as_bytes())),
+        // Only base64 carries exact bytes; a 7bit/8bit/QP body is line-oriented text whose
+        // line endings are CRLF on the wire and whatever the MTA likes on disk.
+        PartType::Binary(b) | PartType::InlineBinary(b) if part.encoding == Encoding::Base64 => {
+            Some(keccak256(b))
+        }
+        PartType::Binary(b) | PartType::InlineBinary(b) => Some(keccak256_lf(b)),
+        PartType::Message(m) => Some(keccak256_lf(m.raw_message())),
+    }
+}
+
+/// An `att` value: the file name (whitespace collapsed), a zero byte, the content hash.
+fn attachment_value(part: &MessagePart<'_>, content: &[u8; 32]) -> Vec<u8> {
+    let name = part
+        .attachment_name()
+        .map(canon::collapse_whitespace)
+        .unwrap_or_default();
+    let mut v = name.into_bytes();
+    v.push(0);
+    v.extend_from_slice(content);
+    v
 }
 
 #[cfg(test)]
