@@ -452,6 +452,27 @@ fn the_table_in_lib_rs_is_the_checked_table() {
     );
 }
 
+#[test]
+fn no_function_is_over_the_line_limit() {
+    let (mut sources, _) = module_sources();
+    let lib = std::fs::read_to_string(src_dir().join("lib.rs")).expect("lib.rs readable");
+    sources.insert("lib".to_owned(), lib);
+    let too_long: Vec<String> = sources
+        .iter()
+        .flat_map(|(m, src)| {
+            fn_lengths(src)
+                .into_iter()
+                .filter(|&(_, _, n)| n > MAX_FN_LINES)
+                .map(move |(f, line, n)| format!("src/{m}.rs:{line}: fn {f} is {n} lines"))
+        })
+        .collect();
+    assert!(
+        too_long.is_empty(),
+        "over {MAX_FN_LINES} lines:\n{}",
+        too_long.join("\n")
+    );
+}
+
 // The checker itself, on made-up trees.
 
 fn tree(files: &[(&str, &str)]) -> BTreeMap<String, String> {
