@@ -22,9 +22,11 @@ impl Keccak {
         self.0.update(data);
     }
 
-    /// Writes the 32-byte digest to `out`.
-    pub(crate) fn finalize(self, out: &mut [u8; 32]) {
+    /// The 32-byte digest.
+    pub(crate) fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
         out.copy_from_slice(&self.0.finalize());
+        out
     }
 }
 
@@ -55,9 +57,7 @@ const COMMIT_LABEL: &[u8] = b"mailstamp:v1:commit";
 pub fn keccak256(data: &[u8]) -> [u8; 32] {
     let mut k = Keccak::v256();
     k.update(data);
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    out
+    k.finish()
 }
 
 /// keccak256 of `data` with every CRLF read as LF: `keccak256(&canon::lf_bytes(data))`,
@@ -75,12 +75,11 @@ pub fn keccak256_lf(data: &[u8]) -> [u8; 32] {
         at = cr + 1;
     }
     k.update(&data[from..]);
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    out
+    k.finish()
 }
 
-fn truncate<const N: usize>(full: [u8; 32]) -> [u8; N] {
+/// The first `N` bytes of a digest: the truncated digests, the commitment, a short root.
+pub(crate) fn truncate<const N: usize>(full: [u8; 32]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(&full[..N]);
     out
@@ -111,9 +110,7 @@ impl ComponentHasher {
 
     /// The truncated digest.
     pub fn finish(self) -> Digest {
-        let mut out = [0u8; 32];
-        self.0.finalize(&mut out);
-        truncate(out)
+        truncate(self.0.finish())
     }
 }
 
@@ -130,9 +127,7 @@ pub fn rcpt_digest(salt: &Salt, rcpt: &str) -> RcptDigest {
     k.update(RCPT_LABEL);
     k.update(salt);
     k.update(rcpt.as_bytes());
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    truncate(out)
+    truncate(k.finish())
 }
 
 /// The record key derived from the salt: knowing the token tells nothing about the salt.
@@ -140,9 +135,7 @@ pub fn token(salt: &Salt) -> [u8; 32] {
     let mut k = Keccak::v256();
     k.update(TOKEN_LABEL);
     k.update(salt);
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    out
+    k.finish()
 }
 
 /// Everything the commitment binds, in protocol order.
@@ -183,9 +176,7 @@ pub fn commitment(input: &CommitInput<'_>) -> Commitment {
     for r in input.rcpts {
         k.update(r);
     }
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    truncate(out)
+    truncate(k.finish())
 }
 
 #[cfg(test)]

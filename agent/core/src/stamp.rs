@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use mail_parser::Message;
 
 use crate::component::{self, Envelope, Selection, Value};
-use crate::digest::{self, Commitment, ComponentHasher, Digest, RcptDigest, Salt};
+use crate::digest::{self, Commitment, Digest, RcptDigest, Salt};
 use crate::header::{FIELD_NAME, Mode, StampHeader};
 use crate::name::{ComponentName, Family};
 
@@ -53,9 +53,7 @@ pub(crate) fn value_digest(salt: &Salt, name: &ComponentName, value: &Value) -> 
 
 /// Digest of component `name` with canonical bytes `bytes`.
 pub(crate) fn bytes_digest(salt: &Salt, name: &ComponentName, bytes: &[u8]) -> Digest {
-    let mut h = name.with_str(|n| ComponentHasher::new(salt, n));
-    h.update(bytes);
-    h.finish()
+    name.with_str(|n| digest::component_digest(salt, n, bytes))
 }
 
 /// Canonical, sorted, distinct digests of envelope recipients.
