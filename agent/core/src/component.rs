@@ -104,16 +104,28 @@ impl Decomposed {
     }
 }
 
-fn address_set<'a>(addrs: impl Iterator<Item = &'a mail_parser::Address<'a>>) -> Vec<u8> {
-    let mut set: BTreeSet<String> = BTreeSet::new();
-    for a in addrs {
+/// The canonical addresses in a run of address headers, sorted and distinct.
+pub(crate) fn addresses<'a>(
+    headers: impl Iterator<Item = &'a mail_parser::Address<'a>>,
+) -> BTreeSet<String> {
+    let mut set = BTreeSet::new();
+    for a in headers {
         for addr in a.iter() {
             if let Some(x) = addr.address() {
                 set.insert(canon::address(x));
             }
         }
     }
-    set.into_iter().collect::<Vec<_>>().join("\n").into_bytes()
+    set
+}
+
+/// The `to` and `cc` value: [`addresses`], one per line.
+fn address_set<'a>(headers: impl Iterator<Item = &'a mail_parser::Address<'a>>) -> Vec<u8> {
+    addresses(headers)
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes()
 }
 
 /// The first From address, canonical, or empty.
@@ -127,15 +139,9 @@ pub fn from_address(msg: &Message<'_>) -> String {
 
 /// The To, Cc and Bcc addresses, canonical: the envelope `sendmail -t` would use.
 pub fn header_recipients(msg: &Message<'_>) -> Vec<String> {
-    let mut set = BTreeSet::new();
-    for a in msg.all_to().chain(msg.all_cc()).chain(msg.all_bcc()) {
-        for addr in a.iter() {
-            if let Some(x) = addr.address() {
-                set.insert(canon::address(x));
-            }
-        }
-    }
-    set.into_iter().collect()
+    addresses(msg.all_to().chain(msg.all_cc()).chain(msg.all_bcc()))
+        .into_iter()
+        .collect()
 }
 
 /// Takes a message apart into the selected components, in header order: the header-field

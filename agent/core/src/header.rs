@@ -10,6 +10,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use crate::digest::{
     self, CommitInput, Commitment, DIGEST_LEN, Digest, RCPT_DIGEST_LEN, RcptDigest, SALT_LEN, Salt,
 };
+use crate::hex0x;
 use crate::name::{ComponentName, Family};
 
 /// The header field name.
@@ -137,8 +138,8 @@ impl StampHeader {
         let mut tags = vec![
             ("v", VERSION.to_string()),
             ("c", self.chain_id.to_string()),
-            ("r", format!("0x{}", hex::encode(self.registry))),
-            ("w", format!("0x{}", hex::encode(self.writer))),
+            ("r", hex0x::encode(&self.registry)),
+            ("w", hex0x::encode(&self.writer)),
             (
                 "m",
                 match self.mode {
@@ -154,7 +155,7 @@ impl StampHeader {
             tags.push(("e", B64.encode(rcpts.concat())));
         }
         if let Mode::Batch { batch, proof } = &self.mode {
-            tags.push(("b", format!("0x{}", hex::encode(batch))));
+            tags.push(("b", hex0x::encode(batch)));
             tags.push(("p", B64.encode(proof.concat())));
         }
         tags

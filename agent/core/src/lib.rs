@@ -15,22 +15,24 @@
 //! `tests/layers.rs` checks every module's imports against this table (test modules
 //! excepted) and the table against its own copy.
 //!
-//! | layer | module    | may import                                                     |
-//! |-------|-----------|----------------------------------------------------------------|
-//! | 0     | canon     | —                                                              |
-//! | 0     | name      | —                                                              |
-//! | 0     | writers   | —                                                              |
-//! | 1     | digest    | name                                                           |
-//! | 2     | merkle    | digest                                                         |
-//! | 3     | component | canon, digest, name                                            |
-//! | 3     | header    | digest, merkle, name                                           |
-//! | 4     | stamp     | canon, component, digest, header, merkle, name                 |
-//! | 5     | verify    | canon, component, digest, header, merkle, name, stamp, writers |
+//! | layer | module    | may import                                                            |
+//! |-------|-----------|-----------------------------------------------------------------------|
+//! | 0     | canon     | —                                                                     |
+//! | 0     | hex0x     | —                                                                     |
+//! | 0     | name      | —                                                                     |
+//! | 1     | digest    | name                                                                  |
+//! | 1     | writers   | hex0x                                                                 |
+//! | 2     | merkle    | digest                                                                |
+//! | 3     | component | canon, digest, name                                                   |
+//! | 3     | header    | digest, hex0x, merkle, name                                           |
+//! | 4     | stamp     | canon, component, digest, header, merkle, name                        |
+//! | 5     | verify    | canon, component, digest, header, hex0x, merkle, name, stamp, writers |
 
 pub mod canon;
 pub mod component;
 pub mod digest;
 pub mod header;
+mod hex0x;
 pub mod merkle;
 pub mod name;
 pub mod stamp;

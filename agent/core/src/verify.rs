@@ -16,6 +16,7 @@ use crate::canon::{self, Lines};
 use crate::component::{self, Decomposed, Envelope, Selection, Value};
 use crate::digest::{Commitment, Digest};
 use crate::header::{FIELD_NAME, Mode, StampHeader};
+use crate::hex0x;
 use crate::name::{ComponentName, Family};
 use crate::stamp::{bytes_digest, rcpt_digests, value_digest};
 use crate::writers::WriterAuth;
@@ -187,27 +188,16 @@ impl StampInfo {
     pub fn of(h: &StampHeader) -> Self {
         Self {
             chain_id: h.chain_id,
-            registry: hex0x(&h.registry),
-            writer: hex0x(&h.writer),
-            token: hex0x(&h.token()),
+            registry: hex0x::encode(&h.registry),
+            writer: hex0x::encode(&h.writer),
+            token: hex0x::encode(&h.token()),
             batch: match &h.mode {
                 Mode::Direct => None,
-                Mode::Batch { batch, .. } => Some(hex0x(batch)),
+                Mode::Batch { batch, .. } => Some(hex0x::encode(batch)),
             },
             time: None,
         }
     }
-}
-
-/// `0x` and lower-case hex, in one allocation.
-fn hex0x(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(2 + 2 * bytes.len());
-    out.push_str("0x");
-    for b in bytes {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    out
 }
 
 /// The outcome of verifying one message.
@@ -678,11 +668,8 @@ fn compare_rcpts(
         if !trace.is_empty() {
             (trace, true, "delivery headers")
         } else {
-            let mut hdr: Vec<String> = Vec::new();
-            for a in msg.all_to().chain(msg.all_cc()) {
-                hdr.extend(a.iter().filter_map(|x| x.address()).map(canon::address));
-            }
-            (hdr, false, "To/Cc headers")
+            let hdr = component::addresses(msg.all_to().chain(msg.all_cc()));
+            (hdr.into_iter().collect(), false, "To/Cc headers")
         }
     };
     if list.is_empty() {

@@ -27,12 +27,12 @@ const LAYERS: &[Row] = &[
         may_import: &[],
     },
     Row {
-        module: "name",
+        module: "hex0x",
         layer: 0,
         may_import: &[],
     },
     Row {
-        module: "writers",
+        module: "name",
         layer: 0,
         may_import: &[],
     },
@@ -40,6 +40,11 @@ const LAYERS: &[Row] = &[
         module: "digest",
         layer: 1,
         may_import: &["name"],
+    },
+    Row {
+        module: "writers",
+        layer: 1,
+        may_import: &["hex0x"],
     },
     Row {
         module: "merkle",
@@ -54,7 +59,7 @@ const LAYERS: &[Row] = &[
     Row {
         module: "header",
         layer: 3,
-        may_import: &["digest", "merkle", "name"],
+        may_import: &["digest", "hex0x", "merkle", "name"],
     },
     Row {
         module: "stamp",
@@ -69,6 +74,7 @@ const LAYERS: &[Row] = &[
             "component",
             "digest",
             "header",
+            "hex0x",
             "merkle",
             "name",
             "stamp",
