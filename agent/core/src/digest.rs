@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! The hash functions of protocol v1 (docs/PROTOCOL.md §4). Every input starts with a
-//! domain-separation label so a digest of one kind can never stand in for another.
+//! The hash functions of protocol v1 (docs/PROTOCOL.md §4). Owns the keccak256 primitive
+//! (keccak-asm underneath), the sizes and types of salts, digests and commitments, and the
+//! labelled hashes built on them: component and recipient digests, the token, the commitment.
+//! Every input starts with a domain-separation label so a digest of one kind can never stand
+//! in for another. Component names reach it only as text to hash.
 
 use keccak_asm::Digest as _;
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The `Mail-Stamp:` header field (docs/PROTOCOL.md §2): encoding, folding and a strict,
 //! bounded decoder. A header that does not decode is the verdict `invalid`, never a panic.
+//! Owns [`StampHeader`], its recording [`Mode`] and the commitment a header claims.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;

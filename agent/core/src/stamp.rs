@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! Outbound: compute a stamp for a message (docs/PROTOCOL.md §4) and put its header on.
+//! Outbound: compute a stamp for a message (docs/PROTOCOL.md §4), put its header on, and
+//! gather stamps into a batch (§5a). Owns the digests of decomposed values and of recipient
+//! lists, which verification recomputes the same way.
 
 use std::collections::BTreeSet;
 

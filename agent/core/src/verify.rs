@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! Inbound: find the stamp, compare the message with it, and decide (docs/PROTOCOL.md §5).
+//! Inbound: find the stamp, compare the message with it, and decide (docs/PROTOCOL.md §6–§8).
+//! Owns the verdict and its [`Report`], the matching [`Policy`], the per-component comparison
+//! and the further processing that explains what lists change (list footers, subject tags).
 //!
 //! Verification is split in two so that this crate stays free of I/O: [`inspect`] finds and
 //! decodes the header; the caller looks the record up on chain; [`evaluate`] decides. The

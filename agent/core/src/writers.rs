@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! Who may stamp for a domain (docs/PROTOCOL.md §6): the writer record a domain publishes in
+//! Who may stamp for a domain (docs/PROTOCOL.md §6a): the writer record a domain publishes in
 //! DNS at `_mailstamp.<domain>`, parsed strictly, and the outcome of checking a stamp's writer
 //! against it — shaped like mail-auth's results, so DNS trouble is a temporary error, never a
 //! failure.
