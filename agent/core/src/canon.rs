@@ -3,7 +3,9 @@
 //!
 //! Everything here works on text mail-parser has already decoded (RFC 2047 words, QP, base64,
 //! charsets), so re-encoding never reaches a hash. On top of that we normalise line endings and
-//! whitespace the way DKIM's "relaxed" canonicalisation does, but on decoded text.
+//! whitespace the way DKIM's "relaxed" canonicalisation does, but on decoded text. Owns the
+//! canonical forms of text ([`collapse_whitespace`], body [`Lines`] and the signature cut),
+//! of mailbox addresses, of line endings, and the list-tag cuts of a subject.
 
 /// Collapses every run of whitespace (including line breaks) into one space and trims the ends.
 /// Used for one-line values (Subject) and for HTML, where whitespace carries no meaning.

@@ -1,212 +1,17 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Decomposition: a parsed message becomes named components in canonical form
-//! (docs/PROTOCOL.md §3). Which families are taken is the caller's [`Selection`].
+//! (docs/PROTOCOL.md §3). Which families are taken is the caller's [`Selection`]; what the
+//! MTA knows beyond the bytes is the [`Envelope`]. Owns the component values ([`Value`],
+//! [`Decomposed`]) and the address sets the header fields reduce to; the names themselves
+//! live in [`crate::name`] and are re-exported here.
 
-use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr};
+use std::{collections::BTreeSet, net::IpAddr};
 
-use mail_parser::{Encoding, Message, MimeHeaders, PartType};
-use serde::{Deserialize, Serialize};
+use mail_parser::{Encoding, Message, MessagePart, MimeHeaders, PartType};
 
 use crate::canon::{self, Lines};
 use crate::digest::{keccak256, keccak256_lf};
-
-/// At most this many items of one indexed family (text, html, att) are stamped; the `parts`
-/// component still counts them all, so adding or removing one beyond the cap is seen.
-pub const MAX_PER_FAMILY: usize = 16;
-
-/// A kind of component. Indexed families (text, html, att) yield one component per item,
-/// named `family.N`; the others yield exactly one component named like the family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Family {
-    /// The first From address.
-    From,
-    /// Its local part.
-    FromLocal,
-    /// Its domain.
-    FromDomain,
-    /// The set of To addresses.
-    To,
-    /// The set of Cc addresses.
-    Cc,
-    /// The set of envelope recipients (carried as per-recipient digests, so Bcc works).
-    Rcpt,
-    /// The decoded Subject.
-    Subject,
-    /// The Date, as a UTC timestamp.
-    Date,
-    /// The Message-ID.
-    MessageId,
-    /// How many items each indexed family has.
-    Parts,
-    /// Each text part (the first one without its signature block).
-    Text,
-    /// The signature block of the first text part.
-    Signature,
-    /// Each HTML part.
-    Html,
-    /// Each attachment: file name and content hash.
-    Attachment,
-    /// The IP address the writer delivers from, compared with the receiver's SMTP client IP.
-    Origin,
-}
-
-impl Family {
-    /// Every family, in header order.
-    pub const ALL: [Family; 15] = [
-        Family::From,
-        Family::FromLocal,
-        Family::FromDomain,
-        Family::To,
-        Family::Cc,
-        Family::Rcpt,
-        Family::Subject,
-        Family::Date,
-        Family::MessageId,
-        Family::Parts,
-        Family::Text,
-        Family::Signature,
-        Family::Html,
-        Family::Attachment,
-        Family::Origin,
-    ];
-
-    /// The protocol name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::From => "from",
-            Family::FromLocal => "from.local",
-            Family::FromDomain => "from.domain",
-            Family::To => "to",
-            Family::Cc => "cc",
-            Family::Rcpt => "rcpt",
-            Family::Subject => "subject",
-            Family::Date => "date",
-            Family::MessageId => "message-id",
-            Family::Parts => "parts",
-            Family::Text => "text",
-            Family::Signature => "signature",
-            Family::Html => "html",
-            Family::Attachment => "att",
-            Family::Origin => "origin",
-        }
-    }
-
-    /// The family with protocol name `s`.
-    pub fn lookup(s: &str) -> Option<Family> {
-        Family::ALL.into_iter().find(|f| f.as_str() == s)
-    }
-
-    /// Whether components of this family carry an index (`text.0`).
-    pub fn indexed(self) -> bool {
-        matches!(self, Family::Text | Family::Html | Family::Attachment)
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Family {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Family::lookup(s).ok_or_else(|| {
-            let known: Vec<_> = Family::ALL.iter().map(|f| f.as_str()).collect();
-            format!(
-                "unknown component family `{s}` (known: {})",
-                known.join(", ")
-            )
-        })
-    }
-}
-
-impl TryFrom<String> for Family {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Family> for String {
-    fn from(f: Family) -> String {
-        f.as_str().to_owned()
-    }
-}
-
-/// A component name as it appears in the header: a family and, for indexed ones, an index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ComponentName {
-    /// The family.
-    pub family: Family,
-    /// The item index for indexed families, 0 otherwise.
-    pub index: u8,
-}
-
-impl ComponentName {
-    /// A non-indexed component.
-    pub fn single(family: Family) -> Self {
-        Self { family, index: 0 }
-    }
-
-    /// Parses `subject` or `text.3`. Indices run from 0 to [`MAX_PER_FAMILY`]` - 1`.
-    pub fn parse(s: &str) -> Option<Self> {
-        // `Family::lookup`, not `FromStr`: its error message is not needed here, and this
-        // runs for every name of every header verified.
-        if let Some(family) = Family::lookup(s) {
-            return (!family.indexed()).then_some(Self::single(family));
-        }
-        let (fam, idx) = s.rsplit_once('.')?;
-        let family = Family::lookup(fam)?;
-        if !family.indexed()
-            || idx.is_empty()
-            || idx.len() > 2
-            || (idx.len() > 1 && idx.starts_with('0'))
-        {
-            return None;
-        }
-        let index: u8 = idx.parse().ok()?;
-        (usize::from(index) < MAX_PER_FAMILY).then_some(Self { family, index })
-    }
-}
-
-impl ComponentName {
-    /// Calls `f` with the name as text (what `Display` writes), without allocating.
-    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        let fam = self.family.as_str();
-        if !self.family.indexed() {
-            return f(fam);
-        }
-        let mut buf = [0u8; 16];
-        let mut n = fam.len();
-        buf[..n].copy_from_slice(fam.as_bytes());
-        buf[n] = b'.';
-        n += 1;
-        if self.index >= 100 {
-            buf[n] = b'0' + self.index / 100;
-            n += 1;
-        }
-        if self.index >= 10 {
-            buf[n] = b'0' + self.index / 10 % 10;
-            n += 1;
-        }
-        buf[n] = b'0' + self.index % 10;
-        n += 1;
-        // Only ASCII was written.
-        f(std::str::from_utf8(&buf[..n]).unwrap_or(fam))
-    }
-}
-
-impl fmt::Display for ComponentName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.family.indexed() {
-            write!(f, "{}.{}", self.family, self.index)
-        } else {
-            f.write_str(self.family.as_str())
-        }
-    }
-}
+pub use crate::name::{ComponentName, Family, MAX_PER_FAMILY};
 
 /// Which families a stamp covers. The default is all of them; `origin` is only stamped when
 /// the origin IP is known.
@@ -299,16 +104,28 @@ impl Decomposed {
     }
 }
 
-fn address_set<'a>(addrs: impl Iterator<Item = &'a mail_parser::Address<'a>>) -> Vec<u8> {
-    let mut set: BTreeSet<String> = BTreeSet::new();
-    for a in addrs {
+/// The canonical addresses in a run of address headers, sorted and distinct.
+pub(crate) fn addresses<'a>(
+    headers: impl Iterator<Item = &'a mail_parser::Address<'a>>,
+) -> BTreeSet<String> {
+    let mut set = BTreeSet::new();
+    for a in headers {
         for addr in a.iter() {
             if let Some(x) = addr.address() {
                 set.insert(canon::address(x));
             }
         }
     }
-    set.into_iter().collect::<Vec<_>>().join("\n").into_bytes()
+    set
+}
+
+/// The `to` and `cc` value: [`addresses`], one per line.
+fn address_set<'a>(headers: impl Iterator<Item = &'a mail_parser::Address<'a>>) -> Vec<u8> {
+    addresses(headers)
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes()
 }
 
 /// The first From address, canonical, or empty.
@@ -322,220 +139,213 @@ pub fn from_address(msg: &Message<'_>) -> String {
 
 /// The To, Cc and Bcc addresses, canonical: the envelope `sendmail -t` would use.
 pub fn header_recipients(msg: &Message<'_>) -> Vec<String> {
-    let mut set = BTreeSet::new();
-    for a in msg.all_to().chain(msg.all_cc()).chain(msg.all_bcc()) {
-        for addr in a.iter() {
-            if let Some(x) = addr.address() {
-                set.insert(canon::address(x));
-            }
-        }
-    }
-    set.into_iter().collect()
+    addresses(msg.all_to().chain(msg.all_cc()).chain(msg.all_bcc()))
+        .into_iter()
+        .collect()
 }
 
-/// Takes a message apart into the selected components.
+/// Takes a message apart into the selected components, in header order: the header-field
+/// families, `parts`, the body items, `origin`.
 pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decomposed {
     let mut out = Decomposed {
         values: Vec::with_capacity(Family::ALL.len() + 4),
         ..Decomposed::default()
     };
-    let push = |name: ComponentName, v: Value, out: &mut Decomposed| {
-        out.values.push((name, v));
-    };
-
-    let from = from_address(msg);
-    let (local, domain) = canon::split_address(&from);
-    let single = |f| ComponentName::single(f);
-    if sel.has(Family::From) {
-        push(
-            single(Family::From),
-            Value::Bytes(from.as_bytes().to_vec()),
-            &mut out,
-        );
-    }
-    if sel.has(Family::FromLocal) {
-        push(
-            single(Family::FromLocal),
-            Value::Bytes(local.as_bytes().to_vec()),
-            &mut out,
-        );
-    }
-    if sel.has(Family::FromDomain) {
-        push(
-            single(Family::FromDomain),
-            Value::Bytes(domain.as_bytes().to_vec()),
-            &mut out,
-        );
-    }
-    if sel.has(Family::To) {
-        push(
-            single(Family::To),
-            Value::Bytes(address_set(msg.all_to())),
-            &mut out,
-        );
-    }
-    if sel.has(Family::Cc) {
-        push(
-            single(Family::Cc),
-            Value::Bytes(address_set(msg.all_cc())),
-            &mut out,
-        );
-    }
-    if sel.has(Family::Subject) {
-        let s = canon::collapse_whitespace(msg.subject().unwrap_or(""));
-        push(
-            single(Family::Subject),
-            Value::Bytes(s.into_bytes()),
-            &mut out,
-        );
-    }
-    if sel.has(Family::Date) {
-        let d = match msg.date() {
-            Some(d) => d.to_timestamp().to_string(),
-            None => canon::collapse_whitespace(msg.header_raw("Date").unwrap_or("")),
-        };
-        push(single(Family::Date), Value::Bytes(d.into_bytes()), &mut out);
-    }
-    if sel.has(Family::MessageId) {
-        let id = msg.message_id().unwrap_or("").trim();
-        push(
-            single(Family::MessageId),
-            Value::Bytes(id.as_bytes().to_vec()),
-            &mut out,
-        );
-    }
-
-    // Parts, in MIME order; multipart containers are structure and not counted.
-    let mut texts: Vec<Lines> = Vec::new();
-    let mut htmls: Vec<Vec<u8>> = Vec::new();
-    let mut atts: Vec<Vec<u8>> = Vec::new();
-    for (i, part) in msg.parts.iter().enumerate() {
-        let is_att = msg.attachments.contains(&(i as u32));
-        // The attachment's content hash, computed on the parser's buffer without a copy.
-        let content: Option<[u8; 32]> = match &part.body {
-            PartType::Multipart(_) => continue,
-            PartType::Text(t) if !is_att => {
-                texts.push(canon::text_lines(t));
-                None
-            }
-            PartType::Html(h) if !is_att => {
-                htmls.push(canon::collapse_whitespace(h).into_bytes());
-                None
-            }
-            PartType::Text(t) | PartType::Html(t) => Some(keccak256_lf(t.as_bytes())),
-            // Only base64 carries exact bytes; a 7bit/8bit/QP body is line-oriented text whose
-            // line endings are CRLF on the wire and whatever the MTA likes on disk.
-            PartType::Binary(b) | PartType::InlineBinary(b)
-                if part.encoding == Encoding::Base64 =>
-            {
-                Some(keccak256(b))
-            }
-            PartType::Binary(b) | PartType::InlineBinary(b) => Some(keccak256_lf(b)),
-            PartType::Message(m) => Some(keccak256_lf(m.raw_message())),
-        };
-        if let Some(content) = content {
-            let name = part
-                .attachment_name()
-                .map(canon::collapse_whitespace)
-                .unwrap_or_default();
-            let mut v = name.into_bytes();
-            v.push(0);
-            v.extend_from_slice(&content);
-            atts.push(v);
-        }
-    }
-    out.counts = PartCounts {
-        text: texts.len(),
-        html: htmls.len(),
-        att: atts.len(),
-    };
+    push_header_fields(msg, sel, &mut out.values);
+    let body = BodyItems::of(msg);
+    out.counts = body.counts();
     if sel.has(Family::Parts) {
-        push(
-            single(Family::Parts),
-            Value::Bytes(out.counts.value()),
-            &mut out,
-        );
+        let parts = Value::Bytes(out.counts.value());
+        out.values
+            .push((ComponentName::single(Family::Parts), parts));
     }
-
-    // The signature block comes off the first text part.
-    let signature = texts
-        .first_mut()
-        .map(Lines::split_signature)
-        .unwrap_or_default();
-    if sel.has(Family::Text) {
-        for (i, t) in texts.into_iter().take(MAX_PER_FAMILY).enumerate() {
-            let name = ComponentName {
-                family: Family::Text,
-                index: i as u8,
-            };
-            push(name, Value::Lines(t), &mut out);
-        }
-    }
-    if sel.has(Family::Signature) {
-        push(single(Family::Signature), Value::Lines(signature), &mut out);
-    }
-    if sel.has(Family::Html) {
-        for (i, h) in htmls.into_iter().take(MAX_PER_FAMILY).enumerate() {
-            let name = ComponentName {
-                family: Family::Html,
-                index: i as u8,
-            };
-            push(name, Value::Bytes(h), &mut out);
-        }
-    }
-    if sel.has(Family::Attachment) {
-        for (i, a) in atts.into_iter().take(MAX_PER_FAMILY).enumerate() {
-            let name = ComponentName {
-                family: Family::Attachment,
-                index: i as u8,
-            };
-            push(name, Value::Bytes(a), &mut out);
-        }
-    }
+    body.push_selected(sel, &mut out.values);
     if sel.has(Family::Origin)
         && let Some(ip) = env.client_ip
     {
-        push(
-            single(Family::Origin),
-            Value::Bytes(ip.to_string().into_bytes()),
-            &mut out,
-        );
+        let origin = Value::Bytes(ip.to_string().into_bytes());
+        out.values
+            .push((ComponentName::single(Family::Origin), origin));
     }
     out
+}
+
+/// The families read from one header field each, in header order.
+const HEADER_FIELDS: [Family; 8] = [
+    Family::From,
+    Family::FromLocal,
+    Family::FromDomain,
+    Family::To,
+    Family::Cc,
+    Family::Subject,
+    Family::Date,
+    Family::MessageId,
+];
+
+/// Pushes the selected [`HEADER_FIELDS`] components.
+fn push_header_fields(
+    msg: &Message<'_>,
+    sel: &Selection,
+    values: &mut Vec<(ComponentName, Value)>,
+) {
+    let from = from_address(msg);
+    for family in HEADER_FIELDS {
+        if sel.has(family) {
+            let value = Value::Bytes(header_field(msg, family, &from));
+            values.push((ComponentName::single(family), value));
+        }
+    }
+}
+
+/// The canonical value of a [`HEADER_FIELDS`] family; `from` is [`from_address`] of `msg`,
+/// computed once for the three From families.
+fn header_field(msg: &Message<'_>, family: Family, from: &str) -> Vec<u8> {
+    match family {
+        Family::From => from.as_bytes().to_vec(),
+        Family::FromLocal => canon::split_address(from).0.as_bytes().to_vec(),
+        Family::FromDomain => canon::split_address(from).1.as_bytes().to_vec(),
+        Family::To => address_set(msg.all_to()),
+        Family::Cc => address_set(msg.all_cc()),
+        Family::Subject => canon::collapse_whitespace(msg.subject().unwrap_or("")).into_bytes(),
+        Family::Date => match msg.date() {
+            Some(d) => d.to_timestamp().to_string(),
+            None => canon::collapse_whitespace(msg.header_raw("Date").unwrap_or("")),
+        }
+        .into_bytes(),
+        Family::MessageId => msg.message_id().unwrap_or("").trim().as_bytes().to_vec(),
+        // Not header fields; `HEADER_FIELDS` does not list them.
+        Family::Rcpt
+        | Family::Parts
+        | Family::Text
+        | Family::Signature
+        | Family::Html
+        | Family::Attachment
+        | Family::Origin => Vec::new(),
+    }
+}
+
+/// The body items of a message, canonical, in MIME order and before the
+/// [`MAX_PER_FAMILY`] cap.
+struct BodyItems {
+    texts: Vec<Lines>,
+    htmls: Vec<Vec<u8>>,
+    /// File name, a zero byte, content hash.
+    atts: Vec<Vec<u8>>,
+}
+
+impl BodyItems {
+    /// Walks the MIME parts; multipart containers are structure and not counted.
+    fn of(msg: &Message<'_>) -> Self {
+        let mut items = Self {
+            texts: Vec::new(),
+            htmls: Vec::new(),
+            atts: Vec::new(),
+        };
+        for (i, part) in msg.parts.iter().enumerate() {
+            let is_att = msg.attachments.contains(&(i as u32));
+            match &part.body {
+                PartType::Text(t) if !is_att => items.texts.push(canon::text_lines(t)),
+                PartType::Html(h) if !is_att => {
+                    items.htmls.push(canon::collapse_whitespace(h).into_bytes());
+                }
+                _ => {
+                    if let Some(content) = content_hash(part) {
+                        items.atts.push(attachment_value(part, &content));
+                    }
+                }
+            }
+        }
+        items
+    }
+
+    fn counts(&self) -> PartCounts {
+        PartCounts {
+            text: self.texts.len(),
+            html: self.htmls.len(),
+            att: self.atts.len(),
+        }
+    }
+
+    /// Pushes the selected text, signature, html and att components, capped per family.
+    fn push_selected(self, sel: &Selection, values: &mut Vec<(ComponentName, Value)>) {
+        let Self {
+            mut texts,
+            htmls,
+            atts,
+        } = self;
+        // The signature block comes off the first text part.
+        let signature = texts
+            .first_mut()
+            .map(Lines::split_signature)
+            .unwrap_or_default();
+        if sel.has(Family::Text) {
+            push_indexed(Family::Text, texts.into_iter().map(Value::Lines), values);
+        }
+        if sel.has(Family::Signature) {
+            values.push((
+                ComponentName::single(Family::Signature),
+                Value::Lines(signature),
+            ));
+        }
+        if sel.has(Family::Html) {
+            push_indexed(Family::Html, htmls.into_iter().map(Value::Bytes), values);
+        }
+        if sel.has(Family::Attachment) {
+            push_indexed(
+                Family::Attachment,
+                atts.into_iter().map(Value::Bytes),
+                values,
+            );
+        }
+    }
+}
+
+/// Pushes the first [`MAX_PER_FAMILY`] items as `family.0`, `family.1`, …
+fn push_indexed(
+    family: Family,
+    items: impl Iterator<Item = Value>,
+    values: &mut Vec<(ComponentName, Value)>,
+) {
+    for (i, v) in items.take(MAX_PER_FAMILY).enumerate() {
+        let name = ComponentName {
+            family,
+            index: i as u8,
+        };
+        values.push((name, v));
+    }
+}
+
+/// The content hash of a part taken as an attachment, computed on the parser's buffer without
+/// a copy; `None` for a multipart container.
+fn content_hash(part: &MessagePart<'_>) -> Option<[u8; 32]> {
+    match &part.body {
+        PartType::Multipart(_) => None,
+        PartType::Text(t) | PartType::Html(t) => Some(keccak256_lf(t.as_bytes())),
+        // Only base64 carries exact bytes; a 7bit/8bit/QP body is line-oriented text whose
+        // line endings are CRLF on the wire and whatever the MTA likes on disk.
+        PartType::Binary(b) | PartType::InlineBinary(b) if part.encoding == Encoding::Base64 => {
+            Some(keccak256(b))
+        }
+        PartType::Binary(b) | PartType::InlineBinary(b) => Some(keccak256_lf(b)),
+        PartType::Message(m) => Some(keccak256_lf(m.raw_message())),
+    }
+}
+
+/// An `att` value: the file name (whitespace collapsed), a zero byte, the content hash.
+fn attachment_value(part: &MessagePart<'_>, content: &[u8; 32]) -> Vec<u8> {
+    let name = part
+        .attachment_name()
+        .map(canon::collapse_whitespace)
+        .unwrap_or_default();
+    let mut v = name.into_bytes();
+    v.push(0);
+    v.extend_from_slice(content);
+    v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_round_trip_and_reject_garbage() {
-        for s in [
-            "from",
-            "from.local",
-            "text.0",
-            "att.15",
-            "message-id",
-            "origin",
-        ] {
-            let n = ComponentName::parse(s).unwrap();
-            assert_eq!(n.to_string(), s);
-            n.with_str(|x| assert_eq!(x, s));
-        }
-        // `with_str` agrees with `Display` for every name that can be built, even indices the
-        // protocol does not use.
-        for family in Family::ALL {
-            for index in 0..=u8::MAX {
-                let n = ComponentName { family, index };
-                n.with_str(|x| assert_eq!(x, n.to_string()));
-            }
-        }
-        for s in [
-            "text", "from.0", "att.16", "text.01", "text.", "nope", "html.-1", "",
-        ] {
-            assert!(ComponentName::parse(s).is_none(), "{s}");
-        }
-    }
 
     #[test]
     fn canonical_bytes_are_what_is_hashed() {

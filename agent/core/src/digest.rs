@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! The hash functions of protocol v1 (docs/PROTOCOL.md §4). Every input starts with a
-//! domain-separation label so a digest of one kind can never stand in for another.
+//! The hash functions of protocol v1 (docs/PROTOCOL.md §4). Owns the keccak256 primitive
+//! (keccak-asm underneath), the sizes and types of salts, digests and commitments, and the
+//! labelled hashes built on them: component and recipient digests, the token, the commitment.
+//! Every input starts with a domain-separation label so a digest of one kind can never stand
+//! in for another. Component names reach it only as text to hash.
 
 use keccak_asm::Digest as _;
 
-use crate::component::ComponentName;
+use crate::name::ComponentName;
 
 /// A keccak256 state (the Ethereum variant, not SHA3-256), backed by keccak-asm's assembly
 /// permutation; the small surface the pipeline uses.
@@ -22,9 +25,11 @@ impl Keccak {
         self.0.update(data);
     }
 
-    /// Writes the 32-byte digest to `out`.
-    pub(crate) fn finalize(self, out: &mut [u8; 32]) {
+    /// The 32-byte digest.
+    pub(crate) fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
         out.copy_from_slice(&self.0.finalize());
+        out
     }
 }
 
@@ -55,9 +60,7 @@ const COMMIT_LABEL: &[u8] = b"mailstamp:v1:commit";
 pub fn keccak256(data: &[u8]) -> [u8; 32] {
     let mut k = Keccak::v256();
     k.update(data);
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    out
+    k.finish()
 }
 
 /// keccak256 of `data` with every CRLF read as LF: `keccak256(&canon::lf_bytes(data))`,
@@ -75,12 +78,11 @@ pub fn keccak256_lf(data: &[u8]) -> [u8; 32] {
         at = cr + 1;
     }
     k.update(&data[from..]);
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    out
+    k.finish()
 }
 
-fn truncate<const N: usize>(full: [u8; 32]) -> [u8; N] {
+/// The first `N` bytes of a digest: the truncated digests, the commitment, a short root.
+pub(crate) fn truncate<const N: usize>(full: [u8; 32]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(&full[..N]);
     out
@@ -111,9 +113,7 @@ impl ComponentHasher {
 
     /// The truncated digest.
     pub fn finish(self) -> Digest {
-        let mut out = [0u8; 32];
-        self.0.finalize(&mut out);
-        truncate(out)
+        truncate(self.0.finish())
     }
 }
 
@@ -130,9 +130,7 @@ pub fn rcpt_digest(salt: &Salt, rcpt: &str) -> RcptDigest {
     k.update(RCPT_LABEL);
     k.update(salt);
     k.update(rcpt.as_bytes());
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    truncate(out)
+    truncate(k.finish())
 }
 
 /// The record key derived from the salt: knowing the token tells nothing about the salt.
@@ -140,9 +138,7 @@ pub fn token(salt: &Salt) -> [u8; 32] {
     let mut k = Keccak::v256();
     k.update(TOKEN_LABEL);
     k.update(salt);
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    out
+    k.finish()
 }
 
 /// Everything the commitment binds, in protocol order.
@@ -183,9 +179,7 @@ pub fn commitment(input: &CommitInput<'_>) -> Commitment {
     for r in input.rcpts {
         k.update(r);
     }
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    truncate(out)
+    truncate(k.finish())
 }
 
 #[cfg(test)]

@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The `Mail-Stamp:` header field (docs/PROTOCOL.md §2): encoding, folding and a strict,
 //! bounded decoder. A header that does not decode is the verdict `invalid`, never a panic.
+//! Owns [`StampHeader`], its recording [`Mode`] and the commitment a header claims.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 
-use crate::component::ComponentName;
 use crate::digest::{
     self, CommitInput, Commitment, DIGEST_LEN, Digest, RCPT_DIGEST_LEN, RcptDigest, SALT_LEN, Salt,
 };
+use crate::hex0x;
+use crate::name::{ComponentName, Family};
 
 /// The header field name.
 pub const FIELD_NAME: &str = "Mail-Stamp";
@@ -137,8 +139,8 @@ impl StampHeader {
         let mut tags = vec![
             ("v", VERSION.to_string()),
             ("c", self.chain_id.to_string()),
-            ("r", format!("0x{}", hex::encode(self.registry))),
-            ("w", format!("0x{}", hex::encode(self.writer))),
+            ("r", hex0x::encode(&self.registry)),
+            ("w", hex0x::encode(&self.writer)),
             (
                 "m",
                 match self.mode {
@@ -154,7 +156,7 @@ impl StampHeader {
             tags.push(("e", B64.encode(rcpts.concat())));
         }
         if let Mode::Batch { batch, proof } = &self.mode {
-            tags.push(("b", format!("0x{}", hex::encode(batch))));
+            tags.push(("b", hex0x::encode(batch)));
             tags.push(("p", B64.encode(proof.concat())));
         }
         tags
@@ -198,135 +200,26 @@ impl StampHeader {
     }
 
     /// Decodes a header value. Strict about every tag this version defines; tags it does not
-    /// know are ignored (they are not covered by the commitment and change nothing).
+    /// know are ignored (they are not covered by the commitment and change nothing). The
+    /// first problem found is the error, tags checked in the order v, c, r, w, m (b, p), s,
+    /// h, d, e.
     pub fn decode(value: &str) -> Result<Self, HeaderError> {
         if value.len() > MAX_VALUE_LEN {
             return Err(HeaderError::Oversized(value.len()));
         }
-        let mut seen: BTreeSet<&str> = BTreeSet::new();
-        let (mut v, mut c, mut r, mut w, mut m, mut s, mut h, mut d, mut e) =
-            (None, None, None, None, None, None, None, None, None);
-        let (mut b, mut p) = (None, None);
-        for pair in value.split(';') {
-            if pair.trim().is_empty() {
-                continue;
-            }
-            let Some((tag, val)) = pair.split_once('=') else {
-                return Err(HeaderError::Syntax(pair.trim().chars().take(32).collect()));
-            };
-            let tag = tag.trim();
-            if tag.is_empty() || tag.len() > 16 || !tag.bytes().all(|b| b.is_ascii_lowercase()) {
-                return Err(HeaderError::Syntax(tag.chars().take(32).collect()));
-            }
-            if !seen.insert(tag) {
-                return Err(HeaderError::Duplicate(tag.to_owned()));
-            }
-            // Folding whitespace removed (ASCII, so splitting on it keeps UTF-8 intact); a
-            // value without any is borrowed as it is.
-            let val: Cow<'_, str> = if val.bytes().any(|b| b.is_ascii_whitespace()) {
-                Cow::Owned(val.split(|ch: char| ch.is_ascii_whitespace()).collect())
-            } else {
-                Cow::Borrowed(val)
-            };
-            match tag {
-                "v" => v = Some(val),
-                "c" => c = Some(val),
-                "r" => r = Some(val),
-                "w" => w = Some(val),
-                "m" => m = Some(val),
-                "s" => s = Some(val),
-                "h" => h = Some(val),
-                "d" => d = Some(val),
-                "e" => e = Some(val),
-                "b" => b = Some(val),
-                "p" => p = Some(val),
-                _ => {}
-            }
-        }
-        let v = v.ok_or(HeaderError::Missing("v"))?;
+        let t = Tags::split(value)?;
+        let v = required("v", t.v)?;
         if v != "1" {
             return Err(HeaderError::Version(v.chars().take(16).collect()));
         }
-        let c = c.ok_or(HeaderError::Missing("c"))?;
-        if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad("c", "chain id must be a decimal number"));
-        }
-        let chain_id: u64 = c.parse().map_err(|_| bad("c", "chain id out of range"))?;
-        let registry = address_tag("r", r.ok_or(HeaderError::Missing("r"))?)?;
-        let writer = address_tag("w", w.ok_or(HeaderError::Missing("w"))?)?;
-        let mode = match m.as_deref() {
-            None | Some("d") => Mode::Direct,
-            Some("b") => {
-                let batch = b.ok_or(HeaderError::Missing("b"))?;
-                let batch = batch
-                    .strip_prefix("0x")
-                    .filter(|h| h.len() == 64)
-                    .and_then(|h| hex::decode(h).ok())
-                    .ok_or_else(|| bad("b", "batch id must be 0x and 64 hex digits"))?;
-                let proof = b64_tag("p", &p.ok_or(HeaderError::Missing("p"))?)?;
-                if proof.len() % 32 != 0 || proof.len() / 32 > crate::merkle::MAX_DEPTH {
-                    return Err(bad("p", "proof must be at most 32 nodes of 32 bytes"));
-                }
-                Mode::Batch {
-                    batch: array::<32>(&batch),
-                    proof: proof.chunks_exact(32).map(array::<32>).collect(),
-                }
-            }
-            Some(other) => return Err(bad("m", format!("unknown mode `{}`", trunc(other)))),
-        };
-        let salt_bytes = b64_tag("s", &s.ok_or(HeaderError::Missing("s"))?)?;
-        let salt: Salt = salt_bytes
-            .try_into()
-            .map_err(|_| bad("s", format!("salt must be {SALT_LEN} bytes")))?;
-        let h = h.ok_or(HeaderError::Missing("h"))?;
-        let mut names = Vec::new();
-        let mut uniq = BTreeSet::new();
-        for n in h.split(':').filter(|n| !n.is_empty()) {
-            let name = ComponentName::parse(n)
-                .ok_or_else(|| bad("h", format!("unknown component `{}`", trunc(n))))?;
-            if name.family == crate::Family::Rcpt {
-                return Err(bad("h", "rcpt is carried in tag e, not h"));
-            }
-            if !uniq.insert(name) {
-                return Err(bad("h", format!("component `{name}` listed twice")));
-            }
-            names.push(name);
-            if names.len() > MAX_COMPONENTS {
-                return Err(bad("h", format!("more than {MAX_COMPONENTS} components")));
-            }
-        }
-        let d = b64_tag("d", &d.ok_or(HeaderError::Missing("d"))?)?;
-        if d.len() != names.len() * DIGEST_LEN {
-            return Err(bad(
-                "d",
-                format!(
-                    "{} bytes of digests for {} components",
-                    d.len(),
-                    names.len()
-                ),
-            ));
-        }
-        let digests = d
-            .chunks_exact(DIGEST_LEN)
-            .map(array::<DIGEST_LEN>)
-            .collect();
-        let rcpts = match e {
-            None => None,
-            Some(e) => {
-                let raw = b64_tag("e", &e)?;
-                if raw.len() % RCPT_DIGEST_LEN != 0 || raw.len() / RCPT_DIGEST_LEN > MAX_RCPTS {
-                    return Err(bad("e", "recipient digests have the wrong length"));
-                }
-                let list: Vec<RcptDigest> = raw
-                    .chunks_exact(RCPT_DIGEST_LEN)
-                    .map(array::<RCPT_DIGEST_LEN>)
-                    .collect();
-                if list.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err(bad("e", "recipient digests must be sorted and distinct"));
-                }
-                Some(list)
-            }
-        };
+        let chain_id = chain_id_tag(&required("c", t.c)?)?;
+        let registry = address_tag("r", required("r", t.r)?)?;
+        let writer = address_tag("w", required("w", t.w)?)?;
+        let mode = mode_tags(t.m.as_deref(), t.b, t.p)?;
+        let salt = salt_tag(&required("s", t.s)?)?;
+        let names = names_tag(&required("h", t.h)?)?;
+        let digests = digests_tag(&required("d", t.d)?, names.len())?;
+        let rcpts = t.e.map(|e| rcpts_tag(&e)).transpose()?;
         Ok(Self {
             chain_id,
             registry,
@@ -340,16 +233,192 @@ impl StampHeader {
     }
 }
 
+/// The values of the tags this version defines, as written (folding whitespace removed): the
+/// field-parsing half of [`StampHeader::decode`], which then validates each.
+#[derive(Default)]
+struct Tags<'a> {
+    v: Option<Cow<'a, str>>,
+    c: Option<Cow<'a, str>>,
+    r: Option<Cow<'a, str>>,
+    w: Option<Cow<'a, str>>,
+    m: Option<Cow<'a, str>>,
+    s: Option<Cow<'a, str>>,
+    h: Option<Cow<'a, str>>,
+    d: Option<Cow<'a, str>>,
+    e: Option<Cow<'a, str>>,
+    b: Option<Cow<'a, str>>,
+    p: Option<Cow<'a, str>>,
+}
+
+impl<'a> Tags<'a> {
+    /// Splits a value into `tag=value` pairs: every tag lower-case ASCII, at most 16 bytes,
+    /// and present at most once (unknown tags included); unknown tags' values are dropped.
+    fn split(value: &'a str) -> Result<Self, HeaderError> {
+        let mut tags = Self::default();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        for pair in value.split(';') {
+            if pair.trim().is_empty() {
+                continue;
+            }
+            let Some((tag, val)) = pair.split_once('=') else {
+                return Err(HeaderError::Syntax(trunc(pair.trim())));
+            };
+            let tag = tag.trim();
+            if tag.is_empty() || tag.len() > 16 || !tag.bytes().all(|b| b.is_ascii_lowercase()) {
+                return Err(HeaderError::Syntax(trunc(tag)));
+            }
+            if !seen.insert(tag) {
+                return Err(HeaderError::Duplicate(tag.to_owned()));
+            }
+            if let Some(slot) = tags.slot(tag) {
+                *slot = Some(unfold(val));
+            }
+        }
+        Ok(tags)
+    }
+
+    /// Where the value of a defined tag goes; `None` for a tag this version does not know.
+    fn slot(&mut self, tag: &str) -> Option<&mut Option<Cow<'a, str>>> {
+        Some(match tag {
+            "v" => &mut self.v,
+            "c" => &mut self.c,
+            "r" => &mut self.r,
+            "w" => &mut self.w,
+            "m" => &mut self.m,
+            "s" => &mut self.s,
+            "h" => &mut self.h,
+            "d" => &mut self.d,
+            "e" => &mut self.e,
+            "b" => &mut self.b,
+            "p" => &mut self.p,
+            _ => return None,
+        })
+    }
+}
+
+/// A tag value with folding whitespace removed (ASCII, so splitting on it keeps UTF-8
+/// intact); a value without any is borrowed as it is.
+fn unfold(val: &str) -> Cow<'_, str> {
+    if val.bytes().any(|b| b.is_ascii_whitespace()) {
+        Cow::Owned(val.split(|ch: char| ch.is_ascii_whitespace()).collect())
+    } else {
+        Cow::Borrowed(val)
+    }
+}
+
+/// The value of a required tag, or the error that it is missing.
+fn required<T>(tag: &'static str, value: Option<T>) -> Result<T, HeaderError> {
+    value.ok_or(HeaderError::Missing(tag))
+}
+
+/// `c`: a decimal chain id that fits in 64 bits.
+fn chain_id_tag(c: &str) -> Result<u64, HeaderError> {
+    if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("c", "chain id must be a decimal number"));
+    }
+    c.parse().map_err(|_| bad("c", "chain id out of range"))
+}
+
+/// `m`, and for a batched stamp `b` (batch id) and `p` (proof); no `m` is direct.
+fn mode_tags(
+    m: Option<&str>,
+    b: Option<Cow<'_, str>>,
+    p: Option<Cow<'_, str>>,
+) -> Result<Mode, HeaderError> {
+    match m {
+        None | Some("d") => Ok(Mode::Direct),
+        Some("b") => {
+            let batch = required("b", b)?;
+            let batch = batch
+                .strip_prefix("0x")
+                .filter(|h| h.len() == 64)
+                .and_then(|h| hex::decode(h).ok())
+                .ok_or_else(|| bad("b", "batch id must be 0x and 64 hex digits"))?;
+            let proof = b64_tag("p", &required("p", p)?)?;
+            if proof.len() % 32 != 0 || proof.len() / 32 > crate::merkle::MAX_DEPTH {
+                return Err(bad("p", "proof must be at most 32 nodes of 32 bytes"));
+            }
+            Ok(Mode::Batch {
+                batch: array::<32>(&batch),
+                proof: proof.chunks_exact(32).map(array::<32>).collect(),
+            })
+        }
+        Some(other) => Err(bad("m", format!("unknown mode `{}`", trunc(other)))),
+    }
+}
+
+/// `s`: the base64 salt of exactly [`SALT_LEN`] bytes.
+fn salt_tag(s: &str) -> Result<Salt, HeaderError> {
+    b64_tag("s", s)?
+        .try_into()
+        .map_err(|_| bad("s", format!("salt must be {SALT_LEN} bytes")))
+}
+
+/// `h`: colon-separated component names, each known, not `rcpt`, at most once, at most
+/// [`MAX_COMPONENTS`]; empty names are skipped.
+fn names_tag(h: &str) -> Result<Vec<ComponentName>, HeaderError> {
+    let mut names = Vec::new();
+    let mut uniq = BTreeSet::new();
+    for n in h.split(':').filter(|n| !n.is_empty()) {
+        let name = ComponentName::parse(n)
+            .ok_or_else(|| bad("h", format!("unknown component `{}`", trunc(n))))?;
+        if name.family == Family::Rcpt {
+            return Err(bad("h", "rcpt is carried in tag e, not h"));
+        }
+        if !uniq.insert(name) {
+            return Err(bad("h", format!("component `{name}` listed twice")));
+        }
+        names.push(name);
+        if names.len() > MAX_COMPONENTS {
+            return Err(bad("h", format!("more than {MAX_COMPONENTS} components")));
+        }
+    }
+    Ok(names)
+}
+
+/// `d`: base64 of exactly one [`DIGEST_LEN`]-byte digest per name.
+fn digests_tag(d: &str, names: usize) -> Result<Vec<Digest>, HeaderError> {
+    let d = b64_tag("d", d)?;
+    if d.len() != names * DIGEST_LEN {
+        return Err(bad(
+            "d",
+            format!("{} bytes of digests for {names} components", d.len()),
+        ));
+    }
+    Ok(d.chunks_exact(DIGEST_LEN)
+        .map(array::<DIGEST_LEN>)
+        .collect())
+}
+
+/// `e`: base64 of at most [`MAX_RCPTS`] recipient digests, sorted and distinct.
+fn rcpts_tag(e: &str) -> Result<Vec<RcptDigest>, HeaderError> {
+    let raw = b64_tag("e", e)?;
+    if raw.len() % RCPT_DIGEST_LEN != 0 || raw.len() / RCPT_DIGEST_LEN > MAX_RCPTS {
+        return Err(bad("e", "recipient digests have the wrong length"));
+    }
+    let list: Vec<RcptDigest> = raw
+        .chunks_exact(RCPT_DIGEST_LEN)
+        .map(array::<RCPT_DIGEST_LEN>)
+        .collect();
+    if list.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(bad("e", "recipient digests must be sorted and distinct"));
+    }
+    Ok(list)
+}
+
+/// A chunk of exactly `N` bytes as an array.
 fn array<const N: usize>(chunk: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(chunk);
     out
 }
 
+/// The first 32 characters of `s`, to quote it in an error.
 fn trunc(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
+/// `r` or `w`: `0x` and 40 hex digits.
 fn address_tag(tag: &'static str, v: Cow<'_, str>) -> Result<[u8; 20], HeaderError> {
     let hex_part = v
         .strip_prefix("0x")
@@ -362,6 +431,7 @@ fn address_tag(tag: &'static str, v: Cow<'_, str>) -> Result<[u8; 20], HeaderErr
     Ok(out)
 }
 
+/// A base64 tag value, decoded.
 fn b64_tag(tag: &'static str, v: &str) -> Result<Vec<u8>, HeaderError> {
     B64.decode(v)
         .map_err(|e| bad(tag, format!("not base64: {e}")))
@@ -370,7 +440,6 @@ fn b64_tag(tag: &'static str, v: &str) -> Result<Vec<u8>, HeaderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Family;
 
     fn sample() -> StampHeader {
         StampHeader {

@@ -4,20 +4,46 @@
 //! No I/O, no async, no chain: bytes in, decisions out. The agent crate does the talking to
 //! MTAs and the chain; everything that decides a verdict lives here. The normative description
 //! is `docs/PROTOCOL.md`.
+//!
+//! # Layers
+//!
+//! The modules form one-way layers: a module refers to another (`crate::…`, in a `use` line
+//! or an inline path) only if its row below lists it, and every module listed sits in a lower
+//! layer, so no two modules import each other, directly or round a circle. The crate root
+//! (this file: re-exports and the parser) is above them all; a module names the owning
+//! module, never a root path such as `crate::Family`, which would hide the real edge.
+//! `tests/layers.rs` checks every module's imports against this table (test modules
+//! excepted) and the table against its own copy.
+//!
+//! | layer | module    | may import                                                            |
+//! |-------|-----------|-----------------------------------------------------------------------|
+//! | 0     | canon     | —                                                                     |
+//! | 0     | hex0x     | —                                                                     |
+//! | 0     | name      | —                                                                     |
+//! | 1     | digest    | name                                                                  |
+//! | 1     | writers   | hex0x                                                                 |
+//! | 2     | merkle    | digest                                                                |
+//! | 3     | component | canon, digest, name                                                   |
+//! | 3     | header    | digest, hex0x, merkle, name                                           |
+//! | 4     | stamp     | canon, component, digest, header, merkle, name                        |
+//! | 5     | verify    | canon, component, digest, header, hex0x, merkle, name, stamp, writers |
 
 pub mod canon;
 pub mod component;
 pub mod digest;
 pub mod header;
+mod hex0x;
 pub mod merkle;
+pub mod name;
 pub mod stamp;
 pub mod verify;
 pub mod writers;
 
-pub use component::{ComponentName, Envelope, Family, Selection};
+pub use component::{Envelope, Selection};
 pub use header::{HeaderError, StampHeader};
 /// The parser the pipeline is built on, for callers that hold parsed messages.
 pub use mail_parser;
+pub use name::{ComponentName, Family};
 pub use stamp::{ChainRef, Prepared, StampError, insert_header, prepare};
 pub use verify::{Inspection, Lookup, Policy, Report, Status, Verdict, evaluate, inspect};
 pub use writers::WriterAuth;

@@ -5,7 +5,7 @@
 //! convention), an odd node at the end of a level moves up unchanged. Sorted pairs make a proof
 //! a plain list of siblings: no positions needed.
 
-use crate::digest::{COMMITMENT_LEN, Commitment, Keccak};
+use crate::digest::{COMMITMENT_LEN, Commitment, Keccak, keccak256, truncate};
 
 /// A 32-byte tree node.
 pub type Node = [u8; 32];
@@ -18,11 +18,7 @@ pub const MAX_DEPTH: usize = 32;
 pub fn leaf(c: &Commitment) -> Node {
     let mut word = [0u8; 32];
     word[..COMMITMENT_LEN].copy_from_slice(c);
-    let mut k = Keccak::v256();
-    k.update(&word);
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    out
+    keccak256(&word)
 }
 
 /// An inner node: the hash of the two children, smaller first.
@@ -31,9 +27,7 @@ pub fn node(a: &Node, b: &Node) -> Node {
     let mut k = Keccak::v256();
     k.update(lo);
     k.update(hi);
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    out
+    k.finish()
 }
 
 /// The root a proof leads to from a commitment.
@@ -43,9 +37,7 @@ pub fn root_from_proof(c: &Commitment, proof: &[Node]) -> Node {
 
 /// The root as the registry stores it (its first 24 bytes).
 pub fn short(root: &Node) -> Commitment {
-    let mut out = [0u8; COMMITMENT_LEN];
-    out.copy_from_slice(&root[..COMMITMENT_LEN]);
-    out
+    truncate(*root)
 }
 
 /// A tree over commitments, in the order given.

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! Outbound: compute a stamp for a message (docs/PROTOCOL.md §4) and put its header on.
+//! Outbound: compute a stamp for a message (docs/PROTOCOL.md §4), put its header on, and
+//! gather stamps into a batch (§5a). Owns the digests of decomposed values and of recipient
+//! lists, which verification recomputes the same way.
 
 use std::collections::BTreeSet;
 
 use mail_parser::Message;
 
-use crate::component::{self, ComponentName, Envelope, Family, Selection, Value};
-use crate::digest::{self, Commitment, ComponentHasher, Digest, RcptDigest, Salt};
+use crate::component::{self, Envelope, Selection, Value};
+use crate::digest::{self, Commitment, Digest, RcptDigest, Salt};
 use crate::header::{FIELD_NAME, Mode, StampHeader};
+use crate::name::{ComponentName, Family};
 
 /// Where a stamp is recorded and who records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +55,7 @@ pub(crate) fn value_digest(salt: &Salt, name: &ComponentName, value: &Value) -> 
 
 /// Digest of component `name` with canonical bytes `bytes`.
 pub(crate) fn bytes_digest(salt: &Salt, name: &ComponentName, bytes: &[u8]) -> Digest {
-    let mut h = name.with_str(|n| ComponentHasher::new(salt, n));
-    h.update(bytes);
-    h.finish()
+    name.with_str(|n| digest::component_digest(salt, n, bytes))
 }
 
 /// Canonical, sorted, distinct digests of envelope recipients.

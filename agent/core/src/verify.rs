@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! Inbound: find the stamp, compare the message with it, and decide (docs/PROTOCOL.md §5).
+//! Inbound: find the stamp, compare the message with it, and decide (docs/PROTOCOL.md §6–§8).
+//! Owns the verdict and its [`Report`], the matching [`Policy`], the per-component comparison
+//! and the further processing that explains what lists change (list footers, subject tags).
 //!
 //! Verification is split in two so that this crate stays free of I/O: [`inspect`] finds and
 //! decodes the header; the caller looks the record up on chain; [`evaluate`] decides. The
@@ -7,14 +9,17 @@
 //! never `spam`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 
 use mail_parser::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::canon::{self, Lines};
-use crate::component::{self, ComponentName, Decomposed, Envelope, Family, Selection, Value};
+use crate::component::{self, Decomposed, Envelope, Selection, Value};
 use crate::digest::{Commitment, Digest};
 use crate::header::{FIELD_NAME, Mode, StampHeader};
+use crate::hex0x;
+use crate::name::{ComponentName, Family};
 use crate::stamp::{bytes_digest, rcpt_digests, value_digest};
 use crate::writers::WriterAuth;
 
@@ -185,27 +190,16 @@ impl StampInfo {
     pub fn of(h: &StampHeader) -> Self {
         Self {
             chain_id: h.chain_id,
-            registry: hex0x(&h.registry),
-            writer: hex0x(&h.writer),
-            token: hex0x(&h.token()),
+            registry: hex0x::encode(&h.registry),
+            writer: hex0x::encode(&h.writer),
+            token: hex0x::encode(&h.token()),
             batch: match &h.mode {
                 Mode::Direct => None,
-                Mode::Batch { batch, .. } => Some(hex0x(batch)),
+                Mode::Batch { batch, .. } => Some(hex0x::encode(batch)),
             },
             time: None,
         }
     }
-}
-
-/// `0x` and lower-case hex, in one allocation.
-fn hex0x(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(2 + 2 * bytes.len());
-    out.push_str("0x");
-    for b in bytes {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    out
 }
 
 /// The outcome of verifying one message.
@@ -290,6 +284,9 @@ pub fn recorded_value(header: &StampHeader) -> Commitment {
 /// From domain's writer record said about its writer (DESIGN property 2): a valid stamp from a
 /// writer the domain does not list is `spam`; from a domain that lists nobody it is at best
 /// `suspect`; DNS trouble is `temperror` unless the message is spam anyway.
+///
+/// In stages: the record (`recorded_time`), the components (`compare`, `score`), the
+/// verdict they give (`Findings::judge`), then the writer check (`apply_writer_auth`).
 pub fn evaluate(
     msg: &Message<'_>,
     header: &StampHeader,
@@ -299,45 +296,68 @@ pub fn evaluate(
     policy: &Policy,
     now: Option<u64>,
 ) -> Report {
-    let mut info = StampInfo::of(header);
-    let time = match lookup {
-        Lookup::Unavailable(why) => {
-            return Report::bare(
-                Verdict::Temperror,
-                format!("chain unavailable: {why}"),
-                Some(header),
-            );
-        }
-        Lookup::Unconfirmed => {
-            return Report::bare(Verdict::Temperror, "record not confirmed yet", Some(header));
-        }
-        Lookup::NotFound => {
-            return Report::bare(
-                Verdict::Spam,
-                "no record on chain for this stamp",
-                Some(header),
-            );
-        }
-        Lookup::Found { commitment, time } => {
-            if *commitment != recorded_value(header) {
-                let mut r = Report::bare(
-                    Verdict::Spam,
-                    "header does not match the recorded commitment",
-                    Some(header),
-                );
-                if let Some(s) = &mut r.stamp {
-                    s.time = Some(*time);
-                }
-                return r;
-            }
-            *time
-        }
+    let time = match recorded_time(header, lookup) {
+        ControlFlow::Continue(time) => time,
+        ControlFlow::Break(report) => return report,
     };
-    info.time = Some(time);
-
     let components = compare(msg, header, env, policy);
+    let score = score(&components);
+    let replay = is_replay(policy, time, now);
+    let (verdict, reason) = Findings::of(&components, header, policy).judge(score, replay, policy);
+    let (verdict, reason) = apply_writer_auth(verdict, reason, auth);
+    let mut info = StampInfo::of(header);
+    info.time = Some(time);
+    Report {
+        verdict,
+        score: Some(score),
+        reason,
+        components,
+        stamp: Some(info),
+        writer_auth: Some(auth.clone()),
+    }
+}
+
+/// The lookup stage: the record's block time when the chain holds what the header claims,
+/// else the final report (`temperror` when the chain cannot tell yet, `spam` when it holds
+/// nothing or something else).
+fn recorded_time(header: &StampHeader, lookup: &Lookup) -> ControlFlow<Report, u64> {
+    let report = match lookup {
+        Lookup::Found { commitment, time } if *commitment == recorded_value(header) => {
+            return ControlFlow::Continue(*time);
+        }
+        Lookup::Found { time, .. } => {
+            let mut r = Report::bare(
+                Verdict::Spam,
+                "header does not match the recorded commitment",
+                Some(header),
+            );
+            if let Some(s) = &mut r.stamp {
+                s.time = Some(*time);
+            }
+            r
+        }
+        Lookup::Unavailable(why) => Report::bare(
+            Verdict::Temperror,
+            format!("chain unavailable: {why}"),
+            Some(header),
+        ),
+        Lookup::Unconfirmed => {
+            Report::bare(Verdict::Temperror, "record not confirmed yet", Some(header))
+        }
+        Lookup::NotFound => Report::bare(
+            Verdict::Spam,
+            "no record on chain for this stamp",
+            Some(header),
+        ),
+    };
+    ControlFlow::Break(report)
+}
+
+/// The weighted share of components that match or are explained; unavailable ones are not
+/// scored, and nothing to score is a full score.
+fn score(components: &[ComponentResult]) -> f64 {
     let (mut num, mut den) = (0u64, 0u64);
-    for c in &components {
+    for c in components {
         match c.status {
             Status::Match | Status::Explained => {
                 num += u64::from(c.weight);
@@ -347,105 +367,120 @@ pub fn evaluate(
             Status::Unavailable => {}
         }
     }
-    let score = if den == 0 {
+    if den == 0 {
         1.0
     } else {
         num as f64 / den as f64
-    };
-    let differing: Vec<&str> = components
-        .iter()
-        .filter(|c| matches!(c.status, Status::Mismatch | Status::Missing | Status::Added))
-        .map(|c| c.name.as_str())
-        .collect();
-    let is_required = |c: &&ComponentResult| c.family.is_some_and(|f| policy.required.contains(&f));
-    let required_bad: Vec<&str> = components
-        .iter()
-        .filter(|c| matches!(c.status, Status::Mismatch | Status::Missing))
-        .filter(is_required)
-        .map(|c| c.name.as_str())
-        .collect();
-    let required_unknown: Vec<&str> = components
-        .iter()
-        .filter(|c| c.status == Status::Unavailable)
-        .filter(is_required)
-        .map(|c| c.name.as_str())
-        .collect();
-    // A stamp that leaves out a required family proves nothing about it: a writer could stamp
-    // an empty list and have any content pass.
-    let unstamped_required: Vec<&str> = policy
-        .required
-        .iter()
-        .filter(|f| match f {
-            Family::Rcpt => header.rcpts.is_none(),
-            f => !header.names.iter().any(|n| n.family == **f),
-        })
-        .map(|f| f.as_str())
-        .collect();
-    let explained: Vec<String> = components
-        .iter()
-        .filter(|c| c.status == Status::Explained)
-        .map(|c| format!("{}: {}", c.name, c.note.as_deref().unwrap_or("benign")))
-        .collect();
+    }
+}
 
-    let stale = match (policy.max_age_secs, now) {
+/// Whether a record from `time` is older than the policy allows at `now` (both known).
+fn is_replay(policy: &Policy, time: u64, now: Option<u64>) -> bool {
+    match (policy.max_age_secs, now) {
         (Some(max), Some(now)) => now > time.saturating_add(max),
         _ => false,
-    };
-    let (verdict, reason) = if stale {
-        (
-            Verdict::Spam,
-            Some(format!(
+    }
+}
+
+/// The component results a verdict turns on, by name.
+struct Findings<'a> {
+    /// Components that differ, are missing or were added.
+    differing: Vec<&'a str>,
+    /// Required components that differ or are missing.
+    required_bad: Vec<&'a str>,
+    /// Required components that cannot be computed here.
+    required_unknown: Vec<&'a str>,
+    /// Required families the stamp does not cover.
+    unstamped_required: Vec<&'static str>,
+    /// What further processing explained, as `name: why`.
+    explained: Vec<String>,
+}
+
+/// The names of the components `keep` accepts, in order.
+fn names_where(
+    components: &[ComponentResult],
+    keep: impl Fn(&ComponentResult) -> bool,
+) -> Vec<&str> {
+    components
+        .iter()
+        .filter(|c| keep(c))
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+impl<'a> Findings<'a> {
+    fn of(components: &'a [ComponentResult], header: &StampHeader, policy: &Policy) -> Self {
+        let required = |c: &ComponentResult| c.family.is_some_and(|f| policy.required.contains(&f));
+        Self {
+            differing: names_where(components, |c| {
+                matches!(c.status, Status::Mismatch | Status::Missing | Status::Added)
+            }),
+            required_bad: names_where(components, |c| {
+                matches!(c.status, Status::Mismatch | Status::Missing) && required(c)
+            }),
+            required_unknown: names_where(components, |c| {
+                c.status == Status::Unavailable && required(c)
+            }),
+            // A stamp that leaves out a required family proves nothing about it: a writer
+            // could stamp an empty list and have any content pass.
+            unstamped_required: policy
+                .required
+                .iter()
+                .filter(|f| match f {
+                    Family::Rcpt => header.rcpts.is_none(),
+                    f => !header.names.iter().any(|n| n.family == **f),
+                })
+                .map(|f| f.as_str())
+                .collect(),
+            explained: components
+                .iter()
+                .filter(|c| c.status == Status::Explained)
+                .map(|c| format!("{}: {}", c.name, c.note.as_deref().unwrap_or("benign")))
+                .collect(),
+        }
+    }
+
+    /// The verdict the components give, before the writer check, and why.
+    fn judge(&self, score: f64, replay: bool, policy: &Policy) -> (Verdict, Option<String>) {
+        let spam = |why: String| (Verdict::Spam, Some(why));
+        if replay {
+            return spam(format!(
                 "stamp recorded more than {}s ago: replay",
                 policy.max_age_secs.unwrap_or(0)
-            )),
-        )
-    } else if !unstamped_required.is_empty() {
-        (
-            Verdict::Spam,
-            Some(format!(
+            ));
+        }
+        if !self.unstamped_required.is_empty() {
+            return spam(format!(
                 "required component not stamped: {}",
-                unstamped_required.join(", ")
-            )),
-        )
-    } else if !required_bad.is_empty() {
-        (
-            Verdict::Spam,
-            Some(format!(
+                self.unstamped_required.join(", ")
+            ));
+        }
+        if !self.required_bad.is_empty() {
+            return spam(format!(
                 "required component differs: {}",
-                required_bad.join(", ")
-            )),
-        )
-    } else if differing.is_empty() && required_unknown.is_empty() {
-        let reason =
-            (!explained.is_empty()).then(|| format!("explained: {}", explained.join("; ")));
-        (Verdict::Wanted, reason)
-    } else if score >= policy.threshold {
-        let mut why = Vec::new();
-        if !differing.is_empty() {
-            why.push(format!("differs: {}", differing.join(", ")));
+                self.required_bad.join(", ")
+            ));
         }
-        if !required_unknown.is_empty() {
-            why.push("recipients unknown".to_owned());
+        if self.differing.is_empty() && self.required_unknown.is_empty() {
+            let reason = (!self.explained.is_empty())
+                .then(|| format!("explained: {}", self.explained.join("; ")));
+            return (Verdict::Wanted, reason);
         }
-        (Verdict::Suspect, Some(why.join("; ")))
-    } else {
-        (
-            Verdict::Spam,
-            Some(format!(
-                "score {score:.2} below threshold {:.2}; differs: {}",
-                policy.threshold,
-                differing.join(", ")
-            )),
-        )
-    };
-    let (verdict, reason) = apply_writer_auth(verdict, reason, auth);
-    Report {
-        verdict,
-        score: Some(score),
-        reason,
-        components,
-        stamp: Some(info),
-        writer_auth: Some(auth.clone()),
+        if score >= policy.threshold {
+            let mut why = Vec::new();
+            if !self.differing.is_empty() {
+                why.push(format!("differs: {}", self.differing.join(", ")));
+            }
+            if !self.required_unknown.is_empty() {
+                why.push("recipients unknown".to_owned());
+            }
+            return (Verdict::Suspect, Some(why.join("; ")));
+        }
+        spam(format!(
+            "score {score:.2} below threshold {:.2}; differs: {}",
+            policy.threshold,
+            self.differing.join(", ")
+        ))
     }
 }
 
@@ -635,11 +670,8 @@ fn compare_rcpts(
         if !trace.is_empty() {
             (trace, true, "delivery headers")
         } else {
-            let mut hdr: Vec<String> = Vec::new();
-            for a in msg.all_to().chain(msg.all_cc()) {
-                hdr.extend(a.iter().filter_map(|x| x.address()).map(canon::address));
-            }
-            (hdr, false, "To/Cc headers")
+            let hdr = component::addresses(msg.all_to().chain(msg.all_cc()));
+            (hdr.into_iter().collect(), false, "To/Cc headers")
         }
     };
     if list.is_empty() {

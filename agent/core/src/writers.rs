@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! Who may stamp for a domain (docs/PROTOCOL.md §6): the writer record a domain publishes in
+//! Who may stamp for a domain (docs/PROTOCOL.md §6a): the writer record a domain publishes in
 //! DNS at `_mailstamp.<domain>`, parsed strictly, and the outcome of checking a stamp's writer
 //! against it — shaped like mail-auth's results, so DNS trouble is a temporary error, never a
 //! failure.
 
 use serde::{Deserialize, Serialize};
+
+use crate::hex0x;
 
 /// The DNS label under which a domain publishes its writers.
 pub const RECORD_LABEL: &str = "_mailstamp";
@@ -72,10 +74,7 @@ impl WriterRecord {
 
     /// The record text for `writers`.
     pub fn format(writers: &[[u8; 20]]) -> String {
-        let list: Vec<String> = writers
-            .iter()
-            .map(|w| format!("0x{}", hex::encode(w)))
-            .collect();
+        let list: Vec<String> = writers.iter().map(|w| hex0x::encode(w)).collect();
         format!("{RECORD_VERSION}; w={}", list.join(","))
     }
 }
@@ -153,7 +152,7 @@ pub fn authorise(domain: &str, txts: &[String], writer: &[u8; 20]) -> WriterAuth
             Err(RecordError::Malformed(e)) => errors.push(e),
         }
     }
-    let w = format!("0x{}", hex::encode(writer));
+    let w = hex0x::encode(writer);
     if writers.contains(writer) {
         WriterAuth::Pass(format!("{RECORD_LABEL}.{domain} lists {w}"))
     } else if !writers.is_empty() {
