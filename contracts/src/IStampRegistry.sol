@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 /// @title IStampRegistry
 /// @notice A write-once public notebook of mail stamps. A sending mail server records, under its

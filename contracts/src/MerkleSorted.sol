@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 /// @title MerkleSorted
 /// @notice The Merkle hashing of batched stamps: leaves over bytes24 commitments, sorted-pair
