@@ -27,6 +27,8 @@ contract StampRegistryBatchTest is Test {
         cs = MerkleTree.commitments(seed, size);
         levels = MerkleTree.build(cs);
         vm.prank(writer);
+        // Callers pass at most 1,024 leaves.
+        // forge-lint: disable-next-line(unsafe-typecast)
         registry.anchor(batchId, MerkleTree.root(levels), uint32(size));
     }
 
@@ -266,7 +268,7 @@ contract StampRegistryBatchTest is Test {
         bytes24 commitment,
         uint256 rawLength
     ) public {
-        uint256 length = bound(rawLength, MAX_PROOF_LENGTH + 1, 1024);
+        uint256 length = _bound(rawLength, MAX_PROOF_LENGTH + 1, 1024);
         bytes32[] memory proof = _path(uint256(batchId), length);
         vm.expectRevert(
             abi.encodeWithSelector(
@@ -291,6 +293,8 @@ contract StampRegistryBatchTest is Test {
         for (uint256 i = 0; i < proof.length; i++) {
             h = MerkleTree.nodeHash(h, proof[i]);
         }
+        // Truncation is the definition of the root.
+        // forge-lint: disable-next-line(unsafe-typecast)
         return bytes24(h);
     }
 
@@ -419,8 +423,9 @@ contract StampRegistryBatchTest is Test {
     }
 
     /// @dev Any fuzzed batch id but zero, which `anchor` refuses (the fuzzer tries zero often).
+    /// `_bound` is the silent `bound`: no log line per run under -vv.
     function _nonZero(bytes32 key) internal pure returns (bytes32) {
-        return bytes32(bound(uint256(key), 1, type(uint256).max));
+        return bytes32(_bound(uint256(key), 1, type(uint256).max));
     }
 
     /// @dev Who anchored what in testFuzz_VerifyStamp_TreeSizes (a struct keeps the stack small).
@@ -445,11 +450,11 @@ contract StampRegistryBatchTest is Test {
         assertFalse(_verify(key.writer, key.batchId, wrong, proof), "wrong leaf verified");
 
         if (proof.length > 0) {
-            uint256 at = uint256(keccak256(abi.encode(salt))) % proof.length;
+            uint256 pos = uint256(keccak256(abi.encode(salt))) % proof.length;
             bytes32 flip = bytes32(uint256(1) << (uint256(salt) >> 248));
-            proof[at] ^= flip;
+            proof[pos] ^= flip;
             assertFalse(_verify(key.writer, key.batchId, c, proof), "flipped proof verified");
-            proof[at] ^= flip;
+            proof[pos] ^= flip;
 
             bytes32[] memory shorter = new bytes32[](proof.length - 1);
             for (uint256 k = 0; k < shorter.length; k++) {
@@ -511,6 +516,8 @@ contract StampRegistryBatchHandler is Test {
         vm.warp(block.timestamp + _bound(warpBy, 0, 1 days));
 
         vm.prank(actor);
+        // size is bounded to 1…16 above.
+        // forge-lint: disable-next-line(unsafe-typecast)
         try registry.anchor(batchId, root, uint32(size)) {
             assertEq(ghostAnchors[actor][batchId].root, bytes24(0), "anchored a taken key");
             ghostAnchors[actor][batchId] =
