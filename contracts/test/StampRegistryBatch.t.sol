@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
-import {IStampRegistry} from "../src/IStampRegistry.sol";
+import {IStampRegistry, MAX_PROOF_LENGTH} from "../src/IStampRegistry.sol";
 import {StampRegistry} from "../src/StampRegistry.sol";
 import {MerkleTree} from "./MerkleTree.sol";
 import {Test} from "forge-std/Test.sol";
@@ -27,6 +27,8 @@ contract StampRegistryBatchTest is Test {
         cs = MerkleTree.commitments(seed, size);
         levels = MerkleTree.build(cs);
         vm.prank(writer);
+        // Callers pass at most 1,024 leaves.
+        // forge-lint: disable-next-line(unsafe-typecast)
         registry.anchor(batchId, MerkleTree.root(levels), uint32(size));
     }
 
@@ -141,6 +143,27 @@ contract StampRegistryBatchTest is Test {
         assertEq(root, bytes24(0));
     }
 
+    function test_RevertWhen_BatchIdIsZero() public {
+        vm.expectRevert(IStampRegistry.StampRegistry_ZeroBatchId.selector);
+        vm.prank(alice);
+        registry.anchor(bytes32(0), ROOT, 1);
+
+        // Checked first: with every argument invalid the batch id is named.
+        vm.expectRevert(IStampRegistry.StampRegistry_ZeroBatchId.selector);
+        vm.prank(alice);
+        registry.anchor(bytes32(0), bytes24(0), 0);
+
+        (bytes24 root, uint64 time) = registry.getAnchor(alice, bytes32(0));
+        assertEq(root, bytes24(0));
+        assertEq(time, 0);
+    }
+
+    function testFuzz_RevertWhen_BatchIdIsZero(address writer, bytes24 root, uint32 size) public {
+        vm.expectRevert(IStampRegistry.StampRegistry_ZeroBatchId.selector);
+        vm.prank(writer);
+        registry.anchor(bytes32(0), root, size);
+    }
+
     // ---- verifyStamp
 
     function test_VerifyStamp_SingleLeafBatch() public {
@@ -193,6 +216,87 @@ contract StampRegistryBatchTest is Test {
         bytes32[] memory empty = new bytes32[](0);
         assertFalse(_verify(alice, BATCH, bytes24(0), empty));
         assertFalse(_verify(alice, BATCH, bytes24(keccak256("message")), empty));
+        // The zero batch id can never be anchored: a question about it is answered, with false.
+        assertFalse(_verify(alice, bytes32(0), bytes24(keccak256("message")), empty));
+        assertFalse(_verify(alice, bytes32(0), bytes24(keccak256("message")), _path(1, 32)));
+    }
+
+    /// @dev A proof of exactly MAX_PROOF_LENGTH siblings is accepted and verifies: the bound is
+    /// inclusive, and a path that long (a lopsided tree) is still only hashing.
+    function test_VerifyStamp_ProofOfMaxLength() public {
+        bytes24 commitment = bytes24(keccak256("deep message"));
+        bytes32[] memory proof = _path(2, MAX_PROOF_LENGTH);
+        vm.prank(alice);
+        registry.anchor(BATCH, _rootOf(commitment, proof), type(uint32).max);
+
+        assertTrue(_verify(alice, BATCH, commitment, proof));
+        proof[MAX_PROOF_LENGTH - 1] ^= bytes32(uint256(1));
+        assertFalse(_verify(alice, BATCH, commitment, proof));
+    }
+
+    /// @dev One sibling more than MAX_PROOF_LENGTH is refused with a named error, not false,
+    /// even for a proof that would lead to the anchored root and for a batch that does not
+    /// exist: the length is checked before anything else.
+    function test_RevertWhen_ProofIsTooLong() public {
+        bytes24 commitment = bytes24(keccak256("too deep"));
+        bytes32[] memory proof = _path(3, MAX_PROOF_LENGTH + 1);
+        vm.prank(alice);
+        registry.anchor(BATCH, _rootOf(commitment, proof), type(uint32).max);
+
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IStampRegistry.StampRegistry_ProofTooLong.selector,
+                MAX_PROOF_LENGTH + 1,
+                MAX_PROOF_LENGTH
+            )
+        );
+        registry.verifyStamp(alice, BATCH, commitment, proof);
+
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IStampRegistry.StampRegistry_ProofTooLong.selector,
+                MAX_PROOF_LENGTH + 1,
+                MAX_PROOF_LENGTH
+            )
+        );
+        registry.verifyStamp(bob, BATCH, commitment, proof);
+    }
+
+    function testFuzz_RevertWhen_ProofIsTooLong(
+        address writer,
+        bytes32 batchId,
+        bytes24 commitment,
+        uint256 rawLength
+    ) public {
+        uint256 length = _bound(rawLength, MAX_PROOF_LENGTH + 1, 1024);
+        // Zeros: the length is checked before any element is read.
+        bytes32[] memory proof = new bytes32[](length);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IStampRegistry.StampRegistry_ProofTooLong.selector, length, MAX_PROOF_LENGTH
+            )
+        );
+        registry.verifyStamp(writer, batchId, commitment, proof);
+    }
+
+    /// @dev `length` pseudo-random sibling hashes: the path of a leaf at the bottom of a
+    /// lopsided tree, each sibling standing for a whole subtree.
+    function _path(uint256 seed, uint256 length) internal pure returns (bytes32[] memory proof) {
+        proof = new bytes32[](length);
+        for (uint256 i = 0; i < length; i++) {
+            proof[i] = keccak256(abi.encode("sibling", seed, i));
+        }
+    }
+
+    /// @dev The root `proof` leads to from `commitment`, with the test's own hashing.
+    function _rootOf(bytes24 commitment, bytes32[] memory proof) internal pure returns (bytes24) {
+        bytes32 h = MerkleTree.leafHash(commitment);
+        for (uint256 i = 0; i < proof.length; i++) {
+            h = MerkleTree.nodeHash(h, proof[i]);
+        }
+        // Truncation is the definition of the root.
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return bytes24(h);
     }
 
     /// @dev An inner node presented as a leaf (its first 24 bytes as the commitment, with the
@@ -223,6 +327,22 @@ contract StampRegistryBatchTest is Test {
                 vm.lastCallGas().gasTotalUsed
             );
         }
+        // The agent's largest batch (65,536 leaves) and the registry's bound, as lopsided paths:
+        // the cost depends only on the proof's length.
+        uint256[2] memory depths = [uint256(16), MAX_PROOF_LENGTH];
+        for (uint256 i = 0; i < depths.length; i++) {
+            bytes32 batchId = keccak256(abi.encode("gas path", i));
+            bytes24 commitment = bytes24(keccak256(abi.encode("gas path commitment", i)));
+            bytes32[] memory proof = _path(i, depths[i]);
+            vm.prank(alice);
+            registry.anchor(batchId, _rootOf(commitment, proof), uint32(1) << 16);
+            vm.cool(address(registry));
+            assertTrue(registry.verifyStamp(alice, batchId, commitment, proof));
+            emit log_named_uint(
+                string.concat("verifyStamp gas, depth ", vm.toString(proof.length)),
+                vm.lastCallGas().gasTotalUsed
+            );
+        }
     }
 
     // ---- fuzz
@@ -234,6 +354,7 @@ contract StampRegistryBatchTest is Test {
         uint32 rawSize,
         uint256 time
     ) public {
+        batchId = _nonZero(batchId);
         bytes24 root = bytes24(uint192(bound(rawRoot, 1, type(uint192).max)));
         uint32 size = uint32(bound(rawSize, 1, type(uint32).max));
         time = bound(time, 1, type(uint64).max);
@@ -255,6 +376,7 @@ contract StampRegistryBatchTest is Test {
         uint192 first,
         uint192 second
     ) public {
+        batchId = _nonZero(batchId);
         bytes24 a = bytes24(uint192(bound(first, 1, type(uint192).max)));
         bytes24 b = bytes24(uint192(bound(second, 1, type(uint192).max)));
         vm.prank(writer);
@@ -284,6 +406,7 @@ contract StampRegistryBatchTest is Test {
         bytes32 batchId
     ) public {
         vm.assume(writer != other);
+        batchId = _nonZero(batchId);
         uint256 size = bound(rawSize, 1, 1024);
         (bytes24[] memory cs, bytes32[][] memory levels) = _anchorTree(writer, batchId, seed, size);
         _anchorTree(other, batchId, ~seed, size);
@@ -298,6 +421,12 @@ contract StampRegistryBatchTest is Test {
             else i = uint256(keccak256(abi.encode(seed, "pick", j))) % size;
             _checkLeaf(key, cs[i], MerkleTree.proof(levels, i), keccak256(abi.encode(seed, j)));
         }
+    }
+
+    /// @dev Any fuzzed batch id but zero, which `anchor` refuses (the fuzzer tries zero often).
+    /// `_bound` is the silent `bound`: no log line per run under -vv.
+    function _nonZero(bytes32 key) internal pure returns (bytes32) {
+        return bytes32(_bound(uint256(key), 1, type(uint256).max));
     }
 
     /// @dev Who anchored what in testFuzz_VerifyStamp_TreeSizes (a struct keeps the stack small).
@@ -322,11 +451,11 @@ contract StampRegistryBatchTest is Test {
         assertFalse(_verify(key.writer, key.batchId, wrong, proof), "wrong leaf verified");
 
         if (proof.length > 0) {
-            uint256 at = uint256(keccak256(abi.encode(salt))) % proof.length;
+            uint256 pos = uint256(keccak256(abi.encode(salt))) % proof.length;
             bytes32 flip = bytes32(uint256(1) << (uint256(salt) >> 248));
-            proof[at] ^= flip;
+            proof[pos] ^= flip;
             assertFalse(_verify(key.writer, key.batchId, c, proof), "flipped proof verified");
-            proof[at] ^= flip;
+            proof[pos] ^= flip;
 
             bytes32[] memory shorter = new bytes32[](proof.length - 1);
             for (uint256 k = 0; k < shorter.length; k++) {
@@ -388,6 +517,8 @@ contract StampRegistryBatchHandler is Test {
         vm.warp(block.timestamp + _bound(warpBy, 0, 1 days));
 
         vm.prank(actor);
+        // size is bounded to 1…16 above.
+        // forge-lint: disable-next-line(unsafe-typecast)
         try registry.anchor(batchId, root, uint32(size)) {
             assertEq(ghostAnchors[actor][batchId].root, bytes24(0), "anchored a taken key");
             ghostAnchors[actor][batchId] =
