@@ -213,7 +213,7 @@ def main():
                  b"x\r\r\ny\r\n\r\n", b"\x0b\x0c \t"]:
         write("canon", text)
 
-    for name, raw in messages():
+    for i, (name, raw) in enumerate(messages()):
         write("message", raw)
         if len(tok := tokenize(raw)) <= MAX_TOKENS:
             write("message_tokens", tok)
@@ -225,7 +225,10 @@ def main():
         if name.endswith(".eml"):
             # Fixtures: also stamped (a header that decodes, digests that do not match) and
             # in CRLF, so the verification paths are reached from the first input on.
-            stamped = f"Mail-Stamp: {stamp_value(fold=chr(10))}\n".encode() + raw
+            # Every other one batched, with a proof of 0 to 5 nodes.
+            mode = "db"[i % 2]
+            value = stamp_value(mode=mode, proof=i % 6, fold=chr(10))
+            stamped = f"Mail-Stamp: {value}\n".encode() + raw
             write("message", stamped)
             write("message", crlf(stamped))
             if len(tok := tokenize(stamped)) <= MAX_TOKENS:
