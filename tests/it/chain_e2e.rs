@@ -83,7 +83,7 @@ async fn deploy_is_deterministic_and_idempotent() {
     assert_eq!(d2.address, d1.address);
     assert!(d2.already_deployed && d2.tx.is_none());
     let c = connect(&a, d1.address, None, 1).await;
-    assert_eq!(c.check_registry().await.unwrap(), "1.1.0");
+    assert_eq!(c.check_registry().await.unwrap(), "1.2.0");
 }
 
 #[tokio::test]
