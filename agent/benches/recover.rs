@@ -29,7 +29,7 @@ use std::time::Instant;
 use mailstamp::config::Config;
 use mailstamp::people::FromIdentity;
 use mailstamp::people::allowlist;
-use mailstamp::recover::{Action, Options, Recoverer, Summary};
+use mailstamp::recover::{Options, Recoverer, RecoveryAction, Summary};
 use mailstamp::store::Store;
 
 const USER: &str = "bob@b.example";
@@ -130,7 +130,7 @@ async fn main() {
     let t = Instant::now();
     let sum = r
         .pass(&junk, &root, &opts, |o, _, _| {
-            if o.action == Action::Release {
+            if o.action == RecoveryAction::Release {
                 let name = o.file.file_name().unwrap().to_string_lossy().into_owned();
                 let base = mailstamp::maildir::parse_name(&name).0;
                 *released.entry(class[&base]).or_default() += 1;

@@ -186,6 +186,17 @@ fn every_import_follows_the_layer_table() {
             );
         }
     }
+    // anyhow is the binary's and the tests'; the library says what failed with its own Error.
+    for (rel, text) in &files {
+        if module_of(rel).is_some() {
+            for (line, code) in code_lines(text) {
+                assert!(
+                    !code.contains("anyhow"),
+                    "src/{rel}:{line}: anyhow in the library"
+                );
+            }
+        }
+    }
     let bad = back_edges(&files);
     assert!(
         bad.is_empty(),

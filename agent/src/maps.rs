@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Seed 002's maps: an action per connecting client (IP / CIDR, hostname, HELO name), per
 //! envelope sender and per envelope recipient, read from plain text files (format in
-//! docs/MTA.md). This module owns parsing and lookup order only; the milter decides what an
-//! action does to the SMTP session.
+//! docs/MTA.md). This module owns parsing and lookup order only; `crate::session::stages`
+//! decides what an action does to the SMTP session.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use mailstamp_core::Verdict;
 
-use crate::config::{Action, MapsConfig};
+use crate::config::{MapsConfig, VerdictAction};
 use crate::util::{Net, bare_address};
 
 /// A verify policy attached to a sender or recipient: a threshold and actions per verdict
@@ -20,12 +20,12 @@ pub struct VerifyPolicy {
     /// Weighted share at or above which a partial match is `suspect` rather than `spam`.
     pub threshold: Option<f64>,
     /// Actions for particular verdicts.
-    pub actions: Vec<(Verdict, Action)>,
+    pub actions: Vec<(Verdict, VerdictAction)>,
 }
 
 impl VerifyPolicy {
     /// The action this policy sets for `v`, if any.
-    pub fn action(&self, v: Verdict) -> Option<Action> {
+    pub fn action(&self, v: Verdict) -> Option<VerdictAction> {
         self.actions.iter().find(|(w, _)| *w == v).map(|(_, a)| *a)
     }
 }
@@ -459,8 +459,11 @@ mod tests {
             panic!("verify policy expected")
         };
         assert_eq!(pol.threshold, Some(0.95));
-        assert_eq!(pol.action(Verdict::Spam), Some(Action::Reject));
-        assert_eq!(pol.action(Verdict::Suspect), Some(Action::Quarantine));
+        assert_eq!(pol.action(Verdict::Spam), Some(VerdictAction::Reject));
+        assert_eq!(
+            pol.action(Verdict::Suspect),
+            Some(VerdictAction::Quarantine)
+        );
         assert_eq!(pol.action(Verdict::Wanted), None);
     }
 

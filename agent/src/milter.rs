@@ -18,7 +18,7 @@ use indymilter::{
 use mailstamp_core::Verdict;
 use tracing::{info, warn};
 
-use crate::config::{Action, MilterConfig};
+use crate::config::{MilterConfig, VerdictAction};
 use crate::error::{Context as _, Result, bail};
 use crate::maps::VerifyPolicy;
 use crate::session::message::Client;
@@ -473,7 +473,7 @@ async fn remove_forged(cx: &mut EomContext<Session>, msg: &Msg, queue_id: &str) 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disposition {
     /// The action chosen.
-    pub action: Action,
+    pub action: VerdictAction,
     /// The milter reply at end of message.
     pub status: Status,
     /// Reply code, enhanced code and text for reject / tempfail.
@@ -496,12 +496,14 @@ pub fn disposition(
     disposition_of(action, v)
 }
 
-fn disposition_of(action: Action, v: Verdict) -> Disposition {
+fn disposition_of(action: VerdictAction, v: Verdict) -> Disposition {
     let status = match action {
-        Action::Accept | Action::AddHeader | Action::Quarantine => Status::Continue,
-        Action::Discard => Status::Discard,
-        Action::Tempfail => Status::Tempfail,
-        Action::Reject => Status::Reject,
+        VerdictAction::Accept | VerdictAction::AddHeader | VerdictAction::Quarantine => {
+            Status::Continue
+        }
+        VerdictAction::Discard => Status::Discard,
+        VerdictAction::Tempfail => Status::Tempfail,
+        VerdictAction::Reject => Status::Reject,
     };
     let reply = verdict::verdict_refusal(action, v).map(|r| {
         let code = if r.permanent() { "550" } else { "451" };
@@ -512,7 +514,7 @@ fn disposition_of(action: Action, v: Verdict) -> Disposition {
         status,
         reply,
         headers: verdict::adds_headers(action),
-        quarantine: action == Action::Quarantine,
+        quarantine: action == VerdictAction::Quarantine,
     }
 }
 
@@ -589,7 +591,7 @@ mod tests {
     use crate::session::results::{ar_result, ar_value, authserv_id_of, stamp_value};
     use mailstamp_core::Report;
 
-    fn pol(actions: &[(Verdict, Action)]) -> Option<VerifyPolicy> {
+    fn pol(actions: &[(Verdict, VerdictAction)]) -> Option<VerifyPolicy> {
         Some(VerifyPolicy {
             threshold: None,
             actions: actions.to_vec(),
@@ -607,7 +609,7 @@ mod tests {
             Verdict::Invalid,
         ] {
             let d = disposition(v, &mc, None, &[]);
-            assert_eq!(d.action, Action::AddHeader, "{v:?}");
+            assert_eq!(d.action, VerdictAction::AddHeader, "{v:?}");
             assert_eq!(d.status, Status::Continue);
             assert!(d.headers && !d.quarantine && d.reply.is_none());
         }
@@ -625,18 +627,36 @@ mod tests {
     #[test]
     fn each_action_maps_to_one_reply() {
         let cases = [
-            (Action::Accept, Status::Continue, false, false, None),
-            (Action::AddHeader, Status::Continue, true, false, None),
-            (Action::Quarantine, Status::Continue, true, true, None),
-            (Action::Discard, Status::Discard, false, false, None),
+            (VerdictAction::Accept, Status::Continue, false, false, None),
             (
-                Action::Tempfail,
+                VerdictAction::AddHeader,
+                Status::Continue,
+                true,
+                false,
+                None,
+            ),
+            (
+                VerdictAction::Quarantine,
+                Status::Continue,
+                true,
+                true,
+                None,
+            ),
+            (VerdictAction::Discard, Status::Discard, false, false, None),
+            (
+                VerdictAction::Tempfail,
                 Status::Tempfail,
                 false,
                 false,
                 Some("451"),
             ),
-            (Action::Reject, Status::Reject, false, false, Some("550")),
+            (
+                VerdictAction::Reject,
+                Status::Reject,
+                false,
+                false,
+                Some("550"),
+            ),
         ];
         for (a, status, headers, quarantine, code) in cases {
             let mc = MilterConfig {
@@ -657,30 +677,30 @@ mod tests {
     #[test]
     fn per_address_policies_override_and_the_strictest_recipient_wins() {
         let mc = MilterConfig::default();
-        let strict = pol(&[(Verdict::Spam, Action::Reject)]);
-        let lax = pol(&[(Verdict::Spam, Action::Accept)]);
+        let strict = pol(&[(Verdict::Spam, VerdictAction::Reject)]);
+        let lax = pol(&[(Verdict::Spam, VerdictAction::Accept)]);
         assert_eq!(
             disposition(Verdict::Spam, &mc, None, std::slice::from_ref(&lax)).action,
-            Action::Accept
+            VerdictAction::Accept
         );
         assert_eq!(
             disposition(Verdict::Spam, &mc, None, &[lax.clone(), None]).action,
-            Action::AddHeader
+            VerdictAction::AddHeader
         );
         assert_eq!(
             disposition(Verdict::Spam, &mc, None, &[lax.clone(), strict.clone()]).action,
-            Action::Reject
+            VerdictAction::Reject
         );
         // A sender policy applies to recipients without their own.
-        let q = pol(&[(Verdict::Spam, Action::Quarantine)]);
+        let q = pol(&[(Verdict::Spam, VerdictAction::Quarantine)]);
         assert_eq!(
             disposition(Verdict::Spam, &mc, q.as_ref(), &[None, lax]).action,
-            Action::Quarantine
+            VerdictAction::Quarantine
         );
         // Other verdicts are untouched.
         assert_eq!(
             disposition(Verdict::Wanted, &mc, None, &[strict]).action,
-            Action::AddHeader
+            VerdictAction::AddHeader
         );
     }
 
@@ -737,7 +757,7 @@ mod tests {
             Ok(s) => s,
             Err(e) => panic!("{e:#}"),
         };
-        assert_eq!(s.cfg.milter.actions.spam, Action::Quarantine);
+        assert_eq!(s.cfg.milter.actions.spam, VerdictAction::Quarantine);
         assert!(!s.maps.connection.is_empty());
         assert!(!s.maps.sender.is_empty() && !s.maps.recipient.is_empty());
         assert!(matches!(
@@ -763,7 +783,7 @@ mod tests {
         let s = Settings::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(s.authserv_id, "mx.b.example");
         assert_eq!(s.cfg.chain.rpc_url, "http://127.0.0.1:1");
-        assert_eq!(s.cfg.milter.actions.spam, Action::Quarantine);
+        assert_eq!(s.cfg.milter.actions.spam, VerdictAction::Quarantine);
         assert_eq!(s.cfg.milter.on_temperror, TroublePolicy::Pass);
         assert_eq!(s.maps.recipient.len(), 1);
         std::fs::write(&path, "[milter]\nactions = { spam = \"bounce\" }\n").unwrap();

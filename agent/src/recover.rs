@@ -74,7 +74,7 @@ fn number_after(v: &str, key: &str) -> Option<f64> {
 }
 
 /// Reads the headers spam filters write: SpamAssassin (`X-Spam-Flag`, `X-Spam-Status`),
-/// rspamd (`X-Spamd-Result`, `X-Spam`, `X-Rspamd-Action`, `X-Rspamd-Score`) and generic ones
+/// rspamd (`X-Spamd-Result`, `X-Spam`, `X-Rspamd-RecoveryAction`, `X-Rspamd-Score`) and generic ones
 /// (`X-Spam-Score`, `X-Spam-Level`, `X-Spam-Verdict`). Only reported: whatever they say, the
 /// decision is ours.
 pub fn filter_marks(msg: &Message<'_>) -> Vec<FilterMark> {
@@ -255,14 +255,14 @@ fn read_message(path: &Path) -> std::io::Result<Vec<u8>> {
 /// `release` or `keep`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub enum RecoveryAction {
     /// Back to the inbox.
     Release,
     /// Stays where it is.
     Keep,
 }
 
-crate::store::stored_enum!(Action, "recovery action", {
+crate::store::stored_enum!(RecoveryAction, "recovery action", {
     Release => "release",
     Keep => "keep",
 });
@@ -364,7 +364,7 @@ pub struct Outcome {
     /// The From address.
     pub from: Option<String>,
     /// Release or keep.
-    pub action: Action,
+    pub action: RecoveryAction,
     /// Why ([`RecoveryReason`]).
     pub reason: RecoveryReason,
     /// The longer explanation.
@@ -395,7 +395,7 @@ impl Outcome {
             message_id: None,
             user: None,
             from: None,
-            action: Action::Keep,
+            action: RecoveryAction::Keep,
             reason: RecoveryReason::Decided(Reason::Stranger),
             detail: String::new(),
             authenticated_sender: None,
@@ -416,9 +416,9 @@ impl Outcome {
         report: &mailstamp_core::Report,
     ) {
         self.action = if d.folder == Folder::Inbox {
-            Action::Release
+            RecoveryAction::Release
         } else {
-            Action::Keep
+            RecoveryAction::Keep
         };
         self.reason = d.reason.into();
         self.detail = match &d.list_hit {
@@ -440,7 +440,9 @@ impl Outcome {
     fn defer_trouble(&mut self, report: &mailstamp_core::Report) {
         let dns_trouble = self.auth.dmarc == AuthResult::TempError
             && self.reason == RecoveryReason::Decided(Reason::UnauthenticatedHit);
-        if self.action == Action::Keep && (report.verdict == Verdict::Temperror || dns_trouble) {
+        if self.action == RecoveryAction::Keep
+            && (report.verdict == Verdict::Temperror || dns_trouble)
+        {
             let why = if report.verdict == Verdict::Temperror {
                 report.reason.clone().unwrap_or_default()
             } else {
@@ -454,9 +456,9 @@ impl Outcome {
 
 /// A recorded decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Recorded {
+pub struct RecoveryRow {
     /// Release or keep.
-    pub action: Action,
+    pub action: RecoveryAction,
     /// Why.
     pub reason: RecoveryReason,
     /// The authenticated sender, if any.
@@ -469,14 +471,14 @@ pub struct Recorded {
 
 impl Store {
     /// The recorded decision on message `id` for `user`.
-    pub fn recovery(&self, user: &str, id: &str) -> Result<Option<Recorded>> {
+    pub fn recovery(&self, user: &str, id: &str) -> Result<Option<RecoveryRow>> {
         self.with(|c| {
             c.query_row(
                 "SELECT action, reason, sender, applied, learned FROM recoveries
                  WHERE user = ?1 AND message = ?2",
                 params![user, id],
                 |r| {
-                    Ok(Recorded {
+                    Ok(RecoveryRow {
                         action: r.get(0)?,
                         reason: r.get(1)?,
                         sender: r.get(2)?,
@@ -494,7 +496,7 @@ impl Store {
         &self,
         user: &str,
         id: &str,
-        action: Action,
+        action: RecoveryAction,
         reason: RecoveryReason,
         sender: Option<&str>,
         now: u64,
@@ -587,8 +589,8 @@ impl Summary {
     pub fn count(&mut self, o: &Outcome) {
         self.scanned += 1;
         match o.action {
-            Action::Release => self.released += 1,
-            Action::Keep => self.kept += 1,
+            RecoveryAction::Release => self.released += 1,
+            RecoveryAction::Keep => self.kept += 1,
         }
         if o.earlier {
             self.earlier += 1;
@@ -860,9 +862,9 @@ impl Recoverer {
             // A release recorded before a crash, not carried out: carry it out now. One carried
             // out already and found here again: the user put it back — never fight the user
             // (a `--watch` tick would otherwise pull it out again and again).
-            if r.action == Action::Release && r.applied {
+            if r.action == RecoveryAction::Release && r.applied {
                 o.detail = "released in an earlier run and put back since (by the user?): left where it is".into();
-            } else if opts.apply && r.action == Action::Release {
+            } else if opts.apply && r.action == RecoveryAction::Release {
                 o.moved_to = Some(maildir::move_unsynced(e, inbox, taken)?);
                 self.store.recovery_applied(user, &id)?;
             }
@@ -883,7 +885,7 @@ impl Recoverer {
                 o.authenticated_sender.as_deref(),
                 crate::util::now(),
             )?;
-            if o.action == Action::Release {
+            if o.action == RecoveryAction::Release {
                 o.moved_to = Some(maildir::move_unsynced(e, inbox, taken)?);
                 self.store.recovery_applied(&user, &o.id)?;
             }
@@ -966,7 +968,7 @@ mod tests {
         let m = parse(
             "X-Spam-Flag: YES\nX-Spam-Status: Yes, score=7.3 required=5.0 tests=BAYES_99\n\
              X-Spamd-Result: default: True [12.30 / 15.00]; R_SPF_FAIL(1.0)\nX-Spam: Yes\n\
-             X-Rspamd-Action: add header\nX-Rspamd-Score: 12.3\nX-Spam-Level: *****\n\
+             X-Rspamd-RecoveryAction: add header\nX-Rspamd-Score: 12.3\nX-Spam-Level: *****\n\
              From: a@b.example\n\nbody\n",
         );
         let f = filter_marks(&m);
@@ -1086,8 +1088,8 @@ mod tests {
             assert_eq!(r.as_str().parse::<RecoveryReason>(), Ok(r));
             assert!(!r.as_str().is_empty());
         }
-        for a in Action::ALL {
-            assert_eq!(a.as_str().parse::<Action>(), Ok(*a));
+        for a in RecoveryAction::ALL {
+            assert_eq!(a.as_str().parse::<RecoveryAction>(), Ok(*a));
         }
         // The inbound reasons keep the words the headers and reports have always used.
         for r in [
@@ -1117,7 +1119,7 @@ mod tests {
         s.record_recovery(
             "u@b.example",
             "0x1",
-            Action::Keep,
+            RecoveryAction::Keep,
             RecoveryReason::Decided(Reason::Stranger),
             Some("a@x.example"),
             10,
@@ -1126,14 +1128,14 @@ mod tests {
         s.record_recovery(
             "u@b.example",
             "0x2",
-            Action::Release,
+            RecoveryAction::Release,
             RecoveryReason::Decided(Reason::Allowlisted),
             None,
             20,
         )
         .unwrap();
         let r = s.recovery("u@b.example", "0x2").unwrap().unwrap();
-        assert_eq!((r.action, r.applied), (Action::Release, false));
+        assert_eq!((r.action, r.applied), (RecoveryAction::Release, false));
         assert_eq!(r.reason, RecoveryReason::Decided(Reason::Allowlisted));
         s.recovery_applied("u@b.example", "0x2").unwrap();
         assert!(s.recovery("u@b.example", "0x2").unwrap().unwrap().applied);

@@ -233,7 +233,7 @@ pub(crate) fn message(from: &str, to: &str, subject: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn entry(store: &Path, user: &str, addr: &str) -> Option<allowlist::Entry> {
+fn entry(store: &Path, user: &str, addr: &str) -> Option<allowlist::AllowlistEntry> {
     allowlist::show(&Store::open(store).unwrap(), user, addr).unwrap()
 }
 

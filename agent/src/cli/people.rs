@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! `mailstamp senders …` and `mailstamp allowlist …`: the CLI faces of
-//! `mailstamp::senders` (seed 003) and `mailstamp::allowlist` (seed 004).
+//! `mailstamp::people::senders` (seed 003) and `mailstamp::people::allowlist` (seed 004).
 
 use std::path::PathBuf;
 
@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use mailstamp::{
     config::Config,
-    people::allowlist::{self, Entry},
+    people::allowlist::{self, AllowlistEntry},
     people::{normalise_address, senders},
     store::Store,
     util,
@@ -196,7 +196,7 @@ pub(crate) fn senders(cfg: &Config, cmd: SendersCmd) -> Result<u8> {
     }
 }
 
-fn print_entry(e: &Entry, json: bool) -> Result<()> {
+fn print_entry(e: &AllowlistEntry, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(e)?);
     } else {

@@ -15,7 +15,7 @@ use crate::util::{Net, split_host_port};
 /// when several recipients ask for different things: later variants are stricter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Action {
+pub enum VerdictAction {
     /// Deliver without any mailstamp header.
     Accept,
     /// Deliver with `Authentication-Results:` and the verdict headers.
@@ -30,7 +30,7 @@ pub enum Action {
     Reject,
 }
 
-impl std::str::FromStr for Action {
+impl std::str::FromStr for VerdictAction {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
@@ -90,32 +90,32 @@ pub enum TroublePolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct ActionTable {
     /// All components match.
-    pub wanted: Action,
+    pub wanted: VerdictAction,
     /// Most of it matches.
-    pub suspect: Action,
+    pub suspect: VerdictAction,
     /// Forged, altered or replayed.
-    pub spam: Action,
+    pub spam: VerdictAction,
     /// No stamp.
-    pub unstamped: Action,
+    pub unstamped: VerdictAction,
     /// A stamp that does not decode or names an untrusted registry.
-    pub invalid: Action,
+    pub invalid: VerdictAction,
 }
 
 impl Default for ActionTable {
     fn default() -> Self {
         Self {
-            wanted: Action::AddHeader,
-            suspect: Action::AddHeader,
-            spam: Action::AddHeader,
-            unstamped: Action::AddHeader,
-            invalid: Action::AddHeader,
+            wanted: VerdictAction::AddHeader,
+            suspect: VerdictAction::AddHeader,
+            spam: VerdictAction::AddHeader,
+            unstamped: VerdictAction::AddHeader,
+            invalid: VerdictAction::AddHeader,
         }
     }
 }
 
 impl ActionTable {
     /// The configured action for `v` (`temperror` has none here: see `on_temperror`).
-    pub fn get(&self, v: Verdict) -> Option<Action> {
+    pub fn get(&self, v: Verdict) -> Option<VerdictAction> {
         match v {
             Verdict::Wanted => Some(self.wanted),
             Verdict::Suspect => Some(self.suspect),
@@ -149,7 +149,7 @@ pub struct MilterConfig {
     pub on_temperror: TroublePolicy,
     /// Look up the recording transaction of a found stamp and name it in the header.
     pub lookup_tx: bool,
-    /// Action per verdict.
+    /// VerdictAction per verdict.
     pub actions: ActionTable,
 }
 

@@ -19,7 +19,9 @@ use alloy::primitives::Address;
 use mailstamp_core::{Family, Policy, Selection};
 use serde::Deserialize;
 
-pub use daemon::{Action, ActionTable, MapsConfig, MilterConfig, RelayConfig, TroublePolicy};
+pub use daemon::{
+    ActionTable, MapsConfig, MilterConfig, RelayConfig, TroublePolicy, VerdictAction,
+};
 pub use people::{AllowlistConfig, InboundConfig, PartialMatch, RecoverConfig};
 
 use crate::error::{Context, Error, Result};

@@ -55,7 +55,7 @@ crate::store::stored_enum!(EntryState, "allowlist state", {
 
 /// One allowlist entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
+pub struct AllowlistEntry {
     /// Our user (lower case address).
     pub user: String,
     /// The correspondent's address (lower case).
@@ -79,8 +79,8 @@ pub struct Entry {
 const COLS: &str =
     "user, address, domain, display_name, state, first_seen, last_seen, sent, received";
 
-fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    Ok(Entry {
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AllowlistEntry> {
+    Ok(AllowlistEntry {
         user: r.get(0)?,
         address: r.get(1)?,
         domain: r.get(2)?,
@@ -190,7 +190,7 @@ pub fn lookup(
     user: &str,
     from: &FromIdentity,
     now: u64,
-) -> Result<Option<(Entry, MatchKind)>> {
+) -> Result<Option<(AllowlistEntry, MatchKind)>> {
     if !cfg.enabled {
         return Ok(None);
     }
@@ -251,7 +251,7 @@ pub fn expire(store: &Store, cfg: &AllowlistConfig, now: u64) -> Result<usize> {
 }
 
 /// Entries of `user` (all users' with `None`), by user then most recent first.
-pub fn list(store: &Store, user: Option<&str>) -> Result<Vec<Entry>> {
+pub fn list(store: &Store, user: Option<&str>) -> Result<Vec<AllowlistEntry>> {
     let user = user.map(str::to_ascii_lowercase);
     store.with(|c| {
         let mut st = c.prepare(&format!(
@@ -263,7 +263,7 @@ pub fn list(store: &Store, user: Option<&str>) -> Result<Vec<Entry>> {
 }
 
 /// One entry.
-pub fn show(store: &Store, user: &str, address: &str) -> Result<Option<Entry>> {
+pub fn show(store: &Store, user: &str, address: &str) -> Result<Option<AllowlistEntry>> {
     store.with(|c| {
         c.query_row(
             &format!("SELECT {COLS} FROM allowlist WHERE user = ?1 AND address = ?2"),

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Action, RelayConfig};
+use crate::config::{RelayConfig, VerdictAction};
 use crate::error::{Result, err};
 use crate::session::message::Client;
 use crate::session::{self, Daemon, Judgement, Message, Outbound, Refusal, Step, stages};
@@ -580,8 +580,8 @@ async fn act(
     }
     b.extend_from_slice(raw);
     match j.action {
-        Action::Discard => Err(done("ok, discarded")),
-        Action::Quarantine => Err(match quarantine(&m.settings, m, &b).await {
+        VerdictAction::Discard => Err(done("ok, discarded")),
+        VerdictAction::Quarantine => Err(match quarantine(&m.settings, m, &b).await {
             Ok(path) => {
                 info!(client = %ip, path = %path.display(), "quarantined");
                 done("ok, held by mailstamp")
@@ -591,7 +591,10 @@ async fn act(
                 Refusal::new(false, "4.3.0", "mailstamp: cannot quarantine")
             }
         }),
-        Action::Accept | Action::AddHeader | Action::Tempfail | Action::Reject => Ok(b),
+        VerdictAction::Accept
+        | VerdictAction::AddHeader
+        | VerdictAction::Tempfail
+        | VerdictAction::Reject => Ok(b),
     }
 }
 

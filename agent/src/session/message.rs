@@ -15,7 +15,7 @@ use mailstamp_core::{Envelope, MAX_MESSAGE_BYTES, Report, Verdict};
 use tracing::{info, warn};
 
 use crate::auth::AuthOutcome;
-use crate::config::{Action, Config, StampMode, TroublePolicy};
+use crate::config::{Config, StampMode, TroublePolicy, VerdictAction};
 use crate::error::Result;
 use crate::inbound::{self, Decision, Folder};
 use crate::maps::VerifyPolicy;
@@ -418,7 +418,7 @@ pub struct Judgement {
     /// The verifier's report.
     pub report: Report,
     /// The action ([`action_for`]).
-    pub action: Action,
+    pub action: VerdictAction,
     /// The SMTP refusal for `tempfail` / `reject`.
     pub refusal: Option<Refusal>,
     /// Headers to add (name, value with leading space, folds joined by LF), in order;

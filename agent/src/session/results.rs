@@ -82,7 +82,7 @@ pub fn ar_value(
     v
 }
 
-/// The value of the header that `ops::stamp` put in front of `raw`, in milter form: the
+/// The value of the header that `stamping::stamp` put in front of `raw`, in milter form: the
 /// leading space kept, folded lines joined by LF (the MTA adds the CR).
 pub fn stamp_value(stamped: &[u8], raw_len: usize) -> Option<String> {
     let field = stamped.get(..stamped.len().checked_sub(raw_len)?)?;

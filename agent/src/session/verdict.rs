@@ -4,7 +4,7 @@
 
 use mailstamp_core::Verdict;
 
-use crate::config::{Action, MilterConfig, TroublePolicy};
+use crate::config::{MilterConfig, TroublePolicy, VerdictAction};
 use crate::maps::VerifyPolicy;
 
 use super::Refusal;
@@ -18,11 +18,11 @@ pub fn action_for(
     mc: &MilterConfig,
     sender: Option<&VerifyPolicy>,
     rcpts: &[Option<VerifyPolicy>],
-) -> Action {
+) -> VerdictAction {
     match mc.actions.get(verdict) {
         None => match mc.on_temperror {
-            TroublePolicy::Tempfail => Action::Tempfail,
-            TroublePolicy::Pass => Action::AddHeader,
+            TroublePolicy::Tempfail => VerdictAction::Tempfail,
+            TroublePolicy::Pass => VerdictAction::AddHeader,
         },
         Some(global) => {
             let for_rcpt = |p: &Option<VerifyPolicy>| {
@@ -41,10 +41,10 @@ pub fn action_for(
 }
 
 /// The SMTP refusal of a verdict's action (`tempfail` and `reject` only).
-pub fn verdict_refusal(action: Action, verdict: Verdict) -> Option<Refusal> {
+pub fn verdict_refusal(action: VerdictAction, verdict: Verdict) -> Option<Refusal> {
     let v = verdict.as_str();
     match action {
-        Action::Tempfail => Some(Refusal {
+        VerdictAction::Tempfail => Some(Refusal {
             code: 451,
             xcode: "4.7.1".to_owned(),
             text: if verdict == Verdict::Temperror {
@@ -53,16 +53,19 @@ pub fn verdict_refusal(action: Action, verdict: Verdict) -> Option<Refusal> {
                 format!("mailstamp: message deferred (verdict {v})")
             },
         }),
-        Action::Reject => Some(Refusal {
+        VerdictAction::Reject => Some(Refusal {
             code: 550,
             xcode: "5.7.1".to_owned(),
             text: format!("mailstamp: message refused, its stamp verdict is {v}"),
         }),
-        Action::Accept | Action::AddHeader | Action::Quarantine | Action::Discard => None,
+        VerdictAction::Accept
+        | VerdictAction::AddHeader
+        | VerdictAction::Quarantine
+        | VerdictAction::Discard => None,
     }
 }
 
 /// Whether the result headers go on a message for `action`.
-pub fn adds_headers(action: Action) -> bool {
-    matches!(action, Action::AddHeader | Action::Quarantine)
+pub fn adds_headers(action: VerdictAction) -> bool {
+    matches!(action, VerdictAction::AddHeader | VerdictAction::Quarantine)
 }

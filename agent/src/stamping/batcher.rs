@@ -44,7 +44,7 @@ pub struct Leaf {
 }
 
 /// What a waiting message is told when its batch is done.
-pub type BatchOutcome = Result<Leaf>;
+pub type LeafOutcome = Result<Leaf>;
 
 /// How long a message waits for its batch: how batches are cut, and the longest it waits for
 /// the anchor (`stamp.hold_timeout_ms`).
@@ -85,7 +85,7 @@ impl std::fmt::Debug for Batcher {
 struct Open {
     id: B256,
     leaves: Vec<Commitment>,
-    waiters: Vec<oneshot::Sender<BatchOutcome>>,
+    waiters: Vec<oneshot::Sender<LeafOutcome>>,
     /// What every leaf's header names: the chain, the registry and the writer. A message for
     /// another one closes this batch first (a reload changed `[chain]`), so the anchor always
     /// lands where the headers point.
@@ -143,7 +143,7 @@ impl Batcher {
         chain: &Chain,
         commitment: Commitment,
         cut: Cut,
-    ) -> Result<oneshot::Receiver<BatchOutcome>> {
+    ) -> Result<oneshot::Receiver<LeafOutcome>> {
         let (me, chain) = (self.clone(), chain.clone());
         tokio::task::spawn_blocking(move || me.submit_blocking(&chain, commitment, cut))
             .await
@@ -156,7 +156,7 @@ impl Batcher {
         chain: &Chain,
         commitment: Commitment,
         cut: Cut,
-    ) -> Result<oneshot::Receiver<BatchOutcome>> {
+    ) -> Result<oneshot::Receiver<LeafOutcome>> {
         let (tx, rx) = oneshot::channel();
         let key = key_of(chain);
         let mut slot = self.open.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The agent's durable local state in SQLite (rusqlite, bundled): one file, WAL journal so
 //! milter sessions can read while one writes, a busy timeout instead of "database is locked",
-//! and schema migrations keyed by `PRAGMA user_version`. This module owns the schema; later
-//! features add migrations at the end of [`MIGRATIONS`], never edit earlier ones.
+//! and schema migrations keyed by `PRAGMA user_version`. This module owns the schema (later
+//! features add migrations at the end of [`MIGRATIONS`], never edit earlier ones), the one way
+//! async code reaches it ([`Store::call`]: the blocking pool) and the one string mapping of
+//! every enum kept in it (`stored_enum!`: an unknown stored word is an error).
 
 use std::path::Path;
 use std::sync::Mutex;
