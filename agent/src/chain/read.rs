@@ -79,6 +79,9 @@ pub(super) struct RecordCache {
 /// One record's lookup, shared by everyone asking for it at the same time.
 type Cell = Arc<OnceCell<Lookup>>;
 
+/// One record as read at a block: (commitment or root, time); zero when there is none there.
+type RawRecord = Result<(FixedBytes<24>, u64)>;
+
 /// Bound on cached records; past it the cache starts over (cheap, and rare: 64k entries).
 const CACHE_MAX: usize = 65_536;
 
@@ -318,12 +321,11 @@ impl Chain {
 
     /// `getStamp` / `getAnchor` of every key at `at`, as one JSON-RPC batch. The outer error
     /// is the batch failing as a whole; each record has its own result.
-    #[allow(clippy::type_complexity)]
     async fn get_records(
         &self,
         keys: &[(Address, RecordKey)],
         at: BlockId,
-    ) -> Result<Vec<Result<(FixedBytes<24>, u64)>>> {
+    ) -> Result<Vec<RawRecord>> {
         let reg = StampRegistry::new(self.registry, &self.provider);
         let mut batch = BatchRequest::new(self.provider.client());
         let mut waiters = Vec::with_capacity(keys.len());

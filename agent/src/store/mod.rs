@@ -432,6 +432,16 @@ stored_enum!(DaemonBatchState, "batch state", {
     Dropped => "dropped",
 });
 
+/// What one journal write changes in a daemon batch (`None`: kept as it is).
+#[derive(Clone, Copy)]
+struct BatchUpdate<'a> {
+    state: DaemonBatchState,
+    root: Option<&'a str>,
+    size: Option<u32>,
+    tx: Option<&'a str>,
+    note: Option<&'a str>,
+}
+
 /// A daemon batch in the journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DaemonBatchRow {
@@ -508,15 +518,14 @@ impl Store {
         size: u32,
         now: u64,
     ) -> Result<()> {
-        self.set_daemon_batch(
-            batch_id,
-            DaemonBatchState::Closed,
-            Some(root),
-            Some(size),
-            None,
-            None,
-            now,
-        )
+        let update = BatchUpdate {
+            state: DaemonBatchState::Closed,
+            root: Some(root),
+            size: Some(size),
+            tx: None,
+            note: None,
+        };
+        self.set_daemon_batch(batch_id, &update, now)
     }
 
     /// Records the outcome of a batch: anchored (with its transaction when this agent sent it)
@@ -529,20 +538,24 @@ impl Store {
         note: Option<&str>,
         now: u64,
     ) -> Result<()> {
-        self.set_daemon_batch(batch_id, state, None, None, tx, note, now)
+        let update = BatchUpdate {
+            state,
+            root: None,
+            size: None,
+            tx,
+            note,
+        };
+        self.set_daemon_batch(batch_id, &update, now)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn set_daemon_batch(
-        &self,
-        batch_id: &str,
-        state: DaemonBatchState,
-        root: Option<&str>,
-        size: Option<u32>,
-        tx: Option<&str>,
-        note: Option<&str>,
-        now: u64,
-    ) -> Result<()> {
+    fn set_daemon_batch(&self, batch_id: &str, u: &BatchUpdate<'_>, now: u64) -> Result<()> {
+        let BatchUpdate {
+            state,
+            root,
+            size,
+            tx,
+            note,
+        } = *u;
         let n = self.with(|c| {
             c.execute(
                 "UPDATE daemon_batches SET state = ?2, root = COALESCE(?3, root),
