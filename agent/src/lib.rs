@@ -15,6 +15,11 @@
 //! | 4 | `inbound` | the inbound folder decision |
 //! | 5 | `session`, `recover` | SMTP-session decisions and daemon state; the Junk recovery pass |
 //! | 6 | `milter`, `relay` | the adapters: protocol events in, one `session` call, one reply out |
+//!
+//! Two modules of one row never use each other (row 0 has its own order: `error`, then
+//! `util`, then `config`). Inside one module's own tree (`session/`, `chain/`…) the files are
+//! one room: the parent re-exports its children and the children use the parent's types
+//! (`super::`), as Rust's `impl` blocks across files need; the rows are about rooms.
 
 pub mod error;
 pub mod util;
