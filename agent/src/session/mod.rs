@@ -156,7 +156,11 @@ impl Daemon {
         let Some((path, over)) = &self.source else {
             bail!("no config file to reload");
         };
-        let new = Settings::load(Some(path), over)?;
+        // Files, DNS set-up and the store open: on the blocking pool, not a runtime worker.
+        let (path, over) = (path.clone(), over.clone());
+        let new = tokio::task::spawn_blocking(move || Settings::load(Some(&path), &over))
+            .await
+            .map_err(|e| err!("reloading: {e}"))??;
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         // The chain settings may have changed: connect afresh on the next message.
         *self.chain.lock().await = None;
