@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use alloy::primitives::Address;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use mailstamp::config::{Config, Confirmations, Overrides};
+use mailstamp::config::{Config, Confirmations, LogConfig, Overrides};
 use mailstamp_core::Envelope;
 
 mod cli;
@@ -156,28 +156,32 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MAILSTAMP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     let cli = Cli::parse();
+    // The log format comes from the config file's [log], read before the whole file is loaded
+    // and checked (a mistake in it is reported by that load, in the format chosen here).
+    let format = cli
+        .config
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|t| LogConfig::peek(&t).format)
+        .unwrap_or_default();
+    cli::init_logs(format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mailstamp: cannot start the async runtime: {e}");
+            cli::notice_error(format_args!(
+                "mailstamp: cannot start the async runtime: {e}"
+            ));
             return ExitCode::from(1);
         }
     };
     match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("mailstamp: {e:#}");
+            cli::notice_error(format_args!("mailstamp: {e:#}"));
             ExitCode::from(1)
         }
     }

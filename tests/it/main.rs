@@ -15,6 +15,7 @@ mod corpus;
 mod dns;
 mod dnsfix;
 mod dovecot;
+mod logs;
 mod milter;
 mod milter_batch;
 mod postfix;

@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The log lines of the real binary: `[log] format = "json"` with `MAILSTAMP_LOG=info` gives
+//! one JSON object per stderr line, one `mail` line per message with the same fields from
+//! both directions, and never the writer key or a word of a message.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+use crate::harness::{TempDir, key_hex, tamper_body};
+use crate::milter::{INBOUND, Smtp, T, chain, chain_toml, play, with_stamp};
+
+/// A sentence that appears nowhere but in the body of the test message.
+const SECRET_SENTENCE: &str = "The blue heron counts seventeen pebbles at dawn";
+
+fn message() -> String {
+    format!(
+        "From: Alice <alice@a.example>\r\n\
+         To: Bob <bob@b.example>\r\n\
+         Subject: figures\r\n\
+         Date: Tue, 24 Nov 2026 03:00:00 +0000\r\n\
+         Message-ID: <logs1@a.example>\r\n\
+         \r\n\
+         Hello Bob,\r\n\
+         \r\n\
+         {SECRET_SENTENCE}. Regards, Alice\r\n"
+    )
+}
+
+/// Waits for the line of `log` that contains `s`; returns the whole text.
+fn wait_for(log: &std::path::Path, s: &str) -> String {
+    let end = std::time::Instant::now() + T;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(s) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < end, "no {s:?} in:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_message_and_no_secret_or_content() {
+    let (a, registry, writer) = chain().await;
+    let dir = TempDir::new("logs");
+    let cfg = dir.0.join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[milter]\ntrusted_networks = [\"127.0.0.0/8\"]\n[store]\npath = \"{}\"\n\
+             [log]\nformat = \"json\"\n",
+            chain_toml(&a.endpoint(), registry, writer),
+            dir.0.join("state.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let key = key_hex(&a, 0);
+    let log = dir.0.join("milter.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailstamp"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["milter", "--listen", "inet:127.0.0.1:0"])
+        .env_remove("MAILSTAMP_CONFIG")
+        .env("MAILSTAMP_PRIVATE_KEY", &key)
+        .env("MAILSTAMP_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = wait_for(&log, "listening on inet:");
+    let addr: SocketAddr = text
+        .split("listening on inet:")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Outbound from a trusted network: stamped.
+    let raw = message();
+    let submit = Smtp {
+        ip: "127.0.0.1",
+        host: "localhost",
+        ..INBOUND
+    };
+    let out = play(addr, &submit, raw.as_bytes()).await;
+    assert!(out.stop.is_none(), "{out:?}");
+    let stamped = with_stamp(&out, raw.as_bytes());
+    // Inbound: the stamped message (wanted), then a copy with one letter of the body changed.
+    let o = play(addr, &INBOUND, &stamped).await;
+    assert_eq!(
+        o.header("X-Mailstamp-Verdict").as_deref(),
+        Some(" wanted"),
+        "{o:?}"
+    );
+    let tampered = tamper_body(&stamped).expect("a letter to change");
+    let o = play(addr, &INBOUND, &tampered).await;
+    assert_ne!(o.header("X-Mailstamp-Verdict").as_deref(), Some(" wanted"));
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = BufReader::new(text.as_bytes())
+        .lines()
+        .map(|l| {
+            let l = l.unwrap();
+            serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"].as_str() == Some("mailstamp milter: stopped")),
+        "{text}"
+    );
+    let mails: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"].as_str() == Some("mail"))
+        .collect();
+    assert_eq!(mails.len(), 3, "one line per message:\n{text}");
+    let w = format!("{writer:#x}");
+    let out = mails[0];
+    assert_eq!(out["level"], "INFO");
+    assert_eq!(out["queue_id"], "QID1");
+    assert_eq!(out["direction"], "outbound");
+    assert_eq!(out["verdict"], "stamped");
+    assert_eq!(out["writer"], w.as_str());
+    let token = out["token"].as_str().expect("a token");
+    let tx = out["tx"].as_str().expect("a tx");
+    assert!(token.len() == 66 && tx.len() == 66, "{out}");
+    let wanted = mails[1];
+    assert_eq!(wanted["direction"], "inbound");
+    assert_eq!(wanted["queue_id"], "QID1");
+    assert_eq!(wanted["verdict"], "wanted");
+    assert_eq!(wanted["score"], 1.0);
+    assert_eq!(wanted["action"], "add-header");
+    assert_eq!(wanted["token"], token);
+    assert_eq!(wanted["writer"], w.as_str());
+    assert_eq!(wanted["tx"], tx);
+    assert_eq!(wanted["differed"], "");
+    let changed = mails[2];
+    assert_eq!(changed["direction"], "inbound");
+    assert_ne!(changed["verdict"], "wanted");
+    assert_eq!(changed["token"], token);
+    let differed = changed["differed"].as_str().unwrap();
+    assert!(differed.starts_with("text"), "{changed}");
+
+    // Nothing secret, nothing from the message.
+    let bare = key.trim_start_matches("0x");
+    for needle in [
+        key.as_str(),
+        bare,
+        SECRET_SENTENCE,
+        "blue heron",
+        "Hello Bob",
+    ] {
+        assert!(!text.contains(needle), "{needle:?} is in the log:\n{text}");
+    }
+    assert!(!text.to_lowercase().contains(&bare.to_lowercase()));
+}
