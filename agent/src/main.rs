@@ -153,6 +153,10 @@ enum Cmd {
     /// The self-training allowlist (seed 004): look at and correct what outbound mail taught.
     #[command(subcommand)]
     Allowlist(people_cmd::AllowlistCmd),
+    /// Check a deployment and say what to fix: config, RPC and chain id, registry, writer key
+    /// and balance, store, each domain's writer record, listen addresses. Exit 0 when every
+    /// check passes (warnings allowed), 1 otherwise.
+    Doctor(cli::doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -203,10 +207,15 @@ async fn run(cli: Cli) -> Result<u8> {
         let listen = cli::daemon::Listen::Relay(listen);
         return cli::daemon::run(cli.config, over, listen, keystore.as_deref()).await;
     }
+    // The doctor loads the config itself: a mistake in it is its first finding.
+    if let Cmd::Doctor(args) = cli.cmd {
+        return cli::doctor::run(cli.config, over, args).await;
+    }
     let cfg = Config::load(cli.config.as_deref(), &over)?;
     match cli.cmd {
         Cmd::Milter { .. } => bail!("the milter is started before the config is loaded"),
         Cmd::Relay { .. } => bail!("the relay is started before the config is loaded"),
+        Cmd::Doctor(_) => bail!("the doctor is run before the config is loaded"),
         Cmd::Deploy {
             keystore,
             no_create2,

@@ -14,6 +14,7 @@ mod cli;
 mod corpus;
 mod dns;
 mod dnsfix;
+mod doctor;
 mod dovecot;
 mod logs;
 mod milter;

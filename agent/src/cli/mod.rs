@@ -4,6 +4,7 @@
 pub(crate) mod audit;
 pub(crate) mod daemon;
 pub(crate) mod deploy;
+pub(crate) mod doctor;
 pub(crate) mod onboard;
 pub(crate) mod people;
 pub(crate) mod recover;
