@@ -142,8 +142,8 @@ pub async fn run(opts: &Options) -> Vec<Check> {
     };
     let timeout = Duration::from_secs(cfg.chain.timeout_secs);
     let node = rpc_checks(&cfg, timeout, &mut out).await;
-    if node.is_some() {
-        out.push(registry_check(&cfg).await);
+    if let Some((provider, _)) = &node {
+        out.push(registry_check(&cfg, provider, timeout).await);
     }
     let writer = writer_checks(
         &cfg,
@@ -220,8 +220,9 @@ async fn rpc_checks(
     Some((provider, id))
 }
 
-/// The registry has code and answers `version()`.
-async fn registry_check(cfg: &Config) -> Check {
+/// The registry has code and answers `version()`, and its code is this agent's
+/// `StampRegistry` (other code that answers is a `warn`: another build or version).
+async fn registry_check(cfg: &Config, provider: &DynProvider, timeout: Duration) -> Check {
     let registry = match cfg.registry() {
         Ok(r) => r,
         Err(e) => {
@@ -240,7 +241,28 @@ async fn registry_check(cfg: &Config) -> Check {
         Err(e) => Err(e),
     };
     match checked {
-        Ok(v) => Check::ok("registry", format!("{registry}: StampRegistry {v}")),
+        Ok(v) => {
+            let code = within(
+                timeout,
+                std::future::IntoFuture::into_future(provider.get_code_at(registry)),
+            )
+            .await;
+            match code {
+                Ok(c) if c == chain::StampRegistry::DEPLOYED_BYTECODE => {
+                    Check::ok("registry", format!("{registry}: StampRegistry {v}"))
+                }
+                _ => Check::warn(
+                    "registry",
+                    format!(
+                        "{registry} answers version() = {v}, but its code is not this agent's StampRegistry"
+                    ),
+                    format!(
+                        "use the registry this version deploys (`mailstamp deploy`: {}), or make sure that code is meant (verify it on an explorer)",
+                        chain::predicted_address()
+                    ),
+                ),
+            }
+        }
         Err(e) => Check::fail(
             "registry",
             format!("{e:#}"),

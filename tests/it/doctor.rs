@@ -4,6 +4,7 @@
 //! missing writer record, unwritable store, a config mistake) found, with its fix named.
 
 use alloy::primitives::Address;
+use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use serde_json::Value;
 
@@ -171,6 +172,34 @@ async fn doctor_finds_each_broken_part_and_names_its_fix() {
     failed(&checks, "registry", "mailstamp deploy");
     let d = check(&checks, "registry")["detail"].as_str().unwrap();
     assert!(d.contains("no contract"), "{d}");
+
+    // Code that answers version() but is not this agent's registry: a warning, not a failure.
+    let other_code: Address = "0x000000000000000000000000000000000000cafe"
+        .parse()
+        .unwrap();
+    let p = alloy::providers::ProviderBuilder::new().connect_http(a.endpoint_url());
+    let mut code = p.get_code_at(registry).await.unwrap().to_vec();
+    code.push(0);
+    let _: Value = p
+        .raw_request(
+            "anvil_setCode".into(),
+            (other_code, alloy::hex::encode_prefixed(&code)),
+        )
+        .await
+        .unwrap();
+    let (code, checks) = doctor(
+        &good.replace(&registry.to_string(), &other_code.to_string()),
+        &key,
+        &[],
+    )
+    .await;
+    let c = check(&checks, "registry");
+    assert_eq!(c["status"], "warn", "{c:#}");
+    assert!(
+        c["fix"].as_str().unwrap().contains("mailstamp deploy"),
+        "{c:#}"
+    );
+    assert_eq!(code, 0, "a warning does not fail the run");
 
     // An unfunded writer: a fresh key (pinned for a.example, so only the balance fails).
     let fresh = PrivateKeySigner::random();
