@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::harness::{TempDir, key_hex, tamper_body};
 use crate::milter::{INBOUND, Smtp, T, chain, chain_toml, play, with_stamp};
+use crate::relay::{Sink, deliver};
 
 /// A sentence that appears nowhere but in the body of the test message.
 const SECRET_SENTENCE: &str = "The blue heron counts seventeen pebbles at dawn";
@@ -41,6 +42,74 @@ fn wait_for(log: &std::path::Path, s: &str) -> String {
     }
 }
 
+/// A daemon binary with `MAILSTAMP_LOG=info` and the writer key `key` (none if empty), its
+/// stderr in `log`; see [`stop`].
+fn spawn(
+    cfg: &std::path::Path,
+    args: &[&str],
+    key: &str,
+    log: &std::path::Path,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mailstamp"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env_remove("MAILSTAMP_CONFIG")
+        .env_remove("MAILSTAMP_PRIVATE_KEY")
+        .envs((!key.is_empty()).then_some(("MAILSTAMP_PRIVATE_KEY", key)))
+        .env("MAILSTAMP_LOG", "info")
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a daemon with SIGTERM; its log, and every line parsed as JSON.
+fn stop(mut child: std::process::Child, log: &std::path::Path) -> (String, Vec<Value>) {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(log).unwrap();
+    let lines = BufReader::new(text.as_bytes())
+        .lines()
+        .map(|l| {
+            let l = l.unwrap();
+            serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        })
+        .collect();
+    (text, lines)
+}
+
+/// The per-message lines.
+fn mails(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l["message"].as_str() == Some("mail"))
+        .collect()
+}
+
+/// Neither the key (with or without 0x, in any case) nor a word of the body is in `text`.
+fn nothing_secret(text: &str, key: &str) {
+    let bare = key.trim_start_matches("0x");
+    for needle in [key, bare, SECRET_SENTENCE, "blue heron", "Hello Bob"] {
+        assert!(!text.contains(needle), "{needle:?} is in the log:\n{text}");
+    }
+    assert!(!text.to_lowercase().contains(&bare.to_lowercase()));
+}
+
+/// The address of the `listening on ADDR` notice after `prefix`.
+fn listening(text: &str, prefix: &str) -> SocketAddr {
+    text.split(prefix)
+        .nth(1)
+        .unwrap()
+        .split(['"', ','])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn json_logs_carry_one_line_per_message_and_no_secret_or_content() {
     let (a, registry, writer) = chain().await;
@@ -58,26 +127,13 @@ async fn json_logs_carry_one_line_per_message_and_no_secret_or_content() {
     .unwrap();
     let key = key_hex(&a, 0);
     let log = dir.0.join("milter.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailstamp"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["milter", "--listen", "inet:127.0.0.1:0"])
-        .env_remove("MAILSTAMP_CONFIG")
-        .env("MAILSTAMP_PRIVATE_KEY", &key)
-        .env("MAILSTAMP_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let text = wait_for(&log, "listening on inet:");
-    let addr: SocketAddr = text
-        .split("listening on inet:")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let child = spawn(
+        &cfg,
+        &["milter", "--listen", "inet:127.0.0.1:0"],
+        &key,
+        &log,
+    );
+    let addr = listening(&wait_for(&log, "listening on inet:"), "listening on inet:");
 
     // Outbound from a trusted network: stamped.
     let raw = message();
@@ -100,30 +156,14 @@ async fn json_logs_carry_one_line_per_message_and_no_secret_or_content() {
     let o = play(addr, &INBOUND, &tampered).await;
     assert_ne!(o.header("X-Mailstamp-Verdict").as_deref(), Some(" wanted"));
 
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<Value> = BufReader::new(text.as_bytes())
-        .lines()
-        .map(|l| {
-            let l = l.unwrap();
-            serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
-        })
-        .collect();
+    let (text, lines) = stop(child, &log);
     assert!(
         lines
             .iter()
             .any(|l| l["message"].as_str() == Some("mailstamp milter: stopped")),
         "{text}"
     );
-    let mails: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l["message"].as_str() == Some("mail"))
-        .collect();
+    let mails = mails(&lines);
     assert_eq!(mails.len(), 3, "one line per message:\n{text}");
     let w = format!("{writer:#x}");
     let out = mails[0];
@@ -153,15 +193,74 @@ async fn json_logs_carry_one_line_per_message_and_no_secret_or_content() {
     assert!(differed.starts_with("text"), "{changed}");
 
     // Nothing secret, nothing from the message.
-    let bare = key.trim_start_matches("0x");
-    for needle in [
-        key.as_str(),
-        bare,
-        SECRET_SENTENCE,
-        "blue heron",
-        "Hello Bob",
-    ] {
-        assert!(!text.contains(needle), "{needle:?} is in the log:\n{text}");
+    nothing_secret(&text, &key);
+}
+
+/// The relay's lines carry the same fields, with its own queue id (it has no MTA's).
+#[tokio::test]
+async fn the_relay_logs_the_same_fields() {
+    let (a, registry, writer) = chain().await;
+    let sink = Sink::start().await;
+    let dir = TempDir::new("logs-relay");
+    let base = format!(
+        "{}[store]\npath = \"{}\"\n[log]\nformat = \"json\"\n",
+        chain_toml(&a.endpoint(), registry, writer),
+        dir.0.join("state.sqlite").display()
+    );
+    // b.example's relay (inbound) in front of the sink; a.example's (outbound) in front of it.
+    let in_cfg = dir.0.join("in.toml");
+    std::fs::write(
+        &in_cfg,
+        format!("{base}[relay]\nnext_hop = \"{}\"\n", sink.addr),
+    )
+    .unwrap();
+    let in_log = dir.0.join("in.log");
+    let inbound = spawn(&in_cfg, &["relay", "--listen", "127.0.0.1:0"], "", &in_log);
+    let in_addr = listening(&wait_for(&in_log, "listening on "), "listening on ");
+    let out_cfg = dir.0.join("out.toml");
+    std::fs::write(
+        &out_cfg,
+        format!("{base}[relay]\nnext_hop = \"{in_addr}\"\noutbound = true\n"),
+    )
+    .unwrap();
+    let key = key_hex(&a, 0);
+    let out_log = dir.0.join("out.log");
+    let outbound = spawn(
+        &out_cfg,
+        &["relay", "--listen", "127.0.0.1:0"],
+        &key,
+        &out_log,
+    );
+    let out_addr = listening(&wait_for(&out_log, "listening on "), "listening on ");
+
+    let r = deliver(
+        out_addr,
+        "alice@a.example",
+        &["bob@b.example"],
+        message().as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(sink.got().len(), 1);
+
+    let (out_text, out_lines) = stop(outbound, &out_log);
+    let (in_text, in_lines) = stop(inbound, &in_log);
+    let (o, i) = (mails(&out_lines), mails(&in_lines));
+    assert_eq!((o.len(), i.len()), (1, 1), "{out_text}\n{in_text}");
+    let (o, i) = (o[0], i[0]);
+    for l in [o, i] {
+        let q = l["queue_id"].as_str().unwrap();
+        assert!(q.starts_with('R') && q.len() > 4, "{l}");
+        assert_eq!(l["writer"], format!("{writer:#x}").as_str(), "{l}");
+        assert_eq!(l["rcpts"], 1);
     }
-    assert!(!text.to_lowercase().contains(&bare.to_lowercase()));
+    assert_eq!(o["direction"], "outbound");
+    assert_eq!(o["verdict"], "stamped");
+    assert_eq!(i["direction"], "inbound");
+    assert_eq!(i["verdict"], "wanted");
+    assert_eq!(i["token"], o["token"]);
+    assert_eq!(i["tx"], o["tx"]);
+    assert_eq!(i["differed"], "");
+    nothing_secret(&out_text, &key);
+    nothing_secret(&in_text, &key);
 }
