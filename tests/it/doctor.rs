@@ -146,7 +146,7 @@ async fn doctor_is_all_green_on_a_correct_deployment() {
 #[tokio::test]
 async fn doctor_finds_each_broken_part_and_names_its_fix() {
     let (a, registry, writer) = chain().await;
-    let dns = DnsServer::start(&["c.example"], &[]).await;
+    let dns = DnsServer::start(&["c.example", "cust.example"], &[]).await;
     let dns = dns.addr.to_string();
     let key = key_hex(&a, 0);
     let dir = TempDir::new("doctor-broken");
@@ -227,6 +227,33 @@ async fn doctor_finds_each_broken_part_and_names_its_fix() {
         &checks,
         "writer record c.example",
         &format!("publish _mailstamp.c.example TXT \"v=mailstamp1; w={writer:#x}\""),
+    );
+
+    // Provider mode: an active customer domain whose `_mailstamp` CNAME is missing gets the
+    // CNAME onboarding printed as its fix.
+    let pdir = TempDir::new("doctor-provider");
+    let pstore = pdir.0.join("state.sqlite");
+    let store = mailstamp::store::Store::open(&pstore).unwrap();
+    store.add_domain("cust.example", "acme", 1).unwrap();
+    store.set_active("cust.example", 2).unwrap();
+    store.add_domain("pending.example", "acme", 3).unwrap();
+    drop(store);
+    let provider = good.replace(
+        &dir.0.join("state.sqlite").display().to_string(),
+        &pstore.display().to_string(),
+    ) + "[provider]\nenabled = true\nzone = \"provider.example\"\n";
+    let (code, checks) = doctor(&provider, &key, &[]).await;
+    assert_eq!(code, 1);
+    failed(
+        &checks,
+        "writer record cust.example",
+        "_mailstamp.cust.example. 3600 IN CNAME acme._mailstamp.provider.example.",
+    );
+    assert!(
+        !checks
+            .iter()
+            .any(|c| c["name"] == "writer record pending.example"),
+        "only active customer domains are stamped for: {checks:#?}"
     );
 
     // An unwritable store: its directory would have to be where a file is.
