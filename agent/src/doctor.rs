@@ -108,8 +108,12 @@ pub struct Options {
     /// provider mode, the active customer domains.
     pub domains: Vec<String>,
     /// Listen addresses to try (`inet:HOST:PORT`, `unix:/path`, `HOST:PORT`); none:
-    /// `relay.listen`.
+    /// `relay.listen`. The milter's (`inet:`, `unix:`) are also looked for in Postfix's
+    /// `smtpd_milters`.
     pub listen: Vec<String>,
+    /// Postfix's configuration directory (`postconf -c DIR`); none: the system's, when
+    /// Postfix is installed (no `postconf`: no Postfix checks).
+    pub postfix: Option<PathBuf>,
 }
 
 /// Whether every check passed (warnings allowed).
@@ -158,6 +162,7 @@ pub async fn run(opts: &Options) -> Vec<Check> {
     for l in listen_addresses(&cfg, opts) {
         out.push(listen_check(&l).await);
     }
+    postfix_checks(opts, &mut out).await;
     out
 }
 
@@ -581,6 +586,157 @@ fn unix_check(name: String, path: &Path) -> Check {
     }
 }
 
+/// The `main.cf` parameters the Postfix checks read, in this order.
+const POSTFIX_PARAMS: [&str; 4] = [
+    "smtpd_milters",
+    "non_smtpd_milters",
+    "milter_protocol",
+    "milter_default_action",
+];
+
+/// The system's Postfix configuration (Debian's place); without it, and without
+/// `--postfix-config`, Postfix is not set up here and is not checked.
+const SYSTEM_MAIN_CF: &str = "/etc/postfix/main.cf";
+
+/// `postconf -x -h` of [`POSTFIX_PARAMS`] (values expanded); `None` when Postfix is not
+/// installed (or, without `dir`, not set up: no [`SYSTEM_MAIN_CF`]).
+async fn postconf(dir: Option<&Path>) -> Option<std::result::Result<Vec<String>, String>> {
+    if dir.is_none() && !Path::new(SYSTEM_MAIN_CF).exists() {
+        return None;
+    }
+    for exe in ["postconf", "/usr/sbin/postconf"] {
+        let mut cmd = tokio::process::Command::new(exe);
+        if let Some(d) = dir {
+            cmd.arg("-c").arg(d);
+        }
+        cmd.args(["-x", "-h"]).args(POSTFIX_PARAMS);
+        return Some(match cmd.output().await {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let v: Vec<String> = text.lines().map(str::to_owned).collect();
+                if v.len() == POSTFIX_PARAMS.len() {
+                    Ok(v)
+                } else {
+                    Err(format!("unexpected output: {text}"))
+                }
+            }
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .filter(|l| !l.contains("warning:"))
+                .collect::<Vec<_>>()
+                .join("; ")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => Err(e.to_string()),
+        });
+    }
+    None
+}
+
+/// The milter address as Postfix names it: a socket under Postfix's chroot
+/// (`/var/spool/postfix`) is written relative to it.
+fn postfix_form(addr: &str) -> String {
+    match addr.strip_prefix("unix:/var/spool/postfix/") {
+        Some(rest) => format!("unix:/{rest}"),
+        None => addr.to_owned(),
+    }
+}
+
+/// Whether a `*_milters` value lists `addr` (as given, or in its chroot-relative form).
+fn lists_milter(value: &str, addr: &str) -> bool {
+    let want = [addr.to_owned(), postfix_form(addr)];
+    value
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '{' | '}'))
+        .any(|t| want.iter().any(|w| w == t))
+}
+
+/// Postfix's milter settings match what the agent needs (when Postfix is installed).
+async fn postfix_checks(opts: &Options, out: &mut Vec<Check>) {
+    let vals = match postconf(opts.postfix.as_deref()).await {
+        None if opts.postfix.is_none() => return,
+        None => {
+            out.push(Check::fail(
+                "postfix",
+                "postconf not found",
+                "install Postfix, or leave out --postfix-config",
+            ));
+            return;
+        }
+        Some(Err(e)) => {
+            out.push(Check::fail(
+                "postfix",
+                format!("postconf: {e}"),
+                "give Postfix's configuration directory (--postfix-config DIR, where main.cf is)",
+            ));
+            return;
+        }
+        Some(Ok(v)) => v,
+    };
+    let (smtpd, non_smtpd, protocol, default_action) = (&vals[0], &vals[1], &vals[2], &vals[3]);
+    out.push(if protocol.trim() == "6" {
+        Check::ok("postfix milter_protocol", "6")
+    } else {
+        Check::fail(
+            "postfix milter_protocol",
+            format!("{protocol}: the milter refuses it (it needs LEADING_SPACE, protocol 6)"),
+            "set milter_protocol = 6 in main.cf",
+        )
+    });
+    out.push(if default_action.trim() == "tempfail" {
+        Check::ok("postfix milter_default_action", "tempfail")
+    } else {
+        Check::warn(
+            "postfix milter_default_action",
+            format!("{default_action}: while the milter is down, mail is not deferred"),
+            "set milter_default_action = tempfail in main.cf (mail waits instead)",
+        )
+    });
+    let milters: Vec<&String> = opts
+        .listen
+        .iter()
+        .filter(|l| l.starts_with("inet:") || l.starts_with("unix:"))
+        .collect();
+    if milters.is_empty() {
+        if smtpd.trim().is_empty() {
+            out.push(Check::warn(
+                "postfix smtpd_milters",
+                "empty: Postfix passes no mail to a milter",
+                "set smtpd_milters = inet:127.0.0.1:8891 (the milter's --listen; give it to doctor as --listen)",
+            ));
+        }
+        return;
+    }
+    // One of the milter addresses given is where Postfix must send mail.
+    let forms: Vec<String> = milters.iter().map(|m| postfix_form(m)).collect();
+    let found = |value: &str| {
+        milters
+            .iter()
+            .zip(&forms)
+            .find(|(m, _)| lists_milter(value, m))
+    };
+    out.push(match found(smtpd) {
+        Some((_, pf)) => Check::ok("postfix smtpd_milters", format!("lists {pf}")),
+        None => Check::fail(
+            "postfix smtpd_milters",
+            format!("`{smtpd}` lists none of {}", forms.join(", ")),
+            format!(
+                "set smtpd_milters = {} in main.cf (then `postfix reload`)",
+                forms[0]
+            ),
+        ),
+    });
+    out.push(match found(non_smtpd) {
+        Some((_, pf)) => Check::ok("postfix non_smtpd_milters", format!("lists {pf}")),
+        None => Check::warn(
+            "postfix non_smtpd_milters",
+            format!(
+                "`{non_smtpd}` lists none of {}: local submissions (sendmail) are not stamped",
+                forms.join(", ")
+            ),
+            "set non_smtpd_milters = $smtpd_milters in main.cf",
+        ),
+    });
+}
+
 /// The result of a whole run as one value, for `--json`.
 #[derive(Debug, Serialize)]
 pub struct Summary<'a> {
@@ -593,6 +749,23 @@ pub struct Summary<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milters_are_found_in_postfix_values() {
+        let v = "inet:127.0.0.1:8891, { unix:/mailstamp/milter.sock, default_action = accept }";
+        assert!(lists_milter(v, "inet:127.0.0.1:8891"));
+        assert!(lists_milter(
+            v,
+            "unix:/var/spool/postfix/mailstamp/milter.sock"
+        ));
+        assert!(!lists_milter(v, "inet:127.0.0.1:8892"));
+        assert!(!lists_milter("", "inet:127.0.0.1:8891"));
+        assert_eq!(
+            postfix_form("unix:/var/spool/postfix/m.sock"),
+            "unix:/m.sock"
+        );
+        assert_eq!(postfix_form("inet:[::1]:1"), "inet:[::1]:1");
+    }
 
     #[test]
     fn balances_print_in_eth() {

@@ -83,6 +83,22 @@ fn config(
         )
 }
 
+/// Whether Postfix's `postconf` is here (the Postfix checks are tested only then).
+fn postconf_installed() -> bool {
+    ["/usr/sbin/postconf", "/usr/bin/postconf"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+}
+
+/// A Postfix configuration directory with `main` as its main.cf.
+fn postfix_dir(dir: &TempDir, name: &str, main: &str) -> String {
+    let d = dir.0.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("main.cf"), main).unwrap();
+    std::fs::write(d.join("master.cf"), "").unwrap();
+    d.display().to_string()
+}
+
 #[tokio::test]
 async fn doctor_is_all_green_on_a_correct_deployment() {
     let (a, registry, writer) = chain().await;
@@ -99,40 +115,58 @@ async fn doctor_is_all_green_on_a_correct_deployment() {
     );
     let sock = dir.0.join("m.sock");
     let unix = format!("unix:{}", sock.display());
-    let (code, checks) = doctor(
-        &cfg,
-        &key_hex(&a, 0),
-        &[
-            "--domain",
-            "c.example",
-            "--listen",
-            "inet:127.0.0.1:0",
-            "--listen",
-            &unix,
-        ],
-    )
-    .await;
+    // A free port for the milter, named in Postfix's main.cf too.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let milter = format!("inet:127.0.0.1:{port}");
+    let main_cf = format!(
+        "smtpd_milters = {milter}\nnon_smtpd_milters = $smtpd_milters\nmilter_protocol = 6\n\
+         milter_default_action = tempfail\n"
+    );
+    let pf = postfix_dir(&dir, "postfix", &main_cf);
+    let mut args = vec![
+        "--domain",
+        "c.example",
+        "--listen",
+        &milter,
+        "--listen",
+        &unix,
+    ];
+    let postfix = postconf_installed();
+    if postfix {
+        args.extend(["--postfix-config", &pf]);
+    }
+    let (code, checks) = doctor(&cfg, &key_hex(&a, 0), &args).await;
     for c in &checks {
         assert_eq!(c["status"], "ok", "{c:#}");
     }
     assert_eq!(code, 0);
     let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(
-        names,
-        [
-            "config",
-            "rpc",
-            "chain id",
-            "registry",
-            "writer key",
-            "balance",
-            "store",
-            "writer record a.example",
-            "writer record c.example",
-            "listen inet:127.0.0.1:0",
-            &format!("listen {unix}"),
-        ]
-    );
+    let mut want = vec![
+        "config".to_owned(),
+        "rpc".into(),
+        "chain id".into(),
+        "registry".into(),
+        "writer key".into(),
+        "balance".into(),
+        "store".into(),
+        "writer record a.example".into(),
+        "writer record c.example".into(),
+        format!("listen {milter}"),
+        format!("listen {unix}"),
+    ];
+    if postfix {
+        want.extend([
+            "postfix milter_protocol".to_owned(),
+            "postfix milter_default_action".into(),
+            "postfix smtpd_milters".into(),
+            "postfix non_smtpd_milters".into(),
+        ]);
+    }
+    assert_eq!(names, want);
     let reg = check(&checks, "registry")["detail"].as_str().unwrap();
     assert!(reg.contains("StampRegistry 1."), "{reg}");
     let bal = check(&checks, "balance")["detail"].as_str().unwrap();
@@ -255,6 +289,24 @@ async fn doctor_finds_each_broken_part_and_names_its_fix() {
             .any(|c| c["name"] == "writer record pending.example"),
         "only active customer domains are stamped for: {checks:#?}"
     );
+
+    // Postfix that would not give the milter its mail, or not with the leading space.
+    if postconf_installed() {
+        let pf = postfix_dir(&dir, "postfix-bad", "milter_protocol = 2\n");
+        let (code, checks) = doctor(
+            &good,
+            &key,
+            &["--listen", "inet:127.0.0.1:0", "--postfix-config", &pf],
+        )
+        .await;
+        assert_eq!(code, 1);
+        failed(&checks, "postfix milter_protocol", "milter_protocol = 6");
+        failed(
+            &checks,
+            "postfix smtpd_milters",
+            "smtpd_milters = inet:127.0.0.1:0",
+        );
+    }
 
     // An unwritable store: its directory would have to be where a file is.
     let file = dir.0.join("a-file");

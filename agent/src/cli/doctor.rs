@@ -20,6 +20,10 @@ pub(crate) struct DoctorArgs {
     /// (default: relay.listen).
     #[arg(long)]
     listen: Vec<String>,
+    /// Postfix's configuration directory (where main.cf is; `postconf -c DIR`). Default: the
+    /// system's, when Postfix is installed.
+    #[arg(long)]
+    postfix_config: Option<PathBuf>,
     /// Encrypted keystore of the writer (else writer.keystore or MAILSTAMP_PRIVATE_KEY).
     #[arg(long)]
     keystore: Option<PathBuf>,
@@ -36,6 +40,7 @@ pub(crate) async fn run(config: Option<PathBuf>, over: Overrides, args: DoctorAr
         keystore: args.keystore,
         domains: args.domains,
         listen: args.listen,
+        postfix: args.postfix_config,
     };
     let checks = doctor::run(&opts).await;
     let ok = doctor::all_pass(&checks);
