@@ -139,7 +139,7 @@ pub async fn run(opts: &Options) -> Vec<Check> {
             out.push(Check::fail(
                 "config",
                 format!("{e:#}"),
-                "correct that key (every key is documented in mailstamp.example.toml); the other checks need the config",
+                "correct the file at that key (every key is documented in mailstamp.example.toml); the other checks need the config",
             ));
             return out;
         }
