@@ -264,3 +264,41 @@ async fn the_relay_logs_the_same_fields() {
     nothing_secret(&out_text, &key);
     nothing_secret(&in_text, &key);
 }
+
+/// A config mistake is still said clearly: in the format the file asks for (a JSON line at
+/// `ERROR` naming the file and key), or as text when `[log]` itself is wrong.
+#[test]
+fn a_config_mistake_is_reported_in_the_chosen_format() {
+    let dir = TempDir::new("logs-config");
+    let cfg = dir.0.join("m.toml");
+    let p = cfg.display().to_string();
+    std::fs::write(&cfg, "[log]\nformat = \"json\"\n[chain]\nrpc = 1\n").unwrap();
+    let out = crate::harness::mailstamp(
+        &["--config", &p, "milter", "--listen", "inet:127.0.0.1:0"],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert_eq!(lines[0]["level"], "ERROR");
+    let msg = lines[0]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with(&format!("mailstamp: {p}: chain.rpc: unknown field `rpc`")),
+        "{msg}"
+    );
+    std::fs::write(&cfg, "[log]\nformat = \"xml\"\n").unwrap();
+    let out = crate::harness::mailstamp(&["--config", &p, "verify"], &[], Some(b""));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "mailstamp: {p}: log.format: unknown variant `xml`"
+        )),
+        "{err}"
+    );
+}
