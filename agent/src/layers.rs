@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["auth"],
     &["people", "stamping", "verifying", "onboard"],
     &["inbound"],
-    &["session", "recover"],
+    &["session", "recover", "doctor"],
     &["milter", "relay"],
 ];
 

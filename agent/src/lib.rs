@@ -13,7 +13,7 @@
 //! | 2 | `auth` | DMARC through the resolver of `dns` |
 //! | 3 | `people`, `stamping`, `verifying`, `onboard` | the domain: who is who, stamping (direct, batch, the daemons' batcher), verifying, customer domains |
 //! | 4 | `inbound` | the inbound folder decision |
-//! | 5 | `session`, `recover` | SMTP-session decisions and daemon state; the Junk recovery pass |
+//! | 5 | `session`, `recover`, `doctor` | SMTP-session decisions and daemon state; the Junk recovery pass; the deployment checks |
 //! | 6 | `milter`, `relay` | the adapters: protocol events in, one `session` call, one reply out |
 //!
 //! Two modules of one row never use each other (row 0 has its own order: `error`, then
@@ -42,6 +42,7 @@ pub mod verifying;
 
 pub mod inbound;
 
+pub mod doctor;
 pub mod recover;
 pub mod session;
 

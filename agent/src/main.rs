@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use alloy::primitives::Address;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use mailstamp::config::{Config, Confirmations, Overrides};
+use mailstamp::config::{Config, Confirmations, LogConfig, Overrides};
 use mailstamp_core::Envelope;
 
 mod cli;
@@ -153,31 +153,39 @@ enum Cmd {
     /// The self-training allowlist (seed 004): look at and correct what outbound mail taught.
     #[command(subcommand)]
     Allowlist(people_cmd::AllowlistCmd),
+    /// Check a deployment and say what to fix: config, RPC and chain id, registry, writer key
+    /// and balance, store, each domain's writer record, listen addresses. Exit 0 when every
+    /// check passes (warnings allowed), 1 otherwise.
+    Doctor(cli::doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MAILSTAMP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     let cli = Cli::parse();
+    // The log format comes from the config file's [log], read before the whole file is loaded
+    // and checked (a mistake in it is reported by that load, in the format chosen here).
+    let format = cli
+        .config
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|t| LogConfig::peek(&t).format)
+        .unwrap_or_default();
+    cli::init_logs(format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mailstamp: cannot start the async runtime: {e}");
+            cli::notice_error(format_args!(
+                "mailstamp: cannot start the async runtime: {e}"
+            ));
             return ExitCode::from(1);
         }
     };
     match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("mailstamp: {e:#}");
+            cli::notice_error(format_args!("mailstamp: {e:#}"));
             ExitCode::from(1)
         }
     }
@@ -199,10 +207,15 @@ async fn run(cli: Cli) -> Result<u8> {
         let listen = cli::daemon::Listen::Relay(listen);
         return cli::daemon::run(cli.config, over, listen, keystore.as_deref()).await;
     }
+    // The doctor loads the config itself: a mistake in it is its first finding.
+    if let Cmd::Doctor(args) = cli.cmd {
+        return cli::doctor::run(cli.config, over, args).await;
+    }
     let cfg = Config::load(cli.config.as_deref(), &over)?;
     match cli.cmd {
         Cmd::Milter { .. } => bail!("the milter is started before the config is loaded"),
         Cmd::Relay { .. } => bail!("the relay is started before the config is loaded"),
+        Cmd::Doctor(_) => bail!("the doctor is run before the config is loaded"),
         Cmd::Deploy {
             keystore,
             no_create2,

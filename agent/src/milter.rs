@@ -16,7 +16,7 @@ use indymilter::{
     ProtoOpts, SetErrorReply, SocketInfo, Status,
 };
 use mailstamp_core::Verdict;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::config::{MilterConfig, VerdictAction};
 use crate::error::{Context as _, Result, bail};
@@ -422,7 +422,9 @@ async fn eom(m: &Daemon, cx: &mut EomContext<Session>) -> Status {
 
 async fn outbound(d: &Daemon, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
     remove_forged(cx, &msg, queue_id).await;
-    match session::stamp(d, &msg.m, &msg.raw).await {
+    let out = session::stamp(d, &msg.m, &msg.raw).await;
+    session::log_outbound(queue_id, &msg.m, d.writer(), &out);
+    match out {
         Outbound::Stamped(st) => {
             let Some(value) = results::stamp_value(&st.message, msg.raw.len()) else {
                 warn!(queue_id, "stamped message has no leading Mail-Stamp field");
@@ -441,7 +443,6 @@ async fn outbound(d: &Daemon, cx: &mut EomContext<Session>, msg: Msg, queue_id: 
                     "mailstamp: cannot add the stamp header",
                 );
             }
-            info!(queue_id, token = %st.token, tx = %st.recorded.tx, block = st.recorded.block, batch = ?st.batch, rcpts = msg.m.rcpts.len(), "stamped");
             Status::Continue
         }
         Outbound::Unstamped(value) => {
@@ -531,15 +532,8 @@ async fn inbound(
         helo,
     };
     let j = session::judge(d, &msg.m, &msg.raw, client).await;
+    session::log_inbound(queue_id, &msg.m, &j);
     let d = disposition_of(j.action, j.report.verdict);
-    info!(
-        queue_id,
-        verdict = j.report.verdict.as_str(),
-        score = j.report.score,
-        action = ?d.action,
-        reason = j.report.reason.as_deref().unwrap_or(""),
-        "verified"
-    );
     remove_forged(cx, &msg, queue_id).await;
     // Authentication-Results goes on top, the others at the end of the header.
     for (i, (name, value)) in j.headers.iter().enumerate() {

@@ -15,6 +15,8 @@ use mailstamp::{keys, milter, relay};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use super::notice;
+
 /// The settings of a daemon and its writer key, if one is configured: without one it still
 /// verifies inbound mail, and outbound mail follows `milter.on_stamp_error`.
 fn daemon_settings(
@@ -30,7 +32,7 @@ fn daemon_settings(
     let signer = if has_key {
         Some(keys::load(&settings.cfg.writer, keystore)?)
     } else {
-        eprintln!(
+        notice!(
             "mailstamp {what}: no writer key: outbound mail cannot be stamped (milter.on_stamp_error applies)"
         );
         None
@@ -81,11 +83,11 @@ pub(crate) async fn run(
     let pending = d.pending_batches().await;
     let listener = if what == "milter" {
         let (l, addr) = milter::bind(&listen).await?;
-        eprintln!("mailstamp milter: listening on {addr}");
+        notice!("mailstamp milter: listening on {addr}");
         Bound::Milter(l)
     } else {
         let (l, addr) = relay::bind(&listen).await?;
-        eprintln!("mailstamp relay: listening on {addr}, next hop {next_hop}");
+        notice!("mailstamp relay: listening on {addr}, next hop {next_hop}");
         Bound::Relay(l)
     };
     let hk = d.clone();
@@ -97,7 +99,7 @@ pub(crate) async fn run(
         report_recovery(what, r);
         loop {
             if let Err(e) = hk.prune_journal().await {
-                eprintln!("mailstamp {what}: cannot prune the batch journal: {e:#}");
+                notice!("mailstamp {what}: cannot prune the batch journal: {e:#}");
             }
             tokio::time::sleep(JOURNAL_PRUNE_EVERY).await;
         }
@@ -121,7 +123,7 @@ fn report_recovery(what: &str, r: mailstamp::Result<Vec<Recovered>>) {
     match r {
         Ok(done) => {
             for b in done {
-                eprintln!(
+                notice!(
                     "mailstamp {what}: pending batch {} ({} leaves): {}{}",
                     b.batch,
                     b.leaves,
@@ -130,7 +132,7 @@ fn report_recovery(what: &str, r: mailstamp::Result<Vec<Recovered>>) {
                 );
             }
         }
-        Err(e) => eprintln!("mailstamp {what}: {e:#}"),
+        Err(e) => notice!("mailstamp {what}: {e:#}"),
     }
 }
 
@@ -152,8 +154,8 @@ async fn supervise<F: std::future::Future<Output = mailstamp::Result<()>>>(
             _ = term.recv() => break Ok(0),
             _ = int.recv() => break Ok(0),
             _ = hup.recv() => match reload().await {
-                Ok(()) => eprintln!("mailstamp {what}: reloaded the config and maps"),
-                Err(e) => eprintln!("mailstamp {what}: reload failed, the old config and maps stay in force: {e:#}"),
+                Ok(()) => notice!("mailstamp {what}: reloaded the config and maps"),
+                Err(e) => notice!("mailstamp {what}: reload failed, the old config and maps stay in force: {e:#}"),
             },
             res = &mut server => break match res {
                 Ok(Ok(())) => Ok(0),
@@ -166,6 +168,6 @@ async fn supervise<F: std::future::Future<Output = mailstamp::Result<()>>>(
     if !server.is_finished() {
         let _ = server.await;
     }
-    eprintln!("mailstamp {what}: stopped");
+    notice!("mailstamp {what}: stopped");
     result
 }

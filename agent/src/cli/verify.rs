@@ -9,7 +9,7 @@ use mailstamp::{
     util::now,
     verifying::{self, VerifyContext},
 };
-use mailstamp_core::{Envelope, Report, Status, Verdict};
+use mailstamp_core::{Envelope, Verdict};
 use serde_json::json;
 
 fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -42,21 +42,6 @@ fn exit_code(v: Verdict) -> u8 {
         Verdict::Spam => 13,
         Verdict::Temperror => 14,
     }
-}
-
-fn differing(r: &Report) -> String {
-    let d: Vec<&str> = r
-        .components
-        .iter()
-        .filter(|c| {
-            !matches!(
-                c.status,
-                Status::Match | Status::Explained | Status::Unavailable
-            )
-        })
-        .map(|c| c.name.as_str())
-        .collect();
-    d.join(",")
 }
 
 pub(crate) async fn run(
@@ -135,7 +120,7 @@ pub(crate) async fn run(
                 trunc(&name, 36),
                 report.verdict.as_str(),
                 score,
-                trunc(&differing(&report), 28),
+                trunc(&mailstamp::session::message::differed(&report), 28),
                 txs,
                 report.reason.as_deref().unwrap_or("")
             );

@@ -49,6 +49,20 @@ impl std::str::FromStr for VerdictAction {
     }
 }
 
+impl VerdictAction {
+    /// The word of the config file (`add-header`, …), as logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::AddHeader => "add-header",
+            Self::Quarantine => "quarantine",
+            Self::Discard => "discard",
+            Self::Tempfail => "tempfail",
+            Self::Reject => "reject",
+        }
+    }
+}
+
 /// `[maps]` in the configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -59,6 +59,52 @@ pub struct Config {
     pub allowlist: AllowlistConfig,
     /// `mailstamp recover` (seed 004).
     pub recover: RecoverConfig,
+    /// How the log lines on stderr are written.
+    pub log: LogConfig,
+}
+
+/// `[log]`: the format of the lines on stderr. The level comes from `MAILSTAMP_LOG` (an
+/// `EnvFilter`: `info`, `warn`, `mailstamp::milter=debug`…), not from the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default: one human-readable line per event) or `json` (one JSON object per
+    /// line, the event's fields at the top level).
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogConfig {
+    /// The `[log]` checks. The format is an enum (an unknown word fails the parse, naming
+    /// `log.format`); nothing else can be wrong yet.
+    pub fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The `[log]` section of a config file's text, read before anything else (the logger is
+    /// set up before the whole file is loaded and checked). Lenient: text that does not parse,
+    /// or a `[log]` that is wrong, gives the default here, and the full load that follows
+    /// reports the mistake with its file, key and line.
+    pub fn peek(text: &str) -> Self {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Only {
+            log: LogConfig,
+        }
+        toml::from_str::<Only>(text)
+            .map(|o| o.log)
+            .unwrap_or_default()
+    }
 }
 
 /// `[dns]`
@@ -545,6 +591,7 @@ impl Config {
         self.allowlist.check()?;
         self.milter.check()?;
         self.relay.check()?;
+        self.log.check()?;
         Ok(())
     }
 
@@ -589,6 +636,22 @@ mod tests {
         assert_eq!(cfg.inbound, InboundConfig::default());
         assert_eq!(cfg.allowlist, AllowlistConfig::default());
         cfg.check().unwrap();
+    }
+
+    #[test]
+    fn the_log_format_is_text_unless_the_file_says_json() {
+        assert_eq!(Config::parse("").unwrap().log.format, LogFormat::Text);
+        let cfg = Config::parse("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        let e = Config::parse("[log]\nformat = \"xml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("log.format: unknown variant `xml`"), "{e}");
+        // Peeking ignores the rest of the file and never fails.
+        let text = "[chain]\nrpc = 1\n[log]\nformat = \"json\"\n";
+        assert_eq!(LogConfig::peek(text).format, LogFormat::Json);
+        assert_eq!(LogConfig::peek("[log]\nformat = 3").format, LogFormat::Text);
+        assert_eq!(LogConfig::peek("not toml [").format, LogFormat::Text);
     }
 
     #[test]

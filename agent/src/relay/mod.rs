@@ -99,10 +99,22 @@ const MAX_LINE: usize = 4096;
 /// SMTP hop needs.
 struct Msg {
     m: Message,
+    /// The relay's own id of this message (it has no MTA queue id), in its log lines.
+    queue_id: String,
     /// A map said discard: take the message, then drop it.
     discard: bool,
     /// The client declared `BODY=8BITMIME`; the next hop is told the same.
     eight_bit: bool,
+}
+
+/// A fresh id for a message taken by this relay: the start time of the process and a count,
+/// in upper-case hex like a Postfix queue id (`R` first: it is not the MTA's).
+fn next_queue_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    format!("R{:X}{n:04X}", STARTED.get_or_init(now))
 }
 
 /// One SMTP connection.
@@ -412,6 +424,7 @@ impl Conn<'_> {
             };
         self.msg = Some(Msg {
             m: Message::new(s, self.outbound_client, from.address, policy),
+            queue_id: next_queue_id(),
             discard,
             eight_bit: from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0,
         });
@@ -499,14 +512,7 @@ impl Conn<'_> {
             let helo = self.helo.as_deref().unwrap_or("");
             let client = Client { ip: Some(ip), helo };
             let j = session::judge(self.daemon, &msg.m, &raw, client).await;
-            info!(
-                client = %ip,
-                verdict = j.report.verdict.as_str(),
-                score = j.report.score,
-                action = ?j.action,
-                reason = j.report.reason.as_deref().unwrap_or(""),
-                "verified"
-            );
+            session::log_inbound(&msg.queue_id, &msg.m, &j);
             match act(&msg.m, j, &raw, ip).await {
                 Ok(b) => b,
                 Err(r) => return r,
@@ -521,12 +527,10 @@ impl Conn<'_> {
 
     /// An outbound message: stamped, passed unstamped, or refused.
     async fn outbound(&self, msg: &Msg, raw: Vec<u8>) -> std::result::Result<Vec<u8>, Refusal> {
-        let ip = self.peer.ip();
-        match session::stamp(self.daemon, &msg.m, &raw).await {
-            Outbound::Stamped(st) => {
-                info!(client = %ip, token = %st.token, tx = %st.recorded.tx, batch = ?st.batch, rcpts = msg.m.rcpts.len(), "stamped");
-                Ok(st.message)
-            }
+        let out = session::stamp(self.daemon, &msg.m, &raw).await;
+        session::log_outbound(&msg.queue_id, &msg.m, self.daemon.writer(), &out);
+        match out {
+            Outbound::Stamped(st) => Ok(st.message),
             Outbound::Unstamped(value) => {
                 let mut b = format!("{}:{value}\r\n", session::UNSTAMPED_HEADER).into_bytes();
                 b.extend_from_slice(&raw);

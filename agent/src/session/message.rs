@@ -424,6 +424,8 @@ pub struct Judgement {
     /// Headers to add (name, value with leading space, folds joined by LF), in order;
     /// `Authentication-Results` first, to go on top. Empty unless the action adds headers.
     pub headers: Vec<(&'static str, String)>,
+    /// The transaction that recorded the stamp, when it was looked up (`milter.lookup_tx`).
+    pub tx: Option<B256>,
 }
 
 /// The verification context of `m`: the configured policy, with the highest threshold any
@@ -475,6 +477,7 @@ pub async fn judge(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) -> J
         &m.rcpt_policies,
     );
     let mut headers = Vec::new();
+    let mut found_tx = None;
     if adds_headers(action) {
         let tx = match &chain {
             Ok(c) if s.cfg.milter.lookup_tx => {
@@ -484,6 +487,7 @@ pub async fn judge(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) -> J
             }
             _ => None,
         };
+        found_tx = tx;
         let from = parsed.as_ref().and_then(FromIdentity::of_parsed);
         headers = result_headers(s, &report, from.as_ref(), tx);
         let msg = Inbound {
@@ -500,7 +504,102 @@ pub async fn judge(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) -> J
         report,
         action,
         headers,
+        tx: found_tx,
     }
+}
+
+/// The names of the components that differ (mismatch, missing, added), comma-separated:
+/// names only (`subject`, `text.0`), never what they hold.
+pub fn differed(report: &Report) -> String {
+    use mailstamp_core::Status;
+    let d: Vec<&str> = report
+        .components
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c.status,
+                Status::Match | Status::Explained | Status::Unavailable
+            )
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    d.join(",")
+}
+
+/// The one `info` line of an outbound message, the same from both adapters: the MTA's queue
+/// id, `direction = "outbound"`, `verdict` (`stamped`, `unstamped` or `refused`), the token,
+/// writer and transaction of a stamp. No secret and no message content: addresses are the
+/// envelope's count, reasons are the agent's own words.
+pub fn log_outbound(
+    queue_id: &str,
+    m: &Message,
+    writer: Option<alloy::primitives::Address>,
+    out: &Outbound,
+) {
+    let writer = writer.map(|w| format!("{w:#x}"));
+    let (verdict, token, tx, block, batch, reason) = match out {
+        Outbound::Stamped(st) => (
+            "stamped",
+            Some(format!("{:#x}", st.token)),
+            Some(format!("{:#x}", st.recorded.tx)),
+            Some(st.recorded.block),
+            st.batch.map(|(b, _)| format!("{b:#x}")),
+            None,
+        ),
+        Outbound::Unstamped(v) => (
+            "unstamped",
+            None,
+            None,
+            None,
+            None,
+            Some(v.trim().to_owned()),
+        ),
+        Outbound::Refused(r) => (
+            "refused",
+            None,
+            None,
+            None,
+            None,
+            Some(format!("{} {}", r.xcode, r.text)),
+        ),
+    };
+    info!(
+        queue_id,
+        direction = "outbound",
+        verdict,
+        token = token.as_deref(),
+        writer = writer.as_deref(),
+        tx = tx.as_deref(),
+        block,
+        batch = batch.as_deref(),
+        rcpts = m.rcpts.len(),
+        reason = reason.as_deref(),
+        "mail"
+    );
+}
+
+/// The one `info` line of an inbound message, with the same fields as [`log_outbound`]'s
+/// where they apply, plus the score, the action and the components that differed.
+pub fn log_inbound(queue_id: &str, m: &Message, j: &Judgement) {
+    let r = &j.report;
+    let stamp = r.stamp.as_ref();
+    let tx = j.tx.map(|t| format!("{t:#x}"));
+    let differed = differed(r);
+    info!(
+        queue_id,
+        direction = "inbound",
+        verdict = r.verdict.as_str(),
+        score = r.score,
+        action = j.action.as_str(),
+        token = stamp.map(|s| s.token.as_str()),
+        writer = stamp.map(|s| s.writer.as_str()),
+        tx = tx.as_deref(),
+        batch = stamp.and_then(|s| s.batch.as_deref()),
+        differed = differed.as_str(),
+        rcpts = m.rcpts.len(),
+        reason = r.reason.as_deref(),
+        "mail"
+    );
 }
 
 /// `Authentication-Results` (first, to go on top), the verdict and the score.

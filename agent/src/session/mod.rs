@@ -23,7 +23,7 @@ use crate::error::{Context, Error, Result, bail, err};
 use crate::stamping::batcher::{Batcher, Recovered};
 use crate::store::{DaemonBatchRow, Store};
 
-pub use message::{Judgement, Message, Outbound, judge, stamp};
+pub use message::{Judgement, Message, Outbound, judge, log_inbound, log_outbound, stamp};
 pub use results::{SCORE_HEADER, UNSTAMPED_HEADER, VERDICT_HEADER};
 pub use settings::Settings;
 pub use stages::{Refusal, Step};
@@ -72,6 +72,11 @@ impl Daemon {
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = owner.into();
         self
+    }
+
+    /// The writer's address, when the daemon has a key.
+    pub fn writer(&self) -> Option<alloy::primitives::Address> {
+        self.signer.as_ref().map(|s| s.address())
     }
 
     /// The shared batcher, opening the store on first use.
