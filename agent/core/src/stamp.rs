@@ -35,6 +35,13 @@ pub enum StampError {
     /// More recipients than one header can carry.
     #[error("{0} recipients, more than the {max} one stamp can carry; split the message", max = crate::header::MAX_RCPTS)]
     TooManyRecipients(usize),
+    /// The header section starts with a folded line (white space before the first field): a
+    /// `Mail-Stamp:` field put on top would take that line into its own value (found by the
+    /// `message` fuzz target).
+    #[error(
+        "the message starts with white space (a folded line before any header field): it is malformed; fix the submitting client"
+    )]
+    LeadingFold,
 }
 
 /// A computed stamp: the header to add and the record to write.
@@ -76,6 +83,9 @@ pub fn prepare(
     chain: &ChainRef,
     sel: &Selection,
 ) -> Result<Prepared, StampError> {
+    if matches!(msg.raw_message().first(), Some(b' ' | b'\t')) {
+        return Err(StampError::LeadingFold);
+    }
     if component::from_address(msg).is_empty() {
         return Err(StampError::NoFrom);
     }

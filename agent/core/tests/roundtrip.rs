@@ -348,3 +348,25 @@ fn batched_stamps_verify_against_the_anchored_root_and_headers_round_trip() {
     let swapped = mailstamp_core::insert_header(raw, &h);
     assert_eq!(verify(&swapped, &[RCPT], &rec).verdict, Verdict::Spam);
 }
+
+/// Found by the `message` fuzz target (agent/fuzz/seeds/message/leading-fold.eml): a message
+/// whose first line starts with white space. A `Mail-Stamp:` field put on top would take that
+/// line into its own value, so the stamp would not decode at the receiver; stamping refuses it.
+#[test]
+fn a_message_that_starts_with_a_folded_line_is_not_stamped() {
+    let raw = b" rorFfomk-admin@xent.com  Sat Oct  5 12:39:20 2002\nFrom: Ann <ann@a.example>\nTo: bob@b.example\nSubject: hi\n\nbody\n";
+    let msg = mailstamp_core::parse(raw).unwrap();
+    let sel = mailstamp_core::Selection::default();
+    let e = mailstamp_core::prepare(&msg, &env(&[RCPT]), [7; 16], &CHAIN, &sel).unwrap_err();
+    assert_eq!(e, mailstamp_core::StampError::LeadingFold);
+    // A message that starts with a field is stamped, and its stamp decodes.
+    let ok = &raw[raw.iter().position(|&b| b == b'\n').unwrap() + 1..];
+    let msg = mailstamp_core::parse(ok).unwrap();
+    let p = mailstamp_core::prepare(&msg, &env(&[RCPT]), [7; 16], &CHAIN, &sel).unwrap();
+    let stamped = mailstamp_core::insert_header(ok, &p.header);
+    let again = mailstamp_core::parse(&stamped).unwrap();
+    assert!(matches!(
+        mailstamp_core::inspect(&again),
+        mailstamp_core::Inspection::Stamped(_)
+    ));
+}

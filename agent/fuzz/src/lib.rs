@@ -177,6 +177,9 @@ pub fn check_message(raw: &[u8]) {
         Err(StampError::NoFrom) => {
             assert!(mailstamp_core::component::from_address(&msg).is_empty());
         }
+        Err(StampError::LeadingFold) => {
+            assert!(matches!(raw.first(), Some(b' ' | b'\t')));
+        }
         Err(e) => panic!("prepare failed with envelope recipients given: {e}"),
         Ok(p) => {
             assert_eq!(p.token, p.header.token());
