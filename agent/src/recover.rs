@@ -74,7 +74,7 @@ fn number_after(v: &str, key: &str) -> Option<f64> {
 }
 
 /// Reads the headers spam filters write: SpamAssassin (`X-Spam-Flag`, `X-Spam-Status`),
-/// rspamd (`X-Spamd-Result`, `X-Spam`, `X-Rspamd-RecoveryAction`, `X-Rspamd-Score`) and generic ones
+/// rspamd (`X-Spamd-Result`, `X-Spam`, `X-Rspamd-Action`, `X-Rspamd-Score`) and generic ones
 /// (`X-Spam-Score`, `X-Spam-Level`, `X-Spam-Verdict`). Only reported: whatever they say, the
 /// decision is ours.
 pub fn filter_marks(msg: &Message<'_>) -> Vec<FilterMark> {
@@ -968,7 +968,7 @@ mod tests {
         let m = parse(
             "X-Spam-Flag: YES\nX-Spam-Status: Yes, score=7.3 required=5.0 tests=BAYES_99\n\
              X-Spamd-Result: default: True [12.30 / 15.00]; R_SPF_FAIL(1.0)\nX-Spam: Yes\n\
-             X-Rspamd-RecoveryAction: add header\nX-Rspamd-Score: 12.3\nX-Spam-Level: *****\n\
+             X-Rspamd-Action: add header\nX-Rspamd-Score: 12.3\nX-Spam-Level: *****\n\
              From: a@b.example\n\nbody\n",
         );
         let f = filter_marks(&m);
