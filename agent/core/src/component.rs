@@ -157,6 +157,42 @@ pub fn from_name(msg: &Message<'_>) -> String {
         .unwrap_or_default()
 }
 
+/// The fields RFC 5322 §3.6 allows at most once.
+pub const SINGLE_FIELDS: [&str; 11] = [
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Subject",
+    "Date",
+];
+
+/// The [`SINGLE_FIELDS`] the message's own header section has more than once, in table
+/// order. Names compare case-insensitively, as RFC 5322 says.
+pub fn duplicate_fields(msg: &Message<'_>) -> Vec<&'static str> {
+    let mut counts = [0usize; SINGLE_FIELDS.len()];
+    for h in msg.headers() {
+        let name = h.name();
+        if let Some(i) = SINGLE_FIELDS
+            .iter()
+            .position(|f| name.eq_ignore_ascii_case(f))
+        {
+            counts[i] += 1;
+        }
+    }
+    SINGLE_FIELDS
+        .into_iter()
+        .zip(counts)
+        .filter(|(_, n)| *n > 1)
+        .map(|(f, _)| f)
+        .collect()
+}
+
 /// The To, Cc and Bcc addresses, canonical: the envelope `sendmail -t` would use.
 pub fn header_recipients(msg: &Message<'_>) -> Vec<String> {
     addresses(msg.all_to().chain(msg.all_cc()).chain(msg.all_bcc()))

@@ -246,7 +246,7 @@ pub enum Inspection {
     Stamped(Box<StampHeader>),
 }
 
-/// Finds and decodes the topmost `Mail-Stamp:` header. The value is taken from the raw bytes
+/// Finds and decodes the `Mail-Stamp:` header. The value is taken from the raw bytes
 /// (offsets mail-parser records), so folding is undone by the decoder, not by guesswork.
 ///
 /// More than one `Mail-Stamp:` field is `invalid` (docs/PROTOCOL.md §6 step 1): no version
@@ -329,55 +329,34 @@ pub fn evaluate(
     }
 }
 
-/// The fields RFC 5322 §3.6 allows at most once, and the verdict a second one gives
-/// (docs/PROTOCOL.md §6 step 1). `spam` for the fields a stamp compares (From, To, Cc,
-/// Subject, Date, Message-ID): the verifier reads one copy and a mail client may show the
-/// other, which is the attack itself. `invalid` for the others: the stamp never covers them,
-/// so a second copy shows the message is malformed, not that a stamp was defeated.
-pub const SINGLE_FIELDS: [(&str, Verdict); 11] = [
-    ("From", Verdict::Spam),
-    ("Sender", Verdict::Invalid),
-    ("Reply-To", Verdict::Invalid),
-    ("To", Verdict::Spam),
-    ("Cc", Verdict::Spam),
-    ("Bcc", Verdict::Invalid),
-    ("Message-ID", Verdict::Spam),
-    ("In-Reply-To", Verdict::Invalid),
-    ("References", Verdict::Invalid),
-    ("Subject", Verdict::Spam),
-    ("Date", Verdict::Spam),
-];
-
-/// The verdict and reason when the top-level header section has more than one of a
-/// [`SINGLE_FIELDS`] field: `spam` if any of them is a `spam` field, else `invalid`.
-fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
-    let mut counts = [0usize; SINGLE_FIELDS.len()];
-    for h in msg.headers() {
-        let name = h.name();
-        if let Some(i) = SINGLE_FIELDS
-            .iter()
-            .position(|(f, _)| name.eq_ignore_ascii_case(f))
-        {
-            counts[i] += 1;
-        }
-    }
-    let twice: Vec<&(&str, Verdict)> = SINGLE_FIELDS
-        .iter()
-        .zip(counts)
-        .filter(|(_, n)| *n > 1)
-        .map(|(f, _)| f)
-        .collect();
-    let verdict = if twice.iter().any(|(_, v)| *v == Verdict::Spam) {
+/// The verdict a second copy of a field RFC 5322 allows once gives (docs/PROTOCOL.md §6 step
+/// 1): `spam` for the fields a stamp compares (From, To, Cc, Subject, Date, Message-ID): the
+/// verifier reads one copy and a mail client may show the other, which is the attack itself.
+/// `invalid` for the others ([`component::SINGLE_FIELDS`]): the stamp never covers them, so a
+/// second copy shows the message is malformed, not that a stamp was defeated.
+pub fn duplicate_verdict(field: &str) -> Verdict {
+    const COMPARED: [&str; 6] = ["From", "To", "Cc", "Subject", "Date", "Message-ID"];
+    if COMPARED.iter().any(|f| f.eq_ignore_ascii_case(field)) {
         Verdict::Spam
     } else {
-        twice.first()?.1
-    };
-    let names: Vec<&str> = twice.iter().map(|(f, _)| *f).collect();
+        Verdict::Invalid
+    }
+}
+
+/// The verdict and reason when the top-level header section has more than one of a
+/// [`component::SINGLE_FIELDS`] field: `spam` if any of them is a `spam` field, else
+/// `invalid`.
+fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
+    let twice = component::duplicate_fields(msg);
+    let verdict = twice
+        .iter()
+        .map(|f| duplicate_verdict(f))
+        .min_by_key(|v| *v != Verdict::Spam)?;
     Some((
         verdict,
         format!(
             "more than one {} field (RFC 5322 allows one): the verifier and a mail client may read different ones",
-            names.join(", ")
+            twice.join(", ")
         ),
     ))
 }

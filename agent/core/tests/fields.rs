@@ -474,3 +474,22 @@ fn version_2_stamps_are_byte_for_byte_as_recorded() {
     }
     let _ = std::fs::remove_file(&failed);
 }
+
+#[test]
+fn a_writer_does_not_stamp_what_every_receiver_would_reject() {
+    let raw = every_single_field();
+    for (field, other, _) in SINGLE {
+        let twice = insert_line(&raw, 0, &format!("{field}: {other}"));
+        let msg = parse(&twice).unwrap();
+        let e = prepare(&msg, &env(&[RCPT]), [1; 16], &CHAIN, &every_family())
+            .expect_err(field)
+            .to_string();
+        assert!(e.contains(field) && e.contains("more than one"), "{e}");
+    }
+    let (stamped, _) = stamp_with(&raw, 2, &every_family());
+    let msg = parse(&stamped).unwrap();
+    let e = prepare(&msg, &env(&[RCPT]), [1; 16], &CHAIN, &every_family())
+        .expect_err("already stamped")
+        .to_string();
+    assert!(e.contains("Mail-Stamp"), "{e}");
+}
