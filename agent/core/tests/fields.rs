@@ -291,6 +291,8 @@ fn a_second_copy_of_any_field_rfc5322_allows_once_is_never_wanted() {
                 .to_owned()
         };
         let upper = format!("{}: {other}", field.to_ascii_uppercase());
+        // RFC 5322 §4.5.3 (obsolete syntax) allows white space before the colon.
+        let obs = format!("{field} : {other}");
         let cases = [
             (
                 "another value above",
@@ -302,6 +304,7 @@ fn a_second_copy_of_any_field_rfc5322_allows_once_is_never_wanted() {
             ),
             ("the same value again", insert_line(&stamped, at, &original)),
             ("upper-case name", insert_line(&stamped, at, &upper)),
+            ("space before the colon", insert_line(&stamped, at, &obs)),
         ];
         for (what, raw) in cases {
             for raw in [raw.clone(), to_crlf(&raw)] {
