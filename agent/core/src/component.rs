@@ -172,6 +172,13 @@ pub const SINGLE_FIELDS: [&str; 11] = [
     "Date",
 ];
 
+/// How many mailboxes the From field lists (groups included). RFC 5322 allows several
+/// authors; the stamp covers the first ([`from_address`], [`from_name`]) while a mail client
+/// shows them all, so more than one is treated like a second From field.
+pub fn from_mailboxes(msg: &Message<'_>) -> usize {
+    msg.from().map_or(0, |a| a.iter().count())
+}
+
 /// The [`SINGLE_FIELDS`] the message's own header section has more than once, in table
 /// order. Names compare case-insensitively, as RFC 5322 says.
 pub fn duplicate_fields(msg: &Message<'_>) -> Vec<&'static str> {

@@ -35,6 +35,12 @@ pub enum StampError {
         "the message has more than one {0} field (RFC 5322 allows one); remove the extra ones before stamping"
     )]
     DuplicateField(String),
+    /// The From field lists more than one mailbox: receivers take that like a second From
+    /// field (docs/PROTOCOL.md §6 step 1).
+    #[error(
+        "the From field lists {0} mailboxes, more than one; send with one author (and Sender) or split the message"
+    )]
+    SeveralAuthors(usize),
     /// The message already carries a `Mail-Stamp:` field: a second one makes it `invalid` at
     /// every receiver (no hop is declared, docs/PROTOCOL.md §6 step 1).
     #[error("the message already carries a {FIELD_NAME} field; remove it before stamping again")]
@@ -88,6 +94,10 @@ pub fn prepare(
 ) -> Result<Prepared, StampError> {
     if component::from_address(msg).is_empty() {
         return Err(StampError::NoFrom);
+    }
+    let authors = component::from_mailboxes(msg);
+    if authors > 1 {
+        return Err(StampError::SeveralAuthors(authors));
     }
     let twice = component::duplicate_fields(msg);
     if !twice.is_empty() {

@@ -344,9 +344,18 @@ pub fn duplicate_verdict(field: &str) -> Verdict {
 }
 
 /// The verdict and reason when the top-level header section has more than one of a
-/// [`component::SINGLE_FIELDS`] field: `spam` if any of them is a `spam` field, else
-/// `invalid`.
+/// [`component::SINGLE_FIELDS`] field (`spam` if any of them is a `spam` field, else
+/// `invalid`), or a From field with more than one mailbox (`spam`, like a second From).
 fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
+    let authors = component::from_mailboxes(msg);
+    if authors > 1 {
+        return Some((
+            Verdict::Spam,
+            format!(
+                "the From field lists {authors} mailboxes, more than one: the stamp covers the first, a mail client shows them all"
+            ),
+        ));
+    }
     let twice = component::duplicate_fields(msg);
     let verdict = twice
         .iter()

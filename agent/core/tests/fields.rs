@@ -496,3 +496,36 @@ fn a_writer_does_not_stamp_what_every_receiver_would_reject() {
         .to_string();
     assert!(e.contains("Mail-Stamp"), "{e}");
 }
+
+#[test]
+fn a_from_field_with_a_second_mailbox_is_spam() {
+    // RFC 5322 allows several authors in one From field; the stamp covers the first, and a
+    // mail client shows them all: a mailbox added to a stamped From is a second From.
+    let plain = from_alice("Alice Example <alice@a.example>");
+    let (stamped, rec) = stamp_with(&plain, 11, &every_family());
+    for from in [
+        "Alice Example <alice@a.example>, \"PayPal Support\" <service@paypal.example>",
+        "Alice Example <alice@a.example>,\n service@paypal.example",
+        "Team: Alice Example <alice@a.example>, service@paypal.example;",
+    ] {
+        let raw = replace_field(&stamped, "From", from);
+        for raw in [raw.clone(), to_crlf(&raw)] {
+            let r = verify(&raw, &[RCPT], &rec);
+            assert_eq!(r.verdict, Verdict::Spam, "{from:?}: {}", describe(&r));
+        }
+        // …and the writer does not stamp it.
+        let unstamped = replace_field(&plain, "From", from);
+        let msg = parse(&unstamped).unwrap();
+        let e = prepare(&msg, &env(&[RCPT]), [1; 16], &CHAIN, &every_family())
+            .expect_err(from)
+            .to_string();
+        assert!(e.contains("mailboxes"), "{e}");
+    }
+    // One mailbox in a group is one author.
+    let raw = replace_field(&stamped, "From", "Team: Alice Example <alice@a.example>;");
+    let r = verify(&raw, &[RCPT], &rec);
+    assert_ne!(
+        r.reason.as_deref().map(|r| r.contains("mailboxes")),
+        Some(true)
+    );
+}

@@ -180,6 +180,9 @@ pub fn check_message(raw: &[u8]) {
         Err(StampError::DuplicateField(_)) => {
             assert!(!mailstamp_core::component::duplicate_fields(&msg).is_empty());
         }
+        Err(StampError::SeveralAuthors(n)) => {
+            assert!(n > 1 && mailstamp_core::component::from_mailboxes(&msg) == n);
+        }
         Err(StampError::AlreadyStamped) => {
             assert!(!matches!(inspect(&msg), Inspection::Unstamped));
         }
@@ -229,6 +232,19 @@ fn check_received(
     let env = Envelope::default();
     let time = RECORDED_AT;
     // A field RFC 5322 allows once, twice: that verdict, whatever the chain and DNS say.
+    if mailstamp_core::component::from_mailboxes(msg) > 1 {
+        let r = evaluate(
+            msg,
+            h,
+            &env,
+            &Lookup::NotFound,
+            &WriterAuth::Fail("fuzz".into()),
+            policy,
+            Some(NOW),
+        );
+        assert_eq!(r.verdict, Verdict::Spam, "{:?}", r.reason);
+        return;
+    }
     let twice = mailstamp_core::component::duplicate_fields(msg);
     if let Some(first) = twice.first() {
         let want = twice
