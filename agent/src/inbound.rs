@@ -340,6 +340,44 @@ mod tests {
         assert!(stamp_authenticates(&suspect));
     }
 
+    /// A stamp whose message has a field RFC 5322 allows once twice (core: `spam` for From,
+    /// To, Cc, Subject, Date, Message-ID; `invalid` for the others) or two `Mail-Stamp:`
+    /// fields (`invalid`) never authenticates and is filed as junk, even when an authorised
+    /// sender matches and DMARC passes: `recover` keeps it too (it files by `decide`).
+    #[test]
+    fn a_stamp_with_duplicate_fields_never_authenticates() {
+        let s = Store::in_memory().unwrap();
+        let cfg = Config::default();
+        let me = "me@ours.example";
+        s.add_sender(me, "a.example", None, 1).unwrap();
+        let ann = FromIdentity::new("ann@a.example", Some("Ann")).unwrap();
+        for (verdict, why) in [
+            (
+                Verdict::Spam,
+                "more than one From field (RFC 5322 allows one)",
+            ),
+            (
+                Verdict::Invalid,
+                "more than one Reply-To field (RFC 5322 allows one)",
+            ),
+            (
+                Verdict::Invalid,
+                "Mail-Stamp header: more than one Mail-Stamp field",
+            ),
+        ] {
+            let mut r = Report::bare(verdict, why, None);
+            r.writer_auth = Some(WriterAuth::Pass("record".into()));
+            assert!(!stamp_authenticates(&r), "{why}");
+            let d = decide(&s, &cfg, me, Some(&ann), Some(&r), &pass(), 10).unwrap();
+            assert_eq!(
+                (d.folder, d.reason),
+                (Folder::Junk, Reason::StampRejected),
+                "{why}"
+            );
+            assert_ne!(d.auth_method, Some("stamp"), "{why}");
+        }
+    }
+
     #[test]
     fn a_suspect_stamp_authenticates_only_when_every_difference_is_explained() {
         use mailstamp_core::verify::ComponentResult;

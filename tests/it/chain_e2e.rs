@@ -245,3 +245,75 @@ async fn a_record_is_write_once_and_the_error_is_decoded() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `raw` with its From field (the one mail-parser reads) replaced by `From: value`.
+fn with_from(raw: &[u8], value: &str) -> Vec<u8> {
+    let msg = mailstamp_core::parse(raw).unwrap();
+    let h = msg
+        .headers()
+        .iter()
+        .rev()
+        .find(|h| h.name().eq_ignore_ascii_case("From"))
+        .unwrap();
+    let eol = mailstamp_core::stamp::line_ending(raw);
+    let (start, end) = (h.offset_field() as usize, h.offset_end() as usize);
+    [
+        &raw[..start],
+        format!("From: {value}{eol}").as_bytes(),
+        &raw[end..],
+    ]
+    .concat()
+}
+
+/// Issue 12's two measured attacks, through the agent's own stamping (its default
+/// `stamp.components`) and verification against anvil: the display name changed to
+/// "PayPal Support" with the address kept, and a second From above the real one.
+#[tokio::test]
+async fn a_spoofed_display_name_or_a_second_from_is_never_wanted_on_chain() {
+    let a = anvil();
+    let d = deploy(&a, 0, false).await;
+    let c = connect(&a, d.address, Some(0), 1).await;
+    let sctx = StampContext {
+        selection: mailstamp::config::StampConfig::default().selection(),
+        ..sctx(&a, 0)
+    };
+    let (mut n, mut spoof_wanted, mut second_wanted) = (0, 0, 0);
+    for (name, raw) in corpus().into_iter().step_by(301) {
+        let Ok(s) = stamping::stamp(&c, &sctx, &raw, &env(RCPT)).await else {
+            continue;
+        };
+        n += 1;
+        let v = |m: Vec<u8>| {
+            let ctx = ctx(&a, d.address);
+            let c = &c;
+            async move { verifying::verify(Ok(c), &ctx, &m, &env(RCPT)).await }
+        };
+        let r = v(s.message.clone()).await;
+        assert_eq!(r.verdict, Verdict::Wanted, "{name}: {:?}", r.reason);
+        let addr =
+            mailstamp_core::component::from_address(&mailstamp_core::parse(&s.message).unwrap());
+        let r = v(with_from(
+            &s.message,
+            &format!("\"PayPal Support\" <{addr}>"),
+        ))
+        .await;
+        if r.verdict == Verdict::Wanted {
+            spoof_wanted += 1;
+            eprintln!("{name}: spoofed display name wanted");
+        }
+        let i = s.message.windows(6).position(|w| w == b"\nFrom:").unwrap() + 1;
+        let eol = mailstamp_core::stamp::line_ending(&s.message);
+        let second = [
+            &s.message[..i],
+            format!("From: \"PayPal Support\" <service@paypal.example>{eol}").as_bytes(),
+            &s.message[i..],
+        ]
+        .concat();
+        if v(second).await.verdict == Verdict::Wanted {
+            second_wanted += 1;
+            eprintln!("{name}: second From wanted");
+        }
+    }
+    assert!(n >= 15, "only {n} stamped");
+    assert_eq!((spoof_wanted, second_wanted), (0, 0), "of {n}");
+}

@@ -100,7 +100,8 @@ fn deploy_stamp_verify_audit_through_the_binary() {
     let o = mailstamp(&["stamp", "--rcpt", "bob@b.example"], &env, Some(raw));
     assert!(o.status.success(), "{}", stderr(&o));
     let stamped = o.stdout.clone();
-    assert!(stamped.starts_with(b"Mail-Stamp: v=1;"));
+    // The default stamp.components include from.name: a version-2 stamp.
+    assert!(stamped.starts_with(b"Mail-Stamp: v=2;"));
     assert!(stderr(&o).contains("tx 0x"));
 
     let verdict = |bytes: &[u8], rcpt: &str| {
@@ -125,7 +126,7 @@ fn deploy_stamp_verify_audit_through_the_binary() {
         verdict(raw, "bob@b.example"),
         ("unstamped".into(), Some(11))
     );
-    let garbled = String::from_utf8_lossy(&stamped).replacen("v=1;", "v=1; v=2;", 1);
+    let garbled = String::from_utf8_lossy(&stamped).replacen("v=2;", "v=2; v=2;", 1);
     assert_eq!(
         verdict(garbled.as_bytes(), "bob@b.example"),
         ("invalid".into(), Some(12))

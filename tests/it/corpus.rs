@@ -37,7 +37,7 @@ fn every_corpus_message_verifies_and_no_tampered_one_does() {
         };
         let mut salt = [0u8; 16];
         salt[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        let p = match prepare(&msg, &env(), salt, &CHAIN, &Selection::default()) {
+        let p = match prepare(&msg, &env(), salt, &CHAIN, &Selection::all()) {
             Ok(p) => p,
             Err(e) => {
                 refused.push(format!("{name}: {e}"));
@@ -82,8 +82,18 @@ fn every_corpus_message_verifies_and_no_tampered_one_does() {
     eprintln!(
         "corpus: {stamped_n} stamped, {wanted} wanted; {tampered} tampered, {tampered_wanted} of them wanted; refused: {refused:?}"
     );
-    // Refusing to stamp is allowed only for messages without a From address or recipient.
-    assert!(refused.len() < 20, "{refused:?}");
+    // Refusing to stamp is allowed only for messages without a From address or recipient, or
+    // with a field RFC 5322 allows once given twice (no receiver would take that stamp:
+    // docs/PROTOCOL.md §6 step 1; 14 spam messages, two Cc or two Reply-To).
+    assert!(refused.len() < 40, "{refused:?}");
+    for r in &refused {
+        assert!(
+            r.contains("no From address")
+                || r.contains("no recipients")
+                || r.contains("more than one"),
+            "{r}"
+        );
+    }
     assert_eq!(wanted, stamped_n);
     assert!(
         tampered * 100 >= stamped_n * 95,

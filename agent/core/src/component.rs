@@ -13,18 +13,27 @@ use crate::canon::{self, Lines};
 use crate::digest::{keccak256, keccak256_lf};
 pub use crate::name::{ComponentName, Family, MAX_PER_FAMILY};
 
-/// Which families a stamp covers. The default is all of them; `origin` is only stamped when
-/// the origin IP is known.
+/// Which families a stamp covers; `origin` is only stamped when the origin IP is known.
+///
+/// The default is every family of protocol version 1 — what a stamp covered before
+/// `from.name` — so a caller that names no selection makes the stamps it always made (the
+/// pinned v1 fixtures rely on it); [`Selection::all`] is every family, what the agent stamps
+/// unless configured otherwise (`stamp.components`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection(pub BTreeSet<Family>);
 
 impl Default for Selection {
     fn default() -> Self {
-        Self(Family::ALL.into_iter().collect())
+        Self(Family::ALL.into_iter().filter(|f| f.since() == 1).collect())
     }
 }
 
 impl Selection {
+    /// Every family, the newest version's included.
+    pub fn all() -> Self {
+        Self(Family::ALL.into_iter().collect())
+    }
+
     /// Whether `f` is selected.
     pub fn has(&self, f: Family) -> bool {
         self.0.contains(&f)
@@ -137,6 +146,60 @@ pub fn from_address(msg: &Message<'_>) -> String {
         .unwrap_or_default()
 }
 
+/// The display name of the first From address (the mailbox [`from_address`] reads): decoded
+/// (RFC 2047 encoded words, quoted strings), every whitespace run one space, trimmed; empty
+/// when it has none. Case is kept: it is what a mail client shows.
+pub fn from_name(msg: &Message<'_>) -> String {
+    msg.from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.name())
+        .map(canon::collapse_whitespace)
+        .unwrap_or_default()
+}
+
+/// The fields RFC 5322 §3.6 allows at most once.
+pub const SINGLE_FIELDS: [&str; 11] = [
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Subject",
+    "Date",
+];
+
+/// How many mailboxes the From field lists (groups included). RFC 5322 allows several
+/// authors; the stamp covers the first ([`from_address`], [`from_name`]) while a mail client
+/// shows them all, so more than one is treated like a second From field.
+pub fn from_mailboxes(msg: &Message<'_>) -> usize {
+    msg.from().map_or(0, |a| a.iter().count())
+}
+
+/// The [`SINGLE_FIELDS`] the message's own header section has more than once, in table
+/// order. Names compare case-insensitively, as RFC 5322 says.
+pub fn duplicate_fields(msg: &Message<'_>) -> Vec<&'static str> {
+    let mut counts = [0usize; SINGLE_FIELDS.len()];
+    for h in msg.headers() {
+        let name = h.name();
+        if let Some(i) = SINGLE_FIELDS
+            .iter()
+            .position(|f| name.eq_ignore_ascii_case(f))
+        {
+            counts[i] += 1;
+        }
+    }
+    SINGLE_FIELDS
+        .into_iter()
+        .zip(counts)
+        .filter(|(_, n)| *n > 1)
+        .map(|(f, _)| f)
+        .collect()
+}
+
 /// The To, Cc and Bcc addresses, canonical: the envelope `sendmail -t` would use.
 pub fn header_recipients(msg: &Message<'_>) -> Vec<String> {
     addresses(msg.all_to().chain(msg.all_cc()).chain(msg.all_bcc()))
@@ -171,10 +234,11 @@ pub fn decompose(msg: &Message<'_>, env: &Envelope, sel: &Selection) -> Decompos
 }
 
 /// The families read from one header field each, in header order.
-const HEADER_FIELDS: [Family; 8] = [
+const HEADER_FIELDS: [Family; 9] = [
     Family::From,
     Family::FromLocal,
     Family::FromDomain,
+    Family::FromName,
     Family::To,
     Family::Cc,
     Family::Subject,
@@ -204,6 +268,7 @@ fn header_field(msg: &Message<'_>, family: Family, from: &str) -> Vec<u8> {
         Family::From => from.as_bytes().to_vec(),
         Family::FromLocal => canon::split_address(from).0.as_bytes().to_vec(),
         Family::FromDomain => canon::split_address(from).1.as_bytes().to_vec(),
+        Family::FromName => from_name(msg).into_bytes(),
         Family::To => address_set(msg.all_to()),
         Family::Cc => address_set(msg.all_cc()),
         Family::Subject => canon::collapse_whitespace(msg.subject().unwrap_or("")).into_bytes(),

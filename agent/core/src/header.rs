@@ -16,8 +16,11 @@ use crate::name::{ComponentName, Family};
 
 /// The header field name.
 pub const FIELD_NAME: &str = "Mail-Stamp";
-/// The only protocol version this code speaks.
-pub const VERSION: u32 = 1;
+/// The newest protocol version this code speaks; it reads every version from 1 up to it.
+/// A header's version is not chosen: it is the lowest one that defines every family its `h`
+/// names ([`StampHeader::version`]), so a stamp without the newer families stays readable by
+/// older verifiers.
+pub const VERSION: u32 = 2;
 /// Longest header value we decode (bytes, folded). Larger is `invalid`.
 pub const MAX_VALUE_LEN: usize = 8192;
 /// Most components one header may list.
@@ -48,8 +51,8 @@ pub enum HeaderError {
         /// What is wrong.
         why: String,
     },
-    /// Not version 1.
-    #[error("unsupported version `{0}` (this agent speaks v=1)")]
+    /// Not a version this code speaks (1 to [`VERSION`]).
+    #[error("unsupported version `{0}` (this agent speaks v=1 and v=2)")]
     Version(String),
 }
 
@@ -121,6 +124,12 @@ impl StampHeader {
         })
     }
 
+    /// The protocol version of this stamp: the lowest that defines every family in `names`
+    /// (what the `v` tag says).
+    pub fn version(&self) -> u32 {
+        version_of(&self.names)
+    }
+
     /// The header value on one line.
     pub fn value(&self) -> String {
         self.tags()
@@ -137,7 +146,7 @@ impl StampHeader {
             d.extend_from_slice(x);
         }
         let mut tags = vec![
-            ("v", VERSION.to_string()),
+            ("v", self.version().to_string()),
             ("c", self.chain_id.to_string()),
             ("r", hex0x::encode(&self.registry)),
             ("w", hex0x::encode(&self.writer)),
@@ -202,22 +211,33 @@ impl StampHeader {
     /// Decodes a header value. Strict about every tag this version defines; tags it does not
     /// know are ignored (they are not covered by the commitment and change nothing). The
     /// first problem found is the error, tags checked in the order v, c, r, w, m (b, p), s,
-    /// h, d, e.
+    /// h (then `v` against the families `h` names), d, e.
     pub fn decode(value: &str) -> Result<Self, HeaderError> {
         if value.len() > MAX_VALUE_LEN {
             return Err(HeaderError::Oversized(value.len()));
         }
         let t = Tags::split(value)?;
         let v = required("v", t.v)?;
-        if v != "1" {
-            return Err(HeaderError::Version(v.chars().take(16).collect()));
-        }
+        let version = match v.as_ref() {
+            "1" => 1,
+            "2" => 2,
+            _ => return Err(HeaderError::Version(v.chars().take(16).collect())),
+        };
         let chain_id = chain_id_tag(&required("c", t.c)?)?;
         let registry = address_tag("r", required("r", t.r)?)?;
         let writer = address_tag("w", required("w", t.w)?)?;
         let mode = mode_tags(t.m.as_deref(), t.b, t.p)?;
         let salt = salt_tag(&required("s", t.s)?)?;
         let names = names_tag(&required("h", t.h)?)?;
+        if version_of(&names) != version {
+            return Err(bad(
+                "v",
+                format!(
+                    "is {version}, but the components in h make a v={} stamp",
+                    version_of(&names)
+                ),
+            ));
+        }
         let digests = digests_tag(&required("d", t.d)?, names.len())?;
         let rcpts = t.e.map(|e| rcpts_tag(&e)).transpose()?;
         Ok(Self {
@@ -231,6 +251,11 @@ impl StampHeader {
             rcpts,
         })
     }
+}
+
+/// The lowest protocol version that defines every family of `names`.
+fn version_of(names: &[ComponentName]) -> u32 {
+    names.iter().map(|n| n.family.since()).max().unwrap_or(1)
 }
 
 /// The values of the tags this version defines, as written (folding whitespace removed): the

@@ -24,6 +24,8 @@ pub enum Family {
     FromLocal,
     /// Its domain.
     FromDomain,
+    /// The display name of the first From address, decoded (version 2).
+    FromName,
     /// The set of To addresses.
     To,
     /// The set of Cc addresses.
@@ -52,10 +54,11 @@ pub enum Family {
 
 impl Family {
     /// Every family, in header order.
-    pub const ALL: [Family; 15] = [
+    pub const ALL: [Family; 16] = [
         Family::From,
         Family::FromLocal,
         Family::FromDomain,
+        Family::FromName,
         Family::To,
         Family::Cc,
         Family::Rcpt,
@@ -76,6 +79,7 @@ impl Family {
             Family::From => "from",
             Family::FromLocal => "from.local",
             Family::FromDomain => "from.domain",
+            Family::FromName => "from.name",
             Family::To => "to",
             Family::Cc => "cc",
             Family::Rcpt => "rcpt",
@@ -94,6 +98,15 @@ impl Family {
     /// The family with protocol name `s`.
     pub fn lookup(s: &str) -> Option<Family> {
         Family::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    /// The protocol version that introduced the family (docs/PROTOCOL.md §2): a header naming
+    /// it must carry at least that `v`, and a stamp of an older version is not asked for it.
+    pub fn since(self) -> u32 {
+        match self {
+            Family::FromName => 2,
+            _ => 1,
+        }
     }
 
     /// Whether components of this family carry an index (`text.0`).
@@ -212,6 +225,7 @@ mod tests {
         for s in [
             "from",
             "from.local",
+            "from.name",
             "text.0",
             "att.15",
             "message-id",
@@ -236,7 +250,15 @@ mod tests {
             }
         }
         for s in [
-            "text", "from.0", "att.16", "text.01", "text.", "nope", "html.-1", "",
+            "text",
+            "from.0",
+            "from.name.0",
+            "att.16",
+            "text.01",
+            "text.",
+            "nope",
+            "html.-1",
+            "",
         ] {
             assert!(ComponentName::parse(s).is_none(), "{s}");
         }

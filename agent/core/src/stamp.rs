@@ -29,6 +29,22 @@ pub enum StampError {
     /// No From address: RFC 5322 requires one and the stamp binds it.
     #[error("the message has no From address; add a From header before stamping")]
     NoFrom,
+    /// A field RFC 5322 allows once is there more than once: every receiver would reject the
+    /// stamp (docs/PROTOCOL.md §6 step 1), so it is not made.
+    #[error(
+        "the message has more than one {0} field (RFC 5322 allows one); remove the extra ones before stamping"
+    )]
+    DuplicateField(String),
+    /// The From field lists more than one mailbox: receivers take that like a second From
+    /// field (docs/PROTOCOL.md §6 step 1).
+    #[error(
+        "the From field lists {0} mailboxes, more than one; send with one author (and Sender) or split the message"
+    )]
+    SeveralAuthors(usize),
+    /// The message already carries a `Mail-Stamp:` field: a second one makes it `invalid` at
+    /// every receiver (no hop is declared, docs/PROTOCOL.md §6 step 1).
+    #[error("the message already carries a {FIELD_NAME} field; remove it before stamping again")]
+    AlreadyStamped,
     /// `rcpt` is selected but there is no recipient at all.
     #[error("no recipients: give envelope recipients or To/Cc/Bcc headers")]
     NoRecipients,
@@ -88,6 +104,21 @@ pub fn prepare(
     }
     if component::from_address(msg).is_empty() {
         return Err(StampError::NoFrom);
+    }
+    let authors = component::from_mailboxes(msg);
+    if authors > 1 {
+        return Err(StampError::SeveralAuthors(authors));
+    }
+    let twice = component::duplicate_fields(msg);
+    if !twice.is_empty() {
+        return Err(StampError::DuplicateField(twice.join(", ")));
+    }
+    if msg
+        .headers()
+        .iter()
+        .any(|h| h.name().eq_ignore_ascii_case(FIELD_NAME))
+    {
+        return Err(StampError::AlreadyStamped);
     }
     let parts = component::decompose(msg, env, sel);
     let names: Vec<ComponentName> = parts.values.iter().map(|(n, _)| *n).collect();

@@ -117,6 +117,7 @@ impl Default for Policy {
             (From, 3),
             (FromLocal, 1),
             (FromDomain, 1),
+            (FromName, 2),
             (To, 2),
             (Cc, 1),
             (Rcpt, 3),
@@ -135,7 +136,7 @@ impl Default for Policy {
         Self {
             threshold: 0.75,
             weights,
-            required: [From, Rcpt].into_iter().collect(),
+            required: [From, FromName, Rcpt].into_iter().collect(),
             max_age_secs: Some(7 * 24 * 3600),
         }
     }
@@ -245,17 +246,25 @@ pub enum Inspection {
     Stamped(Box<StampHeader>),
 }
 
-/// Finds and decodes the topmost `Mail-Stamp:` header. The value is taken from the raw bytes
+/// Finds and decodes the `Mail-Stamp:` header. The value is taken from the raw bytes
 /// (offsets mail-parser records), so folding is undone by the decoder, not by guesswork.
+///
+/// More than one `Mail-Stamp:` field is `invalid` (docs/PROTOCOL.md §6 step 1): no version
+/// declares hops yet, so nothing says which field speaks for the message.
 pub fn inspect(msg: &Message<'_>) -> Inspection {
     let raw = msg.raw_message();
-    let Some(h) = msg
+    let mut fields = msg
         .headers()
         .iter()
-        .find(|h| h.name().eq_ignore_ascii_case(FIELD_NAME))
-    else {
+        .filter(|h| h.name().eq_ignore_ascii_case(FIELD_NAME));
+    let Some(h) = fields.next() else {
         return Inspection::Unstamped;
     };
+    if fields.next().is_some() {
+        return Inspection::Invalid(format!(
+            "more than one {FIELD_NAME} field, and no hop is declared"
+        ));
+    }
     let (start, end) = (h.offset_start() as usize, h.offset_end() as usize);
     let Some(bytes) = raw.get(start..end.max(start)) else {
         return Inspection::Invalid("header offsets out of range".into());
@@ -296,6 +305,9 @@ pub fn evaluate(
     policy: &Policy,
     now: Option<u64>,
 ) -> Report {
+    if let Some((verdict, reason)) = duplicate_fields(msg) {
+        return Report::bare(verdict, reason, Some(header));
+    }
     let time = match recorded_time(header, lookup) {
         ControlFlow::Continue(time) => time,
         ControlFlow::Break(report) => return report,
@@ -315,6 +327,47 @@ pub fn evaluate(
         stamp: Some(info),
         writer_auth: Some(auth.clone()),
     }
+}
+
+/// The verdict a second copy of a field RFC 5322 allows once gives (docs/PROTOCOL.md §6 step
+/// 1): `spam` for the fields a stamp compares (From, To, Cc, Subject, Date, Message-ID): the
+/// verifier reads one copy and a mail client may show the other, which is the attack itself.
+/// `invalid` for the others ([`component::SINGLE_FIELDS`]): the stamp never covers them, so a
+/// second copy shows the message is malformed, not that a stamp was defeated.
+pub fn duplicate_verdict(field: &str) -> Verdict {
+    const COMPARED: [&str; 6] = ["From", "To", "Cc", "Subject", "Date", "Message-ID"];
+    if COMPARED.iter().any(|f| f.eq_ignore_ascii_case(field)) {
+        Verdict::Spam
+    } else {
+        Verdict::Invalid
+    }
+}
+
+/// The verdict and reason when the top-level header section has more than one of a
+/// [`component::SINGLE_FIELDS`] field (`spam` if any of them is a `spam` field, else
+/// `invalid`), or a From field with more than one mailbox (`spam`, like a second From).
+fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
+    let authors = component::from_mailboxes(msg);
+    if authors > 1 {
+        return Some((
+            Verdict::Spam,
+            format!(
+                "the From field lists {authors} mailboxes, more than one: the stamp covers the first, a mail client shows them all"
+            ),
+        ));
+    }
+    let twice = component::duplicate_fields(msg);
+    let verdict = twice
+        .iter()
+        .map(|f| duplicate_verdict(f))
+        .min_by_key(|v| *v != Verdict::Spam)?;
+    Some((
+        verdict,
+        format!(
+            "more than one {} field (RFC 5322 allows one): the verifier and a mail client may read different ones",
+            twice.join(", ")
+        ),
+    ))
 }
 
 /// The lookup stage: the record's block time when the chain holds what the header claims,
@@ -422,12 +475,14 @@ impl<'a> Findings<'a> {
                 c.status == Status::Unavailable && required(c)
             }),
             // A stamp that leaves out a required family proves nothing about it: a writer
-            // could stamp an empty list and have any content pass.
+            // could stamp an empty list and have any content pass. A stamp of a version
+            // before the family existed is not asked for it (it verifies as it always did).
             unstamped_required: policy
                 .required
                 .iter()
                 .filter(|f| match f {
                     Family::Rcpt => header.rcpts.is_none(),
+                    f if f.since() > header.version() => false,
                     f => !header.names.iter().any(|n| n.family == **f),
                 })
                 .map(|f| f.as_str())

@@ -173,12 +173,21 @@ pub fn check_message(raw: &[u8]) {
     }
 
     // Stamp it, then verify exactly those bytes: that is `wanted`, always.
-    match prepare(&msg, &env, SALT, &CHAIN, &Selection::default()) {
+    match prepare(&msg, &env, SALT, &CHAIN, &Selection::all()) {
         Err(StampError::NoFrom) => {
             assert!(mailstamp_core::component::from_address(&msg).is_empty());
         }
         Err(StampError::LeadingFold) => {
             assert!(matches!(raw.first(), Some(b' ' | b'\t')));
+        }
+        Err(StampError::DuplicateField(_)) => {
+            assert!(!mailstamp_core::component::duplicate_fields(&msg).is_empty());
+        }
+        Err(StampError::SeveralAuthors(n)) => {
+            assert!(n > 1 && mailstamp_core::component::from_mailboxes(&msg) == n);
+        }
+        Err(StampError::AlreadyStamped) => {
+            assert!(!matches!(inspect(&msg), Inspection::Unstamped));
         }
         Err(e) => panic!("prepare failed with envelope recipients given: {e}"),
         Ok(p) => {
@@ -225,6 +234,41 @@ fn check_received(
     // No envelope: the recipient check falls back on the trace and To/Cc headers.
     let env = Envelope::default();
     let time = RECORDED_AT;
+    // A field RFC 5322 allows once, twice: that verdict, whatever the chain and DNS say.
+    if mailstamp_core::component::from_mailboxes(msg) > 1 {
+        let r = evaluate(
+            msg,
+            h,
+            &env,
+            &Lookup::NotFound,
+            &WriterAuth::Fail("fuzz".into()),
+            policy,
+            Some(NOW),
+        );
+        assert_eq!(r.verdict, Verdict::Spam, "{:?}", r.reason);
+        return;
+    }
+    let twice = mailstamp_core::component::duplicate_fields(msg);
+    if let Some(first) = twice.first() {
+        let want = twice
+            .iter()
+            .map(|f| mailstamp_core::verify::duplicate_verdict(f))
+            .find(|v| *v == Verdict::Spam)
+            .unwrap_or_else(|| mailstamp_core::verify::duplicate_verdict(first));
+        for lookup in [Lookup::NotFound, Lookup::Unavailable("down".into())] {
+            let r = evaluate(
+                msg,
+                h,
+                &env,
+                &lookup,
+                &WriterAuth::Fail("fuzz".into()),
+                policy,
+                Some(NOW),
+            );
+            assert_eq!(r.verdict, want, "{:?}", r.reason);
+        }
+        return;
+    }
     let bare = |lookup: Lookup| {
         evaluate(
             msg,

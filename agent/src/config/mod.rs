@@ -659,7 +659,7 @@ mod tests {
         let cfg = Config::parse("").unwrap();
         assert_eq!(cfg.chain.confirmations, Confirmations::Depth(1));
         assert_eq!(cfg.verify.policy(), Policy::default());
-        assert_eq!(cfg.stamp.selection(), Selection::default());
+        assert_eq!(cfg.stamp.selection(), Selection::all());
         assert_eq!(cfg.stamp.mode, StampMode::Direct);
         assert_eq!(cfg.stamp.pending_on_restart, PendingPolicy::Drop);
     }
