@@ -35,7 +35,8 @@ pub enum Answer<T> {
 #[derive(Clone)]
 pub struct Authority {
     resolver: TokioResolver,
-    trust: BTreeMap<String, Vec<Address>>,
+    /// Shared by every clone: a verification context is made per message.
+    trust: std::sync::Arc<BTreeMap<String, Vec<Address>>>,
     timeout: Duration,
 }
 
@@ -101,10 +102,12 @@ impl Authority {
         trust: &BTreeMap<String, Vec<Address>>,
         cache: bool,
     ) -> Result<Self> {
-        let trust = trust
-            .iter()
-            .map(|(d, w)| (normalise(d), w.clone()))
-            .collect();
+        let trust = std::sync::Arc::new(
+            trust
+                .iter()
+                .map(|(d, w)| (normalise(d), w.clone()))
+                .collect(),
+        );
         let timeout = Duration::from_secs(cfg.timeout_secs.max(1) * cfg.attempts.max(1) as u64 + 1);
         Ok(Self {
             resolver: build_resolver(cfg, cache)?,

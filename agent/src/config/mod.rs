@@ -568,9 +568,10 @@ impl Config {
                 k => k,
             };
             let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|sp| text[..sp.start.min(text.len())].matches('\n').count() + 1);
+            let line = inner.span().map(|sp| {
+                let upto = &text.as_bytes()[..sp.start.min(text.len())];
+                upto.iter().filter(|&&b| b == b'\n').count() + 1
+            });
             let problem = match line {
                 Some(l) => format!("{} (line {l})", inner.message()),
                 None => inner.message().to_owned(),
