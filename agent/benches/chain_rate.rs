@@ -81,6 +81,7 @@ async fn main() {
         trusted: vec![registry],
         policy: Policy::default(),
         now: Some(util::now()),
+        patience: Default::default(),
     };
     let msgs: Vec<Vec<u8>> = harness::corpus()
         .into_iter()

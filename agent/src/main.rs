@@ -102,6 +102,15 @@ enum Cmd {
         /// One JSON object per message instead of a table.
         #[arg(long)]
         json: bool,
+        /// Seconds to wait for a record not confirmed or not found yet (default:
+        /// verify.confirm_wait_secs).
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+        /// Seconds during which a stamp without a record is `temperror`, counted from now: a
+        /// one-shot check has no earlier sighting (default: verify.missing_grace_secs; 0 calls
+        /// a missing record `spam` at once, for a chain known to be settled).
+        #[arg(long, value_name = "SECS")]
+        grace: Option<u64>,
     },
     /// Run beside an MTA as a milter: stamp outbound mail, verify inbound mail, apply the
     /// connection / sender / recipient maps ([milter] and [maps] in the config; docs/MTA.md).
@@ -259,8 +268,17 @@ async fn run(cli: Cli) -> Result<u8> {
             client_ip,
             at,
             json,
+            wait,
+            grace,
         } => {
             let env = Envelope { rcpts, client_ip };
+            let mut cfg = cfg;
+            if let Some(w) = wait {
+                cfg.verify.confirm_wait_secs = w;
+            }
+            if let Some(g) = grace {
+                cfg.verify.missing_grace_secs = g;
+            }
             cli::verify::run(&cfg, &paths, &env, at, json).await
         }
         Cmd::Audit {

@@ -676,8 +676,12 @@ impl Recoverer {
                 .collect()
         };
         Ok(Self {
-            // `now` is set per message: the delivery time (see `examine`).
-            verify: VerifyContext::from_config(cfg, None)?,
+            // `now` is set per message: the delivery time (see `examine`). No wait and no grace:
+            // these messages were delivered already (the grace was the delivering daemon's).
+            verify: VerifyContext {
+                patience: Default::default(),
+                ..VerifyContext::from_config(cfg, None)?
+            },
             auth: Authenticator::new(&cfg.dns, &host)?,
             cfg: cfg.clone(),
             chain,

@@ -4,10 +4,15 @@
 //! transaction that recorded a found stamp, for audit ([`recording_tx`]). Every problem is a
 //! verdict, never an error: chain trouble is `temperror`, never `spam`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use alloy::primitives::Address;
 use mailstamp_core::mail_parser::Message;
 use mailstamp_core::{
-    Envelope, Inspection, MAX_MESSAGE_BYTES, Policy, Report, Verdict, evaluate, inspect,
+    Envelope, Inspection, Lookup, MAX_MESSAGE_BYTES, Policy, Report, Verdict, WriterAuth, evaluate,
+    inspect,
 };
 
 use crate::chain::{Chain, RecordKey, Recorded};
@@ -26,6 +31,59 @@ pub struct VerifyContext {
     pub policy: Policy,
     /// Verification time (unix seconds) for the replay check.
     pub now: Option<u64>,
+    /// How long to wait for the chain, and when a missing record may be called spam.
+    pub patience: Patience,
+}
+
+/// How long verification waits for a record, and how long "no record" stays `temperror`
+/// (docs/PROTOCOL.md §6, "A chain has a clock"). The default waits for nothing and calls a
+/// missing record `spam` at once (one-shot checks of a settled chain).
+#[derive(Clone, Debug, Default)]
+pub struct Patience {
+    /// How long a lookup waits for a record that is on chain but not confirmed yet, or not
+    /// found yet (`verify.confirm_wait_secs`), woken by each new head. Zero: no wait.
+    pub wait: Duration,
+    /// How long after a stamp was first seen "no record" is `temperror`
+    /// (`verify.missing_grace_secs`). Zero: `spam` at once.
+    pub grace: Duration,
+    /// When each stamp was first seen: shared by every message a daemon verifies.
+    pub seen: Arc<Sightings>,
+}
+
+impl Patience {
+    /// The patience `[verify]` asks for, remembering first sightings in `seen`.
+    pub fn from_config(v: &crate::config::VerifyConfig, seen: Arc<Sightings>) -> Self {
+        Self {
+            wait: Duration::from_secs(v.confirm_wait_secs),
+            grace: Duration::from_secs(v.missing_grace_secs),
+            seen,
+        }
+    }
+}
+
+/// When each stamp (writer and record key) was first seen without a record, in unix seconds.
+/// Kept in memory: a daemon restart starts the grace again (a made-up stamp is deferred once
+/// more, never called spam early).
+#[derive(Debug, Default)]
+pub struct Sightings {
+    first: Mutex<HashMap<(Address, RecordKey), u64>>,
+}
+
+/// Bound on remembered sightings; past it those older than the grace are forgotten first.
+const SIGHTINGS_MAX: usize = 65_536;
+
+impl Sightings {
+    /// When (`writer`, `key`) was first seen, recording `now` if it was not seen before.
+    pub fn first_seen(&self, writer: Address, key: RecordKey, now: u64, grace: u64) -> u64 {
+        let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+        if first.len() >= SIGHTINGS_MAX && !first.contains_key(&(writer, key)) {
+            first.retain(|_, t| now.saturating_sub(*t) < grace);
+            if first.len() >= SIGHTINGS_MAX {
+                first.clear();
+            }
+        }
+        *first.entry((writer, key)).or_insert(now)
+    }
 }
 
 impl VerifyContext {
@@ -37,8 +95,19 @@ impl VerifyContext {
             trusted: cfg.trusted_registries(),
             policy: cfg.verify.policy(),
             now,
+            patience: Patience::from_config(&cfg.verify, Arc::default()),
         })
     }
+}
+
+/// Whether `report` is a `temperror` because the chain could not be read (the caller may
+/// reconnect), rather than a record not confirmed or not found yet.
+pub fn chain_trouble(report: &Report) -> bool {
+    report.verdict == Verdict::Temperror
+        && report
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("chain unavailable"))
 }
 
 thread_local! {
@@ -154,10 +223,30 @@ async fn on_chain(
     let writer = Address::from(header.writer);
     let from = mailstamp_core::component::from_address(msg);
     let (_, domain) = mailstamp_core::canon::split_address(&from);
-    let (lookup, auth) = tokio::join!(
-        chain.lookup(writer, RecordKey::of(header)),
+    let key = RecordKey::of(header);
+    let (mut lookup, auth) = tokio::join!(
+        chain.lookup(writer, key),
         ctx.authority.check(domain, writer)
     );
+    // Waiting serves a writer the domain may have authorised; an unauthorised one is spam
+    // whatever the chain says, and must not hold a session.
+    let authorised = !matches!(auth, WriterAuth::Fail(_));
+    let p = &ctx.patience;
+    if authorised && !p.wait.is_zero() && matches!(lookup, Lookup::Unconfirmed | Lookup::NotFound) {
+        let deadline = tokio::time::Instant::now() + p.wait;
+        lookup = chain.lookup_until(writer, key, deadline).await;
+    }
+    if authorised && lookup == Lookup::NotFound && !p.grace.is_zero() {
+        let now = crate::util::now();
+        let grace = p.grace.as_secs();
+        let age = now.saturating_sub(p.seen.first_seen(writer, key, now, grace));
+        if age < grace {
+            lookup = Lookup::NotFoundYet(format!(
+                "no record on chain for this stamp yet (first seen {age} s ago): it counts as \
+                 spam once {grace} s (verify.missing_grace_secs) pass without one"
+            ));
+        }
+    }
     evaluate(msg, header, env, &lookup, &auth, &ctx.policy, ctx.now)
 }
 

@@ -30,7 +30,7 @@ use mailstamp::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::dnsfix::DnsServer;
-use crate::harness::{TempDir, anvil, mailstamp, milter_split, signer, tamper_body};
+use crate::harness::{TempDir, anvil, mailstamp, milter_split, own_store, signer, tamper_body};
 
 const T: std::time::Duration = std::time::Duration::from_secs(10);
 /// The correspondents' mail server: the only address their SPF records allow.
@@ -123,7 +123,7 @@ pub(crate) async fn start_in(
     key: Option<&AnvilInstance>,
 ) -> Running {
     let config = dir.join(name);
-    std::fs::write(&config, toml).unwrap();
+    std::fs::write(&config, own_store(toml, dir)).unwrap();
     let settings = Settings::load(Some(&config), &Overrides::default()).unwrap();
     let m = Arc::new(Daemon::new(settings, key.map(|a| signer(a, 0)), None));
     let (listener, addr) = milter::bind("inet:127.0.0.1:0").await.unwrap();

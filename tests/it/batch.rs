@@ -79,6 +79,7 @@ async fn one_anchor_for_a_batch_and_every_message_verifies() {
         trusted: vec![registry],
         policy: Policy::default(),
         now: Some(util::now()),
+        patience: Default::default(),
     };
     let dir = TempDir::new("batch");
     let store = Store::open(&dir.0.join("state.sqlite")).unwrap();

@@ -60,6 +60,7 @@ fn ctx(a: &AnvilInstance, registry: Address) -> VerifyContext {
         trusted: vec![registry],
         policy: Policy::default(),
         now: Some(util::now()),
+        patience: Default::default(),
     }
 }
 

@@ -125,6 +125,7 @@ impl World {
             trusted: vec![self.registry],
             policy: Policy::default(),
             now: Some(util::now()),
+            patience: Default::default(),
         }
     }
     /// Writer `i` stamps corpus message `n` sent as `from`, checking its own authorisation first

@@ -30,6 +30,22 @@ pub(crate) fn tool(name: &str) -> PathBuf {
 
 /// anvil started with the flags of `anvil.toml` (port forced to 0: the OS picks a free one).
 pub(crate) fn anvil() -> AnvilInstance {
+    anvil_with(&[])
+}
+
+/// anvil as [`anvil`], mining a block every `secs` seconds (a chain with a clock), with one
+/// slot per epoch so that `safe` and `finalized` follow the head closely.
+pub(crate) fn anvil_clocked(secs: u64) -> AnvilInstance {
+    anvil_with(&[
+        "--block-time",
+        &secs.to_string(),
+        "--slots-in-an-epoch",
+        "1",
+    ])
+}
+
+/// anvil as [`anvil`] with `extra` flags.
+pub(crate) fn anvil_with(extra: &[&str]) -> AnvilInstance {
     let text = std::fs::read_to_string(root().join("anvil.toml")).expect("anvil.toml");
     let table: toml::Table = text.parse().expect("anvil.toml is TOML");
     let mut a = Anvil::at(tool("anvil")).port(0u16);
@@ -47,7 +63,22 @@ pub(crate) fn anvil() -> AnvilInstance {
             other => panic!("anvil.toml: unsupported value for {k}: {other}"),
         }
     }
+    for x in extra {
+        a = a.arg(x);
+    }
     a.try_spawn().expect("anvil starts")
+}
+
+/// `toml` with a `[store]` in `dir` when it names none: a daemon journals its writes there
+/// (the watch, the batches), and a test must never share the default /var/lib file.
+pub(crate) fn own_store(toml: &str, dir: &Path) -> String {
+    if toml.contains("[store]") {
+        return toml.to_owned();
+    }
+    format!(
+        "{toml}\n[store]\npath = \"{}\"\n",
+        dir.join("state.sqlite").display()
+    )
 }
 
 /// The key of anvil account `i`, as hex.

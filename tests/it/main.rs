@@ -11,6 +11,7 @@ mod batch;
 mod chain_e2e;
 mod chain_fees;
 mod cli;
+mod clock;
 mod corpus;
 mod dns;
 mod dnsfix;

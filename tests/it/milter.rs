@@ -19,7 +19,7 @@ use mailstamp::milter;
 use mailstamp::session::{Daemon, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{TempDir, anvil, milter_split as split, signer, tamper_body};
+use crate::harness::{TempDir, anvil, milter_split as split, own_store, signer, tamper_body};
 
 pub(crate) const T: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -58,7 +58,7 @@ pub(crate) async fn start(
         std::fs::write(dir.0.join(name), text).unwrap();
     }
     let path = dir.0.join("mailstamp.toml");
-    std::fs::write(&path, toml).unwrap();
+    std::fs::write(&path, own_store(toml, &dir.0)).unwrap();
     let settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
     let m = Arc::new(Daemon::new(
         settings,

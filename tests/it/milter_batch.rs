@@ -109,6 +109,7 @@ async fn verdict(url: &str, registry: Address, writer: Address, stamped: &[u8]) 
         trusted: vec![registry],
         policy: Policy::default(),
         now: Some(util::now()),
+        patience: Default::default(),
     };
     let env = Envelope {
         rcpts: vec!["bob@b.example".into()],

@@ -96,6 +96,14 @@ impl MilterProc {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        let text = std::fs::read_to_string(config).unwrap_or_default();
+        if !text.contains("[store]") {
+            // Never the default /var/lib file: each test daemon journals in its own store.
+            cmd.env(
+                "MAILSTAMP_STORE",
+                config.with_extension("sqlite").as_os_str(),
+            );
+        }
         if let Some(k) = key {
             cmd.env("MAILSTAMP_PRIVATE_KEY", k);
         }

@@ -723,6 +723,7 @@ async fn a_stamp_is_verified_as_at_delivery_not_now() {
         trusted: vec![registry],
         policy: Policy::default(),
         now: Some(util::now()),
+        patience: Default::default(),
     };
     let r = verifying::verify(Ok(&c), &now_ctx, &stamped, &env).await;
     assert_eq!(r.verdict, Verdict::Spam, "{r:?}");

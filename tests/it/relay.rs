@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{TempDir, anvil, signer, tamper_body};
+use crate::harness::{TempDir, anvil, own_store, signer, tamper_body};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -204,9 +204,12 @@ pub(crate) async fn start(
     let q = dir.0.join("quarantine");
     std::fs::write(
         &path,
-        format!(
-            "{toml}\n[relay]\nnext_hop = \"{next_hop}\"\nquarantine_dir = \"{}\"\nnext_hop_timeout_secs = 5\n{relay_toml}\n",
-            q.display()
+        own_store(
+            &format!(
+                "{toml}\n[relay]\nnext_hop = \"{next_hop}\"\nquarantine_dir = \"{}\"\nnext_hop_timeout_secs = 5\n{relay_toml}\n",
+                q.display()
+            ),
+            &dir.0,
         ),
     )
     .unwrap();

@@ -163,6 +163,9 @@ pub enum Lookup {
     Unconfirmed,
     /// No record under (writer, token).
     NotFound,
+    /// No record yet, but the chain may still change (the stamp was first seen within the
+    /// verifier's grace period, docs/PROTOCOL.md §6): `temperror`, with the reason.
+    NotFoundYet(String),
     /// The chain could not be read (RPC down, timeout…), with the reason.
     Unavailable(String),
 }
@@ -402,6 +405,7 @@ fn recorded_time(header: &StampHeader, lookup: &Lookup) -> ControlFlow<Report, u
             "no record on chain for this stamp",
             Some(header),
         ),
+        Lookup::NotFoundYet(why) => Report::bare(Verdict::Temperror, why.clone(), Some(header)),
     };
     ControlFlow::Break(report)
 }

@@ -12,8 +12,10 @@
 //! CREATE2 deployer.
 
 mod deploy;
+mod heads;
 mod nonce;
 mod read;
+mod watch;
 mod write;
 
 use std::sync::Arc;
@@ -58,11 +60,14 @@ pub struct Chain {
     /// The writer's key: writes are signed here, so their hash is known before they are sent.
     wallet: Option<EthereumWallet>,
     confirmations: Confirmations,
+    /// When a write of this agent is final (`chain.final_confirmations`).
+    final_confirmations: Confirmations,
     timeout: Duration,
     cache: Arc<RecordCache>,
     fees: FeePolicy,
     nonces: Arc<Nonces>,
     reads: Arc<ReadBatcher>,
+    heads: Arc<heads::Heads>,
 }
 
 /// When and how a stuck transaction is replaced.
@@ -108,6 +113,11 @@ pub struct Sent {
     pub nonce: u64,
     /// Every transaction broadcast for this write.
     pub hashes: Vec<B256>,
+    /// The mined transaction as signed (EIP-2718 bytes): what is sent again, unchanged, when
+    /// a reorg drops it.
+    pub raw: alloy::primitives::Bytes,
+    /// The hash of the block it was mined in (a reorg changes the block at that number).
+    pub block_hash: B256,
 }
 
 async fn within<T>(
@@ -192,6 +202,7 @@ impl Chain {
             writer,
             wallet,
             confirmations: cfg.confirmations.clone(),
+            final_confirmations: cfg.final_confirmations.clone(),
             timeout,
             cache: Arc::default(),
             fees: FeePolicy {
@@ -203,6 +214,10 @@ impl Chain {
             reads: Arc::new(ReadBatcher::new(
                 Duration::from_millis(cfg.read_batch_window_ms),
                 cfg.read_batch_max,
+            )),
+            heads: Arc::new(heads::Heads::new(
+                Duration::from_millis(cfg.head_poll_ms),
+                timeout,
             )),
         })
     }

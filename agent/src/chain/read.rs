@@ -92,17 +92,45 @@ impl Chain {
         writer: Address,
         batch: B256,
     ) -> Result<Option<FixedBytes<24>>> {
-        let (root, _) = within(self.timeout, "getAnchor", async {
-            self.get_record(writer, RecordKey::Batch(batch), BlockId::latest())
-                .await
+        self.record_at_head(writer, RecordKey::Batch(batch)).await
+    }
+
+    /// The commitment or root recorded under (`writer`, `key`) at block `number`.
+    pub async fn record_at(
+        &self,
+        writer: Address,
+        key: RecordKey,
+        number: u64,
+    ) -> Result<Option<FixedBytes<24>>> {
+        let (c, _) = within(self.timeout, "registry read", async {
+            self.get_record(writer, key, BlockId::number(number)).await
         })
         .await?;
-        Ok((root != FixedBytes::ZERO).then_some(root))
+        Ok((c != FixedBytes::ZERO).then_some(c))
+    }
+
+    /// The commitment or root recorded under (`writer`, `key`) at the head block, confirmed
+    /// or not.
+    pub async fn record_at_head(
+        &self,
+        writer: Address,
+        key: RecordKey,
+    ) -> Result<Option<FixedBytes<24>>> {
+        let (c, _) = within(self.timeout, "registry read at the head", async {
+            self.get_record(writer, key, BlockId::latest()).await
+        })
+        .await?;
+        Ok((c != FixedBytes::ZERO).then_some(c))
     }
 
     /// The block at which records count as confirmed.
     async fn confirmed_block(&self) -> Result<BlockId> {
-        Ok(match &self.confirmations {
+        self.block_of(&self.confirmations).await
+    }
+
+    /// The block a confirmation rule points to now.
+    pub(super) async fn block_of(&self, rule: &Confirmations) -> Result<BlockId> {
+        Ok(match rule {
             Confirmations::Tag(BlockTag::Latest) => BlockId::latest(),
             Confirmations::Tag(BlockTag::Safe) => BlockId::Number(BlockNumberOrTag::Safe),
             Confirmations::Tag(BlockTag::Finalized) => BlockId::Number(BlockNumberOrTag::Finalized),
@@ -174,6 +202,40 @@ impl Chain {
             }
         }
         r
+    }
+
+    /// [`Chain::lookup`], waiting while the record is on chain but not confirmed yet, or not
+    /// found yet, until `deadline`: the head watcher wakes every waiting lookup at each new
+    /// head and each asks again (they share one JSON-RPC batch through the read queue). The
+    /// answer is the first that is neither, or the last one at the deadline.
+    pub async fn lookup_until(
+        &self,
+        writer: Address,
+        key: RecordKey,
+        deadline: tokio::time::Instant,
+    ) -> Lookup {
+        // Subscribed before the first lookup: a head that comes during it is not missed.
+        let mut heads = self.heads.subscribe(&self.provider);
+        loop {
+            let l = self.lookup(writer, key).await;
+            if !matches!(l, Lookup::Unconfirmed | Lookup::NotFound) {
+                return l;
+            }
+            match tokio::time::timeout_at(deadline, heads.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return l,
+            }
+        }
+    }
+
+    /// Waits for the next head after the current one, or until `deadline`; the new head's
+    /// number (`None` at the deadline).
+    pub async fn next_head(&self, deadline: tokio::time::Instant) -> Option<u64> {
+        let mut heads = self.heads.subscribe(&self.provider);
+        match tokio::time::timeout_at(deadline, heads.changed()).await {
+            Ok(Ok(())) => Some(*heads.borrow()),
+            Ok(Err(_)) | Err(_) => None,
+        }
     }
 
     /// One uncached lookup, through the read queue: when no batch is being sent, it goes out

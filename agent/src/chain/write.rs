@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use alloy::eips::BlockNumberOrTag;
 use alloy::network::{NetworkTransactionBuilder as _, TransactionBuilder as _};
-use alloy::primitives::{Address, B256, FixedBytes};
+use alloy::primitives::{Address, B256, Bytes, FixedBytes};
 use alloy::providers::Provider;
 use alloy::rpc::types::TransactionRequest;
 
@@ -24,6 +24,8 @@ struct Write<'a> {
     from: Address,
     nonce: u64,
     hashes: Vec<B256>,
+    /// The signed bytes of each of `hashes`, in the same order.
+    raws: Vec<Bytes>,
     fees: alloy::eips::eip1559::Eip1559Estimation,
     what: &'a str,
     journal: Option<&'a OnSigned>,
@@ -58,9 +60,14 @@ impl Chain {
     /// Anchors the root of a batch of `size` stamps under `batch` and waits for the receipt
     /// (with fee replacement as for [`Chain::stamp_sent`]).
     pub async fn anchor(&self, batch: B256, root: FixedBytes<24>, size: u32) -> Result<Recorded> {
+        Ok(self.anchor_sent(batch, root, size).await?.recorded)
+    }
+
+    /// [`Chain::anchor`], telling also every transaction that went out for it.
+    pub async fn anchor_sent(&self, batch: B256, root: FixedBytes<24>, size: u32) -> Result<Sent> {
         let reg = StampRegistry::new(self.registry, &self.provider);
         let tx = reg.anchor(batch, root, size).into_transaction_request();
-        Ok(self.send_replacing(tx, "anchor", None).await?.recorded)
+        self.send_replacing(tx, "anchor", None).await
     }
 
     /// As [`Chain::anchor`], calling `journal` with the hash of every transaction (the first
@@ -72,13 +79,10 @@ impl Chain {
         root: FixedBytes<24>,
         size: u32,
         journal: &OnSigned,
-    ) -> Result<Recorded> {
+    ) -> Result<Sent> {
         let reg = StampRegistry::new(self.registry, &self.provider);
         let tx = reg.anchor(batch, root, size).into_transaction_request();
-        Ok(self
-            .send_replacing(tx, "anchor", Some(journal))
-            .await?
-            .recorded)
+        self.send_replacing(tx, "anchor", Some(journal)).await
     }
 
     /// Waits for transactions sent earlier (a previous run's, from its journal): the first of
@@ -141,12 +145,13 @@ impl Chain {
         let tx = tx.from(from);
         let (gas, fees) = self.estimate(&tx, what).await?;
         let tx = tx.with_gas_limit(gas).with_chain_id(self.chain_id);
-        let (tx, taken, first) = self.first_send(tx, from, fees, what, journal).await?;
+        let (tx, taken, (first, raw)) = self.first_send(tx, from, fees, what, journal).await?;
         let mut w = Write {
             tx,
             from,
             nonce: taken.n,
             hashes: vec![first],
+            raws: vec![raw],
             fees,
             what,
             journal,
@@ -194,7 +199,7 @@ impl Chain {
         fees: alloy::eips::eip1559::Eip1559Estimation,
         what: &str,
         journal: Option<&OnSigned>,
-    ) -> Result<(TransactionRequest, Taken, B256)> {
+    ) -> Result<(TransactionRequest, Taken, (B256, Bytes))> {
         let mut tries = 0;
         loop {
             let taken = within(self.timeout, "eth_getTransactionCount", async {
@@ -289,7 +294,7 @@ impl Chain {
     /// The write as mined, when one of its transactions has a receipt (a reverted one is an
     /// error); a receipt that cannot be read yet counts as none.
     async fn mined(&self, w: &Write<'_>) -> Result<Option<Sent>> {
-        for h in &w.hashes {
+        for (h, raw) in w.hashes.iter().zip(&w.raws) {
             let receipt = match within(self.timeout, "eth_getTransactionReceipt", async {
                 Ok(self.provider.get_transaction_receipt(*h).await?)
             })
@@ -312,6 +317,8 @@ impl Chain {
                     },
                     nonce: w.nonce,
                     hashes: w.hashes.clone(),
+                    raw: raw.clone(),
+                    block_hash: r.block_hash.unwrap_or_default(),
                 }));
             }
         }
@@ -330,7 +337,7 @@ impl Chain {
         w.fees = bumped(w.fees, self.fees.bump_percent, fresh);
         let (nonce, fees, what) = (w.nonce, w.fees, w.what);
         match self.broadcast(&w.tx, fees, what, w.journal).await {
-            Ok(h) => {
+            Ok((h, raw)) => {
                 tracing::warn!(
                     nonce,
                     replaced = %w.hashes[w.hashes.len() - 1],
@@ -341,6 +348,7 @@ impl Chain {
                     self.fees.replace_after.as_secs()
                 );
                 w.hashes.push(h);
+                w.raws.push(raw);
                 true
             }
             Err(e) => {
@@ -393,7 +401,8 @@ impl Chain {
         false
     }
 
-    /// Signs `tx` with `fees` here, then sends it; the transaction hash. The hash is known
+    /// Signs `tx` with `fees` here, then sends it; the transaction hash and its signed bytes.
+    /// The hash is known
     /// before the send, so a send that fails without an answer (a timeout, a lost connection)
     /// but reached the node is recognised: the node is asked for that hash, and when it knows
     /// it the send counts as done (sending the call again with the next nonce would only
@@ -404,7 +413,7 @@ impl Chain {
         fees: alloy::eips::eip1559::Eip1559Estimation,
         what: &str,
         journal: Option<&OnSigned>,
-    ) -> Result<B256> {
+    ) -> Result<(B256, Bytes)> {
         use alloy::eips::eip2718::Encodable2718 as _;
         let wallet = self.wallet.as_ref().ok_or_else(|| no_key(what))?;
         let envelope = tx
@@ -420,7 +429,7 @@ impl Chain {
                 .await
                 .with_context(|| format!("cannot journal the {what} transaction {hash}"))?;
         }
-        let raw = envelope.encoded_2718();
+        let raw = Bytes::from(envelope.encoded_2718());
         let sent = within(self.timeout, "eth_sendRawTransaction", async {
             // The pending handle is not needed: receipts are polled by hash (with replacements).
             drop(
@@ -433,7 +442,7 @@ impl Chain {
         })
         .await;
         match sent {
-            Ok(()) => Ok(hash),
+            Ok(()) => Ok((hash, raw)),
             Err(e) => {
                 let known =
                     tokio::time::timeout(self.timeout, self.provider.get_transaction_by_hash(hash))
@@ -441,7 +450,7 @@ impl Chain {
                         .is_ok_and(|r| r.is_ok_and(|t| t.is_some()));
                 if known {
                     tracing::warn!(tx = %hash, "{what}: the send failed ({e:#}), but the node has the transaction: waiting for it");
-                    Ok(hash)
+                    Ok((hash, raw))
                 } else {
                     Err(e)
                 }
@@ -553,6 +562,7 @@ mod timeout_tests {
             writer: Some(Address::ZERO),
             wallet: None,
             confirmations: cfg.confirmations.clone(),
+            final_confirmations: cfg.final_confirmations.clone(),
             timeout: Duration::from_millis(200),
             cache: Default::default(),
             fees: FeePolicy {
@@ -562,6 +572,10 @@ mod timeout_tests {
             },
             nonces: NoncePool::default().get(1, Some(Address::ZERO)),
             reads: std::sync::Arc::new(super::super::read::ReadBatcher::new(Duration::ZERO, 1)),
+            heads: std::sync::Arc::new(super::super::heads::Heads::new(
+                Duration::from_secs(1),
+                Duration::from_millis(200),
+            )),
         };
         (c, task)
     }

@@ -90,6 +90,9 @@ pub(crate) async fn run(
         notice!("mailstamp relay: listening on {addr}, next hop {next_hop}");
         Bound::Relay(l)
     };
+    // The stamps and anchors this daemon records are watched until final (PROTOCOL §5b).
+    let watcher = d.clone();
+    tokio::spawn(async move { watcher.watch_until_final().await });
     let hk = d.clone();
     tokio::spawn(async move {
         let r = match pending {

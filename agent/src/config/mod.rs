@@ -206,6 +206,18 @@ pub struct ChainConfig {
     pub read_batch_window_ms: u64,
     /// Lookups per JSON-RPC batch at most (1 = no batching).
     pub read_batch_max: usize,
+    /// Milliseconds between two `eth_blockNumber` polls of the head watcher, which wakes the
+    /// lookups waiting for a confirmation (`verify.confirm_wait_secs`) and drives the watch of
+    /// recorded stamps. It polls only while someone waits or watches.
+    pub head_poll_ms: u64,
+    /// When a stamp or anchor this agent recorded is final: a depth or a block tag, as for
+    /// `confirmations`. Until then the daemons keep it journalled and send it again if a reorg
+    /// drops it (docs/PROTOCOL.md §5b).
+    pub final_confirmations: Confirmations,
+    /// The writer's funds: a warning is logged when the balance would last fewer than this
+    /// many hours at the rate observed since the daemon started (or, before any spend was
+    /// seen, covers fewer than 100 writes at the current fees).
+    pub low_funds_hours: u64,
 }
 
 impl Default for ChainConfig {
@@ -223,6 +235,9 @@ impl Default for ChainConfig {
             max_replacements: 5,
             read_batch_window_ms: 0,
             read_batch_max: 64,
+            head_poll_ms: 1000,
+            final_confirmations: Confirmations::Tag(BlockTag::Finalized),
+            low_funds_hours: 24,
         }
     }
 }
@@ -363,6 +378,14 @@ pub struct VerifyConfig {
     pub required: BTreeSet<Family>,
     /// Records older than this many seconds at verification are replays.
     pub max_age_secs: Option<u64>,
+    /// How long the milter and relay wait for a record that is on chain but not confirmed
+    /// yet, or not found yet, before answering `temperror` (4xx): they are woken by each new
+    /// head. Keep it under Postfix's `milter_content_timeout` (300 s). 0: answer at once.
+    pub confirm_wait_secs: u64,
+    /// Seconds after this daemon first saw a stamp during which "no record on chain" is
+    /// `temperror`, not `spam` (a reorg may have dropped the record and the sender is sending
+    /// it again). After it, a stamp still without a record is `spam`. 0: `spam` at once.
+    pub missing_grace_secs: u64,
 }
 
 impl Default for VerifyConfig {
@@ -374,6 +397,8 @@ impl Default for VerifyConfig {
             weights: p.weights,
             required: p.required,
             max_age_secs: p.max_age_secs,
+            confirm_wait_secs: 60,
+            missing_grace_secs: 300,
         }
     }
 }
@@ -445,6 +470,18 @@ impl ChainConfig {
         if self.read_batch_max == 0 {
             return Err(Error::config("chain.read_batch_max", "must be at least 1"));
         }
+        if self.head_poll_ms == 0 {
+            return Err(Error::config(
+                "chain.head_poll_ms",
+                "must be at least 1 (milliseconds between two polls of the head block)",
+            ));
+        }
+        if self.final_confirmations == Confirmations::Depth(0) {
+            return Err(Error::config(
+                "chain.final_confirmations",
+                "0 would call a record final before it is on chain; use a depth of 1 or more, or \"finalized\"",
+            ));
+        }
         Ok(())
     }
 }
@@ -490,6 +527,16 @@ impl StampConfig {
 impl VerifyConfig {
     /// The `[verify]` checks, against what `stamp` stamps.
     pub fn check(&self, stamp: &StampConfig) -> Result<()> {
+        if self.confirm_wait_secs >= 300 {
+            return Err(Error::config(
+                "verify.confirm_wait_secs",
+                format!(
+                    "is {}; keep it under 300 s (Postfix's milter_content_timeout): past it Postfix \
+                     gives up on the milter and the sender sees a 4xx anyway",
+                    self.confirm_wait_secs
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.threshold) {
             return Err(Error::config(
                 "verify.threshold",

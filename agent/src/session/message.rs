@@ -140,7 +140,23 @@ async fn record(d: &Daemon, s: &Settings, raw: &[u8], rcpts: &[String]) -> Resul
         .await
         .map_err(|e| e.context("chain unavailable"))?;
     match s.cfg.stamp.mode {
-        StampMode::Direct => stamping::stamp(&chain, &s.stamp, raw, &env).await,
+        StampMode::Direct => {
+            let st = stamping::stamp(&chain, &s.stamp, raw, &env).await?;
+            if let Some(r) = &st.recording {
+                // The stamp is mined: a journal that fails costs only its watch (logged).
+                match d.watch().await {
+                    Ok(w) => {
+                        if let Err(e) = w.add(&chain, r).await {
+                            warn!(token = %st.token, "{e:#}: the stamp is mined, but a reorg would not be noticed");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(token = %st.token, "{e:#}: the stamp is mined, but a reorg would not be noticed")
+                    }
+                }
+            }
+            Ok(st)
+        }
         StampMode::Batch => {
             let b = d.batcher().await?;
             let st = &s.cfg.stamp;
@@ -430,7 +446,7 @@ pub struct Judgement {
 
 /// The verification context of `m`: the configured policy, with the highest threshold any
 /// sender or recipient policy sets.
-fn verify_context(m: &Message) -> VerifyContext {
+fn verify_context(d: &Daemon, m: &Message) -> VerifyContext {
     let s = &m.settings;
     let mut policy = s.cfg.verify.policy();
     let thresholds = m
@@ -447,6 +463,7 @@ fn verify_context(m: &Message) -> VerifyContext {
         trusted: s.cfg.trusted_registries(),
         policy,
         now: Some(now()),
+        patience: verifying::Patience::from_config(&s.cfg.verify, d.sightings()),
     }
 }
 
@@ -461,13 +478,13 @@ pub async fn judge(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) -> J
         rcpts: m.rcpts.clone(),
         client_ip: client.ip,
     };
-    let ctx = verify_context(m);
+    let ctx = verify_context(d, m);
     let parsed = (raw.len() <= MAX_MESSAGE_BYTES)
         .then(|| verifying::parse(raw))
         .flatten();
     let chain = d.chain().await;
     let report = verifying::verify_parsed(chain.as_ref(), &ctx, raw, parsed.as_ref(), &env).await;
-    if report.verdict == Verdict::Temperror {
+    if verifying::chain_trouble(&report) {
         d.drop_chain().await;
     }
     let action = action_for(

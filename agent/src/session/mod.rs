@@ -14,6 +14,7 @@ pub mod verdict;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use alloy::signers::local::PrivateKeySigner;
 
@@ -21,7 +22,9 @@ use crate::chain::{Chain, NoncePool};
 use crate::config::{Overrides, PendingPolicy, StampMode};
 use crate::error::{Context, Error, Result, bail, err};
 use crate::stamping::batcher::{Batcher, Recovered};
+use crate::stamping::watch::Watch;
 use crate::store::{DaemonBatchRow, Store};
+use tracing::warn;
 
 pub use message::{Judgement, Message, Outbound, judge, log_inbound, log_outbound, stamp};
 pub use results::{SCORE_HEADER, UNSTAMPED_HEADER, VERDICT_HEADER};
@@ -44,6 +47,12 @@ pub struct Daemon {
     /// `stamp.mode = "batch"`: the batcher every session shares (made on first use; its
     /// store is `store.path` as it was then).
     batcher: tokio::sync::OnceCell<Arc<Batcher>>,
+    /// The store of the batch and watch journals (opened on first use: `store.path` as it
+    /// was then).
+    store: tokio::sync::OnceCell<Arc<Store>>,
+    /// When each stamp without a record was first seen (the grace of a missing record),
+    /// across every session and reload.
+    sightings: Arc<crate::verifying::Sightings>,
 }
 
 impl Daemon {
@@ -63,7 +72,14 @@ impl Daemon {
             nonces: NoncePool::default(),
             owner: "milter".to_owned(),
             batcher: tokio::sync::OnceCell::new(),
+            store: tokio::sync::OnceCell::new(),
+            sightings: Arc::default(),
         }
+    }
+
+    /// The first sightings of stamps without a record, shared by every session.
+    pub(crate) fn sightings(&self) -> Arc<crate::verifying::Sightings> {
+        self.sightings.clone()
     }
 
     /// Names this daemon in the batch journal (default `milter`): the daemons give their kind
@@ -79,12 +95,12 @@ impl Daemon {
         self.signer.as_ref().map(|s| s.address())
     }
 
-    /// The shared batcher, opening the store on first use.
-    pub(crate) async fn batcher(&self) -> Result<Arc<Batcher>> {
-        self.batcher
+    /// The journals' store, opened on first use.
+    async fn store(&self) -> Result<Arc<Store>> {
+        self.store
             .get_or_try_init(|| async {
                 let s = self.settings();
-                let store = match &s.stamp.active_only {
+                Ok::<_, Error>(match &s.stamp.active_only {
                     // Provider mode already opened the same file.
                     Some(st) => st.clone(),
                     None => {
@@ -92,14 +108,79 @@ impl Daemon {
                         let store = tokio::task::spawn_blocking(move || Store::open(&path))
                             .await
                             .map_err(|e| err!("opening the store: {e}"))?
-                            .context("batched stamping needs the store (store.path)")?;
+                            .context("the batch and watch journals need the store (store.path)")?;
                         Arc::new(store)
                     }
-                };
-                Ok::<_, Error>(Arc::new(Batcher::new(store, self.owner.clone())))
+                })
             })
             .await
             .cloned()
+    }
+
+    /// The shared batcher, opening the store on first use.
+    pub(crate) async fn batcher(&self) -> Result<Arc<Batcher>> {
+        self.batcher
+            .get_or_try_init(|| async {
+                Ok::<_, Error>(Arc::new(Batcher::new(
+                    self.store().await?,
+                    self.owner.clone(),
+                )))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The watch of this daemon's recorded writes ([`crate::stamping::watch`]).
+    pub(crate) async fn watch(&self) -> Result<Watch> {
+        Ok(Watch::new(self.store().await?, self.owner.clone()))
+    }
+
+    /// Watches this daemon's recorded stamps and anchors until they are final, a round at
+    /// each new head (docs/PROTOCOL.md §5b), for ever: the daemons run it on its own task.
+    /// A daemon without a writer key has nothing to watch. Rounds that fail (chain or store
+    /// trouble) are logged and tried again.
+    pub async fn watch_until_final(&self) {
+        if self.signer.is_none() {
+            return;
+        }
+        let w = match self.watch().await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot watch recorded writes: {e:#}");
+                return;
+            }
+        };
+        let mut last_error = String::new();
+        loop {
+            let poll = Duration::from_millis(self.settings().cfg.chain.head_poll_ms);
+            let chain = match self.chain().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("watch: chain unavailable: {e:#}");
+                    tokio::time::sleep(poll.max(Duration::from_secs(1))).await;
+                    continue;
+                }
+            };
+            match w.round(&chain).await {
+                Ok(r) => {
+                    last_error.clear();
+                    if r.finalised + r.moved + r.resent + r.renewed > 0 {
+                        tracing::debug!(?r, "watch round");
+                    }
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    if e != last_error {
+                        warn!("watching recorded writes: {e}; trying again at the next head");
+                        last_error = e;
+                    }
+                }
+            }
+            // Woken by the next head; a quiet chain is asked again now and then.
+            let _ = chain
+                .next_head(tokio::time::Instant::now() + poll * 30)
+                .await;
+        }
     }
 
     /// At start, in batched mode: the batches a previous run left pending (none in direct

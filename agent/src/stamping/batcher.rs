@@ -277,6 +277,28 @@ impl Batcher {
     }
 
     async fn anchor_inner(&self, b: &Open) -> Result<(Tree, Recorded)> {
+        let sent = self.anchor_sent(b).await?;
+        self.watch(&b.chain, b.id, &sent.0, sent.1.clone()).await;
+        Ok((sent.0, sent.1.recorded))
+    }
+
+    /// Journals an anchor to watch until it is final ([`super::watch`]); a journal that
+    /// fails is logged, not fatal: the anchor is mined, only its watch is lost.
+    async fn watch(&self, chain: &Chain, batch: B256, tree: &Tree, sent: crate::chain::Sent) {
+        let r = super::watch::Recording {
+            kind: crate::store::WatchKind::Anchor,
+            key: batch,
+            value: FixedBytes::from(short(&tree.root())),
+            size: tree.len() as u32,
+            sent,
+        };
+        let w = super::watch::Watch::new(self.store.clone(), self.owner.clone());
+        if let Err(e) = w.add(chain, &r).await {
+            warn!(%batch, "{e:#}: the anchor is mined, but a reorg would not be noticed");
+        }
+    }
+
+    async fn anchor_sent(&self, b: &Open) -> Result<(Tree, crate::chain::Sent)> {
         let tree = Tree::build(&b.leaves).context("empty batch")?;
         let root = short(&tree.root());
         let size = u32::try_from(b.leaves.len()).context("batch too large")?;
@@ -457,7 +479,19 @@ impl Batcher {
                                 &self.journal_sent(batch),
                             )
                             .await?;
-                        ("anchored", Some(r.tx.to_string()))
+                        let tx = r.recorded.tx.to_string();
+                        let rec = super::watch::Recording {
+                            kind: crate::store::WatchKind::Anchor,
+                            key: batch,
+                            value: FixedBytes::from(root),
+                            size,
+                            sent: r,
+                        };
+                        let w = super::watch::Watch::new(self.store.clone(), self.owner.clone());
+                        if let Err(e) = w.add(chain, &rec).await {
+                            warn!(%batch, "{e:#}: the anchor is mined, but a reorg would not be noticed");
+                        }
+                        ("anchored", Some(tx))
                     }
                 }
             }
@@ -516,5 +550,6 @@ pub async fn stamp_batched(
         token: B256::from(p.token),
         recorded: leaf.recorded,
         batch: Some((leaf.batch, leaf.index)),
+        recording: None,
     })
 }

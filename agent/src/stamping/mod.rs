@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod batcher;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -34,6 +35,9 @@ pub struct Stamped {
     pub recorded: Recorded,
     /// Batched mode: the batch and the message's leaf index in it.
     pub batch: Option<(B256, u32)>,
+    /// Direct mode: the write, for a daemon to watch until it is final ([`watch`]; the
+    /// batcher watches a batch's anchor itself).
+    pub recording: Option<Box<watch::Recording>>,
 }
 
 /// A fresh per-message salt from the operating system's CSPRNG.
@@ -87,14 +91,20 @@ pub async fn stamp(
 ) -> Result<Stamped> {
     let writer = writer_of(chain)?;
     let p = check_and_prepare(ctx, writer, &chain.chain_ref(writer), raw, env).await?;
-    let recorded = chain
-        .stamp(B256::from(p.token), FixedBytes::from(p.commitment))
-        .await?;
+    let (token, commitment) = (B256::from(p.token), FixedBytes::from(p.commitment));
+    let sent = chain.stamp_sent(token, commitment).await?;
     Ok(Stamped {
         message: insert_header(raw, &p.header),
-        token: B256::from(p.token),
-        recorded,
+        token,
+        recorded: sent.recorded.clone(),
         batch: None,
+        recording: Some(Box::new(watch::Recording {
+            kind: crate::store::WatchKind::Stamp,
+            key: token,
+            value: commitment,
+            size: 1,
+            sent,
+        })),
     })
 }
 
@@ -210,7 +220,8 @@ pub(crate) async fn anchor_state(
                 "batch {batch}: the anchor is neither confirmed nor at the head block; retry later"
             )),
         },
-        Lookup::NotFound => Ok(AnchorState::Absent),
+        // `NotFoundYet` is the verifier's grace, never a chain answer; treated as absent.
+        Lookup::NotFound | Lookup::NotFoundYet(_) => Ok(AnchorState::Absent),
         Lookup::Unavailable(e) => Err(err!("cannot read the registry (retry later): {e}")),
     }
 }

@@ -104,7 +104,33 @@ const MIGRATIONS: &[&str] = &[
         commitment TEXT NOT NULL,
         PRIMARY KEY (batch_id, leaf)
     ) STRICT;",
+    // 6: the stamps and anchors a daemon recorded, watched until final (issue 11,
+    // docs/PROTOCOL.md §5b). `raw` is the mined transaction as signed, sent again unchanged
+    // when a reorg drops it; `value`/`size` are what a new transaction would record if its
+    // nonce was taken meanwhile. `block`/`block_hash`: where it is mined now (NULL: sent
+    // again, not mined yet). `owner` as in daemon_batches.
+    "CREATE TABLE watched (
+        writer     TEXT NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('stamp', 'anchor')),
+        key        TEXT NOT NULL,
+        chain_id   INTEGER NOT NULL,
+        registry   TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        tx         TEXT NOT NULL,
+        raw        BLOB NOT NULL,
+        nonce      INTEGER NOT NULL,
+        block      INTEGER,
+        block_hash TEXT,
+        owner      TEXT NOT NULL,
+        resent     INTEGER NOT NULL DEFAULT 0,
+        since      INTEGER NOT NULL,
+        PRIMARY KEY (writer, kind, key)
+    ) STRICT;
+    CREATE INDEX watched_owner ON watched (owner, chain_id, registry, writer);",
 ];
+
+pub use watched::{WatchKind, WatchedRow};
 
 /// A stored value this version does not know (a row written by a newer mailstamp, or edited by
 /// hand): an error, never a default.
@@ -197,6 +223,9 @@ pub enum DomainStatus {
 }
 
 stored_enum!(DomainStatus, "domain status", { Pending => "pending", Active => "active" });
+
+// After the macro: the watch journal's kind is a stored enum too.
+mod watched;
 
 /// One customer domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
