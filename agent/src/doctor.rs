@@ -27,8 +27,7 @@ use crate::onboard;
 use crate::store::Store;
 use crate::util::normalise_name;
 
-/// Gas of one direct stamp, rounded up (docs/PERFORMANCE.md: 46.3k), for the runway.
-pub const STAMP_GAS: u64 = 47_000;
+use crate::chain::{STAMP_GAS, eth};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -318,14 +317,6 @@ async fn writer_checks(
         out.push(balance_check(provider, *chain_id, writer, timeout).await);
     }
     Some(writer)
-}
-
-/// `wei` in ETH with up to 6 decimals.
-pub fn eth(wei: U256) -> String {
-    let unit = U256::from(10u64).pow(U256::from(18u64));
-    let whole = wei / unit;
-    let micro = (wei % unit) / U256::from(10u64).pow(U256::from(12u64));
-    format!("{whole}.{micro:0>6}")
 }
 
 async fn balance_check(

@@ -642,3 +642,29 @@ async fn a_chain_without_eip1559_fails_writes_with_a_clear_message() {
     assert!(e.contains("has no EIP-1559 base fee"), "{e}");
     assert!(e.contains("chain 31337"), "{e}");
 }
+
+#[tokio::test]
+async fn an_unfunded_writer_gets_a_clear_temporary_error_naming_balance_and_need() {
+    let a = anvil();
+    let registry = deploy(&a).await;
+    // A key anvil never funded.
+    let poor = alloy::signers::local::PrivateKeySigner::random();
+    let who = format!("{:#x}", poor.address());
+    let c = Chain::connect(&cfg(&a.endpoint(), 1), registry, Some(poor))
+        .await
+        .unwrap();
+    let e = c.stamp(token("poor", 0), commitment(0)).await.unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains(&who)
+            && text.contains("balance 0.000000 ETH")
+            && text.contains("needs up to")
+            && text.contains("send ETH on chain 31337"),
+        "{text}"
+    );
+    assert!(
+        !matches!(e, mailstamp::error::Error::Refused { .. }),
+        "temporary, not a refusal: {e:?}"
+    );
+    assert_eq!(c.balance().await.unwrap(), Some(U256::ZERO));
+}

@@ -12,6 +12,7 @@
 //! CREATE2 deployer.
 
 mod deploy;
+mod funds;
 mod heads;
 mod nonce;
 mod read;
@@ -35,6 +36,7 @@ use crate::error::{Context, Result, bail, err};
 pub use deploy::{
     CREATE2_DEPLOYER, Deployed, creation_code, deploy, deploy_salt, predicted_address,
 };
+pub use funds::{STAMP_GAS, eth, funds_warning};
 pub use nonce::NoncePool;
 use nonce::Nonces;
 use read::{ReadBatcher, RecordCache};

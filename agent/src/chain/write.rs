@@ -170,20 +170,21 @@ impl Chain {
         what: &str,
     ) -> Result<(u64, alloy::eips::eip1559::Eip1559Estimation)> {
         within(self.timeout, "eth_estimateGas / eth_feeHistory", async {
-            tokio::try_join!(
-                async {
-                    self.provider
-                        .estimate_gas(tx.clone())
-                        .await
-                        .map_err(|e| refused(e, what))
-                },
-                async {
-                    match self.provider.estimate_eip1559_fees().await {
-                        Ok(f) => Ok(f),
-                        Err(e) => Err(self.no_eip1559(e).await),
-                    }
+            let (gas, fees) = tokio::join!(self.provider.estimate_gas(tx.clone()), async {
+                match self.provider.estimate_eip1559_fees().await {
+                    Ok(f) => Ok(f),
+                    Err(e) => Err(self.no_eip1559(e).await),
                 }
-            )
+            });
+            let gas = match gas {
+                Ok(g) => g,
+                Err(e) if super::funds::is_insufficient_funds(&e) => {
+                    let fee = fees.as_ref().map_or(0, |f| f.max_fee_per_gas);
+                    return Err(self.no_funds(what, super::STAMP_GAS, fee).await);
+                }
+                Err(e) => return Err(refused(e, what)),
+            };
+            Ok((gas, fees?))
         })
         .await
     }
@@ -443,6 +444,10 @@ impl Chain {
         .await;
         match sent {
             Ok(()) => Ok((hash, raw)),
+            Err(e) if super::funds::is_insufficient_funds(&format!("{e:#}")) => {
+                let gas = tx.gas.unwrap_or(super::STAMP_GAS);
+                Err(self.no_funds(what, gas, fees.max_fee_per_gas).await)
+            }
             Err(e) => {
                 let known =
                     tokio::time::timeout(self.timeout, self.provider.get_transaction_by_hash(hash))

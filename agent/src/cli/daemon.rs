@@ -93,6 +93,8 @@ pub(crate) async fn run(
     // The stamps and anchors this daemon records are watched until final (PROTOCOL §5b).
     let watcher = d.clone();
     tokio::spawn(async move { watcher.watch_until_final().await });
+    let funds = d.clone();
+    tokio::spawn(async move { funds.watch_funds().await });
     let hk = d.clone();
     tokio::spawn(async move {
         let r = match pending {

@@ -183,6 +183,63 @@ impl Daemon {
         }
     }
 
+    /// Watches the writer's funds for ever (the daemons run it on its own task): the balance
+    /// at start (logged), then every minute the runway at the rate spent since start; low
+    /// (`chain.low_funds_hours`, see [`crate::chain::funds_warning`]) → a warning, repeated
+    /// hourly while it stays low. Nothing without a writer key.
+    pub async fn watch_funds(&self) {
+        use alloy::primitives::U256;
+        const EVERY: Duration = Duration::from_secs(60);
+        if self.signer.is_none() {
+            return;
+        }
+        let mut start: Option<(std::time::Instant, U256)> = None;
+        let mut warned: Option<std::time::Instant> = None;
+        loop {
+            let checked = async {
+                let chain = self.chain().await?;
+                let balance = chain.balance().await?.unwrap_or_default();
+                let fee = chain.max_fee().await.unwrap_or(0);
+                Ok::<_, Error>((chain.writer, balance, fee))
+            }
+            .await;
+            match checked {
+                Ok((writer, balance, fee)) => {
+                    let writer = writer.map(|w| format!("{w:#x}")).unwrap_or_default();
+                    let (t0, b0) = match start {
+                        // A top-up starts the rate again.
+                        Some((t0, b0)) if balance <= b0 => (t0, b0),
+                        _ => {
+                            tracing::info!(%writer, balance = %crate::chain::eth(balance), "writer balance (ETH)");
+                            start = Some((std::time::Instant::now(), balance));
+                            (std::time::Instant::now(), balance)
+                        }
+                    };
+                    let hours = t0.elapsed().as_secs_f64() / 3600.0;
+                    let spent = b0 - balance;
+                    let rate = (hours > 0.0 && !spent.is_zero()).then(|| {
+                        // Wei per hour, from a rate in f64 (precise enough for a runway).
+                        let per_hour = f64::from(spent) / hours;
+                        U256::from(per_hour.max(1.0) as u128)
+                    });
+                    let low = self.settings().cfg.chain.low_funds_hours;
+                    match crate::chain::funds_warning(balance, rate, fee, low) {
+                        Some(w)
+                            if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) =>
+                        {
+                            warn!(%writer, "low funds: {w}; send ETH to the writer");
+                            warned = Some(std::time::Instant::now());
+                        }
+                        Some(_) => {}
+                        None => warned = None,
+                    }
+                }
+                Err(e) => tracing::debug!("funds check: {e:#}"),
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    }
+
     /// At start, in batched mode: the batches a previous run left pending (none in direct
     /// mode). Call it before serving: a batch opened after this is not among them, so
     /// [`Daemon::recover_batches`] can then run beside the sessions.
