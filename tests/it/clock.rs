@@ -391,3 +391,56 @@ async fn a_made_up_stamp_is_deferred_for_the_grace_period_then_spam() {
     let r = verifying::verify(Ok(&chain), &fresh, &forged, &env).await;
     assert_eq!(r.verdict, Verdict::Temperror, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_on_a_clocked_chain_deliver_without_4xx_in_both_modes() {
+    use crate::relay::{Sink, deliver, header, start as relay};
+    let (a, registry, writer) = clocked().await;
+    let base = clocked_toml(&a.endpoint(), registry, writer);
+    let sink = Sink::start().await;
+    let inbound = relay(
+        &format!(
+            "{base}[verify]\nconfirm_wait_secs = 20\n[milter]\nauthserv_id = \"mx.b.example\"\n"
+        ),
+        "",
+        sink.addr,
+        &[],
+        None,
+    )
+    .await;
+    let mut want = 0;
+    for mode in ["direct", "batch"] {
+        let outbound = relay(
+            &format!("{base}[stamp]\nmode = \"{mode}\"\nbatch_max = 2\nbatch_wait_ms = 300\n"),
+            "outbound = true",
+            inbound.addr,
+            &[],
+            Some(&a),
+        )
+        .await;
+        let sends: Vec<_> = (20..22)
+            .map(|i| {
+                let addr = outbound.addr;
+                tokio::spawn(async move {
+                    deliver(addr, "alice@a.example", &["bob@b.example"], &message(i)).await
+                })
+            })
+            .collect();
+        for s in sends {
+            let r = s.await.unwrap();
+            // The outbound relay answers after the inbound one (and the sink) accepted: no 4xx
+            // anywhere on the way.
+            assert!(r.starts_with("250"), "{mode}: {r}");
+        }
+        want += 2;
+        let got = sink.got();
+        assert_eq!(got.len(), want, "{mode}");
+        for g in &got {
+            assert_eq!(
+                header(&g.data, "X-Mailstamp-Verdict").as_deref(),
+                Some("wanted"),
+                "{mode}"
+            );
+        }
+    }
+}
