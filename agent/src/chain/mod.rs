@@ -8,8 +8,10 @@
 //! fees from the node's estimate, nonces handed out by the agent ([`nonce`]: many transactions
 //! in flight from one writer never share one), and a transaction without a receipt after
 //! `chain.replace_after_secs` re-sent with the same nonce and higher fees. [`read`]: confirmed
-//! lookups, cached, batched when they arrive together. [`deploy`]: the registry through the
-//! CREATE2 deployer.
+//! lookups, cached, batched when they arrive together, and lookups that wait for new heads
+//! ([`heads`]: one watcher per connection). [`watch`]: what the watch of this agent's own
+//! writes asks (final block, block hashes, re-sends). [`funds`]: the writer's balance and the
+//! clear "insufficient funds" error. [`deploy`]: the registry through the CREATE2 deployer.
 
 mod deploy;
 mod funds;

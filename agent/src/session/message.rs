@@ -144,15 +144,9 @@ async fn record(d: &Daemon, s: &Settings, raw: &[u8], rcpts: &[String]) -> Resul
             let st = stamping::stamp(&chain, &s.stamp, raw, &env).await?;
             if let Some(r) = &st.recording {
                 // The stamp is mined: a journal that fails costs only its watch (logged).
-                match d.watch().await {
-                    Ok(w) => {
-                        if let Err(e) = w.add(&chain, r).await {
-                            warn!(token = %st.token, "{e:#}: the stamp is mined, but a reorg would not be noticed");
-                        }
-                    }
-                    Err(e) => {
-                        warn!(token = %st.token, "{e:#}: the stamp is mined, but a reorg would not be noticed")
-                    }
+                let watched = async { d.watch().await?.add(&chain, r).await }.await;
+                if let Err(e) = watched {
+                    warn!(token = %st.token, "{e:#}: the stamp is mined, but a reorg would not be noticed");
                 }
             }
             Ok(st)

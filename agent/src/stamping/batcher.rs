@@ -7,6 +7,8 @@
 //! leaf index and proof, and what happens at start to batches a crash left pending
 //! ([`Batcher::recover`], by `stamp.pending_on_restart`).
 //!
+//! A mined anchor goes into the watch journal ([`super::watch`]) until it is final.
+//!
 //! A message gets its proof only after the anchor is mined; the caller waits at most
 //! `hold_timeout_ms` for it and otherwise defers the message without a header. So a batch whose
 //! anchor never lands has no message out there that needs it.
@@ -276,20 +278,31 @@ impl Batcher {
         }
     }
 
+    /// [`Batcher::anchor_sent`], and the mined anchor journalled to watch until final.
     async fn anchor_inner(&self, b: &Open) -> Result<(Tree, Recorded)> {
-        let sent = self.anchor_sent(b).await?;
-        self.watch(&b.chain, b.id, &sent.0, sent.1.clone()).await;
-        Ok((sent.0, sent.1.recorded))
+        let (tree, sent) = self.anchor_sent(b).await?;
+        let root = FixedBytes::from(short(&tree.root()));
+        let recorded = sent.recorded.clone();
+        self.watch(&b.chain, b.id, root, tree.len() as u32, sent)
+            .await;
+        Ok((tree, recorded))
     }
 
     /// Journals an anchor to watch until it is final ([`super::watch`]); a journal that
     /// fails is logged, not fatal: the anchor is mined, only its watch is lost.
-    async fn watch(&self, chain: &Chain, batch: B256, tree: &Tree, sent: crate::chain::Sent) {
+    async fn watch(
+        &self,
+        chain: &Chain,
+        batch: B256,
+        root: FixedBytes<24>,
+        size: u32,
+        sent: crate::chain::Sent,
+    ) {
         let r = super::watch::Recording {
             kind: crate::store::WatchKind::Anchor,
             key: batch,
-            value: FixedBytes::from(short(&tree.root())),
-            size: tree.len() as u32,
+            value: root,
+            size,
             sent,
         };
         let w = super::watch::Watch::new(self.store.clone(), self.owner.clone());
@@ -298,6 +311,7 @@ impl Batcher {
         }
     }
 
+    /// The batch's root journalled, then its anchor sent (journalled) until mined.
     async fn anchor_sent(&self, b: &Open) -> Result<(Tree, crate::chain::Sent)> {
         let tree = Tree::build(&b.leaves).context("empty batch")?;
         let root = short(&tree.root());
@@ -308,12 +322,12 @@ impl Batcher {
             .await
             .context("cannot journal the batch root")?;
         crate::util::fault("before-anchor");
-        let recorded = b
+        let sent = b
             .chain
             .anchor_journalled(b.id, FixedBytes::from(root), size, &self.journal_sent(b.id))
             .await?;
         crate::util::fault("after-anchor");
-        Ok((tree, recorded))
+        Ok((tree, sent))
     }
 
     /// Deletes this store's anchored and dropped batches (every owner's) older than
@@ -480,17 +494,8 @@ impl Batcher {
                             )
                             .await?;
                         let tx = r.recorded.tx.to_string();
-                        let rec = super::watch::Recording {
-                            kind: crate::store::WatchKind::Anchor,
-                            key: batch,
-                            value: FixedBytes::from(root),
-                            size,
-                            sent: r,
-                        };
-                        let w = super::watch::Watch::new(self.store.clone(), self.owner.clone());
-                        if let Err(e) = w.add(chain, &rec).await {
-                            warn!(%batch, "{e:#}: the anchor is mined, but a reorg would not be noticed");
-                        }
+                        self.watch(chain, batch, FixedBytes::from(root), size, r)
+                            .await;
                         ("anchored", Some(tx))
                     }
                 }

@@ -2,7 +2,8 @@
 //! Stamping outbound mail: the checks that we may write for the From domain (provider mode,
 //! the writer record), the stamp prepared with a fresh salt, and its recording — one
 //! transaction per message here ([`stamp`]), one anchor per batch in [`batch`] (the CLI) and
-//! [`batcher`] (the daemons). A check that fails for good is an [`Error::Refused`] (the MTA
+//! [`batcher`] (the daemons); [`watch`]: what the daemons recorded, watched until final and
+//! sent again after a reorg. A check that fails for good is an [`Error::Refused`] (the MTA
 //! bounces or passes the message unstamped by policy); chain or DNS trouble is temporary.
 
 pub mod batch;
