@@ -675,11 +675,18 @@ mod tests {
     fn the_example_config_parses() {
         let text = include_str!("../../mailstamp.example.toml");
         let cfg = Config::parse(text).unwrap();
+        assert_eq!(cfg.chain.confirmations, Confirmations::Depth(3));
         assert_eq!(
-            cfg.chain.confirmations,
+            cfg.chain.final_confirmations,
             Confirmations::Tag(BlockTag::Finalized)
         );
         assert_eq!(cfg.verify.policy(), Policy::default());
+        // The documented chain-clock values are the defaults.
+        let d = VerifyConfig::default();
+        assert_eq!(
+            (cfg.verify.confirm_wait_secs, cfg.verify.missing_grace_secs),
+            (d.confirm_wait_secs, d.missing_grace_secs)
+        );
         // The documented [inbound] / [allowlist] values are the defaults.
         assert_eq!(cfg.inbound, InboundConfig::default());
         assert_eq!(cfg.allowlist, AllowlistConfig::default());
