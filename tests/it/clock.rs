@@ -90,6 +90,25 @@ async fn drop_block_of(url: &str, tx: B256, block: u64) {
     panic!("transaction {tx} still mined after rolling back to block {block}");
 }
 
+/// Replaces the blocks from `block` on with as many empty ones (`anvil_reorg`: same height,
+/// other hashes) until transaction `tx` is no longer mined.
+async fn reorg_out(url: &str, tx: B256, block: u64) {
+    let p = ProviderBuilder::new().connect_http(url.parse().unwrap());
+    for _ in 0..5 {
+        let h = p.get_block_number().await.unwrap();
+        let before = p.get_block_number().await.unwrap();
+        rpc(url, "anvil_reorg", serde_json::json!([h - block + 1, []])).await;
+        assert!(
+            p.get_block_number().await.unwrap() >= before,
+            "a reorg keeps the height"
+        );
+        if p.get_transaction_receipt(tx).await.unwrap().is_none() {
+            return;
+        }
+    }
+    panic!("transaction {tx} still mined after reorganising from block {block}");
+}
+
 /// Where the record `stamped` points to was written: its transaction and block.
 async fn recorded(url: &str, registry: Address, stamped: &[u8]) -> (B256, u64) {
     let cfg = mailstamp::config::ChainConfig {
@@ -273,6 +292,13 @@ async fn a_reorg_before_or_after_verification_never_makes_a_genuine_stamp_spam()
         let seen = receive(&rcfg, &stamped).await;
         assert_eq!(seen.last(), Some(&Verdict::Wanted), "{mode}: {seen:?}");
 
+        // A reorg at the same height (other blocks, other hashes, the record not in them).
+        let stamped = stamp_one(sender.addr, 14).await;
+        let (tx, block) = recorded(&url, registry, &stamped).await;
+        reorg_out(&url, tx, block).await;
+        let seen = receive(&rcfg, &stamped).await;
+        assert_eq!(seen.last(), Some(&Verdict::Wanted), "{mode}: {seen:?}");
+
         // The watch sent them again; they become final and are forgotten.
         let deadline = Instant::now() + T * 3;
         while !journal(&store).is_empty() {
@@ -294,8 +320,13 @@ async fn a_sender_restarted_during_the_watch_sends_the_dropped_stamp_again() {
     let base = clocked_toml(&url, registry, writer);
     let dir = TempDir::new("clock-restart");
     let store = dir.0.join("state.sqlite");
+    // Final by the `finalized` tag here (anvil: one slot per epoch), by a depth elsewhere.
     let sender_toml = format!(
-        "{base}[store]\npath = \"{}\"\n[milter]\ntrusted_networks = [\"127.0.0.0/8\"]\n",
+        "{}[store]\npath = \"{}\"\n[milter]\ntrusted_networks = [\"127.0.0.0/8\"]\n",
+        base.replace(
+            &format!("final_confirmations = {FINAL}\n"),
+            "final_confirmations = \"finalized\"\n"
+        ),
         store.display()
     );
     // The first sender stamps and stops before any head came: its watch never ran.
@@ -323,6 +354,16 @@ async fn a_sender_restarted_during_the_watch_sends_the_dropped_stamp_again() {
         .unwrap()
         .expect("the same signed transaction was mined again");
     assert!(again.block_number.unwrap() >= block);
+    // Final by the tag: forgotten.
+    let deadline = Instant::now() + T * 3;
+    while !journal(&store).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still watched: {:?}",
+            journal(&store)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     watch.abort();
 }
 
