@@ -198,6 +198,15 @@ impl Authority {
 
     /// May `writer` stamp for `domain`? The trust map first, then `_mailstamp.<domain>` TXT.
     pub async fn check(&self, domain: &str, writer: Address) -> WriterAuth {
+        let a = self.check_inner(domain, writer).await;
+        crate::metrics::METRICS
+            .writer_checks
+            .get_or_create(&crate::metrics::labels(&[("result", a.as_str())]))
+            .inc();
+        a
+    }
+
+    async fn check_inner(&self, domain: &str, writer: Address) -> WriterAuth {
         let d = normalise(domain);
         let w = format!("{writer:#x}");
         if let Some(ws) = self.trust.get(&d) {

@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// The rows of `lib.rs`, top first. A module may use the modules of earlier rows only.
 const LAYERS: &[&[&str]] = &[
-    &["error", "util", "config"],
+    &["error", "util", "metrics", "config"],
     &["store", "chain", "dns", "keys", "maildir", "maps"],
     &["auth"],
     &["people", "stamping", "verifying", "onboard"],
@@ -20,8 +20,8 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Modules of row 0 that the others of row 0 may use (a leaf each: `error` uses nothing,
-/// `util` only `error`, `config` both).
-const ROW0_ORDER: &[&str] = &["error", "util", "config"];
+/// `util` only `error`, `metrics` those two, `config` all three).
+const ROW0_ORDER: &[&str] = &["error", "util", "metrics", "config"];
 
 /// A reference against the table.
 #[derive(Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 //!
 //! | row | modules | what they own |
 //! |-----|---------|---------------|
-//! | 0 | `error`, `util`, `config` | the error type; clock, text, networks; every config section with its checks |
+//! | 0 | `error`, `util`, `metrics`, `config` | the error type; clock, text, networks; the Prometheus registry; every config section with its checks |
 //! | 1 | `store`, `chain`, `dns`, `keys`, `maildir`, `maps` | infrastructure: SQLite, the registry, DNS, the writer key, Maildir, the access maps |
 //! | 2 | `auth` | DMARC through the resolver of `dns` |
 //! | 3 | `people`, `stamping`, `verifying`, `onboard` | the domain: who is who, stamping (direct, batch, the daemons' batcher), verifying, customer domains |
@@ -17,11 +17,12 @@
 //! | 6 | `milter`, `relay` | the adapters: protocol events in, one `session` call, one reply out |
 //!
 //! Two modules of one row never use each other (row 0 has its own order: `error`, then
-//! `util`, then `config`). Inside one module's own tree (`session/`, `chain/`…) the files are
+//! `util`, then `metrics`, then `config`). Inside one module's own tree (`session/`, `chain/`…) the files are
 //! one room: the parent re-exports its children and the children use the parent's types
 //! (`super::`), as Rust's `impl` blocks across files need; the rows are about rooms.
 
 pub mod error;
+pub mod metrics;
 pub mod util;
 
 pub mod config;

@@ -121,6 +121,8 @@ pub struct Session {
     /// The HELO/EHLO name (SPF).
     helo: String,
     msg: Option<Msg>,
+    /// Counts this connection in `mailstamp_sessions_open` while it lives.
+    _open: Option<crate::metrics::SessionGuard>,
 }
 
 /// Per-message state, from MAIL FROM to end of message: the session's [`Message`] and the
@@ -273,6 +275,7 @@ fn connect(m: &Daemon, cx: &mut Context<Session>, host: &str, info: SocketInfo) 
         client_accepted: accepted,
         helo: String::new(),
         msg: None,
+        _open: Some(crate::metrics::SessionGuard::open("milter")),
     });
     step_status(&mut cx.reply, &step)
 }

@@ -233,8 +233,11 @@ async fn on_chain(
     let authorised = !matches!(auth, WriterAuth::Fail(_));
     let p = &ctx.patience;
     if authorised && !p.wait.is_zero() && matches!(lookup, Lookup::Unconfirmed | Lookup::NotFound) {
-        let deadline = tokio::time::Instant::now() + p.wait;
-        lookup = chain.lookup_until(writer, key, deadline).await;
+        let started = tokio::time::Instant::now();
+        lookup = chain.lookup_until(writer, key, started + p.wait).await;
+        crate::metrics::METRICS
+            .confirm_wait_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
     if authorised && lookup == Lookup::NotFound && !p.grace.is_zero() {
         let now = crate::util::now();

@@ -776,6 +776,30 @@ pub(crate) struct LoadResult {
     pub(crate) deferred: usize,
     /// Messages delivered with `mailstamp=pass`.
     pub(crate) verified: usize,
+    /// The mailstamp path: what the milters' `/metrics` count — inbound `wanted`, outbound
+    /// `stamped` (`None` for Postfix alone).
+    pub(crate) counted: Option<(f64, f64)>,
+}
+
+/// `GET /metrics` from `127.0.0.1:port`: the body.
+pub(crate) fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `name{labels}` in an OpenMetrics text (0 when absent).
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Postfix → Postfix alone, then the same pair with a mailstamp milter on each side (stamp at
@@ -819,11 +843,14 @@ pub(crate) async fn load_run(l: &Load) -> Vec<LoadResult> {
         )
     };
     let store = root.join("s.sqlite");
+    // Both milters serve /metrics: the run's counts are read back from them.
+    let (ms_metrics, mr_metrics) = (free_port(), free_port());
     std::fs::write(
         root.join("s.toml"),
         with_keys(&format!(
             "[milter]\ntrusted_networks = [\"127.0.0.0/8\"]\nlookup_tx = false\n\
-             [stamp]\nmode = \"{}\"\n[store]\npath = \"{}\"\n",
+             [stamp]\nmode = \"{}\"\n[store]\npath = \"{}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{ms_metrics}\"\n",
             l.mode,
             store.display()
         )),
@@ -832,7 +859,8 @@ pub(crate) async fn load_run(l: &Load) -> Vec<LoadResult> {
     std::fs::write(
         root.join("r.toml"),
         with_keys(&format!(
-            "[milter]\nlookup_tx = false\n[verify]\nconfirm_wait_secs = {}\n",
+            "[milter]\nlookup_tx = false\n[verify]\nconfirm_wait_secs = {}\n\
+             [metrics]\nlisten = \"127.0.0.1:{mr_metrics}\"\n",
             l.wait_secs
         )),
     )
@@ -884,6 +912,18 @@ pub(crate) async fn load_run(l: &Load) -> Vec<LoadResult> {
             .iter()
             .filter(|p| has(&std::fs::read(p).unwrap(), "mailstamp=pass"))
             .count();
+        let counted = (*tag == "mailstamp").then(|| {
+            (
+                sample(
+                    &scrape(mr_metrics),
+                    "mailstamp_messages_total{direction=\"inbound\",verdict=\"wanted\"}",
+                ),
+                sample(
+                    &scrape(ms_metrics),
+                    "mailstamp_messages_total{direction=\"outbound\",verdict=\"stamped\"}",
+                ),
+            )
+        });
         results.push(LoadResult {
             tag,
             tput: l.n as f64 / t.as_secs_f64(),
@@ -891,6 +931,7 @@ pub(crate) async fn load_run(l: &Load) -> Vec<LoadResult> {
             deliver: (pct(&delivery, 50), pct(&delivery, 99)),
             deferred: s.maillog().matches("status=deferred").count(),
             verified,
+            counted,
         });
     }
     for (_, s, r, _) in pairs {
@@ -996,6 +1037,9 @@ async fn postfix_on_a_clocked_chain_delivers_without_4xx_in_both_modes() {
         let m = &rs[1];
         assert_eq!(m.verified, l.n, "{mode}: {m:?}");
         assert_eq!(m.deferred, 0, "{mode}: the receiving side deferred: {m:?}");
+        // The milters' /metrics saw the same: every message stamped once and judged wanted
+        // once (a deferred and retried message would count twice).
+        assert_eq!(m.counted, Some((l.n as f64, l.n as f64)), "{mode}: {m:?}");
         eprintln!("{mode}: {rs:?}");
     }
 }

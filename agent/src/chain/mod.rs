@@ -129,13 +129,16 @@ async fn within<T>(
     what: &str,
     fut: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
-    match tokio::time::timeout(timeout, fut).await {
+    let started = std::time::Instant::now();
+    let r = match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => bail!(
+        Err(_) => Err(err!(
             "{what}: no answer from the RPC endpoint within {}s",
             timeout.as_secs()
-        ),
-    }
+        )),
+    };
+    crate::metrics::rpc(what, started.elapsed(), r.is_err());
+    r
 }
 
 /// Builds a provider for `url`, with a wallet when a signer is given.

@@ -146,6 +146,7 @@ impl Chain {
         let (gas, fees) = self.estimate(&tx, what).await?;
         let tx = tx.with_gas_limit(gas).with_chain_id(self.chain_id);
         let (tx, taken, (first, raw)) = self.first_send(tx, from, fees, what, journal).await?;
+        crate::metrics::transaction("sent");
         let mut w = Write {
             tx,
             from,
@@ -250,6 +251,7 @@ impl Chain {
         let mut taken_check = false;
         loop {
             if let Some(sent) = self.mined(w).await? {
+                crate::metrics::transaction("mined");
                 return Ok(sent);
             }
             let (nonce, from, what) = (w.nonce, w.from, w.what);
@@ -350,6 +352,7 @@ impl Chain {
                 );
                 w.hashes.push(h);
                 w.raws.push(raw);
+                crate::metrics::transaction("replaced");
                 true
             }
             Err(e) => {
@@ -431,15 +434,22 @@ impl Chain {
                 .with_context(|| format!("cannot journal the {what} transaction {hash}"))?;
         }
         let raw = Bytes::from(envelope.encoded_2718());
+        // Whether the node answered with an error (it refused the transaction): only then is it
+        // certainly not in its pool. Any other failure (a timeout, a lost answer) may have
+        // reached it.
+        let mut answered = false;
         let sent = within(self.timeout, "eth_sendRawTransaction", async {
             // The pending handle is not needed: receipts are polled by hash (with replacements).
-            drop(
-                self.provider
-                    .send_raw_transaction(&raw)
-                    .await
-                    .map_err(|e| refused(e, what))?,
-            );
-            Ok(())
+            match self.provider.send_raw_transaction(&raw).await {
+                Ok(pending) => {
+                    drop(pending);
+                    Ok(())
+                }
+                Err(e) => {
+                    answered = e.as_error_resp().is_some();
+                    Err(refused(e, what))
+                }
+            }
         })
         .await;
         match sent {
@@ -448,17 +458,25 @@ impl Chain {
                 let gas = tx.gas.unwrap_or(super::STAMP_GAS);
                 Err(self.no_funds(what, gas, fees.max_fee_per_gas).await)
             }
+            Err(e) if answered => Err(e),
             Err(e) => {
-                let known =
-                    tokio::time::timeout(self.timeout, self.provider.get_transaction_by_hash(hash))
-                        .await
-                        .is_ok_and(|r| r.is_ok_and(|t| t.is_some()));
-                if known {
-                    tracing::warn!(tx = %hash, "{what}: the send failed ({e:#}), but the node has the transaction: waiting for it");
-                    Ok((hash, raw))
-                } else {
-                    Err(e)
+                // The request may still be on its way to the node: ask for the hash a few
+                // times before calling it lost (a copy sent with the next nonce would only
+                // revert: the registry is write-once).
+                for _ in 0..5 {
+                    let known = tokio::time::timeout(
+                        self.timeout,
+                        self.provider.get_transaction_by_hash(hash),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|t| t.is_some()));
+                    if known {
+                        tracing::warn!(tx = %hash, "{what}: the send failed ({e:#}), but the node has the transaction: waiting for it");
+                        return Ok((hash, raw));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                Err(e)
             }
         }
     }

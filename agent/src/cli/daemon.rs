@@ -76,6 +76,7 @@ pub(crate) async fn run(
         Listen::Relay(l) => l.unwrap_or_else(|| settings.cfg.relay.listen.clone()),
     };
     let next_hop = settings.cfg.relay.next_hop.clone();
+    let metrics = settings.cfg.metrics.listen.clone();
     let d = Arc::new(
         Daemon::new(settings, signer, config.map(|p| (p, over)))
             .with_owner(format!("{what} {listen}")),
@@ -90,6 +91,13 @@ pub(crate) async fn run(
         notice!("mailstamp relay: listening on {addr}, next hop {next_hop}");
         Bound::Relay(l)
     };
+    if let Some(m) = metrics {
+        let (l, addr) = mailstamp::metrics::bind(&m)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics.listen: cannot listen on {m}: {e}"))?;
+        notice!("mailstamp {what}: metrics on http://{addr}/metrics");
+        tokio::spawn(mailstamp::metrics::serve(l));
+    }
     // The stamps and anchors this daemon records are watched until final (PROTOCOL §5b).
     let watcher = d.clone();
     tokio::spawn(async move { watcher.watch_until_final().await });

@@ -61,6 +61,17 @@ pub struct Config {
     pub recover: RecoverConfig,
     /// How the log lines on stderr are written.
     pub log: LogConfig,
+    /// The Prometheus endpoint of the daemons.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where the milter and relay serve `GET /metrics` (Prometheus / OpenMetrics
+/// text). Off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `HOST:PORT`, e.g. `127.0.0.1:9466` (port 0: any free port, logged at start).
+    pub listen: Option<String>,
 }
 
 /// `[log]`: the format of the lines on stderr. The level comes from `MAILSTAMP_LOG` (an
@@ -640,6 +651,14 @@ impl Config {
         self.milter.check()?;
         self.relay.check()?;
         self.log.check()?;
+        if let Some(l) = &self.metrics.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Error::config(
+                "metrics.listen",
+                format!("`{l}` is not HOST:PORT (an IP address and a port, e.g. 127.0.0.1:9466)"),
+            ));
+        }
         Ok(())
     }
 

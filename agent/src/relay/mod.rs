@@ -65,6 +65,7 @@ pub async fn run(
             Ok(permit) => {
                 tracker.spawn(async move {
                     let _permit = permit;
+                    let _open = crate::metrics::SessionGuard::open("relay");
                     serve(&daemon, stream, peer, &cancel).await;
                 });
             }

@@ -94,6 +94,19 @@ pub enum Outbound {
 /// RPC trouble is `451 4.7.1` and makes the next message reconnect. With `on_stamp_error =
 /// "pass"` both pass unstamped, marked. A stamped message teaches the allowlist.
 pub async fn stamp(d: &Daemon, m: &Message, raw: &[u8]) -> Outbound {
+    let started = std::time::Instant::now();
+    let out = stamp_inner(d, m, raw).await;
+    let outcome = match &out {
+        Outbound::Stamped(_) => "stamped",
+        Outbound::Unstamped(_) => "unstamped",
+        Outbound::Refused(r) if r.code >= 500 => "refused",
+        Outbound::Refused(_) => "deferred",
+    };
+    crate::metrics::message("outbound", outcome, started.elapsed());
+    out
+}
+
+async fn stamp_inner(d: &Daemon, m: &Message, raw: &[u8]) -> Outbound {
     let s = &m.settings;
     match record(d, s, raw, &m.rcpts).await {
         Ok(st) => {
@@ -467,6 +480,13 @@ fn verify_context(d: &Daemon, m: &Message) -> VerifyContext {
 /// connection. With `[inbound] enabled`, the folder headers ([`folder_headers`]) follow the
 /// result headers.
 pub async fn judge(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) -> Judgement {
+    let started = std::time::Instant::now();
+    let j = judge_inner(d, m, raw, client).await;
+    crate::metrics::message("inbound", j.report.verdict.as_str(), started.elapsed());
+    j
+}
+
+async fn judge_inner(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) -> Judgement {
     let s = &m.settings;
     let env = Envelope {
         rcpts: m.rcpts.clone(),

@@ -206,6 +206,9 @@ impl Daemon {
             match checked {
                 Ok((writer, balance, fee)) => {
                     let writer = writer.map(|w| format!("{w:#x}")).unwrap_or_default();
+                    crate::metrics::METRICS
+                        .writer_balance_eth
+                        .set(f64::from(balance) / 1e18);
                     let (t0, b0) = match start {
                         // A top-up starts the rate again.
                         Some((t0, b0)) if balance <= b0 => (t0, b0),

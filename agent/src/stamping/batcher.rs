@@ -281,6 +281,9 @@ impl Batcher {
     /// [`Batcher::anchor_sent`], and the mined anchor journalled to watch until final.
     async fn anchor_inner(&self, b: &Open) -> Result<(Tree, Recorded)> {
         let (tree, sent) = self.anchor_sent(b).await?;
+        crate::metrics::METRICS
+            .batch_size
+            .observe(tree.len() as f64);
         let root = FixedBytes::from(short(&tree.root()));
         let recorded = sent.recorded.clone();
         self.watch(&b.chain, b.id, root, tree.len() as u32, sent)

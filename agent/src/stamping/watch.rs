@@ -121,6 +121,7 @@ impl Watch {
             watched: rows.len(),
             ..Round::default()
         };
+        crate::metrics::METRICS.watched.set(rows.len() as i64);
         if rows.is_empty() {
             return Ok(round);
         }
@@ -201,6 +202,7 @@ impl Watch {
         {
             Ok(()) => {
                 round.resent += 1;
+                crate::metrics::transaction("resent");
                 warn!(kind = %row.kind, key = %row.key, %tx, "a reorg dropped a recorded write: sent the same transaction again");
                 row.resent += 1;
                 row.block = None;
@@ -217,6 +219,7 @@ impl Watch {
                     WatchKind::Anchor => chain.anchor_sent(key, value, row.size).await?,
                 };
                 round.renewed += 1;
+                crate::metrics::transaction("renewed");
                 warn!(kind = %row.kind, key = %row.key, old = %tx, new = %sent.recorded.tx, "a reorg dropped a recorded write and its nonce was taken ({e:#}): recorded again as a new transaction");
                 row.tx = sent.recorded.tx.to_string();
                 row.raw = sent.raw.to_vec();

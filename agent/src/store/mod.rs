@@ -292,9 +292,14 @@ impl Store {
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me))
+        let started = std::time::Instant::now();
+        let r = tokio::task::spawn_blocking(move || f(&me))
             .await
-            .map_err(|e| crate::error::err!("store task failed: {e}"))?
+            .map_err(|e| crate::error::err!("store task failed: {e}"))?;
+        crate::metrics::METRICS
+            .store_seconds
+            .observe(started.elapsed().as_secs_f64());
+        r
     }
 
     /// Runs `f` on the connection (one user at a time). The per-feature modules (senders,
