@@ -35,12 +35,16 @@ pub struct Metrics {
     pub transactions: Family<Labels, Counter>,
     /// Leaves per anchored batch.
     pub batch_size: Histogram,
+    /// A batch's age (first leaf to anchor mined) when its messages are released.
+    pub batch_age_seconds: Histogram,
     /// Writes in the watch journal (last round).
     pub watched: Gauge,
     /// Time a lookup waited for confirmations (`verify.confirm_wait_secs`).
     pub confirm_wait_seconds: Histogram,
     /// The writer's balance, in ETH.
     pub writer_balance_eth: Gauge<f64, AtomicU64>,
+    /// Hours the balance lasts at the rate spent since start (absent until a spend is seen).
+    pub writer_runway_hours: Gauge<f64, AtomicU64>,
     /// Writer checks in DNS (and the trust map) by result (`pass`, `fail`, `temperror`, …).
     pub writer_checks: Family<Labels, Counter>,
     /// Store calls' latency.
@@ -64,9 +68,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         rpc_seconds: Family::new_with_constructor(latency),
         transactions: Family::default(),
         batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 17)),
+        batch_age_seconds: latency(),
         watched: Gauge::default(),
         confirm_wait_seconds: latency(),
         writer_balance_eth: Gauge::default(),
+        writer_runway_hours: Gauge::default(),
         writer_checks: Family::default(),
         store_seconds: latency(),
         sessions_open: Family::default(),
@@ -103,6 +109,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         m.batch_size.clone(),
     );
     registry.register(
+        "batch_age_seconds",
+        "A batch's age from its first leaf to its anchor mined",
+        m.batch_age_seconds.clone(),
+    );
+    registry.register(
         "watched_writes",
         "Stamps and anchors in the watch journal, not final yet",
         m.watched.clone(),
@@ -116,6 +127,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "writer_balance_eth",
         "The writer's balance in ETH",
         m.writer_balance_eth.clone(),
+    );
+    registry.register(
+        "writer_runway_hours",
+        "Hours the writer's balance lasts at the rate spent since start",
+        m.writer_runway_hours.clone(),
     );
     registry.register(
         "writer_checks",

@@ -225,6 +225,11 @@ impl Daemon {
                         let per_hour = f64::from(spent) / hours;
                         U256::from(per_hour.max(1.0) as u128)
                     });
+                    if let Some(r) = rate {
+                        crate::metrics::METRICS
+                            .writer_runway_hours
+                            .set(f64::from(balance) / f64::from(r));
+                    }
                     let low = self.settings().cfg.chain.low_funds_hours;
                     match crate::chain::funds_warning(balance, rate, fee, low) {
                         Some(w)

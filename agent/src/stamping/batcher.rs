@@ -94,6 +94,8 @@ struct Open {
     key: BatchKey,
     /// The connection of the latest message with this key (the freshest after a reconnect).
     chain: Chain,
+    /// When its first leaf came (the batch's age when its anchor is mined: a metric).
+    opened: std::time::Instant,
 }
 
 /// The chain, registry and writer a batch is anchored with (its leaves' headers name them).
@@ -184,6 +186,7 @@ impl Batcher {
                 waiters: Vec::new(),
                 key,
                 chain: chain.clone(),
+                opened: std::time::Instant::now(),
             });
             let me = self.clone();
             tokio::spawn(async move {
@@ -284,6 +287,9 @@ impl Batcher {
         crate::metrics::METRICS
             .batch_size
             .observe(tree.len() as f64);
+        crate::metrics::METRICS
+            .batch_age_seconds
+            .observe(b.opened.elapsed().as_secs_f64());
         let root = FixedBytes::from(short(&tree.root()));
         let recorded = sent.recorded.clone();
         self.watch(&b.chain, b.id, root, tree.len() as u32, sent)
