@@ -132,6 +132,19 @@ fn journal(store: &std::path::Path) -> Vec<WatchedRow> {
     Store::open(store).unwrap().watched().unwrap()
 }
 
+/// Waits until the watch journal in `store` is empty (every write final), at most 30 s.
+async fn until_forgotten(store: &std::path::Path, what: &str) {
+    let deadline = Instant::now() + T * 3;
+    while !journal(store).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still watched: {:?}",
+            journal(store)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The receiver's verdicts for `stamped` until one is final (not `temperror`), each lookup
 /// waiting as the config says; none may be `spam`.
 async fn receive(cfg: &Config, stamped: &[u8]) -> Vec<Verdict> {
@@ -300,15 +313,7 @@ async fn a_reorg_before_or_after_verification_never_makes_a_genuine_stamp_spam()
         assert_eq!(seen.last(), Some(&Verdict::Wanted), "{mode}: {seen:?}");
 
         // The watch sent them again; they become final and are forgotten.
-        let deadline = Instant::now() + T * 3;
-        while !journal(&store).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "{mode}: still watched: {:?}",
-                journal(&store)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        until_forgotten(&store, mode).await;
         watch.abort();
     }
 }
@@ -355,15 +360,7 @@ async fn a_sender_restarted_during_the_watch_sends_the_dropped_stamp_again() {
         .expect("the same signed transaction was mined again");
     assert!(again.block_number.unwrap() >= block);
     // Final by the tag: forgotten.
-    let deadline = Instant::now() + T * 3;
-    while !journal(&store).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "still watched: {:?}",
-            journal(&store)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_forgotten(&store, "restart").await;
     watch.abort();
 }
 
