@@ -107,7 +107,7 @@ pub fn chain_trouble(report: &Report) -> bool {
         && report
             .reason
             .as_deref()
-            .is_some_and(|r| r.starts_with("chain unavailable"))
+            .is_some_and(|r| r.starts_with(mailstamp_core::verify::CHAIN_UNAVAILABLE))
 }
 
 thread_local! {
@@ -182,7 +182,7 @@ pub async fn verify_parsed(
         Err(why) => {
             return Report::bare(
                 Verdict::Temperror,
-                format!("chain unavailable: {why:#}"),
+                format!("{}: {why:#}", mailstamp_core::verify::CHAIN_UNAVAILABLE),
                 Some(&header),
             );
         }

@@ -149,6 +149,10 @@ impl Policy {
     }
 }
 
+/// How the reason of a `temperror` begins when the chain could not be read (not a record that
+/// is unconfirmed or missing yet): callers that reconnect on chain trouble look for it.
+pub const CHAIN_UNAVAILABLE: &str = "chain unavailable";
+
 /// What the chain says about the record a header points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -394,7 +398,7 @@ fn recorded_time(header: &StampHeader, lookup: &Lookup) -> ControlFlow<Report, u
         }
         Lookup::Unavailable(why) => Report::bare(
             Verdict::Temperror,
-            format!("chain unavailable: {why}"),
+            format!("{CHAIN_UNAVAILABLE}: {why}"),
             Some(header),
         ),
         Lookup::Unconfirmed => {

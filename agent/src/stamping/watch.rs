@@ -228,16 +228,13 @@ impl Watch {
                 row.resent += 1;
                 self.store.call(move |s| s.add_watched(&row)).await?;
             }
-            Err(e) => {
-                // Typically "already known": the node has it in its pool; wait for it.
-                if first {
-                    info!(kind = %row.kind, key = %row.key, %tx, "a reorg dropped a recorded write; the node still holds it ({e:#})");
-                }
-                if first {
-                    row.block = None;
-                    self.store.call(move |s| s.add_watched(&row)).await?;
-                }
+            // Typically "already known": the node has it in its pool; wait for it.
+            Err(e) if first => {
+                info!(kind = %row.kind, key = %row.key, %tx, "a reorg dropped a recorded write; the node still holds it ({e:#})");
+                row.block = None;
+                self.store.call(move |s| s.add_watched(&row)).await?;
             }
+            Err(_) => {}
         }
         Ok(false)
     }

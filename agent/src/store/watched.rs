@@ -53,6 +53,10 @@ pub struct WatchedRow {
     pub since: u64,
 }
 
+/// The columns [`watched_row`] reads, in its order.
+const COLUMNS: &str = "writer, kind, key, chain_id, registry, value, size, tx, raw, nonce, block,
+                 block_hash, owner, resent, since";
+
 fn watched_row(r: &Row<'_>) -> rusqlite::Result<WatchedRow> {
     let block: Option<i64> = r.get(10)?;
     let hash: Option<String> = r.get(11)?;
@@ -117,12 +121,11 @@ impl Store {
         writer: &str,
     ) -> Result<Vec<WatchedRow>> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT writer, kind, key, chain_id, registry, value, size, tx, raw, nonce, block,
-                 block_hash, owner, resent, since FROM watched
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM watched
                  WHERE owner = ?1 AND chain_id = ?2 AND registry = ?3 AND writer = ?4
-                 ORDER BY since, rowid",
-            )?;
+                 ORDER BY since, rowid"
+            ))?;
             st.query_map(
                 params![owner, chain_id as i64, registry, writer],
                 watched_row,
@@ -134,10 +137,9 @@ impl Store {
     /// Every watched write (all owners), oldest first: `doctor` and tests.
     pub fn watched(&self) -> Result<Vec<WatchedRow>> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT writer, kind, key, chain_id, registry, value, size, tx, raw, nonce, block,
-                 block_hash, owner, resent, since FROM watched ORDER BY since, rowid",
-            )?;
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM watched ORDER BY since, rowid"
+            ))?;
             st.query_map([], watched_row)?.collect()
         })
     }
