@@ -301,7 +301,7 @@ async fn main() {
         }
         let mut blocks = std::collections::BTreeSet::new();
         while let Some(r) = set.join_next().await {
-            blocks.insert(r.expect("task").block);
+            blocks.insert(r.expect("task").expect("a direct stamp is mined").block);
         }
         println!(
             "1 s blocks, direct, {inflight:>3} in flight {} ({} blocks)",

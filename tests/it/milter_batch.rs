@@ -320,6 +320,170 @@ async fn an_anchor_not_mined_within_the_hold_timeout_defers_the_message_without_
     verdict(&url, registry, writer, &stamped).await;
 }
 
+/// Waits until batch `id` is `anchored` in the journal at `store`.
+async fn until_anchored(store: &Path, id: B256) {
+    let end = std::time::Instant::now() + T;
+    loop {
+        let done = journal(store, &[DaemonBatchState::Anchored]);
+        if done.iter().any(|r| r.batch_id == id.to_string()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "batch {id} is not anchored: {:?}",
+            journal(store, &[DaemonBatchState::Closed])
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_at_close_a_message_leaves_before_its_anchor_is_mined_and_verifies_once_it_is() {
+    let (a, registry, writer) = chain().await;
+    let url = a.endpoint();
+    let dir = TempDir::new("mrelease");
+    let store = dir.0.join("state.sqlite");
+    let base = chain_toml(&url, registry, writer);
+    let m = start(
+        &format!(
+            "{base}{}",
+            batch_toml(&store, 8, 100, 1500, "release = \"closed\"")
+        ),
+        &[],
+        Some(&a),
+    )
+    .await;
+    // Warm the connection, then stop mining: nothing the milter sends can be mined now.
+    let out = play(m.addr, &SUBMIT, &msg(0)).await;
+    assert!(out.stop.is_none(), "{out:?}");
+    rpc(&url, "evm_setAutomine", serde_json::json!([false])).await;
+
+    // With release = "mined" this message would wait for the hold timeout and get a 451
+    // (an_anchor_not_mined_within_the_hold_timeout_…); released at close it leaves at once.
+    let out = play(m.addr, &SUBMIT, &msg(1)).await;
+    assert!(out.stop.is_none(), "accepted with its header: {out:?}");
+    let stamped = with_stamp(&out, &msg(1));
+    let (batch, _) = batch_of(&stamped);
+    assert!(
+        !anchors(&url, registry).await.contains(&batch),
+        "the message left before its anchor was mined"
+    );
+    let closed = journal(&store, &[DaemonBatchState::Closed]);
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert!(closed[0].released, "journalled as released: {closed:?}");
+    assert_eq!(closed[0].batch_id, batch.to_string());
+
+    // Mining resumes: the anchor the journal promised lands, and the message verifies.
+    rpc(&url, "evm_setAutomine", serde_json::json!([true])).await;
+    rpc(&url, "evm_mine", serde_json::json!([])).await;
+    until_anchored(&store, batch).await;
+    assert!(anchors(&url, registry).await.contains(&batch));
+    verdict(&url, registry, writer, &stamped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_batch_is_never_dropped_its_anchor_is_retried_until_mined() {
+    let (a, registry, writer) = chain().await;
+    let url = a.endpoint();
+    let dir = TempDir::new("mretry");
+    let store = dir.0.join("state.sqlite");
+    let base = chain_toml(&url, registry, writer);
+    let m = start(
+        &format!(
+            "{base}{}",
+            batch_toml(&store, 8, 100, 1500, "release = \"closed\"")
+        ),
+        &[],
+        Some(&a),
+    )
+    .await;
+    let out = play(m.addr, &SUBMIT, &msg(0)).await;
+    assert!(out.stop.is_none(), "{out:?}");
+    let n0 = nonce(&url, writer).await;
+    // The writer runs dry: its anchor cannot be sent. A batch that was not released would be
+    // dropped here and its message deferred; this one's header is already out.
+    let p = ProviderBuilder::new().connect_http(url.parse().unwrap());
+    let funds = p.get_balance(writer).await.unwrap();
+    rpc(&url, "anvil_setBalance", serde_json::json!([writer, "0x0"])).await;
+    let out = play(m.addr, &SUBMIT, &msg(1)).await;
+    assert!(out.stop.is_none(), "accepted with its header: {out:?}");
+    let stamped = with_stamp(&out, &msg(1));
+    let (batch, _) = batch_of(&stamped);
+    // It stays closed (not dropped) while the anchor fails: wait for a first failed try.
+    let end = std::time::Instant::now() + T;
+    while journal(&store, &[DaemonBatchState::Closed]).is_empty() {
+        assert!(std::time::Instant::now() < end, "the batch closes");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(journal(&store, &[DaemonBatchState::Dropped]).is_empty());
+    assert_eq!(journal(&store, &[DaemonBatchState::Closed]).len(), 1);
+    assert!(!anchors(&url, registry).await.contains(&batch));
+
+    // Funds back: a later try anchors it, once.
+    rpc(
+        &url,
+        "anvil_setBalance",
+        serde_json::json!([writer, format!("{funds:#x}")]),
+    )
+    .await;
+    until_anchored(&store, batch).await;
+    assert_eq!(
+        anchors(&url, registry)
+            .await
+            .iter()
+            .filter(|b| **b == batch)
+            .count(),
+        1
+    );
+    assert_eq!(nonce(&url, writer).await, n0 + 1, "one anchor transaction");
+    verdict(&url, registry, writer, &stamped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_batch_pending_at_restart_is_anchored_even_under_the_drop_policy() {
+    let (a, registry, writer) = chain().await;
+    let url = a.endpoint();
+    let key = key_hex(&a, 0);
+    let dir = TempDir::new("mrelrestart");
+    let store = dir.0.join("state.sqlite");
+    let cfg = dir.0.join("m.toml");
+    let base = chain_toml(&url, registry, writer);
+    let extra = "release = \"closed\"\npending_on_restart = \"drop\"";
+    std::fs::write(
+        &cfg,
+        format!("{base}{}", batch_toml(&store, 2, 200, 10_000, extra)),
+    )
+    .unwrap();
+    let log = |n: usize| dir.0.join(format!("run{n}.log"));
+    let n0 = nonce(&url, writer).await;
+    // Dies after the headers were released, before the anchor is sent (whether the MTA got the
+    // answer is a race: the journal is what counts).
+    let (mut child, addr) = spawn_milter(&cfg, &key, Some("before-anchor"), &log(1));
+    let _ = play_dying(addr, &msg(1)).await;
+    assert_eq!(child.wait().unwrap().code(), Some(86));
+    let left = journal(&store, &[DaemonBatchState::Closed]);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].released);
+    let batch = left[0].batch_id.parse::<B256>().unwrap();
+    assert_eq!(
+        nonce(&url, writer).await,
+        n0,
+        "nothing sent before the crash"
+    );
+
+    let (child, _) = spawn_milter(&cfg, &key, None, &log(2));
+    wait_log(&log(2), "(1 leaves): anchored, tx 0x");
+    stop(child);
+    assert_eq!(
+        anchors(&url, registry).await,
+        [batch],
+        "anchored, not dropped"
+    );
+    assert_eq!(nonce(&url, writer).await, n0 + 1);
+    assert!(journal(&store, &[DaemonBatchState::Dropped]).is_empty());
+}
+
 /// Plays one outbound message to a milter that may die during end-of-message; returns the
 /// EOM status, or `None` when the connection was lost.
 async fn play_dying(addr: SocketAddr, raw: &[u8]) -> Option<Status> {
@@ -595,6 +759,7 @@ async fn a_chain_change_closes_the_open_batch_and_anchors_it_where_its_headers_p
     let cut = Cut {
         max: 2,
         wait: std::time::Duration::from_secs(2),
+        release: mailstamp::config::Release::Mined,
     };
     let (l0, l1) = ([1u8; 24], [2u8; 24]);
     let r0 = b.submit(&c0, l0, cut).await.unwrap();

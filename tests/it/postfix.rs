@@ -757,6 +757,7 @@ pub(crate) struct Load {
     pub(crate) conc: usize,
     pub(crate) block_secs: Option<u64>,
     pub(crate) depth: u64,
+    /// `direct`, `batch` (released once mined) or `closed` (batch, released at close).
     pub(crate) mode: &'static str,
     /// The receiver's `verify.confirm_wait_secs` (0: defer at once, the old behaviour).
     pub(crate) wait_secs: u64,
@@ -849,9 +850,12 @@ pub(crate) async fn load_run(l: &Load) -> Vec<LoadResult> {
         root.join("s.toml"),
         with_keys(&format!(
             "[milter]\ntrusted_networks = [\"127.0.0.0/8\"]\nlookup_tx = false\n\
-             [stamp]\nmode = \"{}\"\n[store]\npath = \"{}\"\n\
+             [stamp]\n{}\n[store]\npath = \"{}\"\n\
              [metrics]\nlisten = \"127.0.0.1:{ms_metrics}\"\n",
-            l.mode,
+            match l.mode {
+                "closed" => "mode = \"batch\"\nrelease = \"closed\"".to_owned(),
+                m => format!("mode = \"{m}\""),
+            },
             store.display()
         )),
     )
@@ -943,7 +947,7 @@ pub(crate) async fn load_run(l: &Load) -> Vec<LoadResult> {
 
 /// Opt-in load figures (a load harness, not a test): for every session count in
 /// `MAILSTAMP_LOAD_CONC` (comma-separated, default 8) and every mode in `MAILSTAMP_LOAD_MODE`
-/// (`direct,batch`, default direct), `MAILSTAMP_LOAD_N` messages (default 200, at most 5000)
+/// (`direct`, `batch`, `closed` = batch released at close; default direct), `MAILSTAMP_LOAD_N` messages (default 200, at most 5000)
 /// through [`load_run`] on a chain with `MAILSTAMP_LOAD_BLOCK_TIME` seconds per block (default
 /// 0: instant mining), receiver depth `MAILSTAMP_LOAD_DEPTH` (default 1) and receiver
 /// `verify.confirm_wait_secs` `MAILSTAMP_LOAD_WAIT` (default 60). Prints one table.
@@ -970,6 +974,7 @@ pub(crate) async fn postfix_load() {
         .filter_map(|m| match m.trim() {
             "direct" => Some("direct"),
             "batch" => Some("batch"),
+            "closed" => Some("closed"),
             _ => None,
         })
         .collect();
@@ -1019,12 +1024,12 @@ pub(crate) async fn postfix_load() {
 }
 
 /// Postfix → milter → Postfix → milter → Maildir on a chain with 1-s blocks and receiver depth
-/// 2, in both modes: every message delivered and verified `mailstamp=pass`, and not one 4xx
-/// (the receiver waits for the confirmations instead of deferring; the sender is held only
-/// until its stamp or anchor is mined).
+/// 2, in both modes (batch released once mined and at close): every message delivered and
+/// verified `mailstamp=pass`, and not one 4xx (the receiver waits for the confirmations —
+/// and, for a batch released at close, for its anchor — instead of deferring).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postfix_on_a_clocked_chain_delivers_without_4xx_in_both_modes() {
-    for mode in ["direct", "batch"] {
+    for mode in ["direct", "batch", "closed"] {
         let l = Load {
             n: 6,
             conc: 3,

@@ -53,10 +53,11 @@ pub(crate) async fn run(
     if stdin_mode {
         let raw = read_input(Path::new("-"))?;
         let s = stamping::stamp(&chain, &ctx, &raw, env).await?;
+        let rec = mined(&s)?;
         std::io::stdout().write_all(&s.message)?;
         eprintln!(
             "stamped: token {} tx {} block {}",
-            s.token, s.recorded.tx, s.recorded.block
+            s.token, rec.tx, rec.block
         );
         return Ok(0);
     }
@@ -75,22 +76,23 @@ pub(crate) async fn run(
             let raw = read_input(f)?;
             let s = stamping::stamp(&chain, &ctx, &raw, env).await?;
             let out = dir.join(&name);
+            let rec = mined(&s)?.clone();
             std::fs::write(&out, &s.message)
                 .with_context(|| format!("cannot write {}", out.display()))?;
-            Ok::<_, anyhow::Error>(s)
+            Ok::<_, anyhow::Error>((s, rec))
         }
         .await;
         match r {
-            Ok(s) if json => println!(
+            Ok((s, rec)) if json => println!(
                 "{}",
-                json!({"file": f, "token": s.token, "tx": s.recorded.tx, "block": s.recorded.block,
-                       "explorer": cfg.tx_link(&s.recorded.tx.to_string())})
+                json!({"file": f, "token": s.token, "tx": rec.tx, "block": rec.block,
+                       "explorer": cfg.tx_link(&rec.tx.to_string())})
             ),
-            Ok(s) => println!(
+            Ok((s, rec)) => println!(
                 "{name:<40} {:<68} {:<68} {}",
                 s.token.to_string(),
-                s.recorded.tx.to_string(),
-                s.recorded.block
+                rec.tx.to_string(),
+                rec.block
             ),
             Err(e) => {
                 failed += 1;
@@ -177,4 +179,11 @@ pub(crate) async fn batched(
         println!("explorer: {link}");
     }
     Ok(if out.refused.is_empty() { 0 } else { 1 })
+}
+
+/// The transaction of a direct stamp (always mined when `stamping::stamp` returns).
+fn mined(s: &stamping::Stamped) -> Result<&mailstamp::chain::Recorded> {
+    s.recorded
+        .as_ref()
+        .context("internal error: a direct stamp came back without its transaction")
 }

@@ -320,7 +320,12 @@ pub struct StampConfig {
     /// past it the message is deferred (4xx) and gets no header. Keep it well under the MTA's
     /// own timeout (Postfix `milter_content_timeout`, 300 s).
     pub hold_timeout_ms: u64,
-    /// Batch mode: what a daemon does at start with batches a crash left unanchored.
+    /// Batch mode: when a message gets its header — once its batch's anchor is mined
+    /// (`mined`, the default) or as soon as its batch closes (`closed`: the root is journalled
+    /// first and the anchor retried until mined, never dropped; docs/PROTOCOL.md §5a).
+    pub release: Release,
+    /// Batch mode: what a daemon does at start with batches a crash left unanchored (a
+    /// batch released at close is anchored whatever this says).
     pub pending_on_restart: PendingPolicy,
     /// Batch mode: days an anchored or dropped batch (and its leaves) stays in the journal;
     /// older ones are deleted at start and hourly. 0 keeps them for ever.
@@ -336,6 +341,7 @@ impl Default for StampConfig {
             batch_max: 64,
             batch_wait_ms: 1000,
             hold_timeout_ms: 60_000,
+            release: Release::Mined,
             pending_on_restart: PendingPolicy::Drop,
             journal_retention_days: 7,
         }
@@ -350,6 +356,20 @@ pub enum StampMode {
     Direct,
     /// One `anchor` transaction per batch of messages (`m=b`, a Merkle proof in the header).
     Batch,
+}
+
+/// `stamp.release`: when a batched message gets its header (docs/PROTOCOL.md §5a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Release {
+    /// Once the batch's anchor is mined (default): no message goes out whose anchor may never
+    /// land; the SMTP session is held for the batch wait plus about one block.
+    #[default]
+    Mined,
+    /// As soon as the batch closes and its root is journalled: the session is held only for
+    /// the batch wait; the anchor is retried until mined. Receivers find the record a block
+    /// later and wait for it (`verify.confirm_wait_secs`).
+    Closed,
 }
 
 /// `stamp.pending_on_restart`: a batch journalled by a daemon but not known to be anchored

@@ -171,6 +171,7 @@ async fn record(d: &Daemon, s: &Settings, raw: &[u8], rcpts: &[String]) -> Resul
                 cut: Cut {
                     max: st.batch_max,
                     wait: Duration::from_millis(st.batch_wait_ms),
+                    release: st.release,
                 },
                 timeout: Duration::from_millis(st.hold_timeout_ms),
             };
@@ -572,8 +573,8 @@ pub fn log_outbound(
         Outbound::Stamped(st) => (
             "stamped",
             Some(format!("{:#x}", st.token)),
-            Some(format!("{:#x}", st.recorded.tx)),
-            Some(st.recorded.block),
+            st.recorded.as_ref().map(|r| format!("{:#x}", r.tx)),
+            st.recorded.as_ref().map(|r| r.block),
             st.batch.map(|(b, _)| format!("{b:#x}")),
             None,
         ),

@@ -271,9 +271,10 @@ impl Daemon {
         b.prune(s.cfg.stamp.journal_retention_days).await
     }
 
-    /// Applies `stamp.pending_on_restart` to `pending` (from [`Daemon::pending_batches`]).
-    /// It may wait for the chain (and for an anchor still in the pool), so the daemons run it
-    /// on its own task once they listen.
+    /// Applies `stamp.pending_on_restart` to `pending` (from [`Daemon::pending_batches`]);
+    /// a batch released at close (`stamp.release = "closed"`) is anchored whatever the policy
+    /// says, waiting for the chain as long as it takes. It may wait for the chain (and for an
+    /// anchor still in the pool), so the daemons run it on its own task once they listen.
     pub async fn recover_batches(&self, pending: Vec<DaemonBatchRow>) -> Result<Vec<Recovered>> {
         if pending.is_empty() {
             return Ok(Vec::new());
@@ -281,13 +282,30 @@ impl Daemon {
         let s = self.settings();
         let b = self.batcher().await?;
         let policy = s.cfg.stamp.pending_on_restart;
-        let chain = match policy {
-            PendingPolicy::Drop => None,
-            PendingPolicy::Anchor => Some(
-                self.chain()
-                    .await
-                    .map_err(|e| err!("pending batches left for the next start: {e:#}"))?,
-            ),
+        let released = pending.iter().any(|r| r.released);
+        let chain = if released {
+            // Messages carry these batches' headers: wait for the chain as long as it takes.
+            let mut pause = Duration::from_secs(1);
+            loop {
+                match self.chain().await {
+                    Ok(c) => break Some(c),
+                    Err(e) => warn!(
+                        "released batches wait for the chain ({e:#}): next try in {} s",
+                        pause.as_secs()
+                    ),
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        } else {
+            match policy {
+                PendingPolicy::Drop => None,
+                PendingPolicy::Anchor => Some(
+                    self.chain()
+                        .await
+                        .map_err(|e| err!("pending batches left for the next start: {e:#}"))?,
+                ),
+            }
         };
         b.recover(pending, policy, chain.as_ref()).await
     }

@@ -9,9 +9,12 @@
 //!
 //! A mined anchor goes into the watch journal ([`super::watch`]) until it is final.
 //!
-//! A message gets its proof only after the anchor is mined; the caller waits at most
-//! `hold_timeout_ms` for it and otherwise defers the message without a header. So a batch whose
-//! anchor never lands has no message out there that needs it.
+//! By default (`stamp.release = "mined"`) a message gets its proof only after the anchor is
+//! mined; the caller waits at most `hold_timeout_ms` for it and otherwise defers the message
+//! without a header. So a batch whose anchor never lands has no message out there that needs
+//! it. With `release = "closed"` every message gets its proof as soon as the batch's root is
+//! journalled (flagged `released`); from then on the batch is never dropped: its anchor is
+//! retried until mined, here and after a restart ([`Batcher::recover`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +27,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::chain::{Chain, Journalled, Recorded};
-use crate::config::PendingPolicy;
+use crate::config::{PendingPolicy, Release};
 use crate::error::{Context, Result, bail};
 use crate::store::{DaemonBatchState, Store};
 
@@ -41,8 +44,8 @@ pub struct Leaf {
     pub size: u32,
     /// Sibling nodes from the leaf up to the root.
     pub proof: Vec<Node>,
-    /// The anchoring transaction.
-    pub recorded: Recorded,
+    /// The anchoring transaction (`None`: released at close, before the anchor is mined).
+    pub recorded: Option<Recorded>,
 }
 
 /// What a waiting message is told when its batch is done.
@@ -66,6 +69,8 @@ pub struct Cut {
     pub max: usize,
     /// How long a batch stays open after its first leaf.
     pub wait: Duration,
+    /// When its messages get their headers (the batch's first message decides for it).
+    pub release: Release,
 }
 
 /// The shared batcher of a daemon.
@@ -96,6 +101,8 @@ struct Open {
     chain: Chain,
     /// When its first leaf came (the batch's age when its anchor is mined: a metric).
     opened: std::time::Instant,
+    /// When its messages get their headers.
+    release: Release,
 }
 
 /// The chain, registry and writer a batch is anchored with (its leaves' headers name them).
@@ -120,6 +127,32 @@ pub struct Recovered {
     pub outcome: String,
     /// The transaction this recovery sent.
     pub tx: Option<String>,
+}
+
+/// The first pause before a released batch's anchor is tried again; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause between two tries of a released batch's anchor.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Hands each waiter of `b` its leaf and proof in `tree` (`recorded`: the mined anchor, or
+/// `None` when released at close). A waiter that stopped waiting is skipped.
+fn tell(
+    waiters: Vec<oneshot::Sender<LeafOutcome>>,
+    b: &Open,
+    tree: &Tree,
+    recorded: Option<Recorded>,
+) {
+    let size = b.leaves.len() as u32;
+    for (i, w) in waiters.into_iter().enumerate() {
+        let _ = w.send(Ok(Leaf {
+            batch: b.id,
+            index: i as u32,
+            size,
+            proof: tree.proof(i),
+            recorded: recorded.clone(),
+        }));
+    }
 }
 
 fn hex24(c: &Commitment) -> String {
@@ -187,6 +220,7 @@ impl Batcher {
                 key,
                 chain: chain.clone(),
                 opened: std::time::Instant::now(),
+                release: cut.release,
             });
             let me = self.clone();
             tokio::spawn(async move {
@@ -229,12 +263,24 @@ impl Batcher {
         }
     }
 
-    /// Closes a batch: root journalled, one anchor sent and mined, each waiter told its leaf.
-    /// On failure every waiter is told why and the batch is dropped (its messages are
-    /// deferred; should the transaction still be mined later, that is harmless).
-    async fn anchor(self: Arc<Self>, b: Open) {
+    /// Closes a batch: root journalled, one anchor sent and mined, each waiter told its leaf —
+    /// once the anchor is mined, or (`release = "closed"`) as soon as the root is journalled.
+    /// A batch not released that fails is dropped and every waiter told why (its messages are
+    /// deferred; should the transaction still be mined later, that is harmless). A released
+    /// batch is never dropped: its anchor is retried until mined ([`Batcher::anchor_released`]).
+    async fn anchor(self: Arc<Self>, mut b: Open) {
         let id = b.id.to_string();
-        let result = self.anchor_inner(&b).await;
+        let released = b.release == Release::Closed;
+        let result = match self.close(&b, released).await {
+            Ok(tree) if released => {
+                info!(batch = %id, size = b.leaves.len(), "batch closed: headers released before its anchor is mined");
+                let waiters = std::mem::take(&mut b.waiters);
+                tell(waiters, &b, &tree, None);
+                self.anchor_inner(&b, tree).await
+            }
+            Ok(tree) => self.anchor_inner(&b, tree).await,
+            Err(e) => Err(e),
+        };
         let now = crate::util::now();
         match result {
             Ok((tree, recorded)) => {
@@ -249,16 +295,14 @@ impl Batcher {
                     warn!(batch = %id, "cannot journal the anchor: {e:#}");
                 }
                 info!(batch = %id, size = b.leaves.len(), tx = %recorded.tx, block = recorded.block, "batch anchored");
-                let size = b.leaves.len() as u32;
-                for (i, w) in b.waiters.into_iter().enumerate() {
-                    let _ = w.send(Ok(Leaf {
-                        batch: b.id,
-                        index: i as u32,
-                        size,
-                        proof: tree.proof(i),
-                        recorded: recorded.clone(),
-                    }));
-                }
+                let waiters = std::mem::take(&mut b.waiters);
+                tell(waiters, &b, &tree, Some(recorded));
+            }
+            Err(e) if released => {
+                // Its headers are out: anchored whatever it takes, the journal says how far.
+                warn!(batch = %id, size = b.leaves.len(), "released batch not anchored yet ({e:#}): retrying until it is");
+                let (outcome, tx) = self.anchor_released(&b.chain, &id).await;
+                info!(batch = %id, size = b.leaves.len(), tx = tx.as_deref().unwrap_or("-"), "released batch {outcome}");
             }
             Err(e) => {
                 let e = e.context(format!("batch {id} not anchored"));
@@ -281,9 +325,40 @@ impl Batcher {
         }
     }
 
+    /// Anchors the released batch `id` (its messages carry its headers), trying again — with
+    /// a pause doubling from 1 s to 60 s — until its anchor is on chain. Each try starts from
+    /// the journal and the chain ([`Batcher::anchor_pending`]): an anchor already there is
+    /// recognised, one still in the pool waited for, so it is never sent twice. What became
+    /// of it and the transaction this sent (if any).
+    async fn anchor_released(&self, chain: &Chain, id: &str) -> (String, Option<String>) {
+        let mut pause = RETRY_FIRST;
+        loop {
+            tokio::time::sleep(pause).await;
+            let (bid, owner) = (id.to_owned(), self.owner.clone());
+            let row = self
+                .store
+                .call(move |s| s.daemon_batches_of(&owner, &[DaemonBatchState::Closed]))
+                .await
+                .and_then(|rows| {
+                    rows.into_iter()
+                        .find(|r| r.batch_id == bid)
+                        .context("not closed in the journal any more")
+                });
+            let r = match row {
+                Ok(row) => match self.anchor_pending(chain, &row).await {
+                    Ok(done) => return done,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            pause = (pause * 2).min(RETRY_MAX);
+            warn!(batch = %id, "released batch still not anchored ({r:#}): next try in {} s", pause.as_secs());
+        }
+    }
+
     /// [`Batcher::anchor_sent`], and the mined anchor journalled to watch until final.
-    async fn anchor_inner(&self, b: &Open) -> Result<(Tree, Recorded)> {
-        let (tree, sent) = self.anchor_sent(b).await?;
+    async fn anchor_inner(&self, b: &Open, tree: Tree) -> Result<(Tree, Recorded)> {
+        let sent = self.anchor_sent(b, &tree).await?;
         crate::metrics::METRICS
             .batch_size
             .observe(tree.len() as f64);
@@ -320,23 +395,31 @@ impl Batcher {
         }
     }
 
-    /// The batch's root journalled, then its anchor sent (journalled) until mined.
-    async fn anchor_sent(&self, b: &Open) -> Result<(Tree, crate::chain::Sent)> {
+    /// The batch's tree, its root journalled (`released`: and flagged so) — after this no
+    /// other root can be anchored under its id by this agent.
+    async fn close(&self, b: &Open, released: bool) -> Result<Tree> {
         let tree = Tree::build(&b.leaves).context("empty batch")?;
         let root = short(&tree.root());
         let size = u32::try_from(b.leaves.len()).context("batch too large")?;
         let (bid, r) = (b.id.to_string(), hex24(&root));
         self.store
-            .call(move |s| s.close_daemon_batch(&bid, &r, size, crate::util::now()))
+            .call(move |s| s.close_daemon_batch(&bid, &r, size, released, crate::util::now()))
             .await
             .context("cannot journal the batch root")?;
+        Ok(tree)
+    }
+
+    /// The closed batch's anchor sent (journalled) until mined.
+    async fn anchor_sent(&self, b: &Open, tree: &Tree) -> Result<crate::chain::Sent> {
+        let root = short(&tree.root());
+        let size = u32::try_from(b.leaves.len()).context("batch too large")?;
         crate::util::fault("before-anchor");
         let sent = b
             .chain
             .anchor_journalled(b.id, FixedBytes::from(root), size, &self.journal_sent(b.id))
             .await?;
         crate::util::fault("after-anchor");
-        Ok((tree, sent))
+        Ok(sent)
     }
 
     /// Deletes this store's anchored and dropped batches (every owner's) older than
@@ -402,6 +485,11 @@ impl Batcher {
         for row in pending {
             let now = crate::util::now();
             let leaves = row.leaves.len();
+            let policy = if row.released {
+                PendingPolicy::Anchor
+            } else {
+                policy
+            };
             let r = match policy {
                 PendingPolicy::Drop => {
                     let id = row.batch_id.clone();
@@ -422,6 +510,14 @@ impl Batcher {
                     Some(c) => self.anchor_pending(c, &row).await,
                     None => Err(crate::error::err!("no chain connection")),
                 },
+            };
+            // A released batch's headers are out there: it is anchored until it is.
+            let r = match (r, chain) {
+                (Err(e), Some(c)) if row.released => {
+                    warn!(batch = %row.batch_id, "released batch not anchored yet ({e:#}): retrying until it is");
+                    Ok(self.anchor_released(c, &row.batch_id).await)
+                }
+                (r, _) => r,
             };
             match r {
                 Ok((outcome, tx)) => done.push(Recovered {
@@ -491,8 +587,11 @@ impl Batcher {
                     ),
                     None => {
                         let (id, r) = (row.batch_id.clone(), hex24(&root));
+                        let released = row.released;
                         self.store
-                            .call(move |s| s.close_daemon_batch(&id, &r, size, crate::util::now()))
+                            .call(move |s| {
+                                s.close_daemon_batch(&id, &r, size, released, crate::util::now())
+                            })
                             .await?;
                         let r = chain
                             .anchor_journalled(
@@ -532,9 +631,10 @@ impl Batcher {
 
 /// Stamps one message in batched mode (docs/PROTOCOL.md §5a) through the daemon's shared
 /// `batcher`: the same checks and preparation as [`super::stamp`], then the commitment goes into the
-/// open batch and this waits — at most `hold` — for that batch's anchor to be mined. Only then
-/// does the message get its header (mode `b`, its leaf's proof). Past `hold` it is an error:
-/// the caller defers the message, which never carries this stamp.
+/// open batch and this waits — at most `hold` — for that batch's anchor to be mined (or, with
+/// `release = "closed"`, for the batch to close). Only then does the message get its header
+/// (mode `b`, its leaf's proof). Past `hold` it is an error: the caller defers the message,
+/// which never carries this stamp.
 pub async fn stamp_batched(
     chain: &Chain,
     ctx: &StampContext,

@@ -32,8 +32,9 @@ pub struct Stamped {
     pub message: Vec<u8>,
     /// The registry key.
     pub token: B256,
-    /// The recording transaction (for a batched stamp, its batch's anchor).
-    pub recorded: Recorded,
+    /// The recording transaction (for a batched stamp, its batch's anchor; `None` for a
+    /// batched stamp released when its batch closed, before the anchor is mined).
+    pub recorded: Option<Recorded>,
     /// Batched mode: the batch and the message's leaf index in it.
     pub batch: Option<(B256, u32)>,
     /// Direct mode: the write, for a daemon to watch until it is final ([`watch`]; the
@@ -97,7 +98,7 @@ pub async fn stamp(
     Ok(Stamped {
         message: insert_header(raw, &p.header),
         token,
-        recorded: sent.recorded.clone(),
+        recorded: Some(sent.recorded.clone()),
         batch: None,
         recording: Some(Box::new(watch::Recording {
             kind: crate::store::WatchKind::Stamp,

@@ -128,6 +128,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (writer, kind, key)
     ) STRICT;
     CREATE INDEX watched_owner ON watched (owner, chain_id, registry, writer);",
+    // 7: `stamp.release = "closed"` (issue 11, docs/PROTOCOL.md §5a): a batch whose messages
+    // got their headers when it closed, before its anchor was mined. Such a batch is anchored
+    // whatever stamp.pending_on_restart says, and retried until it is: never dropped.
+    "ALTER TABLE daemon_batches ADD COLUMN released INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub use watched::{WatchKind, WatchedRow};
@@ -474,6 +478,8 @@ struct BatchUpdate<'a> {
     size: Option<u32>,
     tx: Option<&'a str>,
     note: Option<&'a str>,
+    /// Sets the `released` flag (false keeps it as it is).
+    released: bool,
 }
 
 /// A daemon batch in the journal.
@@ -497,6 +503,9 @@ pub struct DaemonBatchRow {
     pub owner: String,
     /// The leaves' commitments (0x-hex), in leaf order.
     pub leaves: Vec<String>,
+    /// Its messages got their headers when it closed (`stamp.release = "closed"`): it must be
+    /// anchored, whatever `stamp.pending_on_restart` says.
+    pub released: bool,
 }
 
 impl Store {
@@ -544,12 +553,14 @@ impl Store {
         Ok(())
     }
 
-    /// Fixes the root of a batch (before its anchor is sent).
+    /// Fixes the root of a batch (before its anchor is sent); `released`: its messages get
+    /// their headers now, before the anchor is mined (a flag that is never cleared).
     pub fn close_daemon_batch(
         &self,
         batch_id: &str,
         root: &str,
         size: u32,
+        released: bool,
         now: u64,
     ) -> Result<()> {
         let update = BatchUpdate {
@@ -558,6 +569,7 @@ impl Store {
             size: Some(size),
             tx: None,
             note: None,
+            released,
         };
         self.set_daemon_batch(batch_id, &update, now)
     }
@@ -578,6 +590,7 @@ impl Store {
             size: None,
             tx,
             note,
+            released: false,
         };
         self.set_daemon_batch(batch_id, &update, now)
     }
@@ -589,13 +602,23 @@ impl Store {
             size,
             tx,
             note,
+            released,
         } = *u;
         let n = self.with(|c| {
             c.execute(
                 "UPDATE daemon_batches SET state = ?2, root = COALESCE(?3, root),
                  size = COALESCE(?4, size), tx = COALESCE(?5, tx), note = COALESCE(?6, note),
-                 updated = ?7 WHERE batch_id = ?1",
-                params![batch_id, state.as_str(), root, size, tx, note, now as i64],
+                 released = MAX(released, ?8), updated = ?7 WHERE batch_id = ?1",
+                params![
+                    batch_id,
+                    state.as_str(),
+                    root,
+                    size,
+                    tx,
+                    note,
+                    now as i64,
+                    released
+                ],
             )
         })?;
         if n == 0 {
@@ -640,7 +663,8 @@ impl Store {
         let wanted: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT batch_id, state, root, size, tx, note, sent, owner FROM daemon_batches
+                "SELECT batch_id, state, root, size, tx, note, sent, owner, released
+                 FROM daemon_batches
                  ORDER BY created, rowid",
             )?;
             let rows: Vec<DaemonBatchRow> = st
@@ -659,6 +683,7 @@ impl Store {
                             .collect(),
                         owner: r.get(7)?,
                         leaves: Vec::new(),
+                        released: r.get(8)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -792,7 +817,7 @@ mod tests {
         s.open_daemon_batch("0xb2", "milter inet:a", 2).unwrap();
         s.open_daemon_batch("0xb3", "relay 127.0.0.1:2525", 2)
             .unwrap();
-        s.close_daemon_batch("0xb1", "0xr1", 2, 3).unwrap();
+        s.close_daemon_batch("0xb1", "0xr1", 2, false, 3).unwrap();
         assert!(
             s.add_daemon_leaf("0xb1", 2, "0xc2").is_err(),
             "no leaf into a closed batch"
