@@ -352,7 +352,8 @@ pub fn duplicate_verdict(field: &str) -> Verdict {
 
 /// The verdict and reason when the top-level header section has more than one of a
 /// [`component::SINGLE_FIELDS`] field (`spam` if any of them is a `spam` field, else
-/// `invalid`), or a From field with more than one mailbox (`spam`, like a second From).
+/// `invalid`), a From field with more than one mailbox (`spam`, like a second From), or a
+/// MIME field or parameter twice ([`component::ambiguous_mime`], `spam`).
 fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
     let authors = component::from_mailboxes(msg);
     if authors > 1 {
@@ -360,6 +361,16 @@ fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
             Verdict::Spam,
             format!(
                 "the From field lists {authors} mailboxes, more than one: the stamp covers the first, a mail client shows them all"
+            ),
+        ));
+    }
+    let mime = component::ambiguous_mime(msg);
+    if !mime.is_empty() {
+        return Some((
+            Verdict::Spam,
+            format!(
+                "more than one {} (MIME allows one): the verifier and a mail client may read different bodies",
+                mime.join(", ")
             ),
         ));
     }
