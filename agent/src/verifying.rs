@@ -170,6 +170,10 @@ pub async fn verify_parsed(
         }
         Inspection::Stamped(h) => h,
     };
+    // Decided from the header alone: no chain needed, no wait.
+    if let Some(report) = mailstamp_core::verify::version_refused(&header, &ctx.policy) {
+        return report;
+    }
     let chain = match chain {
         Ok(c) => c,
         Err(why) => {

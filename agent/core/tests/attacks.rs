@@ -228,3 +228,54 @@ fn the_display_name_is_not_normalised_a_decomposed_form_differs() {
     let r = verify(&nfd, &rec);
     assert_eq!(status_of(&r, "from.name"), Some(Status::Mismatch), "{r:?}");
 }
+
+// --- verify.min_version ----------------------------------------------------------------
+
+#[test]
+fn a_receiver_can_refuse_version_1_stamps() {
+    let raw = format!("{HEAD}\nHello\n").into_bytes();
+    let msg = parse(&raw).unwrap();
+    // Selection::default() is the version-1 families: a v=1 stamp.
+    let p1 = prepare(&msg, &env(&[RCPT]), [9; 16], &CHAIN, &Selection::default()).unwrap();
+    assert_eq!(p1.header.version(), 1);
+    let v1 = insert_header(&raw, &p1.header);
+    let rec1 = Lookup::Found {
+        commitment: p1.commitment,
+        time: 1_700_000_000,
+    };
+    let (v2, rec2) = stamp_all(&raw);
+    let judge = |raw: &[u8], rec: &Lookup, min_version: u32| {
+        let msg = parse(raw).unwrap();
+        let Inspection::Stamped(h) = inspect(&msg) else {
+            panic!("stamped");
+        };
+        let policy = Policy {
+            min_version,
+            ..Policy::default()
+        };
+        evaluate(
+            &msg,
+            &h,
+            &env(&[RCPT]),
+            rec,
+            &pass(),
+            &policy,
+            Some(1_700_000_100),
+        )
+    };
+    assert_eq!(
+        judge(&v1, &rec1, 1).verdict,
+        Verdict::Wanted,
+        "the default takes v1"
+    );
+    assert_eq!(judge(&v2, &rec2, 2).verdict, Verdict::Wanted);
+    let r = judge(&v1, &rec1, 2);
+    assert_eq!(r.verdict, Verdict::Invalid, "{r:?}");
+    assert!(
+        r.reason.as_deref().unwrap().contains("verify.min_version"),
+        "{r:?}"
+    );
+    // Decided from the header: whatever the chain says.
+    let r = judge(&v1, &Lookup::Unavailable("down".into()), 2);
+    assert_eq!(r.verdict, Verdict::Invalid, "{r:?}");
+}
