@@ -11,8 +11,7 @@ use std::time::Duration;
 use alloy::primitives::Address;
 use mailstamp_core::mail_parser::Message;
 use mailstamp_core::{
-    Envelope, Inspection, Lookup, MAX_MESSAGE_BYTES, Policy, Report, Verdict, WriterAuth, evaluate,
-    inspect,
+    Envelope, Inspection, Lookup, Policy, Report, Verdict, WriterAuth, evaluate, inspect,
 };
 
 use crate::chain::{Chain, RecordKey, Recorded};
@@ -136,7 +135,8 @@ pub async fn verify(
     raw: &[u8],
     env: &Envelope,
 ) -> Report {
-    let parsed = (raw.len() <= MAX_MESSAGE_BYTES)
+    let parsed = mailstamp_core::oversized(raw)
+        .is_none()
         .then(|| parse(raw))
         .flatten();
     verify_parsed(chain, ctx, raw, parsed.as_ref(), env).await
@@ -151,15 +151,8 @@ pub async fn verify_parsed(
     parsed: Option<&Message<'_>>,
     env: &Envelope,
 ) -> Report {
-    if raw.len() > MAX_MESSAGE_BYTES {
-        return Report::bare(
-            Verdict::Invalid,
-            format!(
-                "message is {} bytes, more than the {MAX_MESSAGE_BYTES} verified",
-                raw.len()
-            ),
-            None,
-        );
+    if let Some(why) = mailstamp_core::oversized(raw) {
+        return Report::bare(Verdict::Invalid, format!("not verified: {why}"), None);
     }
     let Some(msg) = parsed else {
         return Report::bare(
@@ -177,6 +170,10 @@ pub async fn verify_parsed(
         }
         Inspection::Stamped(h) => h,
     };
+    // Decided from the header alone: no chain needed, no wait.
+    if let Some(report) = mailstamp_core::verify::version_refused(&header, &ctx.policy) {
+        return report;
+    }
     let chain = match chain {
         Ok(c) => c,
         Err(why) => {

@@ -8,6 +8,7 @@ mod harness;
 mod abi_drift;
 mod allowlist;
 mod batch;
+mod bounds;
 mod chain_e2e;
 mod chain_fees;
 mod cli;

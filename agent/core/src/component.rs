@@ -200,6 +200,58 @@ pub fn duplicate_fields(msg: &Message<'_>) -> Vec<&'static str> {
         .collect()
 }
 
+/// The MIME fields a part may have at most once (RFC 2045 §3, RFC 2183): they decide what its
+/// body decodes to, and so what the body components read.
+pub const MIME_SINGLE_FIELDS: [&str; 3] = [
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-Disposition",
+];
+
+/// What in the MIME structure two readers may take differently (docs/PROTOCOL.md §6 step 1),
+/// in MIME order, described for a reason: a [`MIME_SINGLE_FIELDS`] field twice in the
+/// message's header section or in a part's (`Content-Type`, `Content-Type in part 2`), or a
+/// `Content-Type` parameter given twice (`boundary= parameter`). mail-parser reads the last
+/// field and the first parameter; a mail client may read the other one, and then shows
+/// another body than the one the stamp covers. Parts of a nested `message/rfc822` are not
+/// walked (such a message is hashed as one attachment).
+pub fn ambiguous_mime(msg: &Message<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, part) in msg.parts.iter().enumerate() {
+        let place = if i == 0 {
+            String::new()
+        } else {
+            format!(" in part {i}")
+        };
+        for field in MIME_SINGLE_FIELDS {
+            let n = part
+                .headers
+                .iter()
+                .filter(|h| h.name().eq_ignore_ascii_case(field))
+                .count();
+            if n > 1 {
+                out.push(format!("{field}{place}"));
+            }
+        }
+        let attrs = part
+            .content_type()
+            .and_then(|ct| ct.attributes())
+            .unwrap_or_default();
+        let mut seen: Vec<&str> = Vec::new();
+        for a in attrs {
+            if seen.iter().any(|s| s.eq_ignore_ascii_case(&a.name)) {
+                let d = format!("{}= parameter{place}", a.name.to_ascii_lowercase());
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            } else {
+                seen.push(&a.name);
+            }
+        }
+    }
+    out
+}
+
 /// The To, Cc and Bcc addresses, canonical: the envelope `sendmail -t` would use.
 pub fn header_recipients(msg: &Message<'_>) -> Vec<String> {
     addresses(msg.all_to().chain(msg.all_cc()).chain(msg.all_bcc()))

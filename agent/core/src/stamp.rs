@@ -32,7 +32,7 @@ pub enum StampError {
     /// A field RFC 5322 allows once is there more than once: every receiver would reject the
     /// stamp (docs/PROTOCOL.md §6 step 1), so it is not made.
     #[error(
-        "the message has more than one {0} field (RFC 5322 allows one); remove the extra ones before stamping"
+        "the message has more than one {0} (RFC 5322 and MIME allow one); remove the extra ones before stamping"
     )]
     DuplicateField(String),
     /// The From field lists more than one mailbox: receivers take that like a second From
@@ -109,7 +109,11 @@ pub fn prepare(
     if authors > 1 {
         return Err(StampError::SeveralAuthors(authors));
     }
-    let twice = component::duplicate_fields(msg);
+    let mut twice: Vec<String> = component::duplicate_fields(msg)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    twice.extend(component::ambiguous_mime(msg));
     if !twice.is_empty() {
         return Err(StampError::DuplicateField(twice.join(", ")));
     }

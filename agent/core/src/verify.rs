@@ -108,6 +108,10 @@ pub struct Policy {
     /// A record older than this many seconds at verification is a replay (`spam`);
     /// `None` disables the check.
     pub max_age_secs: Option<u64>,
+    /// The lowest stamp version accepted (docs/PROTOCOL.md §6 step 1): a stamp of a lower
+    /// version is `invalid`. 1 (the default) accepts every version; 2 refuses version-1
+    /// stamps, which do not cover the display name.
+    pub min_version: u32,
 }
 
 impl Default for Policy {
@@ -138,6 +142,7 @@ impl Default for Policy {
             weights,
             required: [From, FromName, Rcpt].into_iter().collect(),
             max_age_secs: Some(7 * 24 * 3600),
+            min_version: 1,
         }
     }
 }
@@ -315,6 +320,9 @@ pub fn evaluate(
     if let Some((verdict, reason)) = duplicate_fields(msg) {
         return Report::bare(verdict, reason, Some(header));
     }
+    if let Some(report) = version_refused(header, policy) {
+        return report;
+    }
     let time = match recorded_time(header, lookup) {
         ControlFlow::Continue(time) => time,
         ControlFlow::Break(report) => return report,
@@ -336,6 +344,23 @@ pub fn evaluate(
     }
 }
 
+/// `invalid` when the stamp's version is below [`Policy::min_version`]: a receiver that
+/// must not accept a stamp without the display name refuses version-1 stamps. Decided from
+/// the header alone, so callers check it before they read the chain.
+pub fn version_refused(header: &StampHeader, policy: &Policy) -> Option<Report> {
+    let v = header.version();
+    (v < policy.min_version).then(|| {
+        Report::bare(
+            Verdict::Invalid,
+            format!(
+                "stamp version {v} is below the lowest this receiver accepts ({}, verify.min_version)",
+                policy.min_version
+            ),
+            Some(header),
+        )
+    })
+}
+
 /// The verdict a second copy of a field RFC 5322 allows once gives (docs/PROTOCOL.md §6 step
 /// 1): `spam` for the fields a stamp compares (From, To, Cc, Subject, Date, Message-ID): the
 /// verifier reads one copy and a mail client may show the other, which is the attack itself.
@@ -352,7 +377,8 @@ pub fn duplicate_verdict(field: &str) -> Verdict {
 
 /// The verdict and reason when the top-level header section has more than one of a
 /// [`component::SINGLE_FIELDS`] field (`spam` if any of them is a `spam` field, else
-/// `invalid`), or a From field with more than one mailbox (`spam`, like a second From).
+/// `invalid`), a From field with more than one mailbox (`spam`, like a second From), or a
+/// MIME field or parameter twice ([`component::ambiguous_mime`], `spam`).
 fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
     let authors = component::from_mailboxes(msg);
     if authors > 1 {
@@ -360,6 +386,16 @@ fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
             Verdict::Spam,
             format!(
                 "the From field lists {authors} mailboxes, more than one: the stamp covers the first, a mail client shows them all"
+            ),
+        ));
+    }
+    let mime = component::ambiguous_mime(msg);
+    if !mime.is_empty() {
+        return Some((
+            Verdict::Spam,
+            format!(
+                "more than one {} (MIME allows one): the verifier and a mail client may read different bodies",
+                mime.join(", ")
             ),
         ));
     }

@@ -181,7 +181,10 @@ pub fn check_message(raw: &[u8]) {
             assert!(matches!(raw.first(), Some(b' ' | b'\t')));
         }
         Err(StampError::DuplicateField(_)) => {
-            assert!(!mailstamp_core::component::duplicate_fields(&msg).is_empty());
+            assert!(
+                !mailstamp_core::component::duplicate_fields(&msg).is_empty()
+                    || !mailstamp_core::component::ambiguous_mime(&msg).is_empty()
+            );
         }
         Err(StampError::SeveralAuthors(n)) => {
             assert!(n > 1 && mailstamp_core::component::from_mailboxes(&msg) == n);

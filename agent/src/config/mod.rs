@@ -417,6 +417,9 @@ pub struct VerifyConfig {
     /// `temperror`, not `spam` (a reorg may have dropped the record and the sender is sending
     /// it again). After it, a stamp still without a record is `spam`. 0: `spam` at once.
     pub missing_grace_secs: u64,
+    /// The lowest stamp version accepted: 1 (default) takes every stamp; 2 calls version-1
+    /// stamps, which do not cover the From display name, `invalid`.
+    pub min_version: u32,
 }
 
 impl Default for VerifyConfig {
@@ -430,6 +433,7 @@ impl Default for VerifyConfig {
             max_age_secs: p.max_age_secs,
             confirm_wait_secs: 60,
             missing_grace_secs: 300,
+            min_version: p.min_version,
         }
     }
 }
@@ -442,6 +446,7 @@ impl VerifyConfig {
             weights: self.weights.clone(),
             required: self.required.clone(),
             max_age_secs: self.max_age_secs,
+            min_version: self.min_version,
         }
     }
 }
@@ -574,6 +579,16 @@ impl VerifyConfig {
                 format!(
                     "is {}; give a share between 0 and 1 (default 0.75)",
                     self.threshold
+                ),
+            ));
+        }
+        let newest = mailstamp_core::header::VERSION;
+        if !(1..=newest).contains(&self.min_version) {
+            return Err(Error::config(
+                "verify.min_version",
+                format!(
+                    "is {}; give a protocol version from 1 to {newest} (1 accepts every stamp)",
+                    self.min_version
                 ),
             ));
         }
@@ -730,6 +745,19 @@ mod tests {
         assert_eq!(cfg.inbound, InboundConfig::default());
         assert_eq!(cfg.allowlist, AllowlistConfig::default());
         cfg.check().unwrap();
+    }
+
+    #[test]
+    fn verify_min_version_is_a_known_protocol_version() {
+        let cfg = Config::parse("[verify]\nmin_version = 2\n").unwrap();
+        cfg.check().unwrap();
+        assert_eq!(cfg.verify.policy().min_version, 2);
+        assert_eq!(Config::parse("").unwrap().verify.policy().min_version, 1);
+        for bad in [0, 3] {
+            let cfg = Config::parse(&format!("[verify]\nmin_version = {bad}\n")).unwrap();
+            let e = cfg.check().unwrap_err().to_string();
+            assert!(e.starts_with("verify.min_version: is "), "{e}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::B256;
-use mailstamp_core::{Envelope, MAX_MESSAGE_BYTES, Report, Verdict};
+use mailstamp_core::{Envelope, Report, Verdict};
 use tracing::{info, warn};
 
 use crate::auth::AuthOutcome;
@@ -494,7 +494,8 @@ async fn judge_inner(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) ->
         client_ip: client.ip,
     };
     let ctx = verify_context(d, m);
-    let parsed = (raw.len() <= MAX_MESSAGE_BYTES)
+    let parsed = mailstamp_core::oversized(raw)
+        .is_none()
         .then(|| verifying::parse(raw))
         .flatten();
     let chain = d.chain().await;

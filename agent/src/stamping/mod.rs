@@ -15,9 +15,7 @@ use std::sync::Arc;
 use alloy::primitives::{Address, B256, FixedBytes};
 use mailstamp_core::Lookup;
 use mailstamp_core::writers::{RECORD_LABEL, WriterRecord};
-use mailstamp_core::{
-    ChainRef, Envelope, MAX_MESSAGE_BYTES, Selection, WriterAuth, insert_header, parse, prepare,
-};
+use mailstamp_core::{ChainRef, Envelope, Selection, WriterAuth, insert_header, parse, prepare};
 
 use crate::chain::{Chain, RecordKey, Recorded};
 use crate::config::Config;
@@ -173,14 +171,8 @@ pub(crate) async fn check_and_prepare(
     raw: &[u8],
     env: &Envelope,
 ) -> Result<mailstamp_core::Prepared> {
-    if raw.len() > MAX_MESSAGE_BYTES {
-        return Err(Error::refused(
-            "5.3.4",
-            format!(
-                "message is {} bytes, more than the {MAX_MESSAGE_BYTES} this agent stamps",
-                raw.len()
-            ),
-        ));
+    if let Some(why) = mailstamp_core::oversized(raw) {
+        return Err(Error::refused("5.3.4", format!("not stamped: {why}")));
     }
     let msg = parse(raw).ok_or_else(|| {
         Error::refused("5.6.0", "not an RFC 5322 message: no header section found")

@@ -2,6 +2,8 @@
 //! Helpers shared by the core's integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod bounds;
+
 use std::path::{Path, PathBuf};
 
 use mailstamp_core::{
