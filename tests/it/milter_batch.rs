@@ -337,25 +337,30 @@ async fn until_anchored(store: &Path, id: B256) {
     }
 }
 
+/// A milter in batch mode with `release = "closed"`, its chain connection warmed by one
+/// stamped message.
+async fn released_milter(
+    a: &alloy::node_bindings::AnvilInstance,
+    registry: Address,
+    writer: Address,
+    store: &Path,
+) -> crate::milter::Running {
+    let base = chain_toml(&a.endpoint(), registry, writer);
+    let toml = batch_toml(store, 8, 100, 1500, "release = \"closed\"");
+    let m = start(&format!("{base}{toml}"), &[], Some(a)).await;
+    let out = play(m.addr, &SUBMIT, &msg(0)).await;
+    assert!(out.stop.is_none(), "{out:?}");
+    m
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn released_at_close_a_message_leaves_before_its_anchor_is_mined_and_verifies_once_it_is() {
     let (a, registry, writer) = chain().await;
     let url = a.endpoint();
     let dir = TempDir::new("mrelease");
     let store = dir.0.join("state.sqlite");
-    let base = chain_toml(&url, registry, writer);
-    let m = start(
-        &format!(
-            "{base}{}",
-            batch_toml(&store, 8, 100, 1500, "release = \"closed\"")
-        ),
-        &[],
-        Some(&a),
-    )
-    .await;
-    // Warm the connection, then stop mining: nothing the milter sends can be mined now.
-    let out = play(m.addr, &SUBMIT, &msg(0)).await;
-    assert!(out.stop.is_none(), "{out:?}");
+    let m = released_milter(&a, registry, writer, &store).await;
+    // Stop mining: nothing the milter sends can be mined now.
     rpc(&url, "evm_setAutomine", serde_json::json!([false])).await;
 
     // With release = "mined" this message would wait for the hold timeout and get a 451
@@ -387,18 +392,7 @@ async fn a_released_batch_is_never_dropped_its_anchor_is_retried_until_mined() {
     let url = a.endpoint();
     let dir = TempDir::new("mretry");
     let store = dir.0.join("state.sqlite");
-    let base = chain_toml(&url, registry, writer);
-    let m = start(
-        &format!(
-            "{base}{}",
-            batch_toml(&store, 8, 100, 1500, "release = \"closed\"")
-        ),
-        &[],
-        Some(&a),
-    )
-    .await;
-    let out = play(m.addr, &SUBMIT, &msg(0)).await;
-    assert!(out.stop.is_none(), "{out:?}");
+    let m = released_milter(&a, registry, writer, &store).await;
     let n0 = nonce(&url, writer).await;
     // The writer runs dry: its anchor cannot be sent. A batch that was not released would be
     // dropped here and its message deferred; this one's header is already out.
