@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! `mailstamp audit`: the on-chain record of a stamp, by token or by message file.
-use std::path::Path;
+//! `mailstamp audit`: the on-chain record of a stamp, by token or by message file; and
+//! `mailstamp audit --serve`, the audit page (the library's `audit::server`).
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use alloy::primitives::{Address, B256};
 use anyhow::{Context, Result, bail};
 use mailstamp::{
+    audit::{self, Auditor},
     chain::{self, Chain},
     config::Config,
+    keys,
     util::rfc3339,
 };
 use mailstamp_core::{Inspection, StampHeader, inspect};
@@ -119,5 +123,63 @@ pub(crate) async fn run(
             println!("explorer    {l}");
         }
     }
+    Ok(0)
+}
+
+/// The flags of `mailstamp audit --serve`.
+pub(crate) struct ServeArgs {
+    pub(crate) listen: Option<String>,
+    pub(crate) public: bool,
+    pub(crate) writer: Option<Address>,
+    pub(crate) keystore: Option<PathBuf>,
+}
+
+/// `mailstamp audit --serve`: binds, prints where, serves until SIGTERM/SIGINT.
+pub(crate) async fn serve(cfg: Config, args: ServeArgs) -> Result<u8> {
+    let listen = args.listen.unwrap_or_else(|| cfg.audit.listen.clone());
+    let addr: std::net::SocketAddr = listen.parse().with_context(|| {
+        format!(
+            "--listen `{listen}` is not HOST:PORT (an IP address and a port, e.g. 127.0.0.1:8897)"
+        )
+    })?;
+    if !audit::server::is_loopback(&addr) && !args.public {
+        bail!(
+            "--listen {addr} is not a loopback address: the audit page is for this machine; \
+             add --public to serve it to others (put a TLS proxy in front)"
+        );
+    }
+    // The key, when one is configured, only names the writer shown first: its address is kept,
+    // the key itself is dropped here (the page never writes).
+    let has_key = args.keystore.is_some()
+        || cfg.writer.keystore.is_some()
+        || std::env::var_os(keys::PRIVATE_KEY_ENV).is_some();
+    let writer = match args.writer {
+        Some(w) => Some(w),
+        None if has_key => Some(keys::load(&cfg.writer, args.keystore.as_deref())?.address()),
+        None => None,
+    };
+    let chain = Chain::connect(&cfg.chain, cfg.registry()?, None).await?;
+    let opts = audit::server::Options {
+        public: args.public,
+        max_message_bytes: cfg.milter.max_message_bytes,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (in use? try another --listen port)"))?;
+    let bound = listener.local_addr()?;
+    let auditor = Auditor::new(chain, Arc::new(cfg), writer);
+    // The one line a script waits for: where the page is.
+    println!("mailstamp audit: serving http://{bound}/ (read-only; Ctrl-C stops)");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    audit::server::run(listener, auditor, opts, shutdown).await?;
     Ok(0)
 }
