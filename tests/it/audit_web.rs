@@ -10,6 +10,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -103,8 +104,22 @@ fn http(base: &str, request: &str) -> (u16, String) {
     (status, body)
 }
 
+/// chromedriver and the Chromium it starts, in a process group of their own: a test that
+/// fails before it closes its session leaves no browser behind (killing chromedriver alone
+/// would orphan Chromium).
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// chromedriver on a free port, and a headless Chromium session through it.
-async fn browser() -> (Kill, Client) {
+async fn browser() -> (Driver, Client) {
     ensure_debian_packages(&[
         ("/usr/bin/chromium", "chromium"),
         ("/usr/bin/chromedriver", "chromium-driver"),
@@ -114,9 +129,10 @@ async fn browser() -> (Kill, Client) {
         .local_addr()
         .unwrap()
         .port();
-    let driver = Kill(
+    let driver = Driver(
         Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -129,7 +145,8 @@ async fn browser() -> (Kill, Client) {
         json!({
             "binary": "/usr/bin/chromium",
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--disable-background-networking", "--no-first-run", "--window-size=1200,1400"],
+                     "--disable-background-networking", "--disable-crash-reporter", "--disable-breakpad",
+                     "--no-first-run", "--window-size=1200,1400"],
         }),
     );
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -242,7 +259,8 @@ async fn the_audit_page_in_chromium_shows_stamps_records_and_verdicts() {
     let dir = TempDir::new("audit-web");
     let config = dir.0.join("mailstamp.toml");
     let toml = format!(
-        "[chain]\nexplorer_tx_url = \"https://explorer.invalid/tx/{{tx}}\"\n\n{}\n[store]\npath = \"{}\"\n",
+        "[chain]\nexplorer_tx_url = \"https://explorer.invalid/tx/{{tx}}\"\n\n\
+         [audit]\nlog_range_blocks = 2\n\n{}\n[store]\npath = \"{}\"\n",
         trust_config_toml(writer),
         dir.0.join("state.sqlite").display()
     );
@@ -300,6 +318,34 @@ async fn the_audit_page_in_chromium_shows_stamps_records_and_verdicts() {
         ("MAILSTAMP_CONFIG", config.to_str().unwrap()),
     ];
     let (_server, base) = serve(&serve_env, &[]);
+
+    // Paging over the JSON endpoint, two events a page, the events read two blocks per
+    // eth_getLogs (audit.log_range_blocks): every event once, newest first.
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..10 {
+        let q = match &next {
+            Some(n) => format!("limit=2&before={n}"),
+            None => "limit=2".to_owned(),
+        };
+        let (s, body) = http(
+            &base,
+            &format!(
+                "GET /api/activity?{q} HTTP/1.1\r\nHost: {{addr}}\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert_eq!(s, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let items = v["page"]["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|i| i["block"].as_u64().unwrap()));
+        next = v["page"]["next"].as_str().map(str::to_owned);
+        if next.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, [6, 5, 4, 3, 2], "each event once, newest first");
+
     let (_driver, c) = browser().await;
 
     // 1. Activity: the configured writer's four stamps and one anchor, newest first; the chart

@@ -56,23 +56,21 @@ pub(crate) async fn run(
             Some(b),
         ),
     };
-    // Find the event first: it names the writer when only the token is known.
-    let ev = chain.find_event(writer, key, cfg.chain.from_block).await?;
-    let Some((w, rec)) = ev else {
+    // The record as the audit page shows it: its event names the writer when only the token
+    // is known.
+    let registry = chain.registry;
+    let auditor = Auditor::new(chain.clone(), Arc::new(cfg.clone()), None);
+    let Some(rec) = auditor.record_of(key, writer).await? else {
         bail!(
-            "no event for {key:?} in registry {} from block {}",
-            chain.registry,
+            "no event for {key:?} in registry {registry} from block {}: check the token, --writer and chain.from_block",
             cfg.chain.from_block
         );
     };
-    let lookup = chain.lookup(w, key).await;
-    let (commitment, time) = match &lookup {
-        mailstamp_core::Lookup::Found { commitment, time } => {
-            (Some(format!("0x{}", hex::encode(commitment))), Some(*time))
-        }
-        _ => (None, chain.block_time(rec.block).await.ok().flatten()),
-    };
-    // The record holds the commitment (direct) or the batch root its proof leads to.
+    // Shown once it counts as confirmed: the commitment (direct) or the batch root its proof
+    // leads to.
+    let commitment = rec
+        .confirmed
+        .then(|| format!("0x{}", hex::encode(rec.value)));
     let matches = header.as_ref().map(|h| {
         commitment.as_deref()
             == Some(&format!(
@@ -80,23 +78,23 @@ pub(crate) async fn run(
                 hex::encode(mailstamp_core::verify::recorded_value(h))
             ))
     });
-    let confirmed = matches!(lookup, mailstamp_core::Lookup::Found { .. });
-    let link = cfg.tx_link(&rec.tx.to_string());
+    let (w, time, confirmed, link) = (rec.writer, rec.time, rec.confirmed, rec.explorer.clone());
     if json {
         println!(
             "{}",
-            json!({"chain_id": chain.chain_id, "registry": chain.registry, "writer": w, "token": token, "batch": batch,
+            json!({"chain_id": chain.chain_id, "registry": registry, "writer": w, "token": token, "batch": batch,
                    "commitment": commitment, "time": time, "block": rec.block, "tx": rec.tx,
-                   "confirmed": confirmed, "header_matches": matches, "explorer": link})
+                   "confirmed": confirmed, "confirmations": rec.confirmations, "header_matches": matches, "explorer": link})
         );
     } else {
         println!("chain       {}", chain.chain_id);
-        println!("registry    {}", chain.registry);
+        println!("registry    {registry}");
         println!("writer      {w}");
         println!("token       {token}");
         if let Some(b) = batch {
             println!(
-                "batch       {b} (the record is the batch root; the header carries the proof)"
+                "batch       {b} (the record is the batch root of {} messages; the header carries the proof)",
+                rec.size.unwrap_or(0)
             );
         }
         println!(
@@ -106,7 +104,10 @@ pub(crate) async fn run(
         if let Some(t) = time {
             println!("time        {} ({t})", rfc3339(t));
         }
-        println!("block       {}", rec.block);
+        println!(
+            "block       {} ({} confirmations)",
+            rec.block, rec.confirmations
+        );
         println!("tx          {}", rec.tx);
         println!("confirmed   {}", if confirmed { "yes" } else { "no" });
         if let Some(m) = matches {
