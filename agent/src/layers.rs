@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["people", "stamping", "verifying", "onboard"],
     &["inbound"],
     &["session", "recover", "doctor"],
-    &["milter", "relay"],
+    &["milter", "relay", "audit"],
 ];
 
 /// Modules of row 0 that the others of row 0 may use (a leaf each: `error` uses nothing,

@@ -14,7 +14,7 @@
 //! | 3 | `people`, `stamping`, `verifying`, `onboard` | the domain: who is who, stamping (direct, batch, the daemons' batcher), verifying, customer domains |
 //! | 4 | `inbound` | the inbound folder decision |
 //! | 5 | `session`, `recover`, `doctor` | SMTP-session decisions and daemon state; the Junk recovery pass; the deployment checks |
-//! | 6 | `milter`, `relay` | the adapters: protocol events in, one `session` call, one reply out |
+//! | 6 | `milter`, `relay`, `audit` | the adapters: protocol events in, one `session` call, one reply out; the audit page (records, activity, health, a report over HTTP) |
 //!
 //! Two modules of one row never use each other (row 0 has its own order: `error`, then
 //! `util`, then `metrics`, then `config`). Inside one module's own tree (`session/`, `chain/`…) the files are
@@ -47,6 +47,7 @@ pub mod doctor;
 pub mod recover;
 pub mod session;
 
+pub mod audit;
 pub mod milter;
 pub mod relay;
 

@@ -137,10 +137,27 @@ enum Cmd {
         #[arg(long)]
         keystore: Option<PathBuf>,
     },
-    /// Show the on-chain record of a stamp: by token, or by a stamped message file.
+    /// Show the on-chain record of a stamp: by token, or by a stamped message file; or, with
+    /// --serve, the read-only audit page in a browser (docs/AUDIT.md).
     Audit {
         /// A token (0x + 64 hex) or a message file.
-        target: String,
+        #[arg(required_unless_present = "serve", conflicts_with = "serve")]
+        target: Option<String>,
+        /// Serve the audit page (a writer's stamps and anchors, one record, verify a dropped
+        /// message, health) on audit.listen, loopback by default. Read-only: no key is needed;
+        /// a configured key only names the writer shown first and its balance.
+        #[arg(long)]
+        serve: bool,
+        /// Where the page listens, HOST:PORT (default: audit.listen; port 0: any free port).
+        #[arg(long, requires = "serve")]
+        listen: Option<String>,
+        /// Allow a non-loopback --listen address and any Host name (put a TLS proxy in front).
+        #[arg(long, requires = "serve")]
+        public: bool,
+        /// Encrypted keystore of the writer to show (else writer.keystore or
+        /// MAILSTAMP_PRIVATE_KEY when set); only its address is kept.
+        #[arg(long, requires = "serve")]
+        keystore: Option<PathBuf>,
         /// The writer, when auditing by token (default: any writer).
         #[arg(long)]
         writer: Option<Address>,
@@ -285,7 +302,22 @@ async fn run(cli: Cli) -> Result<u8> {
             target,
             writer,
             json,
-        } => cli::audit::run(&cfg, &target, writer, json).await,
+            serve,
+            listen,
+            public,
+            keystore,
+        } => match target {
+            Some(target) if !serve => cli::audit::run(&cfg, &target, writer, json).await,
+            _ => {
+                let opts = cli::audit::ServeArgs {
+                    listen,
+                    public,
+                    writer,
+                    keystore,
+                };
+                cli::audit::serve(cfg, opts).await
+            }
+        },
         Cmd::Onboard(cmd) => onboard_cmd::run(&cfg, cmd).await,
         Cmd::Recover(args) => recover_cmd::run(&cfg, args).await,
         Cmd::Senders(cmd) => people_cmd::senders(&cfg, cmd),

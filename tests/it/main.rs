@@ -7,6 +7,7 @@ mod harness;
 
 mod abi_drift;
 mod allowlist;
+mod audit_web;
 mod batch;
 mod bounds;
 mod chain_e2e;

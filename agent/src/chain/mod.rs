@@ -12,8 +12,10 @@
 //! ([`heads`]: one watcher per connection). [`watch`]: what the watch of this agent's own
 //! writes asks (final block, block hashes, re-sends). [`funds`]: the writer's balance and the
 //! clear "insufficient funds" error. [`deploy`]: the registry through the CREATE2 deployer.
+//! [`events`]: the registry's events, the head and `verifyStamp`, for the audit page.
 
 mod deploy;
+mod events;
 mod funds;
 mod heads;
 mod nonce;
@@ -38,6 +40,7 @@ use crate::error::{Context, Result, bail, err};
 pub use deploy::{
     CREATE2_DEPLOYER, Deployed, creation_code, deploy, deploy_salt, predicted_address,
 };
+pub use events::{EventKind, RegistryEvent};
 pub use funds::{STAMP_GAS, eth, funds_warning};
 pub use nonce::NoncePool;
 use nonce::Nonces;

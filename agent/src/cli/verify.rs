@@ -77,29 +77,15 @@ pub(crate) async fn run(
             Ok(c) => verifying::recording_tx(c, &report, cfg.chain.from_block).await,
             Err(_) => None,
         };
-        let (tx, block) = (ev.as_ref().map(|e| e.tx), ev.as_ref().map(|e| e.block));
+        let tx = ev.as_ref().map(|e| e.tx);
         worst = worst.max(exit_code(report.verdict));
         let file = f.display().to_string();
         if json {
-            let s = report.stamp.as_ref();
-            let comps: Vec<_> = report
-                .components
-                .iter()
-                .map(|c| json!({"name": c.name, "match": c.status, "weight": c.weight, "note": c.note}))
-                .collect();
-            println!(
-                "{}",
-                json!({
-                    "file": file, "verdict": report.verdict, "score": report.score, "reason": report.reason,
-                    "components": comps,
-                    "chain_id": s.map(|s| s.chain_id), "registry": s.map(|s| &s.registry),
-                    "writer": s.map(|s| &s.writer), "token": s.map(|s| &s.token),
-                    "time": s.and_then(|s| s.time),
-                    "writer_auth": report.writer_auth.as_ref().map(|w| w.as_str()),
-                    "writer_auth_detail": report.writer_auth.as_ref().map(|w| w.detail()), "tx": tx, "block": block,
-                    "explorer": tx.and_then(|t| cfg.tx_link(&t.to_string())),
-                })
-            );
+            let mut v = mailstamp::audit::report_json(cfg, &report, ev.as_ref());
+            if let serde_json::Value::Object(o) = &mut v {
+                o.insert("file".into(), json!(file));
+            }
+            println!("{v}");
         } else {
             let name = Path::new(&file)
                 .file_name()

@@ -63,6 +63,55 @@ pub struct Config {
     pub log: LogConfig,
     /// The Prometheus endpoint of the daemons.
     pub metrics: MetricsConfig,
+    /// The audit page (`mailstamp audit --serve`).
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the read-only audit page of `mailstamp audit --serve` (docs/AUDIT.md). The
+/// uploaded message's size cap is `milter.max_message_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `HOST:PORT` the page is served on (`--listen` wins). A non-loopback address needs
+    /// `--public`.
+    pub listen: String,
+    /// Blocks per `eth_getLogs` request when the page reads the registry's events (public RPC
+    /// endpoints cap the range; 10,000 suits most, some free tiers need 500 or less).
+    pub log_range_blocks: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8897".to_owned(),
+            log_range_blocks: 10_000,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The `[audit]` checks.
+    pub fn check(&self) -> Result<()> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::config(
+                "audit.listen",
+                format!(
+                    "`{}` is not HOST:PORT (an IP address and a port, e.g. 127.0.0.1:8897)",
+                    self.listen
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.log_range_blocks) {
+            return Err(Error::config(
+                "audit.log_range_blocks",
+                format!(
+                    "{} blocks per request: give 1 to 1000000 (10000 suits most endpoints)",
+                    self.log_range_blocks
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[metrics]`: where the milter and relay serve `GET /metrics` (Prometheus / OpenMetrics
@@ -686,6 +735,7 @@ impl Config {
         self.milter.check()?;
         self.relay.check()?;
         self.log.check()?;
+        self.audit.check()?;
         if let Some(l) = &self.metrics.listen
             && l.parse::<std::net::SocketAddr>().is_err()
         {
