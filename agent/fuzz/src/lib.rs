@@ -238,7 +238,11 @@ fn check_received(
     let env = Envelope::default();
     let time = RECORDED_AT;
     // A field RFC 5322 allows once, twice: that verdict, whatever the chain and DNS say.
-    if mailstamp_core::component::from_mailboxes(msg) > 1 {
+    // A From with several mailboxes, or a MIME field or parameter twice: spam, whatever the
+    // chain and DNS say (the same order as the verifier's own check).
+    if mailstamp_core::component::from_mailboxes(msg) > 1
+        || !mailstamp_core::component::ambiguous_mime(msg).is_empty()
+    {
         let r = evaluate(
             msg,
             h,
