@@ -270,9 +270,13 @@ impl Batcher {
     /// batch is never dropped: its anchor is retried until mined ([`Batcher::anchor_released`]).
     async fn anchor(self: Arc<Self>, mut b: Open) {
         let id = b.id.to_string();
-        let released = b.release == Release::Closed;
-        let result = match self.close(&b, released).await {
-            Ok(tree) if released => {
+        let release = b.release == Release::Closed;
+        // Whether the headers went out: only then must the anchor be had at any cost (a root
+        // that could not be journalled released nothing, and the batch is dropped as usual).
+        let mut released = false;
+        let result = match self.close(&b, release).await {
+            Ok(tree) if release => {
+                released = true;
                 info!(batch = %id, size = b.leaves.len(), "batch closed: headers released before its anchor is mined");
                 let waiters = std::mem::take(&mut b.waiters);
                 tell(waiters, &b, &tree, None);
