@@ -762,7 +762,14 @@ impl Recoverer {
             ..self.verify.clone()
         };
         let (report, auth) = tokio::join!(
-            verifying::verify_parsed(self.chain.as_ref(), &verify, raw, Some(msg), &env),
+            verifying::verify_parsed(
+                self.chain.as_ref(),
+                &verify,
+                raw,
+                // Past the core's bounds: `invalid`, as at delivery.
+                mailstamp_core::oversized(raw).is_none().then_some(msg),
+                &env
+            ),
             self.auth
                 .authenticate(raw, t.client_ip, &t.helo, &t.mail_from)
         );

@@ -115,8 +115,13 @@ thread_local! {
 }
 
 /// Parses a message for verification (the core's parser) and counts it, so that a test can
-/// hold the inbound path to one parse per message ([`parses`]).
+/// hold the inbound path to one parse per message ([`parses`]). `None` for a message past the
+/// core's bounds ([`mailstamp_core::oversized`], checked before parsing: the parser's memory
+/// grows with the part count) or with no header section.
 pub fn parse(raw: &[u8]) -> Option<Message<'_>> {
+    if mailstamp_core::oversized(raw).is_some() {
+        return None;
+    }
     PARSES.with(|n| n.set(n.get() + 1));
     mailstamp_core::parse(raw)
 }
@@ -135,10 +140,7 @@ pub async fn verify(
     raw: &[u8],
     env: &Envelope,
 ) -> Report {
-    let parsed = mailstamp_core::oversized(raw)
-        .is_none()
-        .then(|| parse(raw))
-        .flatten();
+    let parsed = parse(raw);
     verify_parsed(chain, ctx, raw, parsed.as_ref(), env).await
 }
 
@@ -151,10 +153,11 @@ pub async fn verify_parsed(
     parsed: Option<&Message<'_>>,
     env: &Envelope,
 ) -> Report {
-    if let Some(why) = mailstamp_core::oversized(raw) {
-        return Report::bare(Verdict::Invalid, format!("not verified: {why}"), None);
-    }
     let Some(msg) = parsed else {
+        // Why there is no message (only this rare path scans for the bounds again).
+        if let Some(why) = mailstamp_core::oversized(raw) {
+            return Report::bare(Verdict::Invalid, format!("not verified: {why}"), None);
+        }
         return Report::bare(
             Verdict::Invalid,
             "not an RFC 5322 message: no header section",

@@ -494,10 +494,7 @@ async fn judge_inner(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) ->
         client_ip: client.ip,
     };
     let ctx = verify_context(d, m);
-    let parsed = mailstamp_core::oversized(raw)
-        .is_none()
-        .then(|| verifying::parse(raw))
-        .flatten();
+    let parsed = verifying::parse(raw);
     let chain = d.chain().await;
     let report = verifying::verify_parsed(chain.as_ref(), &ctx, raw, parsed.as_ref(), &env).await;
     if verifying::chain_trouble(&report) {
