@@ -31,6 +31,13 @@ pub struct Metrics {
     pub rpc_errors: Family<Labels, Counter>,
     /// Registry RPC latency, by call.
     pub rpc_seconds: Histograms,
+    /// JSON-RPC requests that failed or timed out, by endpoint (scheme, host and port only).
+    pub endpoint_errors: Family<Labels, Counter>,
+    /// JSON-RPC request latency by endpoint.
+    pub endpoint_seconds: Histograms,
+    /// Lookups refused because the endpoints did not agree (`chain.quorum`) or a proof did not
+    /// verify (`verify.mode = "proof"`), by reason.
+    pub untrusted_answers: Family<Labels, Counter>,
     /// Transactions by event (`sent`, `replaced`, `mined`, `resent`, `renewed`).
     pub transactions: Family<Labels, Counter>,
     /// Leaves per anchored batch.
@@ -66,6 +73,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         eod_seconds: Family::new_with_constructor(latency),
         rpc_errors: Family::default(),
         rpc_seconds: Family::new_with_constructor(latency),
+        endpoint_errors: Family::default(),
+        endpoint_seconds: Family::new_with_constructor(latency),
+        untrusted_answers: Family::default(),
         transactions: Family::default(),
         batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 17)),
         batch_age_seconds: latency(),
@@ -97,6 +107,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "chain_rpc_seconds",
         "Registry RPC latency by call",
         m.rpc_seconds.clone(),
+    );
+    registry.register(
+        "chain_endpoint_errors",
+        "JSON-RPC requests that failed or timed out, by endpoint",
+        m.endpoint_errors.clone(),
+    );
+    registry.register(
+        "chain_endpoint_seconds",
+        "JSON-RPC request latency by endpoint",
+        m.endpoint_seconds.clone(),
+    );
+    registry.register(
+        "chain_untrusted_answers",
+        "Lookups refused: endpoints disagreeing or a proof that does not verify, by reason",
+        m.untrusted_answers.clone(),
     );
     registry.register(
         "transactions",
@@ -176,6 +201,26 @@ pub fn rpc(what: &str, took: std::time::Duration, failed: bool) {
     if failed {
         m.rpc_errors.get_or_create(&l).inc();
     }
+}
+
+/// One JSON-RPC request to `endpoint` (a redacted URL) that took `took`, failed or not.
+pub fn endpoint(endpoint: &str, took: std::time::Duration, failed: bool) {
+    let m = &*METRICS;
+    let l = labels(&[("endpoint", endpoint)]);
+    m.endpoint_seconds
+        .get_or_create(&l)
+        .observe(took.as_secs_f64());
+    if failed {
+        m.endpoint_errors.get_or_create(&l).inc();
+    }
+}
+
+/// A lookup refused for `reason` (`disagreement`, `proof`).
+pub fn untrusted(reason: &'static str) {
+    METRICS
+        .untrusted_answers
+        .get_or_create(&labels(&[("reason", reason)]))
+        .inc();
 }
 
 /// A registry transaction event (`sent`, `replaced`, `mined`, `resent`, `renewed`).

@@ -44,19 +44,7 @@ pub fn report_json(cfg: &Config, report: &Report, rec: Option<&Recorded>) -> Val
     })
 }
 
-/// An RPC URL as it may be shown: `scheme://host:port`, without the path, query or user
-/// part, which often carry an API key.
-pub fn redact_url(url: &str) -> String {
-    match url.parse::<alloy::transports::http::reqwest::Url>() {
-        // `host_str` keeps an IPv6 address in brackets.
-        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
-            (Some(h), Some(p)) => format!("{}://{h}:{p}", u.scheme()),
-            (Some(h), None) => format!("{}://{h}", u.scheme()),
-            _ => "(not a URL)".to_owned(),
-        },
-        Err(_) => "(not a URL)".to_owned(),
-    }
-}
+pub use crate::chain::redact_url;
 
 /// One registry record as the audit shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -432,7 +420,13 @@ impl Auditor {
             chain_id: self.chain.chain_id,
             head,
             head_time,
-            rpc: vec![redact_url(&self.cfg.chain.rpc_url)],
+            rpc: self
+                .cfg
+                .chain
+                .endpoints()
+                .into_iter()
+                .map(redact_url)
+                .collect(),
             registry: self.chain.registry,
             registry_version,
             confirmations: match &self.cfg.chain.confirmations {

@@ -15,11 +15,13 @@
 //! [`events`]: the registry's events, the head and `verifyStamp`, for the audit page.
 
 mod deploy;
+mod endpoints;
 mod events;
 mod funds;
 mod heads;
 mod nonce;
 mod read;
+mod trust;
 mod watch;
 mod write;
 
@@ -34,12 +36,13 @@ use alloy::{
     sol,
 };
 
-use crate::config::{ChainConfig, Confirmations};
+use crate::config::{ChainConfig, Confirmations, ReadMode};
 use crate::error::{Context, Result, bail, err};
 
 pub use deploy::{
     CREATE2_DEPLOYER, Deployed, creation_code, deploy, deploy_salt, predicted_address,
 };
+pub use endpoints::redact_url;
 pub use events::{EventKind, RegistryEvent};
 pub use funds::{STAMP_GAS, eth, funds_warning};
 pub use nonce::NoncePool;
@@ -57,7 +60,22 @@ sol!(
 /// A connection to the chain and the registry.
 #[derive(Clone)]
 pub struct Chain {
+    /// Every endpoint as one transport: reads fail over, writes go to all.
     provider: DynProvider,
+    /// The endpoints, each on its own (the quorum and the proofs ask them one by one).
+    pool: endpoints::Pool,
+    each: Arc<[DynProvider]>,
+    /// `chain.quorum`.
+    quorum: usize,
+    /// `verify.mode`.
+    mode: ReadMode,
+    /// The registry's runtime code hash the proofs must lead to.
+    code_hash: B256,
+    /// The last agreed confirmed block and when it was agreed (`trust`).
+    agreed: Arc<tokio::sync::Mutex<Option<trust::AgreedAt>>>,
+    agreed_ttl: Duration,
+    /// `chain.failover_after_ms`: how long the quorum waits for the rest once it is met.
+    grace: Duration,
     /// The registry address.
     pub registry: Address,
     /// The chain id the node reports.
@@ -176,37 +194,115 @@ impl Chain {
         Self::connect_in(cfg, registry, signer, &NoncePool::default()).await
     }
 
-    /// As [`Chain::connect`], with the writer's nonce counter taken from `pool`: connections
-    /// made through one pool never hand out the same nonce of a writer twice.
+    /// As [`Chain::connect`], with the writer's nonce counter taken from `nonce_pool`:
+    /// connections made through one pool never hand out the same nonce of a writer twice.
     pub async fn connect_in(
         cfg: &ChainConfig,
         registry: Address,
         signer: Option<PrivateKeySigner>,
-        pool: &NoncePool,
+        nonce_pool: &NoncePool,
     ) -> Result<Self> {
         // Checked at load already; a hand-made config is checked by the same rules here.
         cfg.check()?;
+        let chain = Self::unchecked(cfg, registry, signer, nonce_pool, cfg.chain_id.unwrap_or(0))?;
+        let (pool, each) = (&chain.pool, &chain.each);
+        let timeout = Duration::from_secs(cfg.timeout_secs);
+        let names = (0..pool.len())
+            .map(|i| pool.label(i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Every endpoint must be of the chain configured (or of the first one's).
+        let ids = futures_util::future::join_all(each.iter().enumerate().map(|(i, p)| {
+            let label = pool.label(i).to_owned();
+            within(timeout, "eth_chainId", async move {
+                p.get_chain_id()
+                    .await
+                    .with_context(|| format!("cannot reach the chain at {label}"))
+            })
+        }))
+        .await;
+        let mut chain_id = cfg.chain_id;
+        let mut unreachable = Vec::new();
+        for (i, id) in ids.into_iter().enumerate() {
+            match id {
+                Ok(id) if *chain_id.get_or_insert(id) == id => {}
+                Ok(id) => bail!(
+                    "the node at {} is chain {id}, but {} {}; fix the RPC URL or the config",
+                    pool.label(i),
+                    if cfg.chain_id.is_some() {
+                        "chain.chain_id says"
+                    } else {
+                        "the other endpoints are chain"
+                    },
+                    chain_id.unwrap_or_default()
+                ),
+                Err(e) => unreachable.push(e),
+            }
+        }
+        // Unreachable endpoints are tolerated while the rest can meet the quorum (reads fail
+        // over; health is logged); too few reachable is the error it always was.
+        let reached = pool.len() - unreachable.len();
+        if reached < cfg.quorum.max(1) {
+            let first = unreachable.remove(0);
+            return Err(if pool.len() == 1 {
+                first
+            } else {
+                first.context(format!(
+                    "{reached} of the RPC endpoints ({names}) answered; chain.quorum is {}",
+                    cfg.quorum
+                ))
+            });
+        }
+        for e in &unreachable {
+            tracing::warn!("{e:#}; going on with the other endpoints");
+        }
+        let Some(chain_id) = chain_id else {
+            bail!("no RPC endpoint told its chain id ({names})");
+        };
+        Ok(Self {
+            chain_id,
+            nonces: nonce_pool.get(chain_id, chain.writer),
+            ..chain
+        })
+    }
+
+    /// A connection to the endpoints of `cfg` as chain `chain_id`, nothing asked yet.
+    fn unchecked(
+        cfg: &ChainConfig,
+        registry: Address,
+        signer: Option<PrivateKeySigner>,
+        nonce_pool: &NoncePool,
+        chain_id: u64,
+    ) -> Result<Self> {
         let writer = signer.as_ref().map(|s| s.address());
         let wallet = signer.clone().map(EthereumWallet::from);
-        let provider = provider(&cfg.rpc_url, signer)?;
+        let pool = endpoints::Pool::new(
+            &cfg.endpoints(),
+            Duration::from_millis(cfg.failover_after_ms),
+        )?;
+        let on = |p: endpoints::Pool| {
+            let client = alloy::rpc::client::RpcClient::new(p.clone(), p.is_local());
+            match &signer {
+                Some(s) => ProviderBuilder::new()
+                    .wallet(EthereumWallet::from(s.clone()))
+                    .connect_client(client)
+                    .erased(),
+                None => ProviderBuilder::new().connect_client(client).erased(),
+            }
+        };
+        let provider = on(pool.clone());
+        let each: Arc<[DynProvider]> = (0..pool.len()).map(|i| on(pool.only(i))).collect();
         let timeout = Duration::from_secs(cfg.timeout_secs);
-        let chain_id = within(timeout, "eth_chainId", async {
-            provider
-                .get_chain_id()
-                .await
-                .with_context(|| format!("cannot reach the chain at {}", cfg.rpc_url))
-        })
-        .await?;
-        if let Some(want) = cfg.chain_id
-            && want != chain_id
-        {
-            bail!(
-                "the node at {} is chain {chain_id}, but chain.chain_id says {want}; fix the RPC URL or the config",
-                cfg.rpc_url
-            );
-        }
         Ok(Self {
             provider,
+            pool,
+            each,
+            quorum: cfg.quorum,
+            mode: cfg.read_mode,
+            code_hash: trust::registry_code_hash(),
+            agreed: Arc::default(),
+            agreed_ttl: Duration::from_millis(cfg.head_poll_ms),
+            grace: Duration::from_millis(cfg.failover_after_ms),
             registry,
             chain_id,
             writer,
@@ -220,7 +316,7 @@ impl Chain {
                 bump_percent: u128::from(cfg.fee_bump_percent),
                 max_replacements: cfg.max_replacements,
             },
-            nonces: pool.get(chain_id, writer),
+            nonces: nonce_pool.get(chain_id, writer),
             reads: Arc::new(ReadBatcher::new(
                 Duration::from_millis(cfg.read_batch_window_ms),
                 cfg.read_batch_max,

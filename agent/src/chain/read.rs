@@ -20,6 +20,7 @@ use tokio::sync::{OnceCell, oneshot};
 use crate::config::{BlockTag, Confirmations};
 use crate::error::{Context, Result};
 
+use super::trust::{Agreed, RawRecord};
 use super::{Chain, RecordKey, Recorded, StampRegistry, within};
 
 /// Lookups waiting to go out together as one JSON-RPC batch.
@@ -79,8 +80,15 @@ pub(super) struct RecordCache {
 /// One record's lookup, shared by everyone asking for it at the same time.
 type Cell = Arc<OnceCell<Lookup>>;
 
-/// One record as read at a block: (commitment or root, time); zero when there is none there.
-type RawRecord = Result<(FixedBytes<24>, u64)>;
+/// Where records count as confirmed (see [`Chain::confirmed`]).
+enum At {
+    /// A block as the endpoint names it (`call` mode, `chain.quorum` = 1).
+    Block(BlockId),
+    /// The block the endpoints agreed on.
+    Agreed(Agreed),
+    /// Nothing is confirmed yet (the chain is shorter than the depth).
+    Nothing,
+}
 
 /// Bound on cached records; past it the cache starts over (cheap, and rare: 64k entries).
 const CACHE_MAX: usize = 65_536;
@@ -123,9 +131,30 @@ impl Chain {
         Ok((c != FixedBytes::ZERO).then_some(c))
     }
 
-    /// The block at which records count as confirmed.
-    async fn confirmed_block(&self) -> Result<BlockId> {
-        self.block_of(&self.confirmations).await
+    /// Where records count as confirmed now: the block the confirmation rule points to, as
+    /// the endpoint says, or — with a quorum or in proof mode — the block the endpoints agreed
+    /// on (`trust`).
+    async fn confirmed(&self) -> Result<At> {
+        if self.checks_answers() {
+            return Ok(match self.agreed_block().await? {
+                Some(a) => At::Agreed(a),
+                None => At::Nothing,
+            });
+        }
+        Ok(At::Block(self.block_of(&self.confirmations).await?))
+    }
+
+    /// The records `keys` where records count as confirmed.
+    async fn records_confirmed(
+        &self,
+        keys: &[(Address, RecordKey)],
+        at: &At,
+    ) -> Result<Vec<RawRecord>> {
+        match at {
+            At::Block(b) => self.get_records_on(&self.provider, keys, *b).await,
+            At::Agreed(a) => self.records_agreed(keys, a).await,
+            At::Nothing => Ok(keys.iter().map(|_| Ok((FixedBytes::ZERO, 0))).collect()),
+        }
     }
 
     /// The block a confirmation rule points to now.
@@ -349,10 +378,15 @@ impl Chain {
     }
 
     async fn read_many(&self, keys: &[(Address, RecordKey)]) -> Result<Vec<Lookup>> {
-        let at = self.confirmed_block().await?;
+        let at = self.confirmed().await?;
         let mut out: Vec<Option<Lookup>> = vec![None; keys.len()];
         let mut again = Vec::new();
-        for (i, r) in self.get_records(keys, at).await?.into_iter().enumerate() {
+        for (i, r) in self
+            .records_confirmed(keys, &at)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
             match r {
                 Ok((c, time)) if c != FixedBytes::<24>::ZERO => {
                     out[i] = Some(Lookup::Found {
@@ -366,11 +400,10 @@ impl Chain {
         }
         if !again.is_empty() {
             let latest: Vec<_> = again.iter().map(|&i| keys[i]).collect();
-            let rs = self.get_records(&latest, BlockId::latest()).await?;
-            for (i, r) in again.into_iter().zip(rs) {
+            for (i, r) in again.into_iter().zip(self.pending_above(&latest).await?) {
                 out[i] = Some(match r {
-                    Ok((c, _)) if c == FixedBytes::<24>::ZERO => Lookup::NotFound,
-                    Ok(_) => Lookup::Unconfirmed,
+                    Ok(false) => Lookup::NotFound,
+                    Ok(true) => Lookup::Unconfirmed,
                     Err(e) => Lookup::Unavailable(format!("registry read: {e:#}")),
                 });
             }
@@ -381,15 +414,16 @@ impl Chain {
             .collect())
     }
 
-    /// `getStamp` / `getAnchor` of every key at `at`, as one JSON-RPC batch. The outer error
-    /// is the batch failing as a whole; each record has its own result.
-    async fn get_records(
+    /// `getStamp` / `getAnchor` of every key at `at` from `provider`, as one JSON-RPC batch.
+    /// The outer error is the batch failing as a whole; each record has its own result.
+    pub(super) async fn get_records_on(
         &self,
+        provider: &alloy::providers::DynProvider,
         keys: &[(Address, RecordKey)],
         at: BlockId,
     ) -> Result<Vec<RawRecord>> {
-        let reg = StampRegistry::new(self.registry, &self.provider);
-        let mut batch = BatchRequest::new(self.provider.client());
+        let reg = StampRegistry::new(self.registry, provider);
+        let mut batch = BatchRequest::new(provider.client());
         let mut waiters = Vec::with_capacity(keys.len());
         for (w, k) in keys {
             let call = match k {
@@ -422,9 +456,24 @@ impl Chain {
     }
 
     async fn lookup_uncached(&self, writer: Address, key: RecordKey) -> Lookup {
+        if self.checks_answers() {
+            // Agreed or proven: the batched path does it (a batch of one).
+            let r = within(
+                self.timeout,
+                "registry read",
+                self.read_many(&[(writer, key)]),
+            )
+            .await;
+            return match r {
+                Ok(mut ls) if !ls.is_empty() => ls.remove(0),
+                Ok(_) => Lookup::Unavailable("registry read: no answer".into()),
+                Err(e) => Lookup::Unavailable(format!("{e:#}")),
+            };
+        }
         let r = within(self.timeout, "registry read", async {
-            let at = self.confirmed_block().await?;
-            let (c, time) = self.get_record(writer, key, at).await?;
+            let (c, time) = self
+                .get_record(writer, key, self.block_of(&self.confirmations).await?)
+                .await?;
             if c != FixedBytes::<24>::ZERO {
                 return Ok(Lookup::Found {
                     commitment: c.0,

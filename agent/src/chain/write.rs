@@ -562,7 +562,7 @@ mod bump_tests {
 
 #[cfg(test)]
 mod timeout_tests {
-    use crate::chain::{Chain, FeePolicy, NoncePool, provider};
+    use crate::chain::{Chain, NoncePool};
     use crate::config::ChainConfig;
     use alloy::primitives::{Address, B256};
     use std::time::Duration;
@@ -577,29 +577,21 @@ mod timeout_tests {
                 held.push(c);
             }
         });
-        let cfg = ChainConfig::default();
-        let c = Chain {
-            provider: provider(&url, None).unwrap(),
-            registry: Address::ZERO,
-            chain_id: 1,
-            writer: Some(Address::ZERO),
-            wallet: None,
-            confirmations: cfg.confirmations.clone(),
-            final_confirmations: cfg.final_confirmations.clone(),
-            timeout: Duration::from_millis(200),
-            cache: Default::default(),
-            fees: FeePolicy {
-                replace_after: Duration::from_secs(1),
-                bump_percent: 20,
-                max_replacements: 1,
-            },
-            nonces: NoncePool::default().get(1, Some(Address::ZERO)),
-            reads: std::sync::Arc::new(super::super::read::ReadBatcher::new(Duration::ZERO, 1)),
-            heads: std::sync::Arc::new(super::super::heads::Heads::new(
-                Duration::from_secs(1),
-                Duration::from_millis(200),
-            )),
+        let cfg = ChainConfig {
+            rpc_url: url,
+            replace_after_secs: 1,
+            max_replacements: 1,
+            read_batch_max: 1,
+            ..ChainConfig::default()
         };
+        let mut c = Chain::unchecked(&cfg, Address::ZERO, None, &NoncePool::default(), 1).unwrap();
+        c.writer = Some(Address::ZERO);
+        c.nonces = NoncePool::default().get(1, Some(Address::ZERO));
+        c.timeout = Duration::from_millis(200);
+        c.heads = std::sync::Arc::new(super::super::heads::Heads::new(
+            Duration::from_secs(1),
+            c.timeout,
+        ));
         (c, task)
     }
 

@@ -238,8 +238,22 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChainConfig {
-    /// JSON-RPC endpoint.
+    /// JSON-RPC endpoint (one; `rpc_urls` names several).
     pub rpc_url: String,
+    /// Several JSON-RPC endpoints of one chain, best first (when set, `rpc_url` is not used):
+    /// writes go to all, reads fail over, and `quorum` of them must agree on the confirmed
+    /// block (docs/PROTOCOL.md §6, "Whom the agent trusts").
+    pub rpc_urls: Vec<String>,
+    /// How many endpoints must agree on the confirmed block's number and hash (and, in
+    /// `verify.mode = "call"`, on each record read at it) before a lookup is believed; fewer
+    /// agreeing is `temperror`, never the minority's answer. 1: the first that answers.
+    pub quorum: usize,
+    /// Milliseconds an endpoint may take before the next one is asked as well (the first
+    /// answer wins; a failing endpoint passes the request on at once).
+    pub failover_after_ms: u64,
+    /// `verify.mode`, copied here at load: how records are read (`call` or `proof`).
+    #[serde(skip)]
+    pub read_mode: ReadMode,
     /// Expected chain id; checked against the node when set.
     pub chain_id: Option<u64>,
     /// The registry contract.
@@ -284,6 +298,10 @@ impl Default for ChainConfig {
     fn default() -> Self {
         Self {
             rpc_url: "http://127.0.0.1:8545".to_owned(),
+            rpc_urls: Vec::new(),
+            quorum: 1,
+            failover_after_ms: 2000,
+            read_mode: ReadMode::Call,
             chain_id: None,
             registry: None,
             confirmations: Confirmations::Depth(1),
@@ -300,6 +318,20 @@ impl Default for ChainConfig {
             low_funds_hours: 24,
         }
     }
+}
+
+/// `verify.mode`: how the agent reads a record (docs/PROTOCOL.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// `eth_call` of `getStamp` / `getAnchor` at the confirmed block: the endpoint's word (or,
+    /// with `chain.quorum` > 1, the word of that many endpoints).
+    #[default]
+    Call,
+    /// `eth_getProof` of the record's storage slot at the confirmed block, checked by the
+    /// agent against the block's state root (the header's hash recomputed, the registry's
+    /// code hash pinned): an endpoint can withhold an answer, not forge one.
+    Proof,
 }
 
 /// When a record is counted as confirmed.
@@ -469,6 +501,9 @@ pub struct VerifyConfig {
     /// The lowest stamp version accepted: 1 (default) takes every stamp; 2 calls version-1
     /// stamps, which do not cover the From display name, `invalid`.
     pub min_version: u32,
+    /// How records are read: `call` (the endpoints' word) or `proof` (storage proofs checked
+    /// by the agent); docs/PROTOCOL.md §6.
+    pub mode: ReadMode,
 }
 
 impl Default for VerifyConfig {
@@ -483,6 +518,7 @@ impl Default for VerifyConfig {
             confirm_wait_secs: 60,
             missing_grace_secs: 300,
             min_version: p.min_version,
+            mode: ReadMode::Call,
         }
     }
 }
@@ -514,18 +550,50 @@ pub struct Overrides {
 }
 
 impl ChainConfig {
+    /// The endpoints to use, best first: `rpc_urls` when set, else `rpc_url`.
+    pub fn endpoints(&self) -> Vec<&str> {
+        if self.rpc_urls.is_empty() {
+            vec![self.rpc_url.as_str()]
+        } else {
+            self.rpc_urls.iter().map(String::as_str).collect()
+        }
+    }
+
     /// The `[chain]` checks (done at load, not at the first connect).
     pub fn check(&self) -> Result<()> {
-        let url = self.rpc_url.as_str();
-        let scheme_ok = ["http://", "https://"].iter().any(|p| {
-            url.get(..p.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(p))
-                && url.len() > p.len()
-        });
-        if !scheme_ok || url.contains(char::is_whitespace) {
+        let key = if self.rpc_urls.is_empty() {
+            "chain.rpc_url"
+        } else {
+            "chain.rpc_urls"
+        };
+        for url in self.endpoints() {
+            let scheme_ok = ["http://", "https://"].iter().any(|p| {
+                url.get(..p.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(p))
+                    && url.len() > p.len()
+            });
+            if !scheme_ok || url.contains(char::is_whitespace) {
+                return Err(Error::config(
+                    key,
+                    format!("`{url}` is not an RPC URL: give http://HOST:PORT or https://…"),
+                ));
+            }
+        }
+        let n = self.endpoints().len();
+        if self.quorum == 0 || self.quorum > n {
             return Err(Error::config(
-                "chain.rpc_url",
-                format!("`{url}` is not an RPC URL: give http://HOST:PORT or https://…"),
+                "chain.quorum",
+                format!(
+                    "{} cannot be met by {n} endpoint{}: give 1 to {n} (list more in chain.rpc_urls for a larger quorum)",
+                    self.quorum,
+                    if n == 1 { "" } else { "s" }
+                ),
+            ));
+        }
+        if self.failover_after_ms == 0 {
+            return Err(Error::config(
+                "chain.failover_after_ms",
+                "must be at least 1 (milliseconds before the next endpoint is asked too)",
             ));
         }
         if self.timeout_secs == 0 {
@@ -681,7 +749,10 @@ impl Config {
             None => Self::default(),
         };
         if let Some(u) = &over.rpc_url {
+            // One endpoint named on the command line replaces the configured set.
             cfg.chain.rpc_url = u.clone();
+            cfg.chain.rpc_urls.clear();
+            cfg.chain.quorum = 1;
         }
         if let Some(r) = over.registry {
             cfg.chain.registry = Some(r);
@@ -704,7 +775,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self> {
         let de =
             toml::Deserializer::parse(text).map_err(|e| Error::config("(file)", e.to_string()))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = match e.path().to_string() {
                 k if k == "." => "(top level)".to_owned(),
                 k => k,
@@ -719,7 +790,9 @@ impl Config {
                 None => inner.message().to_owned(),
             };
             Error::config(key, problem)
-        })
+        })?;
+        cfg.chain.read_mode = cfg.verify.mode;
+        Ok(cfg)
     }
 
     /// Checks every section, first mistake first, as an [`Error::Config`] naming its key.
