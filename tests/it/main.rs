@@ -20,6 +20,7 @@ mod dnsfix;
 mod doctor;
 mod dovecot;
 mod logs;
+mod lying_proxy;
 mod milter;
 mod milter_batch;
 mod postfix;
