@@ -176,43 +176,88 @@ async fn within<T>(
     }
 }
 
-/// The endpoint answers `eth_chainId`, and with the configured chain id.
+/// Every endpoint answers `eth_chainId`, all with the same chain id (the configured one), and
+/// enough of them answer for `chain.quorum`. Endpoints are named by scheme, host and port only.
 async fn rpc_checks(
     cfg: &Config,
     timeout: Duration,
     out: &mut Vec<Check>,
 ) -> Option<(DynProvider, u64)> {
-    let url = &cfg.chain.rpc_url;
-    let provider = match chain::provider(url, None) {
-        Ok(p) => p,
-        Err(e) => {
-            out.push(Check::fail(
-                "rpc",
-                format!("{e:#}"),
-                "correct chain.rpc_url",
-            ));
-            return None;
-        }
+    let key = if cfg.chain.rpc_urls.is_empty() {
+        "chain.rpc_url / MAILSTAMP_RPC_URL"
+    } else {
+        "chain.rpc_urls"
     };
-    let id = match within(timeout, provider.get_chain_id()).await {
-        Ok(id) => id,
-        Err(e) => {
-            out.push(Check::fail(
+    let mut first: Option<(DynProvider, u64)> = None;
+    let mut reached = 0;
+    let endpoints = cfg.chain.endpoints();
+    for url in &endpoints {
+        let label = chain::redact_url(url);
+        let provider = match chain::provider(url, None) {
+            Ok(p) => p,
+            Err(e) => {
+                out.push(Check::fail(
+                    "rpc",
+                    format!("{e:#}"),
+                    format!("correct {key}"),
+                ));
+                continue;
+            }
+        };
+        let id = match within(timeout, provider.get_chain_id()).await {
+            Ok(id) => id,
+            Err(e) => {
+                out.push(Check::fail(
+                    "rpc",
+                    format!("{label}: {e}"),
+                    format!("start the node or correct {key} (is it reachable from here?)"),
+                ));
+                continue;
+            }
+        };
+        reached += 1;
+        match &first {
+            Some((_, want)) if *want != id => out.push(Check::fail(
                 "rpc",
-                format!("{url}: {e}"),
-                "start the node or correct chain.rpc_url / MAILSTAMP_RPC_URL (is it reachable from here?)",
-            ));
-            return None;
+                format!("{label} is chain {id}, the first endpoint chain {want}"),
+                format!("every entry of {key} must be a node of the same chain"),
+            )),
+            _ => out.push(Check::ok("rpc", format!("{label} answers: chain {id}"))),
         }
-    };
-    out.push(Check::ok("rpc", format!("{url} answers: chain {id}")));
+        if first.is_none() {
+            first = Some((provider, id));
+        }
+    }
+    if endpoints.len() > 1 || cfg.chain.quorum > 1 {
+        out.push(if reached >= cfg.chain.quorum {
+            Check::ok(
+                "quorum",
+                format!(
+                    "{reached} of {} endpoints answer; chain.quorum = {}",
+                    endpoints.len(),
+                    cfg.chain.quorum
+                ),
+            )
+        } else {
+            Check::fail(
+                "quorum",
+                format!(
+                    "only {reached} of {} endpoints answer; chain.quorum = {}: every lookup is a temporary failure",
+                    endpoints.len(),
+                    cfg.chain.quorum
+                ),
+                "bring the endpoints back, or lower chain.quorum",
+            )
+        });
+    }
+    let (provider, id) = first?;
     out.push(match cfg.chain.chain_id {
         Some(want) if want == id => Check::ok("chain id", format!("{id}, as chain.chain_id says")),
         Some(want) => Check::fail(
             "chain id",
             format!("the node is chain {id}, but chain.chain_id says {want}"),
             format!(
-                "point chain.rpc_url at a node of chain {want}, or set chain.chain_id = {id} if that chain is meant"
+                "point {key} at a node of chain {want}, or set chain.chain_id = {id} if that chain is meant"
             ),
         ),
         None => Check::warn(
@@ -255,6 +300,17 @@ async fn registry_check(cfg: &Config, provider: &DynProvider, timeout: Duration)
                 Ok(c) if c == chain::StampRegistry::DEPLOYED_BYTECODE => {
                     Check::ok("registry", format!("{registry}: StampRegistry {v}"))
                 }
+                // Proof mode reads only the registry whose code hash it pins: nothing else verifies.
+                _ if cfg.verify.mode == crate::config::ReadMode::Proof => Check::fail(
+                    "registry",
+                    format!(
+                        "{registry} answers version() = {v}, but its code is not this agent's StampRegistry: verify.mode = \"proof\" cannot read it (every lookup would be a temporary failure)"
+                    ),
+                    format!(
+                        "use the registry this version deploys (`mailstamp deploy`: {}), or set verify.mode = \"call\"",
+                        chain::predicted_address()
+                    ),
+                ),
                 _ => Check::warn(
                     "registry",
                     format!(

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! Whom a lookup believes (docs/PROTOCOL.md §6, "Whom the agent trusts").
+//! Whom a lookup believes (docs/PROTOCOL.md §6d).
 //!
 //! - **The confirmed block** is agreed, not taken: with `chain.quorum` = q, every endpoint is
 //!   asked for its confirmed block number (its head less the depth, or its block at the tag),

@@ -242,7 +242,7 @@ pub struct ChainConfig {
     pub rpc_url: String,
     /// Several JSON-RPC endpoints of one chain, best first (when set, `rpc_url` is not used):
     /// writes go to all, reads fail over, and `quorum` of them must agree on the confirmed
-    /// block (docs/PROTOCOL.md §6, "Whom the agent trusts").
+    /// block (docs/PROTOCOL.md §6d).
     pub rpc_urls: Vec<String>,
     /// How many endpoints must agree on the confirmed block's number and hash (and, in
     /// `verify.mode = "call"`, on each record read at it) before a lookup is believed; fewer
@@ -320,7 +320,7 @@ impl Default for ChainConfig {
     }
 }
 
-/// `verify.mode`: how the agent reads a record (docs/PROTOCOL.md §6).
+/// `verify.mode`: how the agent reads a record (docs/PROTOCOL.md §6d).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReadMode {
@@ -502,7 +502,7 @@ pub struct VerifyConfig {
     /// stamps, which do not cover the From display name, `invalid`.
     pub min_version: u32,
     /// How records are read: `call` (the endpoints' word) or `proof` (storage proofs checked
-    /// by the agent); docs/PROTOCOL.md §6.
+    /// by the agent); docs/PROTOCOL.md §6d.
     pub mode: ReadMode,
 }
 
@@ -881,6 +881,70 @@ mod tests {
             let e = cfg.check().unwrap_err().to_string();
             assert!(e.starts_with("verify.min_version: is "), "{e}");
         }
+    }
+
+    #[test]
+    fn several_endpoints_a_quorum_they_can_meet_and_the_read_mode() {
+        let cfg = Config::parse(
+            "[chain]\nrpc_urls = [\"http://a:1\", \"https://b/KEY\", \"http://c:3\"]\nquorum = 2\n\
+             [verify]\nmode = \"proof\"\n",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        assert_eq!(
+            cfg.chain.endpoints(),
+            ["http://a:1", "https://b/KEY", "http://c:3"]
+        );
+        assert_eq!(
+            cfg.chain.read_mode,
+            ReadMode::Proof,
+            "verify.mode reaches the chain"
+        );
+        let one = Config::parse("").unwrap();
+        assert_eq!(one.chain.endpoints(), ["http://127.0.0.1:8545"]);
+        assert_eq!(one.chain.read_mode, ReadMode::Call);
+        for (text, want) in [
+            (
+                "[chain]\nquorum = 2\n",
+                "chain.quorum: 2 cannot be met by 1 endpoint: give 1 to 1",
+            ),
+            (
+                "[chain]\nrpc_urls = [\"http://a:1\", \"http://b:2\"]\nquorum = 0\n",
+                "chain.quorum: 0 cannot be met by 2 endpoints",
+            ),
+            (
+                "[chain]\nrpc_urls = [\"http://a:1\", \"b:2\"]\n",
+                "chain.rpc_urls: `b:2` is not an RPC URL",
+            ),
+        ] {
+            let e = Config::parse(text)
+                .unwrap()
+                .check()
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+        let e = Config::parse("[verify]\nmode = \"trust\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("verify.mode: unknown variant `trust`"), "{e}");
+        // --rpc-url names one endpoint: it replaces the set and its quorum.
+        let dir = std::env::temp_dir().join(format!("ms-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "[chain]\nrpc_urls = [\"http://a:1\", \"http://b:2\"]\nquorum = 2\n",
+        )
+        .unwrap();
+        let over = Overrides {
+            rpc_url: Some("http://x:9".into()),
+            ..Overrides::default()
+        };
+        let cfg = Config::load(Some(&f), &over).unwrap();
+        assert_eq!(cfg.chain.endpoints(), ["http://x:9"]);
+        assert_eq!(cfg.chain.quorum, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
