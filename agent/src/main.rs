@@ -26,7 +26,7 @@ struct Cli {
     /// Configuration file (TOML; see mailstamp.example.toml).
     #[arg(long, short, env = "MAILSTAMP_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// JSON-RPC endpoint (overrides chain.rpc_url).
+    /// JSON-RPC endpoint (overrides chain.rpc_url and chain.rpc_urls, with chain.quorum 1).
     #[arg(long, env = "MAILSTAMP_RPC_URL", global = true)]
     rpc_url: Option<String>,
     /// Registry contract address (overrides chain.registry).

@@ -160,6 +160,9 @@ async fn answer(
             if r["method"] == "eth_getBlockByNumber" && r["params"][0] == "finalized" {
                 r["params"][0] = Value::String("latest".into());
             }
+            if r["method"] == "eth_call" && r["params"][1] == "finalized" {
+                r["params"][1] = Value::String("latest".into());
+            }
         }
     }
     let resp = client

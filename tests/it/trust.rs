@@ -225,6 +225,15 @@ async fn a_lie_about_finalized_moves_no_quorum() {
         .await
         .unwrap();
     let me = signer(&w.a, 2).address();
+    // The risk: the liar alone, in call mode, calls the fresh record final.
+    let mut alone = cfg(&[&liar.url], 1, ReadMode::Call);
+    alone.confirmations = c.confirmations.clone();
+    let fooled = Chain::connect(&alone, w.registry, None).await.unwrap();
+    let l = fooled.lookup(me, RecordKey::Stamp(key)).await;
+    assert!(
+        found(&l, &FixedBytes::from([0x33; 24])),
+        "call mode believes it: {l:?}"
+    );
     // The liar says the head is final; the quorum takes the second highest claim, the
     // honest one: the fresh record is not confirmed yet.
     let l = chain.lookup(me, RecordKey::Stamp(key)).await;
@@ -280,4 +289,65 @@ async fn writes_reach_the_chain_past_a_swallowing_endpoint_and_reads_fail_over()
         honest.count("eth_call") > before,
         "the second endpoint answered"
     );
+}
+
+#[test]
+fn corpus_messages_verify_wanted_through_the_binary_in_proof_mode_with_a_quorum() {
+    use crate::harness::{TempDir, anvil, corpus, key_hex, mailstamp, trust_config_toml};
+    let a = anvil();
+    let url = a.endpoint();
+    let key = key_hex(&a, 0);
+    let env = [
+        ("MAILSTAMP_RPC_URL", url.as_str()),
+        ("MAILSTAMP_PRIVATE_KEY", key.as_str()),
+    ];
+    let o = mailstamp(&["deploy", "--json"], &env, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let registry = d["address"].as_str().unwrap().to_owned();
+    let dir = TempDir::new("trust-cli");
+    let trust = trust_config_toml(signer(&a, 0).address());
+    let stamp_cfg = dir.0.join("stamp.toml");
+    std::fs::write(&stamp_cfg, &trust).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ps: Vec<_> = (0..3)
+        .map(|_| rt.block_on(proxy(url.clone(), Lie::None)))
+        .collect();
+    let verify_cfg = dir.0.join("verify.toml");
+    let urls: Vec<String> = ps.iter().map(|p| format!("\"{}\"", p.url)).collect();
+    std::fs::write(
+        &verify_cfg,
+        format!(
+            "[chain]\nrpc_urls = [{}]\nquorum = 2\n\n[verify]\nmode = \"proof\"\n\n{trust}",
+            urls.join(", ")
+        ),
+    )
+    .unwrap();
+    for (_, raw) in corpus().into_iter().step_by(1201).take(3) {
+        let env = [
+            ("MAILSTAMP_RPC_URL", url.as_str()),
+            ("MAILSTAMP_PRIVATE_KEY", key.as_str()),
+            ("MAILSTAMP_REGISTRY", registry.as_str()),
+            ("MAILSTAMP_CONFIG", stamp_cfg.to_str().unwrap()),
+        ];
+        let o = mailstamp(&["stamp", "--rcpt", "bob@b.example"], &env, Some(&raw));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let env = [
+            ("MAILSTAMP_REGISTRY", registry.as_str()),
+            ("MAILSTAMP_CONFIG", verify_cfg.to_str().unwrap()),
+        ];
+        let before: usize = ps.iter().map(|p| p.count("eth_getProof")).sum();
+        let v = mailstamp(
+            &["verify", "--rcpt", "bob@b.example", "--json"],
+            &env,
+            Some(&o.stdout),
+        );
+        let out: serde_json::Value = serde_json::from_slice(&v.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&v.stderr)));
+        assert_eq!(out["verdict"], "wanted", "{out}");
+        let after: usize = ps.iter().map(|p| p.count("eth_getProof")).sum();
+        assert!(after > before, "the record was proven, not called");
+    }
+    drop(ps);
+    drop(rt);
 }

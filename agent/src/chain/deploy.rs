@@ -62,7 +62,7 @@ pub async fn deploy(
         let chain_id = provider
             .get_chain_id()
             .await
-            .with_context(|| format!("cannot reach the chain at {url}"))?;
+            .with_context(|| format!("cannot reach the chain at {}", super::redact_url(url)))?;
         if !create2 {
             let pending = provider
                 .send_transaction(TransactionRequest::default().with_deploy_code(creation_code()))

@@ -13,7 +13,10 @@ pub(crate) async fn run(
 ) -> Result<u8> {
     let signer = keys::load(&cfg.writer, keystore)?;
     let timeout = std::time::Duration::from_secs(cfg.chain.timeout_secs);
-    let d = chain::deploy(&cfg.chain.rpc_url, signer, create2, timeout).await?;
+    // A deployment is one transaction from the deployer's key: the first endpoint sends it
+    // (with several, the others see it through the chain).
+    let url = cfg.chain.endpoints()[0];
+    let d = chain::deploy(url, signer, create2, timeout).await?;
     if json {
         println!("{}", serde_json::to_string(&d)?);
     } else if d.already_deployed {
