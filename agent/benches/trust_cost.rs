@@ -51,6 +51,23 @@ async fn bursts(c: &Chain, keys: &[(Address, RecordKey)]) {
     }
 }
 
+/// Looks every key up (one by one or in bursts); the time taken and the calls it cost.
+async fn timed(
+    c: &Chain,
+    keys: &[(Address, RecordKey)],
+    burst: bool,
+    ps: &[Proxy],
+) -> (Duration, usize) {
+    let before = calls(ps);
+    let t = Instant::now();
+    if burst {
+        bursts(c, keys).await;
+    } else {
+        one_by_one(c, keys).await;
+    }
+    (t.elapsed(), calls(ps) - before)
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::var("MAILSTAMP_BENCH_N")
@@ -111,24 +128,8 @@ async fn main() {
             let c = Chain::connect(&cfg(urls, quorum, mode), registry, None)
                 .await
                 .unwrap();
-            let before = calls(&ps);
-            let t = Instant::now();
-            if burst {
-                bursts(&c, &keys).await;
-            } else {
-                one_by_one(&c, &keys).await;
-            }
-            let cold = t.elapsed();
-            let cold_calls = calls(&ps) - before;
-            let before = calls(&ps);
-            let t = Instant::now();
-            if burst {
-                bursts(&c, &keys).await;
-            } else {
-                one_by_one(&c, &keys).await;
-            }
-            let warm = t.elapsed();
-            let warm_calls = calls(&ps) - before;
+            let (cold, cold_calls) = timed(&c, &keys, burst, &ps).await;
+            let (warm, warm_calls) = timed(&c, &keys, burst, &ps).await;
             println!(
                 "{:<22} {:<11} {:>12.3} {:>12.4} {:>5.2} / {:.2}",
                 name,
