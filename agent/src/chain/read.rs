@@ -336,6 +336,20 @@ impl Chain {
         }
         let keys: Vec<(Address, RecordKey)> = batch.iter().map(|(w, k, _)| (*w, *k)).collect();
         let answers = within(self.timeout, "batched registry read", self.read_many(&keys)).await;
+        // Agreed or proven answers are verdicts on the endpoints, not a batch refused:
+        // asking again one by one would only repeat them.
+        if self.checks_answers() {
+            let answers = answers.unwrap_or_else(|e| {
+                let why = format!("{e:#}");
+                keys.iter()
+                    .map(|_| Lookup::Unavailable(why.clone()))
+                    .collect()
+            });
+            for ((_, _, tx), a) in batch.into_iter().zip(answers) {
+                let _ = tx.send(a);
+            }
+            return;
+        }
         // The batch failing as a whole (some hosted endpoints refuse or cap JSON-RPC batches)
         // must not turn a burst into temperrors: its keys are asked one by one instead.
         let why = match answers {
