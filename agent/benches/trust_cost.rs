@@ -18,7 +18,7 @@ mod lying_proxy;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, FixedBytes, keccak256};
-use mailstamp::chain::{self, Chain, RecordKey};
+use mailstamp::chain::{Chain, RecordKey};
 use mailstamp::config::{ChainConfig, Confirmations, ReadMode};
 use mailstamp_core::Lookup;
 
@@ -75,15 +75,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
     let a = harness::anvil();
-    let registry = chain::deploy(
-        &a.endpoint(),
-        harness::signer(&a, 0),
-        true,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap()
-    .address;
+    let registry = harness::deploy_registry(&a).await;
     let writer = harness::signer(&a, 1);
     let w = writer.address();
     let c = Chain::connect(

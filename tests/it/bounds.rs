@@ -7,7 +7,9 @@
 #[path = "../../agent/core/tests/common/bounds.rs"]
 mod inputs;
 
-use crate::harness::{TempDir, anvil, key_hex, mailstamp, signer, trust_config_toml};
+use crate::harness::{
+    TempDir, anvil, deploy_with_binary, key_hex, mailstamp, signer, trust_config_toml,
+};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -18,14 +20,7 @@ fn oversized_messages_get_a_clear_outcome_through_the_binary() {
     let a = anvil();
     let url = a.endpoint();
     let key = key_hex(&a, 0);
-    let env = [
-        ("MAILSTAMP_RPC_URL", url.as_str()),
-        ("MAILSTAMP_PRIVATE_KEY", key.as_str()),
-    ];
-    let o = mailstamp(&["deploy", "--json"], &env, None);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let d: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
-    let registry = d["address"].as_str().unwrap().to_owned();
+    let registry = deploy_with_binary(&a);
     let dir = TempDir::new("bounds");
     let config = dir.0.join("mailstamp.toml");
     // The generated messages are From alice@a.example: the trust map lists our writer.

@@ -203,6 +203,33 @@ pub(crate) fn mailstamp(args: &[&str], env: &[(&str, &str)], input: Option<&[u8]
     child.wait_with_output().unwrap()
 }
 
+/// Deploys the registry on `a` through the binary (`mailstamp deploy --json`, key 0) and
+/// returns its address as printed.
+pub(crate) fn deploy_with_binary(a: &AnvilInstance) -> String {
+    let (url, key) = (a.endpoint(), key_hex(a, 0));
+    let env = [
+        ("MAILSTAMP_RPC_URL", url.as_str()),
+        ("MAILSTAMP_PRIVATE_KEY", key.as_str()),
+    ];
+    let o = mailstamp(&["deploy", "--json"], &env, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).expect("deploy --json");
+    d["address"].as_str().expect("an address").to_owned()
+}
+
+/// Deploys the registry on `a` from key 0 through the library (the CREATE2 deployer).
+pub(crate) async fn deploy_registry(a: &AnvilInstance) -> alloy::primitives::Address {
+    mailstamp::chain::deploy(
+        &a.endpoint(),
+        signer(a, 0),
+        true,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .expect("deploy")
+    .address
+}
+
 /// A fresh temp dir under target/, removed on drop.
 pub(crate) struct TempDir(pub(crate) PathBuf);
 

@@ -519,6 +519,12 @@ fn spawn_milter(
         .env_remove("MAILSTAMP_CONFIG")
         .env_remove("MAILSTAMP_FAULT")
         .env("MAILSTAMP_PRIVATE_KEY", key)
+        // The recovery's progress is logged at info (the tests wait for it).
+        .env("MAILSTAMP_LOG", "info")
+        // Not the test runner's pipes: a milter left running by a failed test must not keep
+        // cargo waiting for its output to close.
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
     if let Some(f) = fault {
         cmd.env("MAILSTAMP_FAULT", f);
@@ -684,6 +690,9 @@ async fn a_restart_applies_the_pending_policy_and_never_anchors_twice() {
         Status::Continue
     );
     drop(c);
+    // Mining resumes only once the recovery waits for the anchor in the pool (else it could
+    // find it mined already, and the path under test would not run).
+    wait_log(&log(10), "is not on chain yet; waiting for it");
     rpc(&url, "evm_setAutomine", serde_json::json!([true])).await;
     rpc(&url, "evm_mine", serde_json::json!([])).await;
     wait_log(

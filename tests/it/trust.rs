@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::{Address, B256, FixedBytes, keccak256};
-use mailstamp::chain::{self, Chain, RecordKey};
+use mailstamp::chain::{Chain, RecordKey};
 use mailstamp::config::{ChainConfig, Confirmations, ReadMode};
 use mailstamp_core::Lookup;
 
-use crate::harness::{anvil_clocked, signer};
+use crate::harness::{anvil_clocked, deploy_registry, signer};
 use crate::lying_proxy::{FORGED, Lie, proxy};
 
 fn cfg(urls: &[&str], quorum: usize, mode: ReadMode) -> ChainConfig {
@@ -43,10 +43,7 @@ struct World {
 
 async fn world() -> World {
     let a = anvil_clocked(1);
-    let registry = chain::deploy(&a.endpoint(), signer(&a, 0), true, Duration::from_secs(10))
-        .await
-        .unwrap()
-        .address;
+    let registry = deploy_registry(&a).await;
     let c = Chain::connect(
         &cfg(&[&a.endpoint()], 1, ReadMode::Call),
         registry,
@@ -293,18 +290,13 @@ async fn writes_reach_the_chain_past_a_swallowing_endpoint_and_reads_fail_over()
 
 #[test]
 fn corpus_messages_verify_wanted_through_the_binary_in_proof_mode_with_a_quorum() {
-    use crate::harness::{TempDir, anvil, corpus, key_hex, mailstamp, trust_config_toml};
+    use crate::harness::{
+        TempDir, anvil, corpus, deploy_with_binary, key_hex, mailstamp, trust_config_toml,
+    };
     let a = anvil();
     let url = a.endpoint();
     let key = key_hex(&a, 0);
-    let env = [
-        ("MAILSTAMP_RPC_URL", url.as_str()),
-        ("MAILSTAMP_PRIVATE_KEY", key.as_str()),
-    ];
-    let o = mailstamp(&["deploy", "--json"], &env, None);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let registry = d["address"].as_str().unwrap().to_owned();
+    let registry = deploy_with_binary(&a);
     let dir = TempDir::new("trust-cli");
     let trust = trust_config_toml(signer(&a, 0).address());
     let stamp_cfg = dir.0.join("stamp.toml");

@@ -161,6 +161,12 @@ impl Pool {
         self.endpoints.iter().all(|e| e.http.guess_local())
     }
 
+    /// `chain.failover_after_ms`: how long an endpoint may take before the next is asked too
+    /// (and how long a met quorum waits for the rest).
+    pub(super) fn hedge(&self) -> Duration {
+        self.hedge
+    }
+
     /// How many endpoints there are.
     pub(super) fn len(&self) -> usize {
         self.endpoints.len()

@@ -74,8 +74,6 @@ pub struct Chain {
     /// The last agreed confirmed block and when it was agreed (`trust`).
     agreed: Arc<tokio::sync::Mutex<Option<trust::AgreedAt>>>,
     agreed_ttl: Duration,
-    /// `chain.failover_after_ms`: how long the quorum waits for the rest once it is met.
-    grace: Duration,
     /// The registry address.
     pub registry: Address,
     /// The chain id the node reports.
@@ -204,7 +202,7 @@ impl Chain {
     ) -> Result<Self> {
         // Checked at load already; a hand-made config is checked by the same rules here.
         cfg.check()?;
-        let chain = Self::unchecked(cfg, registry, signer, nonce_pool, cfg.chain_id.unwrap_or(0))?;
+        let chain = Self::unchecked(cfg, registry, signer, cfg.chain_id.unwrap_or(0))?;
         let (pool, each) = (&chain.pool, &chain.each);
         let timeout = Duration::from_secs(cfg.timeout_secs);
         let names = (0..pool.len())
@@ -266,12 +264,12 @@ impl Chain {
         })
     }
 
-    /// A connection to the endpoints of `cfg` as chain `chain_id`, nothing asked yet.
+    /// A connection to the endpoints of `cfg` as chain `chain_id`, nothing asked yet, with a
+    /// nonce counter of its own ([`Chain::connect_in`] puts the pool's in).
     fn unchecked(
         cfg: &ChainConfig,
         registry: Address,
         signer: Option<PrivateKeySigner>,
-        nonce_pool: &NoncePool,
         chain_id: u64,
     ) -> Result<Self> {
         let writer = signer.as_ref().map(|s| s.address());
@@ -302,7 +300,6 @@ impl Chain {
             code_hash: trust::registry_code_hash(),
             agreed: Arc::default(),
             agreed_ttl: Duration::from_millis(cfg.head_poll_ms),
-            grace: Duration::from_millis(cfg.failover_after_ms),
             registry,
             chain_id,
             writer,
@@ -316,7 +313,7 @@ impl Chain {
                 bump_percent: u128::from(cfg.fee_bump_percent),
                 max_replacements: cfg.max_replacements,
             },
-            nonces: nonce_pool.get(chain_id, writer),
+            nonces: Arc::default(),
             reads: Arc::new(ReadBatcher::new(
                 Duration::from_millis(cfg.read_batch_window_ms),
                 cfg.read_batch_max,

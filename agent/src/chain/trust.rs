@@ -217,12 +217,17 @@ impl Chain {
             answered += usize::from(r.is_ok());
             out[i] = Some(r);
             if answered >= self.quorum && until.is_none() {
-                until = Some(tokio::time::Instant::now() + self.grace);
+                until = Some(tokio::time::Instant::now() + self.pool.hedge());
             }
         }
         out.into_iter()
             .map(|r| {
-                r.unwrap_or_else(|| Err(err!("no answer within {:?} of the others", self.grace)))
+                r.unwrap_or_else(|| {
+                    Err(err!(
+                        "no answer within {:?} of the others",
+                        self.pool.hedge()
+                    ))
+                })
             })
             .collect()
     }
@@ -443,7 +448,11 @@ impl Chain {
         for (n, i) in ranked.into_iter().enumerate() {
             let label = self.pool.label(i);
             // A stalled endpoint holds the others up for `chain.failover_after_ms` at most.
-            let wait = if n == last { self.timeout } else { self.grace };
+            let wait = if n == last {
+                self.timeout
+            } else {
+                self.pool.hedge()
+            };
             let answer = tokio::time::timeout(
                 wait,
                 self.each[i]

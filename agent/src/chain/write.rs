@@ -584,7 +584,7 @@ mod timeout_tests {
             read_batch_max: 1,
             ..ChainConfig::default()
         };
-        let mut c = Chain::unchecked(&cfg, Address::ZERO, None, &NoncePool::default(), 1).unwrap();
+        let mut c = Chain::unchecked(&cfg, Address::ZERO, None, 1).unwrap();
         c.writer = Some(Address::ZERO);
         c.nonces = NoncePool::default().get(1, Some(Address::ZERO));
         c.timeout = Duration::from_millis(200);

@@ -579,6 +579,15 @@ impl ChainConfig {
                 ));
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = self.rpc_urls.iter().find(|u| !seen.insert(u.as_str())) {
+            return Err(Error::config(
+                "chain.rpc_urls",
+                format!(
+                    "`{twice}` is listed twice: one endpoint counts once toward chain.quorum; list independent endpoints"
+                ),
+            ));
+        }
         let n = self.endpoints().len();
         if self.quorum == 0 || self.quorum > n {
             return Err(Error::config(
@@ -915,6 +924,10 @@ mod tests {
             (
                 "[chain]\nrpc_urls = [\"http://a:1\", \"b:2\"]\n",
                 "chain.rpc_urls: `b:2` is not an RPC URL",
+            ),
+            (
+                "[chain]\nrpc_urls = [\"http://a:1\", \"http://a:1\"]\nquorum = 2\n",
+                "chain.rpc_urls: `http://a:1` is listed twice",
             ),
         ] {
             let e = Config::parse(text)

@@ -584,6 +584,9 @@ impl Batcher {
                     .map(|h| h.parse::<B256>())
                     .collect::<Result<Vec<_>, _>>()
                     .context("journal: bad transaction hash")?;
+                if !sent.is_empty() {
+                    info!(batch = %row.batch_id, "pending batch: its anchor sent before the restart is not on chain yet; waiting for it, never sending a second");
+                }
                 match chain.wait_sent(&sent).await? {
                     Some(r) => (
                         "anchored by its transaction from before the restart",
