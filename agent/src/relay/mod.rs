@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::{Error as ProtoError, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -164,9 +164,14 @@ fn refuse(out: &mut Vec<u8>, r: &Refusal) {
     reply(out, r.code, &r.xcode, &r.text);
 }
 
-async fn serve(
+/// Serves one SMTP connection from `peer` on `stream` to its end: the connection map, the
+/// greeting, the dialogue (commands, DATA, the judgement or stamp, the hand-over to the next
+/// hop) and the last replies. [`run`] calls it for each accepted TCP connection; any byte
+/// stream will do (the fuzz target `relay` drives it over an in-memory pipe). `cancel` asks an
+/// idle session to close with `421 4.3.2`.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     daemon: &Daemon,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
     cancel: &CancellationToken,
 ) {
@@ -234,9 +239,9 @@ impl Conn<'_> {
     /// Reads and answers until the client quits, times out, breaks a limit or the relay shuts
     /// down (not in the middle of DATA). Replies are written before each read, so pipelined
     /// commands are answered together.
-    async fn dialogue(
+    async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         rc: &RelayConfig,
         cancel: &CancellationToken,
     ) {
