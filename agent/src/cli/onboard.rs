@@ -56,7 +56,8 @@ pub(crate) enum OnboardCmd {
 }
 
 fn open_store(cfg: &Config) -> Result<Store> {
-    Store::open(&cfg.store.path).context("set store.path in the config, MAILSTAMP_STORE or --store")
+    Store::connect(&cfg.store, None)
+        .context("set store.path in the config, MAILSTAMP_STORE or --store")
 }
 
 /// The writers to publish: provider.writers, else the writer key's address.
