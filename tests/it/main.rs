@@ -26,3 +26,4 @@ mod postfix;
 mod recover;
 mod relay;
 mod senders;
+mod two_hosts;

@@ -366,7 +366,31 @@ enum Backend {
     /// One connection, one user at a time.
     Sqlite(Mutex<Connection>),
     /// A pool of the sync client: every call takes one connection for its statements.
-    Postgres(r2d2::Pool<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>),
+    Postgres(PgPool),
+}
+
+type Pool = r2d2::Pool<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>;
+
+/// The pool, closed off any tokio runtime: closing a sync client drives its own runtime,
+/// which cannot run on a runtime's worker (a store dropped in async code).
+struct PgPool(Option<Pool>);
+
+impl std::ops::Deref for PgPool {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        // Only `drop` takes it out.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("pool used after drop"))
+    }
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            off_runtime(move || drop(pool));
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -487,6 +511,10 @@ impl Store {
     /// holding an advisory lock, so that hosts starting together wait for the first one and
     /// then find the schema current.
     fn open_postgres(url: &str, busy: Option<Duration>) -> Result<Self> {
+        off_runtime(|| Self::open_postgres_here(url, busy))
+    }
+
+    fn open_postgres_here(url: &str, busy: Option<Duration>) -> Result<Self> {
         let shown = redact(url);
         let mut pg: postgres::Config = url.parse().map_err(|e| {
             err!("store.url `{shown}` is not a PostgreSQL URL ({e}): write postgres://USER:PASSWORD@HOST:PORT/DATABASE")
@@ -539,7 +567,7 @@ impl Store {
         tx.commit()?;
         drop(conn);
         Ok(Self {
-            backend: Backend::Postgres(pool),
+            backend: Backend::Postgres(PgPool(Some(pool))),
             host: crate::util::hostname(),
         })
     }
@@ -587,9 +615,12 @@ impl Store {
     ) -> Result<T> {
         let me = self.clone();
         let started = std::time::Instant::now();
-        let r = tokio::task::spawn_blocking(move || f(&me))
-            .await
-            .map_err(|e| crate::error::err!("store task failed: {e}"))?;
+        let r = tokio::task::spawn_blocking(move || {
+            OFF_RUNTIME.set(true);
+            f(&me)
+        })
+        .await
+        .map_err(|e| crate::error::err!("store task failed: {e}"))?;
         let m = &crate::metrics::METRICS;
         m.store_seconds.observe(started.elapsed().as_secs_f64());
         if r.is_err() {
@@ -599,23 +630,29 @@ impl Store {
     }
 
     /// Runs `f` on one connection, statements outside a transaction.
-    pub(crate) fn run<T>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<T>) -> Result<T> {
+    pub(crate) fn run<T: Send>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T> + Send,
+    ) -> Result<T> {
         match &self.backend {
             Backend::Sqlite(c) => {
                 let c = c.lock().map_err(|_| err!("store lock poisoned"))?;
                 f(&mut Lite(&c))
             }
-            Backend::Postgres(pool) => {
+            Backend::Postgres(pool) => off_runtime(|| {
                 let mut c = self.pg_conn(pool)?;
                 f(&mut Pg(&mut *c))
-            }
+            }),
         }
     }
 
     /// Runs `f` in one write transaction (SQLite: `BEGIN IMMEDIATE`, which waits on the busy
     /// timeout for another writer instead of failing on a stale snapshot), committed when `f`
     /// returns `Ok`, rolled back otherwise.
-    pub(crate) fn tx<T>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<T>) -> Result<T> {
+    pub(crate) fn tx<T: Send>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T> + Send,
+    ) -> Result<T> {
         match &self.backend {
             Backend::Sqlite(c) => {
                 let c = c.lock().map_err(|_| err!("store lock poisoned"))?;
@@ -627,19 +664,19 @@ impl Store {
                 t.commit()?;
                 Ok(v)
             }
-            Backend::Postgres(pool) => {
+            Backend::Postgres(pool) => off_runtime(|| {
                 let mut c = self.pg_conn(pool)?;
                 let mut t = c.transaction()?;
                 let v = f(&mut Pg(&mut t))?;
                 t.commit()?;
                 Ok(v)
-            }
+            }),
         }
     }
 
     fn pg_conn(
         &self,
-        pool: &r2d2::Pool<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>,
+        pool: &Pool,
     ) -> Result<r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>>
     {
         pool.get()
@@ -741,6 +778,26 @@ impl Store {
             .domain(domain)?
             .is_some_and(|r| r.status == DomainStatus::Active))
     }
+}
+
+thread_local! {
+    /// Set on the blocking-pool threads of [`Store::call`]: no runtime is entered there.
+    static OFF_RUNTIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` where the sync PostgreSQL client may block: right here off any tokio runtime
+/// (the blocking pool of [`Store::call`], plain threads), else on a scoped thread of its own —
+/// the client drives its own runtime, which cannot start on a runtime's worker (a CLI
+/// command's or a test's direct store call).
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if OFF_RUNTIME.get() || tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 /// `url` with its password replaced, for messages.

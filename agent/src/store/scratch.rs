@@ -135,7 +135,8 @@ impl Cluster {
         self.server = Some(cmd.spawn().context("starting postgres")?);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if postgres::Client::connect(&self.admin_url(), postgres::NoTls).is_ok() {
+            let url = self.admin_url();
+            if super::off_runtime(|| postgres::Client::connect(&url, postgres::NoTls).is_ok()) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -162,8 +163,12 @@ impl Cluster {
 
     /// A new, empty database; its URL.
     pub fn database(&self, name: &str) -> Result<String> {
-        let mut c = postgres::Client::connect(&self.admin_url(), postgres::NoTls)?;
-        c.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
+        let url = self.admin_url();
+        super::off_runtime(|| -> Result<()> {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+            c.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
+            Ok(())
+        })?;
         Ok(format!(
             "postgres://mailstamp@127.0.0.1:{}/{name}",
             self.port
