@@ -1403,6 +1403,15 @@ mod tests {
         assert_eq!(s.remove_watched(&[("0xw1".into(), WatchKind::Anchor, "0xa0".into())]).unwrap(), 1);
     });
 
+    /// A store on PostgreSQL at `url`, this machine's host name.
+    fn on_pg(url: &str) -> Result<Store> {
+        let cfg = StoreConfig {
+            url: Some(url.to_owned()),
+            ..Default::default()
+        };
+        Store::connect(&cfg, None)
+    }
+
     /// Hosts starting at once migrate once: the advisory lock serialises them and every one
     /// finds the schema current.
     #[test]
@@ -1424,14 +1433,7 @@ mod tests {
             .collect();
         let hosts: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(hosts, ["mx0", "mx1", "mx2", "mx3", "mx4", "mx5"]);
-        let s = Store::connect(
-            &StoreConfig {
-                url: Some(url.clone()),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+        let s = on_pg(&url).unwrap();
         assert_eq!(s.domains().unwrap().len(), 6, "one store shared by all");
         let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         let v: i64 = c
@@ -1446,14 +1448,7 @@ mod tests {
         assert_eq!(n, 1);
         c.batch_execute("UPDATE schema_version SET version = 99")
             .unwrap();
-        let e = Store::connect(
-            &StoreConfig {
-                url: Some(url),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap_err();
+        let e = on_pg(&url).unwrap_err();
         assert!(format!("{e:#}").contains("upgrade mailstamp"), "{e:#}");
     }
 
@@ -1463,28 +1458,14 @@ mod tests {
     fn an_unreachable_postgres_is_an_error_then_recovers() {
         let mut cl = scratch::Cluster::start().unwrap();
         let url = cl.database("outage").unwrap();
-        let s = Store::connect(
-            &StoreConfig {
-                url: Some(url.clone()),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+        let s = on_pg(&url).unwrap();
         s.add_domain("a.example", "acme", 1).unwrap();
         cl.stop();
         let t = std::time::Instant::now();
         let e = s.is_active("a.example").unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-        let _ = format!("{e:#}");
-        let e = Store::connect(
-            &StoreConfig {
-                url: Some(url.clone()),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap_err();
+        assert!(format!("{e:#}").contains("unreachable"), "{e:#}");
+        let e = on_pg(&url).unwrap_err();
         assert!(format!("{e:#}").contains("cannot reach the store"), "{e:#}");
         cl.launch().unwrap();
         let t = std::time::Instant::now();
