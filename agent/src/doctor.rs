@@ -433,29 +433,35 @@ async fn balance_check(
 
 /// The store opens and migrates (on the blocking pool).
 async fn store_check(cfg: &Config, out: &mut Vec<Check>) -> Option<Arc<Store>> {
-    let path = cfg.store.path.clone();
-    let p = path.clone();
-    let opened = tokio::task::spawn_blocking(move || Store::open(&p))
+    let sc = cfg.store.clone();
+    let opened = tokio::task::spawn_blocking(move || Store::connect(&sc, None))
         .await
         .map_err(Error::from)
         .and_then(|r| r);
+    let shared = cfg.store.url.is_some();
     match opened {
         Ok(s) => {
-            out.push(Check::ok(
-                "store",
-                format!("{} opens, schema current", path.display()),
-            ));
+            let detail = if shared {
+                format!(
+                    "PostgreSQL opens, schema current; this host is `{}` among the hosts sharing it: each host has its own writer, and every customer domain's _mailstamp record must list all of them",
+                    s.host()
+                )
+            } else {
+                format!("{} opens, schema current", cfg.store.path.display())
+            };
+            out.push(Check::ok("store", detail));
             Some(Arc::new(s))
         }
         Err(e) => {
-            out.push(Check::fail(
-                "store",
-                format!("{e:#}"),
+            let fix = if shared {
+                "check store.url (postgres://USER:PASSWORD@HOST:PORT/DATABASE), that PostgreSQL runs and that pg_hba.conf lets this host in".to_owned()
+            } else {
                 format!(
                     "make {} a writable file in a writable directory for the user mailstamp runs as, or set store.path / --store",
-                    path.display()
-                ),
-            ));
+                    cfg.store.path.display()
+                )
+            };
+            out.push(Check::fail("store", format!("{e:#}"), fix));
             None
         }
     }

@@ -178,6 +178,8 @@ from_std!(
     std::string::FromUtf8Error,
     std::net::AddrParseError,
     rusqlite::Error,
+    postgres::Error,
+    r2d2::Error,
     toml::de::Error,
     serde_json::Error,
     hex::FromHexError,

@@ -183,6 +183,9 @@ enum Cmd {
     /// and balance, store, each domain's writer record, listen addresses. Exit 0 when every
     /// check passes (warnings allowed), 1 otherwise.
     Doctor(cli::doctor::DoctorArgs),
+    /// The store several hosts share (store.url): list the hosts, take over one that is gone.
+    #[command(subcommand)]
+    Store(cli::store::StoreCmd),
 }
 
 fn main() -> ExitCode {
@@ -322,5 +325,6 @@ async fn run(cli: Cli) -> Result<u8> {
         Cmd::Recover(args) => recover_cmd::run(&cfg, args).await,
         Cmd::Senders(cmd) => people_cmd::senders(&cfg, cmd),
         Cmd::Allowlist(cmd) => people_cmd::allowlist(&cfg, cmd),
+        Cmd::Store(cmd) => cli::store::run(&cfg, cmd),
     }
 }

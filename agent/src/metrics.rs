@@ -56,6 +56,9 @@ pub struct Metrics {
     pub writer_checks: Family<Labels, Counter>,
     /// Store calls' latency.
     pub store_seconds: Histogram,
+    /// Store calls that failed (SQLite busy past its timeout, PostgreSQL unreachable…): the
+    /// callers then go on by the busy-store rules (separate folder, 4xx), never lose mail.
+    pub store_errors: Counter,
     /// SMTP or milter sessions open now, by adapter.
     pub sessions_open: Family<Labels, Gauge>,
 }
@@ -85,6 +88,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         writer_runway_hours: Gauge::default(),
         writer_checks: Family::default(),
         store_seconds: latency(),
+        store_errors: Counter::default(),
         sessions_open: Family::default(),
         registry: Registry::default(),
     };
@@ -167,6 +171,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "store_seconds",
         "Store call latency",
         m.store_seconds.clone(),
+    );
+    registry.register(
+        "store_errors",
+        "Store calls that failed (busy or unreachable store)",
+        m.store_errors.clone(),
     );
     registry.register(
         "sessions_open",

@@ -207,9 +207,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn zone_lines_cover_every_account() {
-        let s = Store::in_memory().unwrap();
+    crate::store::on_both_backends!(fn zone_lines_cover_every_account(s) {
         s.add_domain("c1.example", "acme", 1).unwrap();
         s.add_domain("c2.example", "acme", 1).unwrap();
         s.add_domain("c3.example", "beta", 1).unwrap();
@@ -231,5 +229,5 @@ mod tests {
         assert!(lines.contains(&format!(
             "beta._mailstamp.provider.example. 3600 IN TXT \"v=mailstamp1; w={w:#x}\""
         )));
-    }
+    });
 }

@@ -22,11 +22,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Result, err};
 use alloy::primitives::keccak256;
 use mailstamp_core::mail_parser::{HeaderName, HeaderValue, Host, Message, MessageParser};
 use mailstamp_core::{Envelope, Verdict};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::auth::{AuthOutcome, AuthResult, Authenticator};
@@ -330,20 +329,6 @@ impl std::str::FromStr for RecoveryReason {
     }
 }
 
-impl rusqlite::types::FromSql for RecoveryReason {
-    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        v.as_str()?
-            .parse()
-            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
-    }
-}
-
-impl rusqlite::types::ToSql for RecoveryReason {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
-    }
-}
-
 impl Serialize for RecoveryReason {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -472,23 +457,17 @@ pub struct RecoveryRow {
 impl Store {
     /// The recorded decision on message `id` for `user`.
     pub fn recovery(&self, user: &str, id: &str) -> Result<Option<RecoveryRow>> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT action, reason, sender, applied, learned FROM recoveries
-                 WHERE user = ?1 AND message = ?2",
-                params![user, id],
-                |r| {
-                    Ok(RecoveryRow {
-                        action: r.get(0)?,
-                        reason: r.get(1)?,
-                        sender: r.get(2)?,
-                        applied: r.get::<_, i64>(3)? != 0,
-                        learned: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                    })
-                },
-            )
-            .optional()
-        })
+        self.recovery_record(user, id)?
+            .map(|r| {
+                Ok(RecoveryRow {
+                    action: r.action.parse().map_err(|e| err!("{e}"))?,
+                    reason: r.reason.parse().map_err(|e| err!("{e}"))?,
+                    sender: r.sender,
+                    applied: r.applied,
+                    learned: r.learned,
+                })
+            })
+            .transpose()
     }
 
     /// Records (or replaces) a decision.
@@ -501,56 +480,12 @@ impl Store {
         sender: Option<&str>,
         now: u64,
     ) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO recoveries (user, message, action, reason, sender, applied, decided)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
-                 ON CONFLICT (user, message) DO UPDATE SET action = excluded.action,
-                    reason = excluded.reason, sender = excluded.sender, applied = 0,
-                    decided = excluded.decided",
-                params![user, id, action, reason, sender, now as i64],
-            )
-        })?;
-        Ok(())
-    }
-
-    /// Marks a recorded release as carried out.
-    pub fn recovery_applied(&self, user: &str, id: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE recoveries SET applied = 1 WHERE user = ?1 AND message = ?2",
-                params![user, id],
-            )
-        })?;
-        Ok(())
-    }
-
-    /// Marks a kept message's sender as learned (the user released it by hand).
-    pub fn recovery_learned(&self, user: &str, id: &str, now: u64) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE recoveries SET learned = ?3 WHERE user = ?1 AND message = ?2",
-                params![user, id, now as i64],
-            )
-        })?;
-        Ok(())
+        self.put_recovery(user, id, action.as_str(), reason.as_str(), sender, now)
     }
 
     /// Kept messages of `user` whose sender was not learned yet: id → authenticated sender.
     pub fn kept_unlearned(&self, user: &str) -> Result<BTreeMap<String, Option<String>>> {
-        self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT message, sender FROM recoveries
-                 WHERE user = ?1 AND action = 'keep' AND learned IS NULL",
-            )?;
-            st.query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
-    }
-
-    /// Deletes decisions older than `before` (unix seconds); returns how many.
-    pub fn prune_recoveries(&self, before: u64) -> Result<usize> {
-        self.with(|c| c.execute("DELETE FROM recoveries WHERE decided < ?1", [before as i64]))
+        Ok(self.kept_unlearned_rows(user)?.into_iter().collect())
     }
 }
 
@@ -1113,7 +1048,7 @@ mod tests {
         let s = Store::in_memory().unwrap();
         s.with(|c| {
             c.execute(
-                "INSERT INTO recoveries (user, message, action, reason, applied, decided)
+                "INSERT INTO recoveries (\"user\", message, action, reason, applied, decided)
                  VALUES ('u@b.example', '0x9', 'keep', 'moonphase', 0, 1)",
                 [],
             )
@@ -1123,9 +1058,7 @@ mod tests {
         assert!(e.contains("recovery reason `moonphase`"), "{e}");
     }
 
-    #[test]
-    fn decisions_are_recorded_once_and_pruned() {
-        let s = Store::in_memory().unwrap();
+    crate::store::on_both_backends!(fn decisions_are_recorded_once_and_pruned(s) {
         assert!(s.recovery("u@b.example", "0x1").unwrap().is_none());
         s.record_recovery(
             "u@b.example",
@@ -1157,5 +1090,5 @@ mod tests {
         assert!(s.kept_unlearned("u@b.example").unwrap().is_empty());
         assert_eq!(s.prune_recoveries(15).unwrap(), 1);
         assert!(s.recovery("u@b.example", "0x1").unwrap().is_none());
-    }
+    });
 }

@@ -28,3 +28,4 @@ mod recover;
 mod relay;
 mod senders;
 mod trust;
+mod two_hosts;

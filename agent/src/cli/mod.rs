@@ -9,6 +9,7 @@ pub(crate) mod onboard;
 pub(crate) mod people;
 pub(crate) mod recover;
 pub(crate) mod stamp;
+pub(crate) mod store;
 pub(crate) mod verify;
 
 /// Whether the log lines are JSON (`log.format = "json"`), set once at start.

@@ -56,7 +56,8 @@ pub(crate) enum OnboardCmd {
 }
 
 fn open_store(cfg: &Config) -> Result<Store> {
-    Store::open(&cfg.store.path).context("set store.path in the config, MAILSTAMP_STORE or --store")
+    Store::connect(&cfg.store, None)
+        .context("set store.path in the config, MAILSTAMP_STORE or --store")
 }
 
 /// The writers to publish: provider.writers, else the writer key's address.
@@ -90,7 +91,29 @@ pub(crate) async fn run(cfg: &Config, cmd: OnboardCmd) -> Result<u8> {
         }
         OnboardCmd::Zone => {
             let store = open_store(cfg)?;
-            for line in onboard::zone_lines(p, &store, &writers(cfg)?)? {
+            let writers = writers(cfg)?;
+            // A zone-file comment: the lines stay loadable as they are.
+            println!(
+                "; each mail host has its own writer key: the writer record below must list every host's writer ({} listed now; provider.writers on every host)",
+                writers.len()
+            );
+            if cfg.store.url.is_some() {
+                let hosts: Vec<String> = store
+                    .hosts()?
+                    .into_iter()
+                    .map(|h| h.0)
+                    .filter(|h| !h.is_empty())
+                    .collect();
+                println!(
+                    "; hosts sharing this store that have journalled batches or stamps: {}",
+                    if hosts.is_empty() {
+                        "none yet".to_owned()
+                    } else {
+                        hosts.join(", ")
+                    }
+                );
+            }
+            for line in onboard::zone_lines(p, &store, &writers)? {
                 println!("{line}");
             }
             Ok(0)

@@ -94,7 +94,8 @@ pub(crate) enum AllowlistCmd {
 }
 
 fn open_store(cfg: &Config) -> Result<Store> {
-    Store::open(&cfg.store.path).context("set store.path in the config, MAILSTAMP_STORE or --store")
+    Store::connect(&cfg.store, None)
+        .context("set store.path in the config, MAILSTAMP_STORE or --store")
 }
 
 fn user_arg(u: &str) -> Result<String> {

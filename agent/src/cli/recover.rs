@@ -186,7 +186,7 @@ pub(crate) async fn run(cfg: &Config, a: RecoverArgs) -> Result<u8> {
         }
     }
     // A dry run reads the store (earlier decisions, lists) but writes nothing to it.
-    let store = Store::open(&cfg.store.path)
+    let store = Store::connect(&cfg.store, None)
         .context("recover reads the lists in the store (store.path / --store)")?;
     let r = Recoverer::new(cfg, store).await?;
     let opts = Options {

@@ -112,7 +112,7 @@ pub(crate) async fn batched(
     env: &Envelope,
     resume: bool,
 ) -> Result<u8> {
-    let store = Store::open(&cfg.store.path)
+    let store = Store::connect(&cfg.store, None)
         .context("batched mode journals in the store (store.path / --store)")?;
     let signer = keys::load(&cfg.writer, keystore)?;
     let chain = Chain::connect(&cfg.chain, cfg.registry()?, Some(signer)).await?;

@@ -222,14 +222,23 @@ impl Default for ProviderConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The SQLite file.
+    /// The SQLite file (the default backend: one host).
     pub path: PathBuf,
+    /// A shared PostgreSQL store for several hosts (`postgres://USER:PASSWORD@HOST/DB`);
+    /// when set, `path` is not used.
+    pub url: Option<String>,
+    /// This host's name among the hosts sharing the store: the batch and watch journal rows
+    /// it writes carry it, and it recovers only those. Default: the host name. Give every
+    /// host its own, and keep it when the host is rebuilt.
+    pub host: Option<String>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("/var/lib/mailstamp/state.sqlite"),
+            url: None,
+            host: None,
         }
     }
 }

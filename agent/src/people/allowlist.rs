@@ -15,12 +15,11 @@
 //! is reported, never trusted, unless an operator of a closed domain raises its weight.
 
 use crate::error::Result;
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
-use serde::Serialize;
 
 use crate::config::{AllowlistConfig, PartialMatch};
 use crate::people::{FromIdentity, MatchKind};
-use crate::store::Store;
+pub use crate::store::{AllowlistEntry, EntryState};
+use crate::store::{OutboundEntry, Store};
 
 impl AllowlistConfig {
     /// Seconds of idleness after which an entry expires.
@@ -36,61 +35,6 @@ impl AllowlistConfig {
             MatchKind::PartialDomain => self.weight_domain,
         }
     }
-}
-
-/// Partial (we wrote to them) or complete (they wrote back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryState {
-    /// Created by outbound mail only.
-    Partial,
-    /// The correspondent wrote back (authenticated).
-    Complete,
-}
-
-crate::store::stored_enum!(EntryState, "allowlist state", {
-    Partial => "partial",
-    Complete => "complete",
-});
-
-/// One allowlist entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AllowlistEntry {
-    /// Our user (lower case address).
-    pub user: String,
-    /// The correspondent's address (lower case).
-    pub address: String,
-    /// Its domain.
-    pub domain: String,
-    /// The display name last seen for it, if any.
-    pub display_name: Option<String>,
-    /// Partial or complete.
-    pub state: EntryState,
-    /// First traffic (unix seconds).
-    pub first_seen: u64,
-    /// Last traffic (unix seconds).
-    pub last_seen: u64,
-    /// Stamped messages our user sent to it.
-    pub sent: u64,
-    /// Authenticated messages it sent our user.
-    pub received: u64,
-}
-
-const COLS: &str =
-    "user, address, domain, display_name, state, first_seen, last_seen, sent, received";
-
-fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AllowlistEntry> {
-    Ok(AllowlistEntry {
-        user: r.get(0)?,
-        address: r.get(1)?,
-        domain: r.get(2)?,
-        display_name: r.get(3)?,
-        state: r.get(4)?,
-        first_seen: r.get::<_, i64>(5)? as u64,
-        last_seen: r.get::<_, i64>(6)? as u64,
-        sent: r.get::<_, i64>(7)? as u64,
-        received: r.get::<_, i64>(8)? as u64,
-    })
 }
 
 fn clean_name(n: Option<&str>) -> Option<String> {
@@ -114,37 +58,14 @@ pub fn record_outbound(
     }
     let user = user.to_ascii_lowercase();
     let name = clean_name(to.display_name.as_deref());
-    let cutoff = now.saturating_sub(cfg.idle_secs()) as i64;
-    store.with(|c| {
-        // One write transaction (BEGIN IMMEDIATE: waits on the busy timeout for another
-        // writer, never fails on a stale snapshot).
-        let c = Transaction::new_unchecked(c, TransactionBehavior::Immediate)?;
-        c.execute("DELETE FROM allowlist WHERE last_seen < ?1", [cutoff])?;
-        c.execute(
-            "INSERT INTO allowlist (user, address, domain, display_name, state, first_seen, last_seen, sent, received)
-             VALUES (?1, ?2, ?3, ?4, 'partial', ?5, ?5, 1, 0)
-             ON CONFLICT (user, address) DO UPDATE SET
-                last_seen = MAX(last_seen, excluded.last_seen),
-                sent = sent + 1,
-                display_name = COALESCE(excluded.display_name, display_name)",
-            params![user, to.address, to.domain, name, now as i64],
-        )?;
-        // The cap: drop the least recently seen beyond it (counted first: the sort runs
-        // only when a new entry took the user over the cap).
-        let n: i64 = c.query_row(
-            "SELECT COUNT(*) FROM allowlist WHERE user = ?1",
-            [&user],
-            |r| r.get(0),
-        )?;
-        if n > cfg.max_per_user as i64 {
-            c.execute(
-                "DELETE FROM allowlist WHERE user = ?1 AND address IN (
-                    SELECT address FROM allowlist WHERE user = ?1
-                    ORDER BY last_seen DESC, address LIMIT -1 OFFSET ?2)",
-                params![user, cfg.max_per_user as i64],
-            )?;
-        }
-        c.commit()
+    store.allowlist_outbound(&OutboundEntry {
+        user: &user,
+        address: &to.address,
+        domain: &to.domain,
+        display_name: name.as_deref(),
+        now,
+        cutoff: now.saturating_sub(cfg.idle_secs()),
+        max_per_user: cfg.max_per_user as u64,
     })
 }
 
@@ -161,23 +82,13 @@ pub fn complete(
     if !cfg.enabled {
         return Ok(false);
     }
-    let cutoff = now.saturating_sub(cfg.idle_secs()) as i64;
-    let n = store.with(|c| {
-        c.execute(
-            "UPDATE allowlist SET state = 'complete', received = received + 1,
-                last_seen = MAX(last_seen, ?3),
-                display_name = COALESCE(?4, display_name)
-             WHERE user = ?1 AND address = ?2 AND last_seen >= ?5",
-            params![
-                user.to_ascii_lowercase(),
-                from.address,
-                now as i64,
-                clean_name(from.display_name.as_deref()),
-                cutoff
-            ],
-        )
-    })?;
-    Ok(n > 0)
+    store.allowlist_complete(
+        &user.to_ascii_lowercase(),
+        &from.address,
+        clean_name(from.display_name.as_deref()).as_deref(),
+        now,
+        now.saturating_sub(cfg.idle_secs()),
+    )
 }
 
 /// The best live (not expired) entry of `user` matching `from`, and how it matched: the exact
@@ -195,29 +106,11 @@ pub fn lookup(
         return Ok(None);
     }
     let user = user.to_ascii_lowercase();
-    let cutoff = now.saturating_sub(cfg.idle_secs()) as i64;
-    let exact = store.with(|c| {
-        c.query_row(
-            &format!(
-                "SELECT {COLS} FROM allowlist WHERE user = ?1 AND address = ?2 AND last_seen >= ?3"
-            ),
-            params![user, from.address, cutoff],
-            entry,
-        )
-        .optional()
-    })?;
-    if let Some(e) = exact {
+    let cutoff = now.saturating_sub(cfg.idle_secs());
+    if let Some(e) = store.allowlist_exact(&user, &from.address, cutoff)? {
         return Ok(Some((e, MatchKind::Full)));
     }
-    let same_domain = store.with(|c| {
-        let mut st = c.prepare(&format!(
-            "SELECT {COLS} FROM allowlist WHERE user = ?1 AND domain = ?2 AND last_seen >= ?3
-               AND state = 'complete'
-             ORDER BY last_seen DESC"
-        ))?;
-        st.query_map(params![user, from.domain, cutoff], entry)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-    })?;
+    let same_domain = store.allowlist_complete_at(&user, &from.domain, cutoff)?;
     let name = clean_name(from.display_name.as_deref());
     for p in [PartialMatch::NameDomain, PartialMatch::Domain] {
         if !cfg.partial.contains(&p) {
@@ -246,45 +139,25 @@ pub fn lookup(
 
 /// Deletes entries idle longer than `expire_days`; returns how many.
 pub fn expire(store: &Store, cfg: &AllowlistConfig, now: u64) -> Result<usize> {
-    let cutoff = now.saturating_sub(cfg.idle_secs()) as i64;
-    store.with(|c| c.execute("DELETE FROM allowlist WHERE last_seen < ?1", [cutoff]))
+    store.allowlist_expire(now.saturating_sub(cfg.idle_secs()))
 }
 
 /// Entries of `user` (all users' with `None`), by user then most recent first.
 pub fn list(store: &Store, user: Option<&str>) -> Result<Vec<AllowlistEntry>> {
     let user = user.map(str::to_ascii_lowercase);
-    store.with(|c| {
-        let mut st = c.prepare(&format!(
-            "SELECT {COLS} FROM allowlist WHERE ?1 IS NULL OR user = ?1
-             ORDER BY user, last_seen DESC, address"
-        ))?;
-        st.query_map([user], entry)?.collect()
-    })
+    store.allowlist_entries(user.as_deref())
 }
 
 /// One entry.
 pub fn show(store: &Store, user: &str, address: &str) -> Result<Option<AllowlistEntry>> {
-    store.with(|c| {
-        c.query_row(
-            &format!("SELECT {COLS} FROM allowlist WHERE user = ?1 AND address = ?2"),
-            params![user.to_ascii_lowercase(), address.to_ascii_lowercase()],
-            entry,
-        )
-        .optional()
-    })
+    store.allowlist_entry(&user.to_ascii_lowercase(), &address.to_ascii_lowercase())
 }
 
 /// Forgets one correspondent of `user` (or, with `None`, every entry of `user`); returns how
 /// many entries went.
 pub fn forget(store: &Store, user: &str, address: Option<&str>) -> Result<usize> {
-    let user = user.to_ascii_lowercase();
-    store.with(|c| match address {
-        Some(a) => c.execute(
-            "DELETE FROM allowlist WHERE user = ?1 AND address = ?2",
-            params![user, a.to_ascii_lowercase()],
-        ),
-        None => c.execute("DELETE FROM allowlist WHERE user = ?1", [user]),
-    })
+    let address = address.map(str::to_ascii_lowercase);
+    store.allowlist_forget(&user.to_ascii_lowercase(), address.as_deref())
 }
 
 #[cfg(test)]
@@ -295,9 +168,7 @@ mod tests {
         FromIdentity::new(a, n).unwrap()
     }
 
-    #[test]
-    fn outbound_creates_inbound_completes_idle_expires() {
-        let s = Store::in_memory().unwrap();
+    crate::store::on_both_backends!(fn outbound_creates_inbound_completes_idle_expires(s) {
         let cfg = AllowlistConfig::default();
         let ann = id("Ann@A.example", Some("Ann Lee"));
         record_outbound(&s, &cfg, "me@ours.example", &ann, 100).unwrap();
@@ -366,11 +237,9 @@ mod tests {
         assert!(!complete(&s, &cfg, "me@ours.example", &ann, later).unwrap());
         assert_eq!(expire(&s, &cfg, later).unwrap(), 1);
         assert!(list(&s, None).unwrap().is_empty());
-    }
+    });
 
-    #[test]
-    fn the_cap_drops_the_least_recently_seen() {
-        let s = Store::in_memory().unwrap();
+    crate::store::on_both_backends!(fn the_cap_drops_the_least_recently_seen(s) {
         let cfg = AllowlistConfig {
             max_per_user: 2,
             ..AllowlistConfig::default()
@@ -392,7 +261,7 @@ mod tests {
             1
         );
         assert_eq!(forget(&s, "me@ours.example", None).unwrap(), 1);
-    }
+    });
 
     #[test]
     fn partial_matches_are_not_trusted_by_default() {

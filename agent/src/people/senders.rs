@@ -6,44 +6,14 @@
 //! From domain ([`crate::inbound::decide`] applies that rule).
 
 use crate::error::{Result, bail};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::people::{normalise_address, normalise_domain};
 use crate::store::Store;
+pub use crate::store::{SenderKind, SenderRow};
 
 /// Most authorised senders one user may have (bounded growth; `senders add` refuses more).
 pub const MAX_PER_USER: usize = 10_000;
-
-/// What an authorised-sender entry names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SenderKind {
-    /// One address.
-    Address,
-    /// Every address at a domain.
-    Domain,
-}
-
-crate::store::stored_enum!(SenderKind, "authorised-sender kind", {
-    Address => "address",
-    Domain => "domain",
-});
-
-/// One authorised sender of a user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SenderRow {
-    /// The local user (lower case address).
-    pub user: String,
-    /// The address or domain (lower case).
-    pub pattern: String,
-    /// Address or domain.
-    pub kind: SenderKind,
-    /// When it was added (unix seconds).
-    pub added: u64,
-    /// Free text (where it came from).
-    pub note: Option<String>,
-}
 
 /// Parses an entry as an operator writes it: an address, a domain, or `@domain`.
 pub fn parse_pattern(p: &str) -> Result<(String, SenderKind)> {
@@ -76,58 +46,34 @@ impl Store {
     ) -> Result<bool> {
         let user = normalise_address(user).map_err(|e| crate::error::err!("--user: {e}"))?;
         let (pattern, kind) = parse_pattern(pattern)?;
-        let count: i64 = self.with(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM senders WHERE user = ?1",
-                [&user],
-                |r| r.get(0),
-            )
-        })?;
-        let n = self.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO senders (user, pattern, kind, added, note)
-                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE ?6 < ?7",
-                params![
-                    user,
-                    pattern,
-                    kind.as_str(),
-                    now as i64,
-                    note,
-                    count,
-                    MAX_PER_USER as i64
-                ],
-            )
-        })?;
-        if n == 0 && count >= MAX_PER_USER as i64 && self.sender(&user, &pattern)?.is_none() {
+        let count = self.sender_count(&user)?;
+        if count >= MAX_PER_USER as u64 {
+            if self.sender(&user, &pattern)?.is_some() {
+                return Ok(false);
+            }
             bail!(
                 "{user} already has {MAX_PER_USER} authorised senders (the cap); remove some or authorise whole domains"
             );
         }
-        Ok(n > 0)
+        self.insert_sender(&SenderRow {
+            user,
+            pattern,
+            kind,
+            added: now,
+            note: note.map(str::to_owned),
+        })
     }
 
     /// One entry.
     pub fn sender(&self, user: &str, pattern: &str) -> Result<Option<SenderRow>> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT user, pattern, kind, added, note FROM senders WHERE user = ?1 AND pattern = ?2",
-                params![user, pattern],
-                sender_row,
-            )
-            .optional()
-        })
+        self.sender_row(user, pattern)
     }
 
     /// Removes an entry; false if it was not there.
     pub fn remove_sender(&self, user: &str, pattern: &str) -> Result<bool> {
         let user = normalise_address(user).map_err(|e| crate::error::err!("--user: {e}"))?;
         let (pattern, _) = parse_pattern(pattern)?;
-        Ok(self.with(|c| {
-            c.execute(
-                "DELETE FROM senders WHERE user = ?1 AND pattern = ?2",
-                params![user, pattern],
-            )
-        })? > 0)
+        self.delete_sender(&user, &pattern)
     }
 
     /// A user's entries (every user's when `user` is `None`), by user then pattern.
@@ -135,13 +81,7 @@ impl Store {
         let user = user
             .map(|u| normalise_address(u).map_err(|e| crate::error::err!("--user: {e}")))
             .transpose()?;
-        self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT user, pattern, kind, added, note FROM senders
-                 WHERE ?1 IS NULL OR user = ?1 ORDER BY user, pattern",
-            )?;
-            st.query_map([user], sender_row)?.collect()
-        })
+        self.sender_rows(user.as_deref())
     }
 
     /// The entry authorising `address` (lower case) for `user`: the address itself first,
@@ -211,16 +151,6 @@ pub fn import(
     Ok(sum)
 }
 
-fn sender_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SenderRow> {
-    Ok(SenderRow {
-        user: r.get(0)?,
-        pattern: r.get(1)?,
-        kind: r.get(2)?,
-        added: r.get::<_, i64>(3)? as u64,
-        note: r.get(4)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,9 +179,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn addresses_and_domains_authorise() {
-        let s = Store::in_memory().unwrap();
+    crate::store::on_both_backends!(fn addresses_and_domains_authorise(s) {
         assert!(
             s.add_sender("alice@ours.example", "ann@a.example", None, 1)
                 .unwrap()
@@ -304,5 +232,5 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-    }
+    });
 }

@@ -195,10 +195,8 @@ pub const SESSION_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 /// Opens the store for the sessions' people lists (authorised senders, allowlist): its own
 /// connection — not the one batches are written through, which keeps SQLite's 5 s — with
 /// [`SESSION_BUSY_TIMEOUT`].
-pub fn open_people_store(path: &std::path::Path) -> Result<Arc<Store>> {
-    let store = Store::open(path)?;
-    store.with(|c| c.busy_timeout(SESSION_BUSY_TIMEOUT))?;
-    Ok(Arc::new(store))
+pub fn open_people_store(cfg: &crate::config::StoreConfig) -> Result<Arc<Store>> {
+    Ok(Arc::new(Store::connect(cfg, Some(SESSION_BUSY_TIMEOUT))?))
 }
 
 /// Runs `f` (store work) on the blocking pool ([`Store::call`]); `None` (logged) when it does

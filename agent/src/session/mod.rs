@@ -104,11 +104,11 @@ impl Daemon {
                     // Provider mode already opened the same file.
                     Some(st) => st.clone(),
                     None => {
-                        let path = s.cfg.store.path.clone();
-                        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+                        let cfg = s.cfg.store.clone();
+                        let store = tokio::task::spawn_blocking(move || Store::connect(&cfg, None))
                             .await
                             .map_err(|e| err!("opening the store: {e}"))?
-                            .context("the batch and watch journals need the store (store.path)")?;
+                            .context("the batch and watch journals need the store (store.path or store.url)")?;
                         Arc::new(store)
                     }
                 })

@@ -43,7 +43,7 @@ impl Settings {
         // Authorised senders and the allowlist (issue 5): the same file, their own connection
         // with a short busy timeout (super::message::open_people_store).
         let (people, authenticator) = if cfg.inbound.enabled {
-            let store = super::message::open_people_store(&cfg.store.path).context(
+            let store = super::message::open_people_store(&cfg.store).context(
                 "inbound.enabled needs the store (store.path / --store); set inbound.enabled = false to go without",
             )?;
             let auth = Authenticator::new(&cfg.dns, &authserv_id)?;

@@ -65,7 +65,7 @@ impl StampContext {
     /// the store). Build it once and reuse it: it holds the resolver and its cache.
     pub fn from_config(cfg: &Config) -> Result<Self> {
         let active_only = if cfg.provider.enabled {
-            let store = Store::open(&cfg.store.path)
+            let store = Store::connect(&cfg.store, None)
                 .context("provider mode needs the store (store.path / --store)")?;
             Some(Arc::new(store))
         } else {

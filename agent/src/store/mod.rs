@@ -1,17 +1,35 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! The agent's durable local state in SQLite (rusqlite, bundled): one file, WAL journal so
-//! milter sessions can read while one writes, a busy timeout instead of "database is locked",
-//! and schema migrations keyed by `PRAGMA user_version`. This module owns the schema (later
-//! features add migrations at the end of [`MIGRATIONS`], never edit earlier ones), the one way
-//! async code reaches it ([`Store::call`]: the blocking pool) and the one string mapping of
-//! every enum kept in it (`stored_enum!`: an unknown stored word is an error).
+//! The agent's durable state, in one of two backends behind one interface ([`Store`]):
+//! SQLite (rusqlite, bundled; the default, embedded: one file, WAL journal so milter sessions
+//! can read while one writes, a busy timeout instead of "database is locked", migrations keyed
+//! by `PRAGMA user_version`) or PostgreSQL (`store.url = "postgres://…"`: one database shared
+//! by several MX hosts, a small r2d2 pool of the sync `postgres` client per host, migrations
+//! counted in a `schema_version` table and run under a transaction-scoped advisory lock, so
+//! hosts starting at once migrate once). Every operation is written once in the SQL both
+//! speak ([`sql`]); the two schemas are kept equivalent, migration for migration.
+//!
+//! This module owns the schema (later features add migrations at the end of
+//! [`MIGRATIONS`] and [`PG_MIGRATIONS`], never edit earlier ones), every statement run on it
+//! (the people lists and recovery decisions in [`people`]), the one way async code reaches it
+//! ([`Store::call`]: the blocking pool), the one string mapping of every enum kept in it
+//! (`stored_enum!`: an unknown stored word is an error) and which rows are whose: domains,
+//! authorised senders, the allowlist and recovery decisions are shared by every host of a
+//! store; the daemon batch journal and the watch journal name their host ([`Store::host`]),
+//! and each host recovers only its own until `mailstamp store takeover` hands a dead host's
+//! rows to another.
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use crate::error::{Context, Result, bail};
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::config::StoreConfig;
+use crate::error::{Context, Result, bail, err};
+use rusqlite::Connection;
 use serde::Serialize;
+use sql::{Lite, Pg, Sql, vals};
+
+pub mod scratch;
+pub(crate) mod sql;
 
 /// Schema migrations, applied in order; `user_version` counts how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -132,7 +150,121 @@ const MIGRATIONS: &[&str] = &[
     // got their headers when it closed, before its anchor was mined. Such a batch is anchored
     // whatever stamp.pending_on_restart says, and retried until it is: never dropped.
     "ALTER TABLE daemon_batches ADD COLUMN released INTEGER NOT NULL DEFAULT 0;",
+    // 8: several hosts on one store (issue 17): the batch and watch journals name the host
+    // (`store.host`) whose daemon wrote them; each host recovers and watches only its own.
+    // '' is a row from before: whichever host reads the store owns it (a SQLite store has
+    // one host).
+    "ALTER TABLE daemon_batches ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE watched ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    CREATE INDEX daemon_batches_host ON daemon_batches (host, state);",
 ];
+
+/// The same schema in PostgreSQL, migration for migration ([`MIGRATIONS`] says what each is
+/// for): INTEGER is BIGINT (every integer crosses as 64 bits), BLOB is BYTEA, and the two
+/// journals that SQLite orders by its implicit rowid have a `seq` BIGSERIAL for the same
+/// tie-break. `"user"` is quoted: it is a reserved word in PostgreSQL.
+const PG_MIGRATIONS: &[&str] = &[
+    "CREATE TABLE domains (
+        domain   TEXT PRIMARY KEY,
+        account  TEXT NOT NULL,
+        status   TEXT NOT NULL CHECK (status IN ('pending', 'active')),
+        added    BIGINT NOT NULL,
+        verified BIGINT
+    );
+    CREATE INDEX domains_account ON domains (account);",
+    "CREATE TABLE batches (
+        batch_id TEXT PRIMARY KEY,
+        root     TEXT NOT NULL,
+        size     BIGINT NOT NULL,
+        spool    TEXT NOT NULL,
+        out_dir  TEXT NOT NULL,
+        state    TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+        tx       TEXT,
+        created  BIGINT NOT NULL
+    );",
+    "CREATE TABLE senders (
+        \"user\"  TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        kind    TEXT NOT NULL CHECK (kind IN ('address', 'domain')),
+        added   BIGINT NOT NULL,
+        note    TEXT,
+        PRIMARY KEY (\"user\", pattern)
+    );
+    CREATE TABLE allowlist (
+        \"user\"       TEXT NOT NULL,
+        address      TEXT NOT NULL,
+        domain       TEXT NOT NULL,
+        display_name TEXT,
+        state        TEXT NOT NULL CHECK (state IN ('partial', 'complete')),
+        first_seen   BIGINT NOT NULL,
+        last_seen    BIGINT NOT NULL,
+        sent         BIGINT NOT NULL DEFAULT 0,
+        received     BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (\"user\", address)
+    );
+    CREATE INDEX allowlist_domain ON allowlist (\"user\", domain);
+    CREATE INDEX allowlist_last_seen ON allowlist (last_seen);",
+    "CREATE TABLE recoveries (
+        \"user\"   TEXT NOT NULL,
+        message  TEXT NOT NULL,
+        action   TEXT NOT NULL CHECK (action IN ('release', 'keep')),
+        reason   TEXT NOT NULL,
+        sender   TEXT,
+        applied  BIGINT NOT NULL DEFAULT 0,
+        learned  BIGINT,
+        decided  BIGINT NOT NULL,
+        PRIMARY KEY (\"user\", message)
+    );
+    CREATE INDEX recoveries_decided ON recoveries (decided);",
+    "CREATE TABLE daemon_batches (
+        batch_id TEXT PRIMARY KEY,
+        state    TEXT NOT NULL CHECK (state IN ('open', 'closed', 'anchored', 'dropped')),
+        root     TEXT,
+        size     BIGINT,
+        tx       TEXT,
+        sent     TEXT NOT NULL DEFAULT '',
+        owner    TEXT NOT NULL DEFAULT '',
+        note     TEXT,
+        created  BIGINT NOT NULL,
+        updated  BIGINT NOT NULL,
+        seq      BIGSERIAL NOT NULL
+    );
+    CREATE INDEX daemon_batches_state ON daemon_batches (state);
+    CREATE TABLE daemon_leaves (
+        batch_id   TEXT NOT NULL REFERENCES daemon_batches (batch_id),
+        leaf       BIGINT NOT NULL,
+        commitment TEXT NOT NULL,
+        PRIMARY KEY (batch_id, leaf)
+    );",
+    "CREATE TABLE watched (
+        writer     TEXT NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('stamp', 'anchor')),
+        key        TEXT NOT NULL,
+        chain_id   BIGINT NOT NULL,
+        registry   TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        size       BIGINT NOT NULL,
+        tx         TEXT NOT NULL,
+        raw        BYTEA NOT NULL,
+        nonce      BIGINT NOT NULL,
+        block      BIGINT,
+        block_hash TEXT,
+        owner      TEXT NOT NULL,
+        resent     BIGINT NOT NULL DEFAULT 0,
+        since      BIGINT NOT NULL,
+        seq        BIGSERIAL NOT NULL,
+        PRIMARY KEY (writer, kind, key)
+    );
+    CREATE INDEX watched_owner ON watched (owner, chain_id, registry, writer);",
+    "ALTER TABLE daemon_batches ADD COLUMN released BIGINT NOT NULL DEFAULT 0;",
+    "ALTER TABLE daemon_batches ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE watched ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    CREATE INDEX daemon_batches_host ON daemon_batches (host, state);",
+];
+
+/// The advisory lock key PostgreSQL migrations run under (any fixed 64-bit number; this is
+/// "mailstmp" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6d61_696c_7374_6d70;
 
 pub use watched::{WatchKind, WatchedRow};
 
@@ -150,9 +282,8 @@ pub struct UnknownValue {
 }
 
 /// Declares the one string mapping of an enum kept in the store: `as_str` (also what is
-/// printed, and its `Display`), `FromStr` (an unknown word is an [`UnknownValue`]), and
-/// rusqlite's `ToSql` and
-/// `FromSql`, so that a column can only be read back into a variant or fail.
+/// printed, and its `Display`) and `FromStr` (an unknown word is an [`UnknownValue`]), so
+/// that a column can only be read back into a variant or fail ([`sql::Row::word`]).
 macro_rules! stored_enum {
     ($t:ty, $what:literal, { $($v:ident => $s:literal),+ $(,)? }) => {
         impl $t {
@@ -186,35 +317,97 @@ macro_rules! stored_enum {
             }
         }
 
-        impl rusqlite::types::FromSql for $t {
-            fn column_result(
-                v: rusqlite::types::ValueRef<'_>,
-            ) -> rusqlite::types::FromSqlResult<Self> {
-                v.as_str()?
-                    .parse()
-                    .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
-            }
-        }
-
-        impl rusqlite::types::ToSql for $t {
-            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-                Ok(self.as_str().into())
-            }
-        }
     };
 }
 pub(crate) use stored_enum;
 
-/// The state store.
+/// Declares a store test run on both backends, the same body: `NAME::sqlite` (in memory) and
+/// `NAME::postgres` (a fresh database on the process's scratch cluster, [`scratch`]).
+#[cfg(test)]
+macro_rules! on_both_backends {
+    ($(#[$m:meta])* fn $name:ident($s:ident) $body:block) => {
+        $(#[$m])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn sqlite() {
+                let $s = $crate::store::Store::in_memory().unwrap();
+                $body
+            }
+
+            #[test]
+            fn postgres() {
+                let $s = $crate::store::Store::connect(
+                    &$crate::config::StoreConfig {
+                        url: Some($crate::store::scratch::shared::database()),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .unwrap();
+                $body
+            }
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use on_both_backends;
+
+/// The state store: one SQLite connection, or a pool of PostgreSQL connections, and the
+/// host this agent is among the hosts sharing it.
 pub struct Store {
-    conn: Mutex<Connection>,
+    backend: Backend,
+    host: String,
+}
+
+enum Backend {
+    /// One connection, one user at a time.
+    Sqlite(Mutex<Connection>),
+    /// A pool of the sync client: every call takes one connection for its statements.
+    Postgres(PgPool),
+}
+
+type Pool = r2d2::Pool<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>;
+
+/// The pool, closed off any tokio runtime: closing a sync client drives its own runtime,
+/// which cannot run on a runtime's worker (a store dropped in async code).
+struct PgPool(Option<Pool>);
+
+impl std::ops::Deref for PgPool {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        // Only `drop` takes it out.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("pool used after drop"))
+    }
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            off_runtime(move || drop(pool));
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("backend", &self.backend_name())
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
 }
+
+/// How long a call waits for a pooled PostgreSQL connection, and a new connection for the
+/// server, before failing as an outage (the callers' rules for a busy store apply then).
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connections one host keeps to PostgreSQL at most (milter sessions, batcher, watch).
+const PG_POOL_SIZE: u32 = 8;
 
 /// Onboarding state of a customer domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -228,8 +421,13 @@ pub enum DomainStatus {
 
 stored_enum!(DomainStatus, "domain status", { Pending => "pending", Active => "active" });
 
-// After the macro: the watch journal's kind is a stored enum too.
+// After the macro: the watch journal's kind and the people lists' words are stored enums too.
+pub mod people;
 mod watched;
+
+pub use people::{
+    AllowlistEntry, EntryState, OutboundEntry, RecoveryRecord, SenderKind, SenderRow,
+};
 
 /// One customer domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -247,7 +445,27 @@ pub struct DomainRow {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    /// Opens the store `cfg` names: PostgreSQL when `store.url` is set, else the SQLite file
+    /// `store.path`; brings its schema up to date. `busy`: how long one statement may wait
+    /// for another writer (SQLite's busy timeout, PostgreSQL's `statement_timeout` and lock
+    /// wait), `None` for the default 5 s.
+    pub fn connect(cfg: &StoreConfig, busy: Option<Duration>) -> Result<Self> {
+        let host = cfg.host.clone().unwrap_or_else(crate::util::hostname);
+        let mut store = match &cfg.url {
+            Some(url) => Self::open_postgres(url, busy)?,
+            None => {
+                let s = Self::open(&cfg.path)?;
+                if let Some(b) = busy {
+                    s.set_busy_timeout(b)?;
+                }
+                s
+            }
+        };
+        store.host = host;
+        Ok(store)
+    }
+
+    /// Opens (creating if needed) the SQLite store at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -258,13 +476,13 @@ impl Store {
         Self::init(conn).with_context(|| format!("store {}", path.display()))
     }
 
-    /// A store in memory (tests, dry runs).
+    /// A SQLite store in memory (tests, dry runs).
     pub fn in_memory() -> Result<Self> {
         Self::init(Connection::open_in_memory()?)
     }
 
     fn init(mut conn: Connection) -> Result<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
         // WAL for files; an in-memory database answers "memory", which is fine.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -284,36 +502,198 @@ impl Store {
             tx.commit()?;
         }
         Ok(Self {
-            conn: Mutex::new(conn),
+            backend: Backend::Sqlite(Mutex::new(conn)),
+            host: crate::util::hostname(),
         })
     }
 
+    /// Connects to PostgreSQL at `url` and migrates: every migration in one transaction
+    /// holding an advisory lock, so that hosts starting together wait for the first one and
+    /// then find the schema current.
+    fn open_postgres(url: &str, busy: Option<Duration>) -> Result<Self> {
+        off_runtime(|| Self::open_postgres_here(url, busy))
+    }
+
+    fn open_postgres_here(url: &str, busy: Option<Duration>) -> Result<Self> {
+        let shown = redact(url);
+        let mut pg: postgres::Config = url.parse().map_err(|e| {
+            err!("store.url `{shown}` is not a PostgreSQL URL ({e}): write postgres://USER:PASSWORD@HOST:PORT/DATABASE")
+        })?;
+        pg.connect_timeout(PG_CONNECT_TIMEOUT);
+        let busy_ms = busy.unwrap_or(Duration::from_secs(5)).as_millis();
+        // A statement waits for another host's row lock at most this long: the same rule as
+        // SQLite's busy timeout (the callers then go on without the store, or defer).
+        pg.options(&format!(
+            "-c statement_timeout={} -c lock_timeout={busy_ms}",
+            busy_ms.max(1000) * 2
+        ));
+        let manager = r2d2_postgres::PostgresConnectionManager::new(pg, postgres::NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(PG_POOL_SIZE)
+            .min_idle(Some(0))
+            .connection_timeout(PG_CONNECT_TIMEOUT)
+            .build(manager)
+            .map_err(|e| err!("cannot reach the store {shown}: {e}; check store.url and that PostgreSQL is running and accepts this host"))?;
+        let mut conn = pool
+            .get()
+            .map_err(|e| err!("cannot reach the store {shown}: {e}; check store.url and that PostgreSQL is running and accepts this host"))?;
+        let mut tx = conn.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+        let version: Option<i64> = tx
+            .query_opt("SELECT version FROM schema_version", &[])?
+            .map(|r| r.get(0));
+        let version = match version {
+            Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
+            None => {
+                tx.execute("INSERT INTO schema_version (version) VALUES (0)", &[])?;
+                0
+            }
+        };
+        if version > PG_MIGRATIONS.len() {
+            bail!(
+                "the store {shown} has schema version {version}, newer than this agent knows ({}): upgrade mailstamp on this host",
+                PG_MIGRATIONS.len()
+            );
+        }
+        for (i, m) in PG_MIGRATIONS.iter().enumerate().skip(version) {
+            tx.batch_execute(m)
+                .with_context(|| format!("store {shown}: schema migration {}", i + 1))?;
+        }
+        tx.execute(
+            "UPDATE schema_version SET version = $1",
+            &[&(PG_MIGRATIONS.len() as i64)],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        Ok(Self {
+            backend: Backend::Postgres(PgPool(Some(pool))),
+            host: crate::util::hostname(),
+        })
+    }
+
+    /// This host's name among the hosts sharing the store (`store.host`, by default the
+    /// host name): the batch and watch journals' rows it writes carry it.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The same store as another host (tests and the benchmark: two agents on one machine).
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// `sqlite` or `postgresql`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// How long one statement may wait for another writer (see [`Store::connect`]); for
+    /// PostgreSQL it is fixed when the pool is made, so this only applies to SQLite.
+    pub fn set_busy_timeout(&self, busy: Duration) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(c) => {
+                let c = c.lock().map_err(|_| err!("store lock poisoned"))?;
+                c.busy_timeout(busy)?;
+                Ok(())
+            }
+            Backend::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Runs `f` with this store on tokio's blocking pool, never on a runtime worker: SQLite may
-    /// wait for another writer's lock (up to its busy timeout) or for an fsync. Every store
-    /// call made from async code goes through here.
+    /// wait for another writer's lock (up to its busy timeout) or for an fsync, PostgreSQL for
+    /// the network. Every store call made from async code goes through here. A failure is
+    /// counted (`store_errors_total`) and logged by the caller.
     pub async fn call<T: Send + 'static>(
         self: &std::sync::Arc<Self>,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let me = self.clone();
         let started = std::time::Instant::now();
-        let r = tokio::task::spawn_blocking(move || f(&me))
-            .await
-            .map_err(|e| crate::error::err!("store task failed: {e}"))?;
-        crate::metrics::METRICS
-            .store_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let r = tokio::task::spawn_blocking(move || {
+            OFF_RUNTIME.set(true);
+            f(&me)
+        })
+        .await
+        .map_err(|e| crate::error::err!("store task failed: {e}"))?;
+        let m = &crate::metrics::METRICS;
+        m.store_seconds.observe(started.elapsed().as_secs_f64());
+        if r.is_err() {
+            m.store_errors.inc();
+        }
         r
     }
 
-    /// Runs `f` on the connection (one user at a time). The per-feature modules (senders,
-    /// allowlist) keep their SQL next to their logic and go through this.
+    /// Runs `f` on one connection, statements outside a transaction.
+    pub(crate) fn run<T: Send>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T> + Send,
+    ) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(c) => {
+                let c = c.lock().map_err(|_| err!("store lock poisoned"))?;
+                f(&mut Lite(&c))
+            }
+            Backend::Postgres(pool) => off_runtime(|| {
+                let mut c = self.pg_conn(pool)?;
+                f(&mut Pg(&mut *c))
+            }),
+        }
+    }
+
+    /// Runs `f` in one write transaction (SQLite: `BEGIN IMMEDIATE`, which waits on the busy
+    /// timeout for another writer instead of failing on a stale snapshot), committed when `f`
+    /// returns `Ok`, rolled back otherwise.
+    pub(crate) fn tx<T: Send>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T> + Send,
+    ) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(c) => {
+                let c = c.lock().map_err(|_| err!("store lock poisoned"))?;
+                let t = rusqlite::Transaction::new_unchecked(
+                    &c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let v = f(&mut Lite(&t))?;
+                t.commit()?;
+                Ok(v)
+            }
+            Backend::Postgres(pool) => off_runtime(|| {
+                let mut c = self.pg_conn(pool)?;
+                let mut t = c.transaction()?;
+                let v = f(&mut Pg(&mut t))?;
+                t.commit()?;
+                Ok(v)
+            }),
+        }
+    }
+
+    fn pg_conn(
+        &self,
+        pool: &Pool,
+    ) -> Result<r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>>
+    {
+        pool.get()
+            .map_err(|e| err!("the store (PostgreSQL) is unreachable: {e}"))
+    }
+
+    /// Runs `f` on the SQLite connection itself (tests that hold the lock or write past a
+    /// constraint).
+    #[cfg(test)]
     pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| crate::error::err!("store lock poisoned"))?;
-        Ok(f(&conn)?)
+        match &self.backend {
+            Backend::Sqlite(c) => {
+                let c = c.lock().map_err(|_| err!("store lock poisoned"))?;
+                Ok(f(&c)?)
+            }
+            Backend::Postgres(_) => bail!("a SQLite-only test ran on PostgreSQL"),
+        }
     }
 
     /// Adds `domain` for `account` as pending. Adding it again for the same account returns the
@@ -328,21 +708,32 @@ impl Store {
             }
             return Ok(row);
         }
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO domains (domain, account, status, added) VALUES (?1, ?2, 'pending', ?3)",
-                params![domain, account, now as i64],
+        self.run(|c| {
+            c.exec(
+                "INSERT INTO domains (domain, account, status, added) VALUES (?1, ?2, 'pending', ?3)
+                 ON CONFLICT (domain) DO NOTHING",
+                vals![domain, account, now],
             )
         })?;
-        self.domain(domain)?.context("row just inserted is missing")
+        let row = self
+            .domain(domain)?
+            .context("row just inserted is missing")?;
+        if row.account != account {
+            // Another host added it for another account meanwhile.
+            bail!(
+                "{domain} is already onboarded for account {}; remove it first (`mailstamp onboard remove {domain}`)",
+                row.account
+            );
+        }
+        Ok(row)
     }
 
     /// Marks `domain` active as of `now`.
     pub fn set_active(&self, domain: &str, now: u64) -> Result<()> {
-        let n = self.with(|c| {
-            c.execute(
+        let n = self.run(|c| {
+            c.exec(
                 "UPDATE domains SET status = 'active', verified = ?2 WHERE domain = ?1",
-                params![domain, now as i64],
+                vals![domain, now],
             )
         })?;
         if n == 0 {
@@ -353,29 +744,32 @@ impl Store {
 
     /// One domain.
     pub fn domain(&self, domain: &str) -> Result<Option<DomainRow>> {
-        self.with(|c| {
-            c.query_row(
+        self.run(|c| {
+            c.query_opt(
                 "SELECT domain, account, status, added, verified FROM domains WHERE domain = ?1",
-                [domain],
-                row,
-            )
-            .optional()
+                vals![domain],
+            )?
+            .map(|r| domain_row(&r))
+            .transpose()
         })
     }
 
     /// Every domain, by account then name.
     pub fn domains(&self) -> Result<Vec<DomainRow>> {
-        self.with(|c| {
-            let mut st = c.prepare(
+        self.run(|c| {
+            c.query(
                 "SELECT domain, account, status, added, verified FROM domains ORDER BY account, domain",
-            )?;
-            st.query_map([], row)?.collect()
+                &[],
+            )?
+            .iter()
+            .map(domain_row)
+            .collect()
         })
     }
 
     /// Removes `domain`; false if it was not there.
     pub fn remove_domain(&self, domain: &str) -> Result<bool> {
-        Ok(self.with(|c| c.execute("DELETE FROM domains WHERE domain = ?1", [domain]))? > 0)
+        Ok(self.run(|c| c.exec("DELETE FROM domains WHERE domain = ?1", vals![domain]))? > 0)
     }
 
     /// Whether mail for `domain` may be processed (onboarded and verified).
@@ -384,6 +778,50 @@ impl Store {
             .domain(domain)?
             .is_some_and(|r| r.status == DomainStatus::Active))
     }
+}
+
+thread_local! {
+    /// Set on the blocking-pool threads of [`Store::call`]: no runtime is entered there.
+    static OFF_RUNTIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` where the sync PostgreSQL client may block: right here off any tokio runtime
+/// (the blocking pool of [`Store::call`], plain threads), else on a scoped thread of its own —
+/// the client drives its own runtime, which cannot start on a runtime's worker (a CLI
+/// command's or a test's direct store call).
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if OFF_RUNTIME.get() || tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// `url` with its password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn domain_row(r: &sql::Row) -> Result<DomainRow> {
+    Ok(DomainRow {
+        domain: r.text(0)?,
+        account: r.text(1)?,
+        status: r.word(2)?,
+        added: r.u64(3)?,
+        verified: r.opt_u64(4)?,
+    })
 }
 
 /// A batch in the journal.
@@ -406,11 +844,11 @@ pub struct BatchRow {
 impl Store {
     /// Journals a batch as pending (its messages already spooled).
     pub fn add_batch(&self, b: &BatchRow, now: u64) -> Result<()> {
-        self.with(|c| {
-            c.execute(
+        self.run(|c| {
+            c.exec(
                 "INSERT INTO batches (batch_id, root, size, spool, out_dir, state, created)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
-                params![b.batch_id, b.root, b.size, b.spool, b.out_dir, now as i64],
+                vals![&b.batch_id, &b.root, b.size, &b.spool, &b.out_dir, now],
             )
         })?;
         Ok(())
@@ -418,31 +856,33 @@ impl Store {
 
     /// Batches not finished yet, oldest first.
     pub fn pending_batches(&self) -> Result<Vec<BatchRow>> {
-        self.with(|c| {
-            let mut st = c.prepare(
+        self.run(|c| {
+            c.query(
                 "SELECT batch_id, root, size, spool, out_dir, tx FROM batches
                  WHERE state = 'pending' ORDER BY created, batch_id",
-            )?;
-            st.query_map([], |r| {
+                &[],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(BatchRow {
-                    batch_id: r.get(0)?,
-                    root: r.get(1)?,
-                    size: r.get(2)?,
-                    spool: r.get(3)?,
-                    out_dir: r.get(4)?,
-                    tx: r.get(5)?,
+                    batch_id: r.text(0)?,
+                    root: r.text(1)?,
+                    size: r.u32(2)?,
+                    spool: r.text(3)?,
+                    out_dir: r.text(4)?,
+                    tx: r.opt_text(5)?,
                 })
-            })?
+            })
             .collect()
         })
     }
 
     /// Marks a batch finished (anchored and its messages delivered).
     pub fn finish_batch(&self, batch_id: &str, tx: Option<&str>) -> Result<()> {
-        self.with(|c| {
-            c.execute(
+        self.run(|c| {
+            c.exec(
                 "UPDATE batches SET state = 'done', tx = COALESCE(?2, tx) WHERE batch_id = ?1",
-                params![batch_id, tx],
+                vals![batch_id, tx],
             )
         })?;
         Ok(())
@@ -506,16 +946,18 @@ pub struct DaemonBatchRow {
     /// Its messages got their headers when it closed (`stamp.release = "closed"`): it must be
     /// anchored, whatever `stamp.pending_on_restart` says.
     pub released: bool,
+    /// The host whose daemon journals it (`''`: written before hosts were recorded).
+    pub host: String,
 }
 
 impl Store {
-    /// Journals a new, empty daemon batch of `owner` (the daemon that opened it).
+    /// Journals a new, empty daemon batch of `owner` (the daemon that opened it) on this host.
     pub fn open_daemon_batch(&self, batch_id: &str, owner: &str, now: u64) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO daemon_batches (batch_id, state, owner, created, updated)
-                 VALUES (?1, 'open', ?2, ?3, ?3)",
-                params![batch_id, owner, now as i64],
+        self.run(|c| {
+            c.exec(
+                "INSERT INTO daemon_batches (batch_id, state, owner, host, created, updated)
+                 VALUES (?1, 'open', ?2, ?3, ?4, ?4)",
+                vals![batch_id, owner, &self.host, now],
             )
         })?;
         Ok(())
@@ -524,12 +966,12 @@ impl Store {
     /// Journals leaf number `leaf` of a batch; refused unless the batch is `open` (a closed
     /// batch's root is fixed, and a recovered one is no longer anyone's to fill).
     pub fn add_daemon_leaf(&self, batch_id: &str, leaf: u32, commitment: &str) -> Result<()> {
-        let n = self.with(|c| {
-            c.execute(
+        let n = self.run(|c| {
+            c.exec(
                 "INSERT INTO daemon_leaves (batch_id, leaf, commitment)
-                 SELECT ?1, ?2, ?3 WHERE EXISTS
+                 SELECT CAST(?1 AS TEXT), CAST(?2 AS BIGINT), CAST(?3 AS TEXT) WHERE EXISTS
                    (SELECT 1 FROM daemon_batches WHERE batch_id = ?1 AND state = 'open')",
-                params![batch_id, leaf, commitment],
+                vals![batch_id, leaf, commitment],
             )
         })?;
         if n == 0 {
@@ -540,11 +982,11 @@ impl Store {
 
     /// Journals an anchor transaction of a batch, before it is broadcast.
     pub fn add_daemon_sent(&self, batch_id: &str, tx: &str, now: u64) -> Result<()> {
-        let n = self.with(|c| {
-            c.execute(
-                "UPDATE daemon_batches SET sent = trim(sent || ' ' || ?2), updated = ?3
+        let n = self.run(|c| {
+            c.exec(
+                "UPDATE daemon_batches SET sent = trim(sent || ' ' || CAST(?2 AS TEXT)), updated = ?3
                  WHERE batch_id = ?1",
-                params![batch_id, tx, now as i64],
+                vals![batch_id, tx, now],
             )
         })?;
         if n == 0 {
@@ -604,19 +1046,20 @@ impl Store {
             note,
             released,
         } = *u;
-        let n = self.with(|c| {
-            c.execute(
+        let n = self.run(|c| {
+            c.exec(
                 "UPDATE daemon_batches SET state = ?2, root = COALESCE(?3, root),
                  size = COALESCE(?4, size), tx = COALESCE(?5, tx), note = COALESCE(?6, note),
-                 released = MAX(released, ?8), updated = ?7 WHERE batch_id = ?1",
-                params![
+                 released = CASE WHEN ?8 <> 0 THEN 1 ELSE released END, updated = ?7
+                 WHERE batch_id = ?1",
+                vals![
                     batch_id,
                     state.as_str(),
                     root,
                     size,
                     tx,
                     note,
-                    now as i64,
+                    now,
                     released
                 ],
             )
@@ -628,89 +1071,117 @@ impl Store {
     }
 
     /// Deletes the `anchored` and `dropped` daemon batches last changed before `before`
-    /// (unix seconds), with their leaves; how many batches went. Pending ones are kept
-    /// whatever their age.
+    /// (unix seconds), with their leaves, whichever host's; how many batches went. Pending
+    /// ones are kept whatever their age.
     pub fn prune_daemon_batches(&self, before: u64) -> Result<usize> {
-        self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            tx.execute(
+        self.tx(|c| {
+            c.exec(
                 "DELETE FROM daemon_leaves WHERE batch_id IN (SELECT batch_id FROM daemon_batches
                  WHERE state IN ('anchored', 'dropped') AND updated < ?1)",
-                params![before as i64],
+                vals![before],
             )?;
-            let n = tx.execute(
+            let n = c.exec(
                 "DELETE FROM daemon_batches WHERE state IN ('anchored', 'dropped') AND updated < ?1",
-                params![before as i64],
+                vals![before],
             )?;
-            tx.commit()?;
-            Ok(n)
+            Ok(n as usize)
         })
     }
 
-    /// The daemon batches of `owner` in `states`, oldest first, with their leaves.
+    /// The daemon batches of `owner` on this host in `states`, oldest first, with their
+    /// leaves (rows from before hosts were recorded count as this host's).
     pub fn daemon_batches_of(
         &self,
         owner: &str,
         states: &[DaemonBatchState],
     ) -> Result<Vec<DaemonBatchRow>> {
         let mut rows = self.daemon_batches(states)?;
-        rows.retain(|r| r.owner == owner);
+        rows.retain(|r| r.owner == owner && (r.host == self.host || r.host.is_empty()));
         Ok(rows)
     }
 
-    /// Daemon batches in `states` (every owner's), oldest first, with their leaves.
+    /// Daemon batches in `states` (every owner's, every host's), oldest first, with their
+    /// leaves.
     pub fn daemon_batches(&self, states: &[DaemonBatchState]) -> Result<Vec<DaemonBatchRow>> {
-        let wanted: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-        self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT batch_id, state, root, size, tx, note, sent, owner, released
+        self.run(|c| {
+            let rows = c.query(
+                "SELECT batch_id, state, root, size, tx, note, sent, owner, released, host
                  FROM daemon_batches
                  ORDER BY created, rowid",
+                &[],
             )?;
-            let rows: Vec<DaemonBatchRow> = st
-                .query_map([], |r| {
-                    Ok(DaemonBatchRow {
-                        batch_id: r.get(0)?,
-                        state: r.get(1)?,
-                        root: r.get(2)?,
-                        size: r.get(3)?,
-                        tx: r.get(4)?,
-                        note: r.get(5)?,
-                        sent: r
-                            .get::<_, String>(6)?
-                            .split_whitespace()
-                            .map(str::to_owned)
-                            .collect(),
-                        owner: r.get(7)?,
-                        leaves: Vec::new(),
-                        released: r.get(8)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut leaves = c.prepare(
-                "SELECT commitment FROM daemon_leaves WHERE batch_id = ?1 ORDER BY leaf",
-            )?;
-            rows.into_iter()
-                .filter(|r| wanted.contains(&r.state.as_str()))
-                .map(|mut r| {
-                    r.leaves = leaves
-                        .query_map([&r.batch_id], |x| x.get(0))?
-                        .collect::<rusqlite::Result<_>>()?;
-                    Ok(r)
-                })
-                .collect()
+            let mut out = Vec::new();
+            for r in &rows {
+                let state: DaemonBatchState = r.word(1)?;
+                if !states.contains(&state) {
+                    continue;
+                }
+                let batch_id = r.text(0)?;
+                let leaves = c
+                    .query(
+                        "SELECT commitment FROM daemon_leaves WHERE batch_id = ?1 ORDER BY leaf",
+                        vals![&batch_id],
+                    )?
+                    .iter()
+                    .map(|l| l.text(0))
+                    .collect::<Result<_>>()?;
+                out.push(DaemonBatchRow {
+                    batch_id,
+                    state,
+                    root: r.opt_text(2)?,
+                    size: r.opt_u32(3)?,
+                    tx: r.opt_text(4)?,
+                    note: r.opt_text(5)?,
+                    sent: r.text(6)?.split_whitespace().map(str::to_owned).collect(),
+                    owner: r.text(7)?,
+                    leaves,
+                    released: r.flag(8)?,
+                    host: r.text(9)?,
+                });
+            }
+            Ok(out)
         })
     }
-}
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRow> {
-    Ok(DomainRow {
-        domain: r.get(0)?,
-        account: r.get(1)?,
-        status: r.get(2)?,
-        added: r.get::<_, i64>(3)? as u64,
-        verified: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-    })
+    /// Hands every pending daemon batch (`open`, `closed`) and every watched write of host
+    /// `from` to this host, in one transaction, so that this host's daemons recover and watch
+    /// them as their own (`mailstamp store takeover --from HOST`, for a host that is gone).
+    /// How many batches and watched writes moved. Taking over from oneself is refused.
+    pub fn take_over(&self, from: &str) -> Result<(usize, usize)> {
+        if from == self.host {
+            bail!(
+                "--from {from} is this host (store.host): name the host that is gone, as `mailstamp store hosts` lists it"
+            );
+        }
+        self.tx(|c| {
+            let b = c.exec(
+                "UPDATE daemon_batches SET host = ?2 WHERE host = ?1 AND state IN ('open', 'closed')",
+                vals![from, &self.host],
+            )?;
+            let w = c.exec(
+                "UPDATE watched SET host = ?2 WHERE host = ?1",
+                vals![from, &self.host],
+            )?;
+            Ok((b as usize, w as usize))
+        })
+    }
+
+    /// Every host with rows in the journals: name, pending batches, watched writes.
+    pub fn hosts(&self) -> Result<Vec<(String, u64, u64)>> {
+        self.run(|c| {
+            c.query(
+                "SELECT host, CAST(SUM(pending) AS BIGINT), CAST(SUM(watched) AS BIGINT) FROM (
+                   SELECT host, CASE WHEN state IN ('open', 'closed') THEN 1 ELSE 0 END AS pending,
+                          0 AS watched FROM daemon_batches
+                   UNION ALL SELECT host, 0, 1 FROM watched) AS j
+                 GROUP BY host ORDER BY host",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.u64(1)?, r.u64(2)?)))
+            .collect()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -771,15 +1242,13 @@ mod tests {
         let s = Store::in_memory().unwrap();
         for v in DaemonBatchState::ALL {
             let back: DaemonBatchState = s
-                .with(|c| c.query_row("SELECT ?1", [v], |r| r.get(0)))
+                .run(|c| c.query_one("SELECT ?1", vals![v.as_str()])?.word(0))
                 .unwrap();
             assert_eq!(back, *v);
         }
     }
 
-    #[test]
-    fn domains_go_from_pending_to_active_and_belong_to_one_account() {
-        let s = Store::in_memory().unwrap();
+    crate::store::on_both_backends!(fn domains_go_from_pending_to_active_and_belong_to_one_account(s) {
         let r = s.add_domain("c1.example", "acme", 10).unwrap();
         assert_eq!(r.status, DomainStatus::Pending);
         assert!(!s.is_active("c1.example").unwrap());
@@ -797,12 +1266,10 @@ mod tests {
         assert_eq!(s.domains().unwrap().len(), 1);
         assert!(s.remove_domain("c1.example").unwrap());
         assert!(!s.remove_domain("c1.example").unwrap());
-    }
+    });
 
-    #[test]
-    fn daemon_batches_go_from_open_to_anchored_or_dropped_with_their_leaves() {
+    crate::store::on_both_backends!(fn daemon_batches_go_from_open_to_anchored_or_dropped_with_their_leaves(s) {
         use DaemonBatchState::*;
-        let s = Store::in_memory().unwrap();
         s.open_daemon_batch("0xb1", "milter inet:a", 1).unwrap();
         s.add_daemon_leaf("0xb1", 0, "0xc0").unwrap();
         s.add_daemon_leaf("0xb1", 1, "0xc1").unwrap();
@@ -877,10 +1344,163 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].batch_id, "0xold");
         assert_eq!(left[0].leaves, ["0xc9"]);
-        let orphans: i64 = s
-            .with(|c| c.query_row("SELECT count(*) FROM daemon_leaves", [], |r| r.get(0)))
+        let orphans = s
+            .run(|c| c.query_one("SELECT count(*) FROM daemon_leaves", &[])?.int(0))
             .unwrap();
         assert_eq!(orphans, 1, "the pruned batches' leaves went with them");
+    });
+
+    crate::store::on_both_backends!(fn each_host_sees_its_own_journal_until_a_takeover(s) {
+        use DaemonBatchState::*;
+        let s = s.with_host("mx1");
+        s.open_daemon_batch("0xa1", "milter inet:a", 1).unwrap();
+        s.add_daemon_leaf("0xa1", 0, "0xc0").unwrap();
+        let w = WatchedRow {
+            writer: "0xw1".into(),
+            kind: WatchKind::Anchor,
+            key: "0xa0".into(),
+            chain_id: 31337,
+            registry: "0xr".into(),
+            value: "0xv".into(),
+            size: 2,
+            tx: "0xt".into(),
+            raw: vec![0, 1, 255],
+            nonce: 7,
+            block: Some((9, "0xh".into())),
+            owner: "milter inet:a".into(),
+            resent: 0,
+            since: 5,
+        };
+        s.add_watched(&w).unwrap();
+        assert_eq!(s.watched_of("milter inet:a", 31337, "0xr", "0xw1").unwrap(), std::slice::from_ref(&w));
+        // The same row again replaces it.
+        let mut w2 = w.clone();
+        w2.block = None;
+        w2.resent = 1;
+        s.add_watched(&w2).unwrap();
+        assert_eq!(s.watched().unwrap(), [w2.clone()]);
+        // Another host on the same store: same owner string, none of mx1's rows.
+        let s = s.with_host("mx2");
+        assert!(s.daemon_batches_of("milter inet:a", &[Open, Closed]).unwrap().is_empty());
+        assert!(s.watched_of("milter inet:a", 31337, "0xr", "0xw1").unwrap().is_empty());
+        s.open_daemon_batch("0xb1", "milter inet:a", 2).unwrap();
+        let all = s.daemon_batches(&[Open]).unwrap();
+        assert_eq!(
+            all.iter().map(|r| (r.batch_id.as_str(), r.host.as_str())).collect::<Vec<_>>(),
+            [("0xa1", "mx1"), ("0xb1", "mx2")]
+        );
+        assert_eq!(
+            s.hosts().unwrap(),
+            [("mx1".to_owned(), 1, 1), ("mx2".to_owned(), 1, 0)]
+        );
+        assert!(s.take_over("mx2").is_err(), "not from oneself");
+        assert_eq!(s.take_over("mx1").unwrap(), (1, 1));
+        let mine = s.daemon_batches_of("milter inet:a", &[Open, Closed]).unwrap();
+        assert_eq!(mine.len(), 2, "mx1's pending batch is mx2's now");
+        assert_eq!(mine[0].leaves, ["0xc0"]);
+        assert_eq!(s.watched_of("milter inet:a", 31337, "0xr", "0xw1").unwrap(), [w2]);
+        assert_eq!(s.take_over("mx1").unwrap(), (0, 0), "nothing left");
+        assert_eq!(s.remove_watched(&[("0xw1".into(), WatchKind::Anchor, "0xa0".into())]).unwrap(), 1);
+    });
+
+    /// A store on PostgreSQL at `url`, this machine's host name.
+    fn on_pg(url: &str) -> Result<Store> {
+        let cfg = StoreConfig {
+            url: Some(url.to_owned()),
+            ..Default::default()
+        };
+        Store::connect(&cfg, None)
+    }
+
+    /// Hosts starting at once migrate once: the advisory lock serialises them and every one
+    /// finds the schema current.
+    #[test]
+    fn hosts_starting_together_migrate_one_schema() {
+        let url = scratch::shared::database();
+        let threads: Vec<_> = (0..6)
+            .map(|i| {
+                let cfg = StoreConfig {
+                    url: Some(url.clone()),
+                    host: Some(format!("mx{i}")),
+                    ..Default::default()
+                };
+                std::thread::spawn(move || {
+                    let s = Store::connect(&cfg, None).unwrap();
+                    s.add_domain(&format!("d{i}.example"), "acme", 1).unwrap();
+                    s.host().to_owned()
+                })
+            })
+            .collect();
+        let hosts: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(hosts, ["mx0", "mx1", "mx2", "mx3", "mx4", "mx5"]);
+        let s = on_pg(&url).unwrap();
+        assert_eq!(s.domains().unwrap().len(), 6, "one store shared by all");
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let v: i64 = c
+            .query_one("SELECT version FROM schema_version", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(v as usize, PG_MIGRATIONS.len());
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM schema_version", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+        c.batch_execute("UPDATE schema_version SET version = 99")
+            .unwrap();
+        let e = on_pg(&url).unwrap_err();
+        assert!(format!("{e:#}").contains("upgrade mailstamp"), "{e:#}");
+    }
+
+    /// PostgreSQL gone: every call fails quickly with an error saying so, none hangs or panics,
+    /// and the store works again once the server is back.
+    #[test]
+    fn an_unreachable_postgres_is_an_error_then_recovers() {
+        let mut cl = scratch::Cluster::start().unwrap();
+        let url = cl.database("outage").unwrap();
+        let s = on_pg(&url).unwrap();
+        s.add_domain("a.example", "acme", 1).unwrap();
+        cl.stop();
+        let t = std::time::Instant::now();
+        let e = s.is_active("a.example").unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert!(format!("{e:#}").contains("unreachable"), "{e:#}");
+        let e = on_pg(&url).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot reach the store"), "{e:#}");
+        cl.launch().unwrap();
+        let t = std::time::Instant::now();
+        let back = loop {
+            match s.domain("a.example") {
+                Ok(d) => break d,
+                Err(_) if t.elapsed() < Duration::from_secs(15) => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => panic!("the store did not come back: {e:#}"),
+            }
+        };
+        assert_eq!(back.unwrap().account, "acme");
+    }
+
+    #[test]
+    fn a_password_is_never_shown() {
+        assert_eq!(
+            redact("postgres://ms:secret@db.example/ms"),
+            "postgres://ms:***@db.example/ms"
+        );
+        assert_eq!(
+            redact("postgres://db.example/ms"),
+            "postgres://db.example/ms"
+        );
+        let e = Store::connect(
+            &StoreConfig {
+                url: Some("postgres://ms:secret@127.0.0.1:1/ms".into()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("127.0.0.1:1") && !e.contains("secret"), "{e}");
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! The watch journal (migration 6): every stamp and anchor a daemon recorded, until it is
 //! final (`stamping::watch`).
 
-use rusqlite::{Row, params};
 use serde::Serialize;
 
 use super::Store;
+use super::sql::{Row, vals};
 use crate::error::Result;
 
 /// What a watched write recorded.
@@ -57,62 +57,71 @@ pub struct WatchedRow {
 const COLUMNS: &str = "writer, kind, key, chain_id, registry, value, size, tx, raw, nonce, block,
                  block_hash, owner, resent, since";
 
-fn watched_row(r: &Row<'_>) -> rusqlite::Result<WatchedRow> {
-    let block: Option<i64> = r.get(10)?;
-    let hash: Option<String> = r.get(11)?;
+fn watched_row(r: &Row) -> Result<WatchedRow> {
+    let block = r.opt_u64(10)?;
+    let hash = r.opt_text(11)?;
     Ok(WatchedRow {
-        writer: r.get(0)?,
-        kind: r.get(1)?,
-        key: r.get(2)?,
-        chain_id: r.get::<_, i64>(3)? as u64,
-        registry: r.get(4)?,
-        value: r.get(5)?,
-        size: r.get(6)?,
-        tx: r.get(7)?,
-        raw: r.get(8)?,
-        nonce: r.get::<_, i64>(9)? as u64,
-        block: block.zip(hash).map(|(b, h)| (b as u64, h)),
-        owner: r.get(12)?,
-        resent: r.get(13)?,
-        since: r.get::<_, i64>(14)? as u64,
+        writer: r.text(0)?,
+        kind: r.word(1)?,
+        key: r.text(2)?,
+        chain_id: r.u64(3)?,
+        registry: r.text(4)?,
+        value: r.text(5)?,
+        size: r.u32(6)?,
+        tx: r.text(7)?,
+        raw: r.blob(8)?,
+        nonce: r.u64(9)?,
+        block: block.zip(hash),
+        owner: r.text(12)?,
+        resent: r.u32(13)?,
+        since: r.u64(14)?,
     })
 }
 
 impl Store {
-    /// Journals a write to watch (replacing an earlier row of the same writer, kind and key).
+    /// Journals a write to watch, on this host (replacing an earlier row of the same writer,
+    /// kind and key).
     pub fn add_watched(&self, w: &WatchedRow) -> Result<()> {
         let (block, hash) = match &w.block {
-            Some((b, h)) => (Some(*b as i64), Some(h.as_str())),
+            Some((b, h)) => (Some(*b), Some(h.as_str())),
             None => (None, None),
         };
-        self.with(|c| {
-            c.execute(
-                "INSERT OR REPLACE INTO watched (writer, kind, key, chain_id, registry, value, size,
-                 tx, raw, nonce, block, block_hash, owner, resent, since)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                params![
-                    w.writer,
-                    w.kind,
-                    w.key,
-                    w.chain_id as i64,
-                    w.registry,
-                    w.value,
+        self.run(|c| {
+            c.exec(
+                "INSERT INTO watched (writer, kind, key, chain_id, registry, value, size,
+                 tx, raw, nonce, block, block_hash, owner, resent, since, host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 ON CONFLICT (writer, kind, key) DO UPDATE SET chain_id = excluded.chain_id,
+                   registry = excluded.registry, value = excluded.value, size = excluded.size,
+                   tx = excluded.tx, raw = excluded.raw, nonce = excluded.nonce,
+                   block = excluded.block, block_hash = excluded.block_hash,
+                   owner = excluded.owner, resent = excluded.resent, since = excluded.since,
+                   host = excluded.host",
+                vals![
+                    &w.writer,
+                    w.kind.as_str(),
+                    &w.key,
+                    w.chain_id,
+                    &w.registry,
+                    &w.value,
                     w.size,
-                    w.tx,
-                    w.raw,
-                    w.nonce as i64,
+                    &w.tx,
+                    w.raw.as_slice(),
+                    w.nonce,
                     block,
                     hash,
-                    w.owner,
+                    &w.owner,
                     w.resent,
-                    w.since as i64
+                    w.since,
+                    &self.host
                 ],
             )
         })?;
         Ok(())
     }
 
-    /// The writes `owner` watches on (`chain_id`, `registry`) for `writer`, oldest first.
+    /// The writes `owner` watches on (`chain_id`, `registry`) for `writer` on this host,
+    /// oldest first.
     pub fn watched_of(
         &self,
         owner: &str,
@@ -120,27 +129,32 @@ impl Store {
         registry: &str,
         writer: &str,
     ) -> Result<Vec<WatchedRow>> {
-        self.with(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM watched
-                 WHERE owner = ?1 AND chain_id = ?2 AND registry = ?3 AND writer = ?4
-                 ORDER BY since, rowid"
-            ))?;
-            st.query_map(
-                params![owner, chain_id as i64, registry, writer],
-                watched_row,
+        self.run(|c| {
+            c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM watched
+                     WHERE owner = ?1 AND chain_id = ?2 AND registry = ?3 AND writer = ?4
+                       AND (host = ?5 OR host = '')
+                     ORDER BY since, rowid"
+                ),
+                vals![owner, chain_id, registry, writer, &self.host],
             )?
+            .iter()
+            .map(watched_row)
             .collect()
         })
     }
 
-    /// Every watched write (all owners), oldest first: `doctor` and tests.
+    /// Every watched write (all owners, all hosts), oldest first: `doctor` and tests.
     pub fn watched(&self) -> Result<Vec<WatchedRow>> {
-        self.with(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM watched ORDER BY since, rowid"
-            ))?;
-            st.query_map([], watched_row)?.collect()
+        self.run(|c| {
+            c.query(
+                &format!("SELECT {COLUMNS} FROM watched ORDER BY since, rowid"),
+                &[],
+            )?
+            .iter()
+            .map(watched_row)
+            .collect()
         })
     }
 
@@ -149,18 +163,15 @@ impl Store {
         if done.is_empty() {
             return Ok(0);
         }
-        self.with(|c| {
-            let tx = c.unchecked_transaction()?;
+        self.tx(|c| {
             let mut n = 0;
-            {
-                let mut st =
-                    tx.prepare("DELETE FROM watched WHERE writer = ?1 AND kind = ?2 AND key = ?3")?;
-                for (w, k, key) in done {
-                    n += st.execute(params![w, k, key])?;
-                }
+            for (w, k, key) in done {
+                n += c.exec(
+                    "DELETE FROM watched WHERE writer = ?1 AND kind = ?2 AND key = ?3",
+                    vals![w, k.as_str(), key],
+                )?;
             }
-            tx.commit()?;
-            Ok(n)
+            Ok(n as usize)
         })
     }
 }
