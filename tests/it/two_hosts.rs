@@ -227,6 +227,28 @@ async fn two_hosts_share_the_lists_and_a_store_outage_loses_nothing() {
     })
     .await
     .unwrap();
+    let back = std::time::Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let out = play(
+            mx2.addr,
+            OTHER_IP,
+            "carol@c.example",
+            &["bob@b.example"],
+            &reply,
+        )
+        .await;
+        if out.folder().as_deref() == Some("INBOX") {
+            break;
+        }
+        assert!(
+            back.elapsed().as_secs() < 30,
+            "the running milter never recovered: {out:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!("recovered after {tries} tries, {:?}", back.elapsed());
     let (ok, text) = cli(&mx2.config, &["store", "hosts"]);
     assert!(ok && text.contains("mx2\tpending batches 1"), "{text}");
     drop(pg);
