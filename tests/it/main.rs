@@ -29,3 +29,4 @@ mod relay;
 mod senders;
 mod trust;
 mod two_hosts;
+mod two_postfix;

@@ -82,10 +82,16 @@ pub(crate) struct MilterProc {
 
 impl MilterProc {
     pub(crate) fn start(config: &Path, key: Option<&str>, log: PathBuf) -> Self {
+        Self::start_at(config, key, log, "inet:127.0.0.1:0")
+    }
+
+    /// As [`MilterProc::start`], listening on `listen` (a fixed address: a restarted milter
+    /// is the same batch owner).
+    pub(crate) fn start_at(config: &Path, key: Option<&str>, log: PathBuf, listen: &str) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailstamp"));
         cmd.arg("--config")
             .arg(config)
-            .args(["milter", "--listen", "inet:127.0.0.1:0"])
+            .args(["milter", "--listen", listen])
             .env_remove("MAILSTAMP_CONFIG")
             .env_remove("MAILSTAMP_RPC_URL")
             .env_remove("MAILSTAMP_REGISTRY")
@@ -120,6 +126,14 @@ impl MilterProc {
             )
         });
         Self { child, port, log }
+    }
+}
+
+impl MilterProc {
+    /// SIGKILL: the host dies, with no chance to journal or answer anything.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -168,6 +182,21 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 impl Postfix {
     pub(crate) fn start(dir: PathBuf, domain: &str, milter_port: Option<u16>, extra: &str) -> Self {
+        Self::start_on("127.0.0.1", dir, domain, milter_port, extra)
+    }
+
+    /// As [`Postfix::start`], listening on and sending from the loopback address `ip` (a host
+    /// of its own: another site sees its mail come from `ip`). Any 127.0.0.0/8 address works
+    /// without configuring an interface: `inet_interfaces` (which Postfix checks against the
+    /// interfaces' own addresses, silently refusing to start otherwise) stays loopback-only
+    /// and the listener names `ip` in master.cf.
+    pub(crate) fn start_on(
+        ip: &str,
+        dir: PathBuf,
+        domain: &str,
+        milter_port: Option<u16>,
+        extra: &str,
+    ) -> Self {
         let port = free_port();
         for d in ["conf", "queue", "data"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
@@ -192,7 +221,8 @@ impl Postfix {
              mydomain = {domain}\n\
              myorigin = {domain}\n\
              mydestination =\n\
-             inet_interfaces = 127.0.0.1\n\
+             inet_interfaces = loopback-only\n\
+             smtp_bind_address = {ip}\n\
              inet_protocols = ipv4\n\
              mynetworks = 127.0.0.0/8\n\
              smtp_dns_support_level = disabled\n\
@@ -208,24 +238,26 @@ impl Postfix {
         std::fs::write(dir.join("conf/main.cf"), main_cf).unwrap();
         std::fs::write(
             dir.join("conf/master.cf"),
-            format!("127.0.0.1:{port} inet n - n - - smtpd\n{MASTER_CF}"),
+            format!("{ip}:{port} inet n - n - - smtpd\n{MASTER_CF}"),
         )
         .unwrap();
         let p = Self { dir, port };
         let out = p.cmd("postfix", &["start"]);
         assert!(
             out.status.success(),
-            "postfix start failed:\n{}",
+            "postfix start failed:\n{}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
             p.maillog()
         );
         p
     }
 
-    fn conf(&self) -> String {
+    pub(crate) fn conf(&self) -> String {
         self.dir.join("conf").display().to_string()
     }
 
-    fn cmd(&self, prog: &str, args: &[&str]) -> Output {
+    pub(crate) fn cmd(&self, prog: &str, args: &[&str]) -> Output {
         let flag = if prog == "sendmail" { "-C" } else { "-c" };
         Command::new(prog)
             .arg(flag)
@@ -240,7 +272,7 @@ impl Postfix {
     }
 
     /// The queue as `postqueue -j` prints it: (queue name, recipients) per message.
-    fn queue(&self) -> Vec<(String, Vec<String>)> {
+    pub(crate) fn queue(&self) -> Vec<(String, Vec<String>)> {
         let out = self.cmd("postqueue", &["-j"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -291,7 +323,7 @@ pub(crate) fn swaks(args: &[&str]) -> (bool, String) {
 }
 
 /// The SMTP command the server refused in a swaks transcript, and its reply.
-fn refused_at(transcript: &str) -> Option<(String, String)> {
+pub(crate) fn refused_at(transcript: &str) -> Option<(String, String)> {
     let mut last_cmd = String::from("(banner)");
     for l in transcript.lines() {
         if let Some(c) = l.strip_prefix(" -> ") {
@@ -304,14 +336,14 @@ fn refused_at(transcript: &str) -> Option<(String, String)> {
 }
 
 /// Files in a Maildir's `new/`.
-fn maildir(base: &Path, user: &str) -> Vec<PathBuf> {
+pub(crate) fn maildir(base: &Path, user: &str) -> Vec<PathBuf> {
     std::fs::read_dir(base.join(user).join("new"))
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default()
 }
 
 /// Waits for the `n`-th message in `user`'s Maildir and returns it.
-fn delivered(base: &Path, user: &str, n: usize) -> Option<Vec<u8>> {
+pub(crate) fn delivered(base: &Path, user: &str, n: usize) -> Option<Vec<u8>> {
     wait_for(30, || {
         let mut v = maildir(base, user);
         v.sort();
