@@ -233,6 +233,43 @@ pub struct StoreConfig {
     pub host: Option<String>,
 }
 
+impl StoreConfig {
+    /// The `[store]` checks (at load: a mistyped URL is not first met at the first message).
+    /// The URL is never echoed: it may hold a password.
+    pub fn check(&self) -> Result<()> {
+        if let Some(url) = &self.url {
+            let scheme_ok = ["postgres://", "postgresql://"].iter().any(|p| {
+                url.get(..p.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(p))
+            });
+            let parsed = url.parse::<postgres::Config>();
+            if !scheme_ok || parsed.is_err() {
+                let why = parsed.err().map_or(String::new(), |e| format!(" ({e})"));
+                return Err(Error::config(
+                    "store.url",
+                    format!(
+                        "is not a PostgreSQL URL{why}: write postgres://USER:PASSWORD@HOST:PORT/DATABASE, or leave it out for the SQLite file store.path"
+                    ),
+                ));
+            }
+        }
+        if let Some(h) = &self.host
+            && (h.is_empty()
+                || h.len() > 253
+                || h.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(Error::config(
+                "store.host",
+                format!(
+                    "`{}` is not a host name: give 1 to 253 characters without spaces (e.g. mx1), or leave it out for the system's host name",
+                    h.escape_debug()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
@@ -816,6 +853,7 @@ impl Config {
     /// Checks every section, first mistake first, as an [`Error::Config`] naming its key.
     pub fn check(&self) -> Result<()> {
         self.chain.check()?;
+        self.store.check()?;
         self.stamp.check()?;
         self.verify.check(&self.stamp)?;
         if self.provider.enabled {
@@ -886,6 +924,32 @@ mod tests {
         assert_eq!(cfg.inbound, InboundConfig::default());
         assert_eq!(cfg.allowlist, AllowlistConfig::default());
         cfg.check().unwrap();
+    }
+
+    #[test]
+    fn a_store_url_and_host_are_checked_at_load_without_showing_the_password() {
+        let ok = Config::parse(
+            "[store]\nurl = \"postgresql://ms:s3cret@db.internal:5432/mailstamp\"\nhost = \"mx1\"\n",
+        )
+        .unwrap();
+        ok.check().unwrap();
+        for (toml, key) in [
+            (
+                "url = \"mysql://ms:s3cret@db/mailstamp\"",
+                "store.url: is not a PostgreSQL URL",
+            ),
+            (
+                "url = \"postgres://ms:s3cret@db:port/x\"",
+                "store.url: is not a PostgreSQL URL (",
+            ),
+            ("host = \"mx 1\"", "store.host: `mx 1` is not a host name"),
+            ("host = \"\"", "store.host: `` is not a host name"),
+        ] {
+            let cfg = Config::parse(&format!("[store]\n{toml}\n")).unwrap();
+            let e = cfg.check().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{toml}: {e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 
     #[test]
