@@ -179,6 +179,10 @@ enum Cmd {
     /// The self-training allowlist (seed 004): look at and correct what outbound mail taught.
     #[command(subcommand)]
     Allowlist(people_cmd::AllowlistCmd),
+    /// Each user's other addresses that forward to them without an agent (issue 13): mail
+    /// stamped for one of them that arrives for the user was addressed to the user.
+    #[command(subcommand)]
+    Forwards(people_cmd::ForwardsCmd),
     /// Check a deployment and say what to fix: config, RPC and chain id, registry, writer key
     /// and balance, store, each domain's writer record, listen addresses. Exit 0 when every
     /// check passes (warnings allowed), 1 otherwise.
@@ -325,6 +329,7 @@ async fn run(cli: Cli) -> Result<u8> {
         Cmd::Recover(args) => recover_cmd::run(&cfg, args).await,
         Cmd::Senders(cmd) => people_cmd::senders(&cfg, cmd),
         Cmd::Allowlist(cmd) => people_cmd::allowlist(&cfg, cmd),
+        Cmd::Forwards(cmd) => people_cmd::forwards(&cfg, cmd),
         Cmd::Store(cmd) => cli::store::run(&cfg, cmd),
     }
 }

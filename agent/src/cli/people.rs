@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! `mailstamp senders …` and `mailstamp allowlist …`: the CLI faces of
-//! `mailstamp::people::senders` (seed 003) and `mailstamp::people::allowlist` (seed 004).
+//! `mailstamp senders …`, `mailstamp allowlist …` and `mailstamp forwards …`: the CLI faces of
+//! `mailstamp::people::senders` (seed 003), `mailstamp::people::allowlist` (seed 004) and
+//! `mailstamp::people::forwards` (issue 13).
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use clap::Subcommand;
 use mailstamp::{
     config::Config,
     people::allowlist::{self, AllowlistEntry},
-    people::{normalise_address, senders},
+    people::{forwards, normalise_address, senders},
     store::Store,
     util,
 };
@@ -52,6 +53,38 @@ pub(crate) enum SendersCmd {
         user: String,
         /// The file (`-` for standard input).
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ForwardsCmd {
+    /// Add a user's other addresses: addresses whose mail is resent to the user by a server
+    /// that runs no mailstamp agent (an alias or `.forward` at another provider).
+    Add {
+        /// The local user (their address here).
+        #[arg(long)]
+        user: String,
+        /// Their other addresses.
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// Remove other addresses of a user.
+    Remove {
+        /// The local user (their address here).
+        #[arg(long)]
+        user: String,
+        /// Other addresses, as added.
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// List other addresses (of one user, or everyone's).
+    List {
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// One JSON object per entry.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -278,6 +311,68 @@ pub(crate) fn allowlist(cfg: &Config, cmd: AllowlistCmd) -> Result<u8> {
                 "{n} entries idle for more than {} days deleted",
                 cfg.allowlist.expire_days
             );
+            Ok(0)
+        }
+    }
+}
+
+pub(crate) fn forwards(cfg: &Config, cmd: ForwardsCmd) -> Result<u8> {
+    match cmd {
+        ForwardsCmd::Add { user, addresses } => {
+            let user = user_arg(&user)?;
+            // Check them all before adding any.
+            for a in &addresses {
+                normalise_address(a)?;
+            }
+            let store = open_store(cfg)?;
+            for a in &addresses {
+                let new = forwards::add(&store, &user, a, util::now())?;
+                let a = normalise_address(a)?;
+                println!(
+                    "{user}: {a} {}",
+                    if new { "added" } else { "already listed" }
+                );
+            }
+            Ok(0)
+        }
+        ForwardsCmd::Remove { user, addresses } => {
+            let user = user_arg(&user)?;
+            for a in &addresses {
+                normalise_address(a)?;
+            }
+            let store = open_store(cfg)?;
+            let mut missing = 0;
+            for a in &addresses {
+                let a = normalise_address(a)?;
+                if forwards::remove(&store, &user, &a)? {
+                    println!("{user}: {a} removed");
+                } else {
+                    eprintln!(
+                        "{user}: {a} was not listed (see `mailstamp forwards list --user {user}`)"
+                    );
+                    missing += 1;
+                }
+            }
+            Ok(u8::from(missing > 0))
+        }
+        ForwardsCmd::List { user, json } => {
+            let user = user.as_deref().map(user_arg).transpose()?;
+            let rows = forwards::list(&open_store(cfg)?, user.as_deref())?;
+            for r in &rows {
+                if json {
+                    println!("{}", serde_json::to_string(r)?);
+                } else {
+                    println!(
+                        "{}\t{}\tadded {}",
+                        r.user,
+                        r.address,
+                        util::rfc3339(r.added)
+                    );
+                }
+            }
+            if rows.is_empty() && !json {
+                eprintln!("no other addresses");
+            }
             Ok(0)
         }
     }

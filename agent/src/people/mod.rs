@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The people around a local user: who a message is from ([`identity`]), the senders the user
 //! authorised ([`senders`], seed 003) and the allowlist outbound mail trains ([`allowlist`],
-//! seed 004). The folder decision that reads them is `crate::inbound`.
+//! seed 004). The folder decision that reads them is `crate::inbound`. A user's other
+//! addresses that forward to them ([`forwards`], issue 13) are read when a stamp is judged.
 
 pub mod allowlist;
+pub mod forwards;
 pub mod identity;
 pub mod senders;
 

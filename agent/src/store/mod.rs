@@ -157,6 +157,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE daemon_batches ADD COLUMN host TEXT NOT NULL DEFAULT '';
     ALTER TABLE watched ADD COLUMN host TEXT NOT NULL DEFAULT '';
     CREATE INDEX daemon_batches_host ON daemon_batches (host, state);",
+    // 9: a user's other addresses that forward to them (issue 13 point 3, docs/PROTOCOL.md
+    // §5c): mail stamped for `address` arriving for `user` was addressed to the user. Shared
+    // by every host, as the other lists.
+    r#"CREATE TABLE forwards (
+        "user"  TEXT NOT NULL,
+        address TEXT NOT NULL,
+        added   INTEGER NOT NULL,
+        PRIMARY KEY ("user", address)
+    ) STRICT;"#,
 ];
 
 /// The same schema in PostgreSQL, migration for migration ([`MIGRATIONS`] says what each is
@@ -260,6 +269,12 @@ const PG_MIGRATIONS: &[&str] = &[
     "ALTER TABLE daemon_batches ADD COLUMN host TEXT NOT NULL DEFAULT '';
     ALTER TABLE watched ADD COLUMN host TEXT NOT NULL DEFAULT '';
     CREATE INDEX daemon_batches_host ON daemon_batches (host, state);",
+    r#"CREATE TABLE forwards (
+        "user"  TEXT NOT NULL,
+        address TEXT NOT NULL,
+        added   BIGINT NOT NULL,
+        PRIMARY KEY ("user", address)
+    );"#,
 ];
 
 /// The advisory lock key PostgreSQL migrations run under (any fixed 64-bit number; this is
@@ -426,7 +441,7 @@ pub mod people;
 mod watched;
 
 pub use people::{
-    AllowlistEntry, EntryState, OutboundEntry, RecoveryRecord, SenderKind, SenderRow,
+    AllowlistEntry, EntryState, ForwardRow, OutboundEntry, RecoveryRecord, SenderKind, SenderRow,
 };
 
 /// One customer domain.

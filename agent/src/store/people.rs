@@ -441,3 +441,71 @@ impl Store {
         Ok(n as usize)
     }
 }
+
+/// One of a user's other addresses: mail stamped for `address` that arrives for `user` was
+/// addressed to the user (it forwards there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForwardRow {
+    /// The local user (lower case address).
+    pub user: String,
+    /// Their other address (lower case).
+    pub address: String,
+    /// When it was added (unix seconds).
+    pub added: u64,
+}
+
+impl Store {
+    /// Adds `address` as one of `user`'s other addresses unless it is there; whether it is new.
+    pub fn insert_forward(&self, user: &str, address: &str, now: u64) -> Result<bool> {
+        let n = self.run(|c| {
+            c.exec(
+                r#"INSERT INTO forwards ("user", address, added) VALUES (?1, ?2, ?3)
+                   ON CONFLICT ("user", address) DO NOTHING"#,
+                vals![user, address, now],
+            )
+        })?;
+        Ok(n > 0)
+    }
+
+    /// Removes one of `user`'s other addresses; whether it was there.
+    pub fn delete_forward(&self, user: &str, address: &str) -> Result<bool> {
+        let n = self.run(|c| {
+            c.exec(
+                r#"DELETE FROM forwards WHERE "user" = ?1 AND address = ?2"#,
+                vals![user, address],
+            )
+        })?;
+        Ok(n > 0)
+    }
+
+    /// How many other addresses `user` has.
+    pub fn forward_count(&self, user: &str) -> Result<u64> {
+        self.run(|c| {
+            c.query_one(
+                r#"SELECT COUNT(*) FROM forwards WHERE "user" = ?1"#,
+                vals![user],
+            )?
+            .u64(0)
+        })
+    }
+
+    /// The other addresses of `user` (every user's with `None`), by user then address.
+    pub fn forward_rows(&self, user: Option<&str>) -> Result<Vec<ForwardRow>> {
+        self.run(|c| {
+            c.query(
+                r#"SELECT "user", address, added FROM forwards
+                   WHERE CAST(?1 AS TEXT) IS NULL OR "user" = ?1 ORDER BY "user", address"#,
+                vals![user],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(ForwardRow {
+                    user: r.text(0)?,
+                    address: r.text(1)?,
+                    added: r.u64(2)?,
+                })
+            })
+            .collect()
+        })
+    }
+}
