@@ -99,6 +99,25 @@ pub fn prepare(
     chain: &ChainRef,
     sel: &Selection,
 ) -> Result<Prepared, StampError> {
+    let header = stamp_header(msg, env, salt, chain, sel, false)?;
+    let token = header.token();
+    Ok(Prepared {
+        token,
+        commitment: header.commitment_with_token(&token),
+        header,
+    })
+}
+
+/// The header [`prepare`] computes. `hop` lets the message carry `Mail-Stamp:` fields
+/// already: a hop stamps a message that is stamped (`crate::hops`, docs/PROTOCOL.md §5c).
+pub(crate) fn stamp_header(
+    msg: &Message<'_>,
+    env: &Envelope,
+    salt: Salt,
+    chain: &ChainRef,
+    sel: &Selection,
+    hop: bool,
+) -> Result<StampHeader, StampError> {
     if matches!(msg.raw_message().first(), Some(b' ' | b'\t')) {
         return Err(StampError::LeadingFold);
     }
@@ -117,10 +136,11 @@ pub fn prepare(
     if !twice.is_empty() {
         return Err(StampError::DuplicateField(twice.join(", ")));
     }
-    if msg
-        .headers()
-        .iter()
-        .any(|h| h.name().eq_ignore_ascii_case(FIELD_NAME))
+    if !hop
+        && msg
+            .headers()
+            .iter()
+            .any(|h| h.name().eq_ignore_ascii_case(FIELD_NAME))
     {
         return Err(StampError::AlreadyStamped);
     }
@@ -148,7 +168,7 @@ pub fn prepare(
     } else {
         None
     };
-    let header = StampHeader {
+    Ok(StampHeader {
         chain_id: chain.chain_id,
         registry: chain.registry,
         writer: chain.writer,
@@ -157,12 +177,6 @@ pub fn prepare(
         names,
         digests,
         rcpts,
-    };
-    let token = header.token();
-    Ok(Prepared {
-        token,
-        commitment: header.commitment_with_token(&token),
-        header,
     })
 }
 
