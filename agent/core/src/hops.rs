@@ -1278,3 +1278,183 @@ pub fn insert_hop(raw: &[u8], field: &HopField) -> Vec<u8> {
     out.extend_from_slice(raw);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> HopField {
+        let stamp = StampHeader {
+            chain_id: 31337,
+            registry: [0x11; 20],
+            writer: [0x22; 20],
+            salt: [0x33; 16],
+            mode: Mode::Direct,
+            names: vec![
+                ComponentName::single(Family::From),
+                ComponentName::single(Family::FromName),
+            ],
+            digests: vec![[1; 16], [2; 16]],
+            rcpts: Some(vec![[1; 8], [9; 8]]),
+        };
+        HopField {
+            index: 2,
+            stamp,
+            prev: PrevRef {
+                chain_id: 1,
+                registry: [0x44; 20],
+                writer: [0x55; 20],
+                batched: true,
+                key: [0x66; 32],
+            },
+            domain: "lists.example".into(),
+            received_for: [7; 8],
+            changes: vec![
+                Change::SubjectTag("[My List]".into()),
+                Change::Footer(3),
+                Change::FromRewritten(AuthorField::XOriginalFrom),
+                Change::Trace,
+            ],
+        }
+    }
+
+    #[test]
+    fn a_hop_field_round_trips_on_one_line_and_folded() {
+        let h = sample();
+        assert_eq!(HopField::decode(&h.value()).unwrap(), h);
+        let folded = h.folded_value("\r\n");
+        for (i, line) in folded.split("\r\n").enumerate() {
+            let len = line.len() + if i == 0 { FIELD_NAME.len() + 2 } else { 0 };
+            assert!(len <= 78, "line too long: {line}");
+        }
+        assert_eq!(HopField::decode(&folded).unwrap(), h);
+        // A v1/v2 decoder does not take it for a stamp.
+        assert!(StampHeader::decode(&h.value()).is_err());
+    }
+
+    #[test]
+    fn every_change_round_trips_and_garbage_is_refused() {
+        let all = [
+            Change::SubjectTag("[x]".into()),
+            Change::Footer(24),
+            Change::FooterPart,
+            Change::FromRewritten(AuthorField::ReplyTo),
+            Change::FromRewritten(AuthorField::XOriginalFrom),
+            Change::ReplyTo,
+            Change::Reencoded,
+            Change::Trace,
+        ];
+        for c in &all {
+            assert_eq!(&Change::parse(&c.encode()).unwrap(), c);
+        }
+        let tag = |s: &str| format!("subject-tag/{}", B64.encode(s));
+        for bad in [
+            "".to_owned(),
+            "footer/0".into(),
+            "footer/25".into(),
+            "footer/03".into(),
+            "footer".into(),
+            "from/sender".into(),
+            "trace/1".into(),
+            "subject-tag/!!".into(),
+            tag(""),
+            tag(" [x]"),
+            tag("[a  b]"),
+            tag(&"x".repeat(MAX_TAG_LEN + 1)),
+        ] {
+            assert!(Change::parse(&bad).is_err(), "accepted {bad}");
+        }
+        assert!(decode_changes("trace,trace").is_err());
+        assert!(decode_changes("footer/1,footer/2").is_err());
+        assert!(decode_changes("trace,").is_err());
+        assert_eq!(decode_changes("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn hop_tags_are_strict() {
+        let good = sample().value();
+        let cases = [
+            good.replace("i=2", "i=1"),
+            good.replace("i=2", "i=9"),
+            good.replace("i=2", "i=02"),
+            good.replace("v=3", "v=2"),
+            good.replace("pm=b", "pm=x"),
+            good.replace("dom=lists.example", "dom=Lists.example"),
+            good.replace("dom=lists.example", "dom=lists..example"),
+            good.replace("; a=", "; a=AAAA; z="),
+            good.replace("pk=0x", "pk=0y"),
+            good.replace("; dom=lists.example", ""),
+            good.replace("i=2; ", "i=2; i=2; "),
+        ];
+        for c in cases {
+            assert!(HopField::decode(&c).is_err(), "accepted: {c}");
+        }
+        let mut no_e = sample();
+        no_e.stamp.rcpts = None;
+        assert!(HopField::decode(&no_e.value()).is_err());
+    }
+
+    #[test]
+    fn the_commitment_binds_every_hop_tag() {
+        let h = sample();
+        let prev = [9u8; 24];
+        let c = h.commitment(&prev);
+        assert_ne!(
+            c,
+            h.stamp.commitment(),
+            "a hop is not committed as a v1 stamp"
+        );
+        assert_ne!(c, h.commitment(&[8u8; 24]));
+        let variants: [fn(&mut HopField); 7] = [
+            |h| h.index = 3,
+            |h| h.prev.key[0] ^= 1,
+            |h| h.prev.batched = false,
+            |h| h.domain = "other.example".into(),
+            |h| h.received_for[0] ^= 1,
+            |h| h.changes.pop().map_or((), drop),
+            |h| h.changes[1] = Change::Footer(4),
+        ];
+        for f in variants {
+            let mut v = h.clone();
+            f(&mut v);
+            assert_ne!(v.commitment(&prev), c, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn a_footer_is_cut_from_the_signature_block_of_the_first_part() {
+        let lines = |v: &[&str]| Value::Lines(Lines::from_lines(v));
+        let mut view = View::default();
+        view.got.values = vec![
+            (
+                ComponentName {
+                    family: Family::Text,
+                    index: 0,
+                },
+                lines(&["hello"]),
+            ),
+            (
+                ComponentName::single(Family::Signature),
+                lines(&["Bob", "", "__", "list"]),
+            ),
+        ];
+        undo_footer(&mut view, 2).unwrap();
+        let sig = view
+            .got
+            .get(&ComponentName::single(Family::Signature))
+            .unwrap();
+        assert_eq!(sig.canonical_slice(), b"Bob");
+        assert!(undo_footer(&mut view, 5).is_err());
+    }
+
+    #[test]
+    fn a_subject_tag_must_be_there_to_be_undone() {
+        let mut view = View::default();
+        let subject = ComponentName::single(Family::Subject);
+        set(&mut view, subject, Value::Bytes(b"[List] Re: hi".to_vec()));
+        assert!(undo_subject_tag(&mut view, "[Other]").is_err());
+        assert!(undo_subject_tag(&mut view, "[Li").is_err());
+        undo_subject_tag(&mut view, "[List]").unwrap();
+        assert_eq!(view.got.get(&subject).unwrap().canonical_slice(), b"Re: hi");
+    }
+}
