@@ -631,3 +631,128 @@ fn field_text(raw: &[u8], k: usize) -> String {
         .unwrap();
     String::from_utf8_lossy(&raw[h.offset_start() as usize..h.offset_end() as usize]).into_owned()
 }
+
+/// `raw` stamped for `rcpts` as the second of a batch of three (two other corpus messages
+/// around it), with its batch root as the record.
+fn stamp_batched(raw: &[u8], rcpts: &[&str]) -> (Vec<u8>, Lookup) {
+    let others = corpus();
+    let prep = |m: &[u8], seed: u8| {
+        let msg = parse(m).unwrap();
+        mailstamp_core::prepare(
+            &msg,
+            &env(rcpts),
+            [seed; 16],
+            &common::CHAIN,
+            &Selection::all(),
+        )
+        .unwrap()
+    };
+    let mut batch = vec![
+        prep(&others[3].1, 11),
+        prep(raw, 12),
+        prep(&others[4].1, 13),
+    ];
+    let root = mailstamp_core::stamp::into_batch(&mut batch, [0x42; 32]).unwrap();
+    (
+        mailstamp_core::insert_header(raw, &batch[1].header),
+        found(mailstamp_core::merkle::short(&root)),
+    )
+}
+
+#[test]
+fn mixed_modes_originator_batched_hop_batched_are_wanted() {
+    for (name, raw) in corpus().into_iter().take(6) {
+        let (stamped, origin) = stamp_batched(&raw, &[BOB]);
+        let field = forward_field(&stamped);
+        let (_, orig_commitment) = origin_of(&stamped);
+        assert!(field.prev.batched, "{name}: the hop cites the batch");
+        // The hop batched with one other leaf.
+        let c = field.commitment(&orig_commitment);
+        let tree = mailstamp_core::merkle::Tree::build(&[[0x77; 24], c]).unwrap();
+        let mut batched = field.clone();
+        batched.stamp.mode = mailstamp_core::header::Mode::Batch {
+            batch: [0x43; 32],
+            proof: tree.proof(1),
+        };
+        let rec = found(mailstamp_core::merkle::short(&tree.root()));
+        let fwd = insert_hop(&stamped, &batched);
+        let r = receive(&fwd, &[BOB_FWD], &[origin.clone(), rec.clone()]);
+        assert_eq!(r.verdict, Verdict::Wanted, "{name}: {}", describe(&r));
+        // The direct record of the same hop is not what the batch anchor holds.
+        let r = receive(&fwd, &[BOB_FWD], &[origin, found(c)]);
+        assert_eq!(r.verdict, Verdict::Spam, "{name}: {}", describe(&r));
+    }
+}
+
+#[test]
+fn a_forward_then_a_list_is_wanted_with_both_hops_reported() {
+    let raw = corpus().into_iter().find(|(n, _)| n == PLAIN[1]).unwrap().1;
+    let (stamped, origin) = stamp(&raw, &[BOB], 1);
+    // b.example forwards bob's copy to the list, which tags it and sends it to carol.
+    let (fwd, rec1) = hop(&stamped, &[Change::Trace], "b.example", &[LIST], 2);
+    let sent = add_footer(&tag_subject(&fwd, "[List]"), &["-- ", "list footer"]);
+    let msg = parse(&sent).unwrap();
+    let changes = [Change::SubjectTag("[List]".into()), Change::Footer(2)];
+    let spec = HopSpec {
+        changes: &changes,
+        domain: "lists.example",
+        received_for: LIST,
+    };
+    let p = prepare_hop(
+        &msg,
+        &env(&["carol@c.example"]),
+        [3; 16],
+        &HOP_CHAIN,
+        &Selection::all(),
+        &spec,
+    )
+    .unwrap();
+    let copy = insert_hop(&sent, &p.field);
+    let rec2 = found(p.commitment);
+    let r = receive(&copy, &["carol@c.example"], &[origin, rec1, rec2]);
+    assert_eq!(r.verdict, Verdict::Wanted, "{}", describe(&r));
+    let reason = r.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("forwarded by b.example, then via list at lists.example, author "),
+        "{reason}"
+    );
+    // The whole chain is in the JSON report, level by level.
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["levels"].as_array().map(Vec::len), Some(3));
+    assert_eq!(json["levels"][2]["domain"], "lists.example");
+    assert_eq!(json["verdict"], "wanted");
+}
+
+#[test]
+fn a_hop_that_was_not_addressed_is_spam() {
+    let raw = &corpus()[0].1;
+    let (stamped, origin) = stamp(raw, &[BOB], 1);
+    let msg = parse(&stamped).unwrap();
+    let spec = HopSpec {
+        changes: &[],
+        domain: "evil.example",
+        received_for: "eve@evil.example",
+    };
+    let refused = prepare_hop(
+        &msg,
+        &env(&[BOB_FWD]),
+        [2; 16],
+        &HOP_CHAIN,
+        &Selection::all(),
+        &spec,
+    );
+    assert!(
+        matches!(refused, Err(PrepareHopError::NotAddressed(_))),
+        "{refused:?}"
+    );
+    // Made anyway, with eve's digest: the originator's level fails on rcpt.
+    let (_, orig_commitment) = origin_of(&stamped);
+    let mut field = forward_field(&stamped);
+    let (orig, _) = origin_of(&stamped);
+    field.received_for = mailstamp_core::digest::rcpt_digest(&orig.salt, "eve@evil.example");
+    field.domain = "evil.example".into();
+    let rec = found(field.commitment(&orig_commitment));
+    let r = receive(&insert_hop(&stamped, &field), &[BOB_FWD], &[origin, rec]);
+    assert_eq!(r.verdict, Verdict::Spam, "{}", describe(&r));
+    assert!(r.reason.unwrap_or_default().contains("rcpt"));
+}
