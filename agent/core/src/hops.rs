@@ -10,6 +10,47 @@
 //! compared with: the top hop with the message and envelope as received, every level below
 //! it with the message once the changes declared above it are undone, and, instead of the
 //! envelope, the address the hop above says it received the message for.
+//!
+//! # Using it
+//!
+//! A forwarder calls [`prepare_hop`] on the message as it sends it, records the returned
+//! commitment under the returned token (directly or in a batch, as any stamp) and puts the
+//! field on with [`insert_hop`]. A receiver calls [`inspect_chain`]; for every level `k` it
+//! looks up the record of [`Chain::stamp`]`(k)` (writer and token, or batch id) — it must hold
+//! [`Chain::recorded_values`]`()[k]` — and checks that level's writer for
+//! [`Chain::auth_domains`]`()[k]`; then [`evaluate_chain`] decides.
+//!
+//! ```
+//! use mailstamp_core::hops::{Change, ChainInspection, HopSpec, LevelInputs, insert_hop};
+//! use mailstamp_core::{ChainRef, Envelope, Lookup, Policy, Selection, Verdict, WriterAuth};
+//! use mailstamp_core::{evaluate_chain, insert_header, inspect_chain, parse, prepare, prepare_hop};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let raw = b"From: Alice <alice@a.example>\nTo: bob@b.example\nSubject: hi\n\
+//!     Date: Tue, 1 Dec 2026 10:00:00 +0000\nMessage-ID: <1@a.example>\n\nHello Bob\n";
+//! let env = |a: &str| Envelope { rcpts: vec![a.into()], client_ip: None };
+//! // a.example stamps for bob@b.example.
+//! let a = ChainRef { chain_id: 1, registry: [1; 20], writer: [2; 20] };
+//! let origin = prepare(&parse(raw).unwrap(), &env("bob@b.example"), [7; 16], &a, &Selection::all())?;
+//! let stamped = insert_header(raw, &origin.header);
+//! // b.example forwards it to bob@forward.example under a hop of its own.
+//! let b = ChainRef { writer: [3; 20], ..a };
+//! let spec = HopSpec { changes: &[Change::Trace], domain: "b.example", received_for: "bob@b.example" };
+//! let sent = parse(&stamped).unwrap();
+//! let hop = prepare_hop(&sent, &env("bob@forward.example"), [8; 16], &b, &Selection::all(), &spec)?;
+//! let received = insert_hop(&stamped, &hop.field);
+//! // forward.example walks the chain: one lookup and one writer check per level.
+//! let msg = parse(&received).unwrap();
+//! let ChainInspection::Chain(chain) = inspect_chain(&msg) else { panic!("a chain") };
+//! assert_eq!(chain.recorded_values(), [origin.commitment, hop.commitment]);
+//! assert_eq!(chain.auth_domains(&msg), ["a.example", "b.example"]);
+//! let lookups = [origin.commitment, hop.commitment].map(|commitment| Lookup::Found { commitment, time: 0 });
+//! let auths = [(), ()].map(|_| WriterAuth::Pass("listed".into()));
+//! let inputs = LevelInputs { lookups: &lookups, auths: &auths };
+//! let r = evaluate_chain(&msg, &chain, &env("bob@forward.example"), &inputs, &Policy::default(), None);
+//! assert_eq!(r.verdict, Verdict::Wanted);
+//! assert_eq!(r.reason.as_deref(), Some("forwarded by b.example, author alice@a.example verified there"));
+//! # Ok(()) }
+//! ```
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
