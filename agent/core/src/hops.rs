@@ -1312,6 +1312,91 @@ pub fn insert_hop(raw: &[u8], field: &HopField) -> Vec<u8> {
     out
 }
 
+/// Why a sound stamp does not apply to the copy at hand (docs/PROTOCOL.md §5c, "When the
+/// forwarder or the list runs no agent"): the building block of the verdict `inapplicable`,
+/// which the agent is still to add. The stamp's record is confirmed and matches; what differs
+/// is only what a forwarder or list without an agent changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotApplicable {
+    /// The envelope recipient is not among the stamped ones, and nothing else differs: a
+    /// forward without a hop, or a replay; the writer is authorised.
+    NotAddressed,
+    /// From was moved to another domain (`from.domain` differs), perhaps the recipients too,
+    /// nothing else: a list without an agent rewrote From. The writer check, made for the
+    /// received From domain, does not apply to the author's stamp and is not asked.
+    FromMoved,
+}
+
+impl NotApplicable {
+    /// The reason the report gives.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotApplicable::NotAddressed => "stamp does not apply: not addressed to this recipient",
+            NotApplicable::FromMoved => "stamp does not apply: From rewritten to another domain",
+        }
+    }
+}
+
+/// Whether a one-stamp report ([`verify::evaluate`], no hop) that came out `spam` is really
+/// a sound stamp that does not apply here (§5c): the record found and matching, not older
+/// than `max_age_secs` at `now`, `from` and `rcpt` stamped, and every difference one of those
+/// [`NotApplicable`] names. A From changed *within* the stamped domain, an unauthorised
+/// writer for a mere forward, or any other difference keeps it `spam`.
+pub fn not_applicable(report: &Report, policy: &Policy, now: Option<u64>) -> Option<NotApplicable> {
+    if report.verdict != Verdict::Spam || report.components.is_empty() {
+        return None;
+    }
+    let time = report.stamp.as_ref()?.time?;
+    if let (Some(max), Some(now)) = (policy.max_age_secs, now)
+        && now > time.saturating_add(max)
+    {
+        return None;
+    }
+    let status = |name: &str| {
+        report
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.status)
+    };
+    status("from")?;
+    status("rcpt")?;
+    let differs = |c: &ComponentResult| {
+        matches!(c.status, Status::Mismatch | Status::Missing | Status::Added)
+    };
+    let from_family = |c: &ComponentResult| c.name.starts_with("from");
+    let moved = status("from.domain") == Some(Status::Mismatch);
+    let others_ok = report
+        .components
+        .iter()
+        .filter(|c| differs(c))
+        .all(|c| c.name == "rcpt" || (moved && from_family(c)));
+    if !others_ok {
+        return None;
+    }
+    if moved {
+        return Some(NotApplicable::FromMoved);
+    }
+    let authorised = matches!(report.writer_auth, Some(WriterAuth::Pass(_)));
+    (status("rcpt") == Some(Status::Mismatch) && authorised).then_some(NotApplicable::NotAddressed)
+}
+
+/// The first of a recipient's other addresses (those that forward to it, §5c) that `header`
+/// was stamped for, if any. The agent then judges the message again with that address as the
+/// envelope recipient: mail stamped for `bob@b.example` arriving for `bob@forward.example`
+/// counts as bob's when bob lists `bob@b.example`.
+pub fn other_address<'a>(header: &StampHeader, others: &'a [String]) -> Option<&'a str> {
+    let stamped = header.rcpts.as_ref()?;
+    others
+        .iter()
+        .find(|a| {
+            let d = digest::rcpt_digest(&header.salt, &canon::address(a));
+            stamped.binary_search(&d).is_ok()
+        })
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

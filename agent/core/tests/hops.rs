@@ -9,7 +9,8 @@ mod common;
 use common::{env, fixtures, pass, stamp};
 use mailstamp_core::hops::{
     AuthorField, ChainError, ChainInspection, ChainReport, Change, HopField, HopSpec, LevelInputs,
-    MAX_FIELDS, PrepareHopError, PrevRef, evaluate_chain, insert_hop, inspect_chain, prepare_hop,
+    MAX_FIELDS, NotApplicable, PrepareHopError, PrevRef, evaluate_chain, insert_hop, inspect_chain,
+    not_applicable, other_address, prepare_hop,
 };
 use mailstamp_core::{ChainRef, Lookup, Policy, Selection, Verdict, WriterAuth, parse};
 
@@ -755,4 +756,113 @@ fn a_hop_that_was_not_addressed_is_spam() {
     let r = receive(&insert_hop(&stamped, &field), &[BOB_FWD], &[origin, rec]);
     assert_eq!(r.verdict, Verdict::Spam, "{}", describe(&r));
     assert!(r.reason.unwrap_or_default().contains("rcpt"));
+}
+
+/// The one-stamp report of `raw` for `to`, with the writer check given.
+fn one_stamp(raw: &[u8], to: &str, lookup: &Lookup, auth: WriterAuth) -> mailstamp_core::Report {
+    let msg = parse(raw).unwrap();
+    let mailstamp_core::Inspection::Stamped(h) = mailstamp_core::inspect(&msg) else {
+        panic!("stamped")
+    };
+    mailstamp_core::evaluate(
+        &msg,
+        &h,
+        &env(&[to]),
+        lookup,
+        &auth,
+        &Policy::default(),
+        Some(1_700_000_100),
+    )
+}
+
+#[test]
+fn without_a_forwarding_agent_the_stamp_does_not_apply_or_counts_for_another_address() {
+    let policy = Policy::default();
+    for (name, raw) in corpus() {
+        let (stamped, origin) = stamp(&raw, &[BOB], 1);
+        let fwd = with_trace(&stamped, "mx.b.example");
+        let r = one_stamp(&fwd, BOB_FWD, &origin, pass());
+        assert_eq!(r.verdict, Verdict::Spam, "{name}");
+        assert_eq!(
+            not_applicable(&r, &policy, Some(1_700_000_100)),
+            Some(NotApplicable::NotAddressed),
+            "{name}: {}",
+            common::describe(&r)
+        );
+        // Too old: a replay in time stays spam.
+        assert_eq!(
+            not_applicable(&r, &policy, Some(1_800_000_000)),
+            None,
+            "{name}"
+        );
+        // An unauthorised writer stays spam.
+        let unauth = one_stamp(
+            &fwd,
+            BOB_FWD,
+            &origin,
+            WriterAuth::Fail("not listed".into()),
+        );
+        assert_eq!(not_applicable(&unauth, &policy, None), None, "{name}");
+        // bob lists bob@b.example among his other addresses: judged for it, wanted.
+        let msg = parse(&fwd).unwrap();
+        let mailstamp_core::Inspection::Stamped(h) = mailstamp_core::inspect(&msg) else {
+            panic!()
+        };
+        let others = ["bob@old.example".to_owned(), "Bob@B.example".to_owned()];
+        let other = other_address(&h, &others);
+        assert_eq!(other, Some("Bob@B.example"), "{name}");
+        let again = one_stamp(&fwd, other.unwrap(), &origin, pass());
+        assert_eq!(again.verdict, Verdict::Wanted, "{name}");
+    }
+}
+
+#[test]
+fn without_a_list_agent_from_moved_to_the_list_does_not_apply_but_a_changed_body_is_spam() {
+    let policy = Policy::default();
+    for name in PLAIN {
+        let raw = corpus().into_iter().find(|(n, _)| n == name).unwrap().1;
+        let (stamped, origin) = stamp(&raw, &[LIST], 1);
+        let listed = rewrite_from(&tag_subject(&stamped, "[List]"), AuthorField::ReplyTo);
+        // The writer check was made for lists.example, which does not list the author's writer.
+        let r = one_stamp(
+            &listed,
+            BOB,
+            &origin,
+            WriterAuth::Fail("lists.example".into()),
+        );
+        assert_eq!(
+            not_applicable(&r, &policy, None),
+            Some(NotApplicable::FromMoved),
+            "{name}: {}",
+            common::describe(&r)
+        );
+        // The body changed as well: spam.
+        let changed = add_footer(&listed, &["buy now"]);
+        let changed = String::from_utf8_lossy(&changed).replacen("\n\n", "\n\nInserted.\n", 1);
+        let r = one_stamp(changed.as_bytes(), BOB, &origin, pass());
+        assert_eq!(
+            not_applicable(&r, &policy, None),
+            None,
+            "{name}: {}",
+            common::describe(&r)
+        );
+    }
+    // From changed within the stamped domain: the spoofing a stamp stops, spam.
+    let raw = corpus().into_iter().find(|(n, _)| n == PLAIN[0]).unwrap().1;
+    let (stamped, origin) = stamp(&raw, &[BOB], 1);
+    let msg = parse(&stamped).unwrap();
+    let from = mailstamp_core::component::from_address(&msg);
+    let domain = from.rsplit('@').next().unwrap().to_owned();
+    let (f, _, end) = field_range(&stamped, "From").unwrap();
+    let mut spoofed = stamped[..f].to_vec();
+    spoofed.extend_from_slice(format!("From: ceo@{domain}\n").as_bytes());
+    spoofed.extend_from_slice(&stamped[end..]);
+    let r = one_stamp(&spoofed, BOB, &origin, pass());
+    assert_eq!(r.verdict, Verdict::Spam);
+    assert_eq!(
+        not_applicable(&r, &policy, None),
+        None,
+        "{}",
+        common::describe(&r)
+    );
 }
