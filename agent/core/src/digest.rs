@@ -216,9 +216,8 @@ pub struct HopInput<'a> {
     pub prev: PrevInput<'a>,
     /// The hop's own domain (`dom`), whose writer record must list the hop's writer.
     pub domain: &'a str,
-    /// The recipient digest, under the previous stamp's salt, of the address the hop received
-    /// the message for (`a`).
-    pub received_for: &'a RcptDigest,
+    /// The address the hop received the message for (`a`), canonical.
+    pub received_for: &'a str,
     /// The declared transformations, as encoded in tag `t`.
     pub changes: &'a str,
 }
@@ -243,7 +242,8 @@ pub fn hop_commitment(base: &CommitInput<'_>, hop: &HopInput<'_>) -> Commitment 
     k.update(&r.finish());
     k.update(&[hop.domain.len().min(255) as u8]);
     k.update(hop.domain.as_bytes());
-    k.update(hop.received_for);
+    k.update(&[hop.received_for.len().min(255) as u8]);
+    k.update(hop.received_for.as_bytes());
     k.update(&(hop.changes.len() as u32).to_be_bytes());
     k.update(hop.changes.as_bytes());
     truncate(k.finish())

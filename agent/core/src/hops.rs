@@ -61,7 +61,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::canon::{self, Lines};
 use crate::component::{self, Decomposed, Envelope, Selection, Value};
-use crate::digest::{self, Commitment, HopInput, PrevInput, RcptDigest, Salt};
+use crate::digest::{self, Commitment, HopInput, PrevInput, Salt};
 use crate::header::{self, FIELD_NAME, HOP_VERSION, HeaderError, Mode, StampHeader};
 use crate::hex0x;
 use crate::name::{ComponentName, Family};
@@ -365,9 +365,10 @@ pub struct HopField {
     pub prev: PrevRef,
     /// `dom`: the hop's own domain; its writer record must list `stamp.writer`.
     pub domain: String,
-    /// `a`: rcpt digest, under the salt of the field below, of the address the hop received
-    /// the message for; it must be among that field's `e`.
-    pub received_for: RcptDigest,
+    /// `a`: the address the hop received the message for (canonical, at `domain` or a
+    /// subdomain of it); its rcpt digest under the salt of the field below must be among that
+    /// field's `e`.
+    pub received_for: String,
     /// `t`: what the hop changed.
     pub changes: Vec<Change>,
 }
@@ -408,7 +409,7 @@ impl HopField {
             ("pm", if self.prev.batched { "b" } else { "d" }.to_owned()),
             ("pk", hex0x::encode(&self.prev.key)),
             ("dom", self.domain.clone()),
-            ("a", B64.encode(self.received_for)),
+            ("a", self.received_for.clone()),
         ]);
         if !self.changes.is_empty() {
             tags.push(("t", encode_changes(&self.changes)));
@@ -450,9 +451,7 @@ impl HopField {
             key: key_tag(need("pk")?)?,
         };
         let domain = domain_tag(need("dom")?)?;
-        let received_for = header::b64_tag("a", need("a")?)?
-            .try_into()
-            .map_err(|_| bad("a", "must be 8 bytes"))?;
+        let received_for = received_for_tag(need("a")?, &domain)?;
         let changes = tag("t").map_or(Ok(Vec::new()), |t| decode_changes(t))?;
         Ok(Self {
             index,
@@ -501,6 +500,25 @@ fn domain_tag(d: &str) -> Result<String, HopError> {
         return Err(bad("dom", "must be a lower-case domain name"));
     }
     Ok(d.to_owned())
+}
+
+/// `a`: a canonical address (lower case, no white space, `;` or `,`, at most 254 bytes) whose
+/// domain is `dom` or a subdomain of it: a hop forwards only what it received at its own
+/// domain, and says for which address, so the receiver can check both (§5c).
+fn received_for_tag(a: &str, dom: &str) -> Result<String, HopError> {
+    let plain = |b: u8| !b.is_ascii_whitespace() && b != b';' && b != b',';
+    if a.is_empty() || a.len() > 254 || !a.bytes().all(plain) || crate::canon::address(a) != a {
+        return Err(bad("a", "must be one canonical address"));
+    }
+    let (_, at) = canon::split_address(a);
+    let own = at == dom || at.strip_suffix(dom).is_some_and(|sub| sub.ends_with('.'));
+    if !a.contains('@') || !own {
+        return Err(bad(
+            "a",
+            format!("`{}` is not an address at {dom}", trunc(a)),
+        ));
+    }
+    Ok(a.to_owned())
 }
 
 /// Every `Mail-Stamp:` field of a message as an ordered chain: the originator's stamp and the
@@ -1086,20 +1104,21 @@ fn lower_components(
     policy: &Policy,
 ) -> Vec<ComponentResult> {
     let rcpt = header.rcpts.as_ref().map(|set| {
-        if set.binary_search(&above.received_for).is_ok() {
+        let d = digest::rcpt_digest(&header.salt, &above.received_for);
+        if set.binary_search(&d).is_ok() {
             (
                 Status::Match,
                 Some(format!(
-                    "addressed to hop i={} ({})",
-                    above.index, above.domain
+                    "addressed to hop i={} ({}) as {}",
+                    above.index, above.domain, above.received_for
                 )),
             )
         } else {
             (
                 Status::Mismatch,
                 Some(format!(
-                    "hop i={} ({}) was not a recipient of this stamp",
-                    above.index, above.domain
+                    "hop i={} ({}) says it received the message for {}, not a recipient of this stamp",
+                    above.index, above.domain, above.received_for
                 )),
             )
         }
@@ -1217,7 +1236,7 @@ pub enum PrepareHopError {
     /// A declared change the message does not show.
     #[error("declared change not made: {0}")]
     Change(String),
-    /// The hop's domain is not a domain name.
+    /// The hop's domain is not a domain name, or the address it received for is not there.
     #[error("hop domain: {0}")]
     Domain(HopError),
     /// The message cannot be stamped at all.
@@ -1268,11 +1287,13 @@ pub fn prepare_hop(
     let top = below
         .stamp(below.len() - 1)
         .ok_or(PrepareHopError::Unstamped)?;
-    let received_for = digest::rcpt_digest(&top.salt, &canon::address(spec.received_for));
+    let received_for = received_for_tag(&canon::address(spec.received_for), &domain)
+        .map_err(PrepareHopError::Domain)?;
+    let digest = digest::rcpt_digest(&top.salt, &received_for);
     let addressed = top
         .rcpts
         .as_ref()
-        .is_some_and(|e| e.binary_search(&received_for).is_ok());
+        .is_some_and(|e| e.binary_search(&digest).is_ok());
     if !addressed {
         return Err(PrepareHopError::NotAddressed(spec.received_for.to_owned()));
     }
@@ -1426,7 +1447,7 @@ mod tests {
                 key: [0x66; 32],
             },
             domain: "lists.example".into(),
-            received_for: [7; 8],
+            received_for: "list@lists.example".into(),
             changes: vec![
                 Change::SubjectTag("[My List]".into()),
                 Change::Footer(3),
@@ -1499,7 +1520,10 @@ mod tests {
             good.replace("pm=b", "pm=x"),
             good.replace("dom=lists.example", "dom=Lists.example"),
             good.replace("dom=lists.example", "dom=lists..example"),
-            good.replace("; a=", "; a=AAAA; z="),
+            good.replace("a=list@lists.example", "a=list@other.example"),
+            good.replace("a=list@lists.example", "a=List@lists.example"),
+            good.replace("a=list@lists.example", "a=list@xlists.example"),
+            good.replace("a=list@lists.example", "a=lists.example"),
             good.replace("pk=0x", "pk=0y"),
             good.replace("; dom=lists.example", ""),
             good.replace("i=2; ", "i=2; i=2; "),
@@ -1528,7 +1552,7 @@ mod tests {
             |h| h.prev.key[0] ^= 1,
             |h| h.prev.batched = false,
             |h| h.domain = "other.example".into(),
-            |h| h.received_for[0] ^= 1,
+            |h| h.received_for.insert(0, 'x'),
             |h| h.changes.pop().map_or((), drop),
             |h| h.changes[1] = Change::Footer(4),
         ];

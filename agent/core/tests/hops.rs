@@ -750,12 +750,27 @@ fn a_hop_that_was_not_addressed_is_spam() {
     let (_, orig_commitment) = origin_of(&stamped);
     let mut field = forward_field(&stamped);
     let (orig, _) = origin_of(&stamped);
-    field.received_for = mailstamp_core::digest::rcpt_digest(&orig.salt, "eve@evil.example");
+    let _ = orig;
+    field.received_for = "eve@evil.example".into();
     field.domain = "evil.example".into();
     let rec = found(field.commitment(&orig_commitment));
     let r = receive(&insert_hop(&stamped, &field), &[BOB_FWD], &[origin, rec]);
     assert_eq!(r.verdict, Verdict::Spam, "{}", describe(&r));
     assert!(r.reason.unwrap_or_default().contains("rcpt"));
+    // Nor may it claim to have received the message for bob: bob is not at evil.example.
+    // (Anyone holding the message could compute bob's digest; an address in clear, at the
+    // hop's own domain, is what a receiver can check.)
+    let mut claim = forward_field(&stamped);
+    claim.domain = "evil.example".into();
+    let claimed = insert_hop(&stamped, &claim);
+    let msg = parse(&claimed).unwrap();
+    let ChainInspection::Invalid(e) = inspect_chain(&msg) else {
+        panic!("a hop at evil.example claiming bob@b.example must not decode")
+    };
+    assert!(
+        e.to_string().contains("not an address at evil.example"),
+        "{e}"
+    );
 }
 
 /// The one-stamp report of `raw` for `to`, with the writer check given.
