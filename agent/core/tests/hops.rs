@@ -177,7 +177,14 @@ fn describe(r: &ChainReport) -> String {
 #[test]
 fn a_plain_forward_is_wanted_and_names_the_forwarder() {
     let mut n = 0;
-    for (name, raw) in corpus() {
+    // Under LF and CRLF: the hop's field takes the message's own line ending.
+    let both = corpus().into_iter().flat_map(|(name, raw)| {
+        [
+            (name.clone(), raw.clone()),
+            (format!("{name} (CRLF)"), common::to_crlf(&raw)),
+        ]
+    });
+    for (name, raw) in both {
         let (stamped, origin) = stamp(&raw, &[BOB], 1);
         let sent = with_trace(&stamped, "mx.b.example");
         let (fwd, rec) = hop(&sent, &[Change::Trace], "b.example", &[BOB_FWD], 2);
@@ -191,13 +198,14 @@ fn a_plain_forward_is_wanted_and_names_the_forwarder() {
         assert_eq!(r.levels.len(), 2);
         n += 1;
     }
-    assert!(n >= 30, "only {n} corpus messages ran");
+    assert!(n >= 60, "only {n} corpus messages ran");
 }
 
 #[test]
 fn a_list_copy_with_subject_tag_and_footer_is_wanted() {
-    for name in PLAIN {
+    for (name, crlf) in PLAIN.into_iter().flat_map(|n| [(n, false), (n, true)]) {
         let raw = corpus().into_iter().find(|(n, _)| n == name).unwrap().1;
+        let raw = if crlf { common::to_crlf(&raw) } else { raw };
         let (stamped, origin) = stamp(&raw, &[LIST], 1);
         let footer = [
             "_______________________________________________",
