@@ -827,8 +827,8 @@ fn undo_footer(view: &mut View, n: usize) -> Result<(), String> {
 
 /// Drops the last text part and counts one text part fewer in `parts`.
 fn undo_footer_part(view: &mut View) -> Result<(), String> {
-    if view.got.counts.text < 2 {
-        return Err("declares a footer part, but the message has fewer than two text parts".into());
+    if view.got.counts.text == 0 {
+        return Err("declares a footer part, but the message has no text part".into());
     }
     view.got.counts.text -= 1;
     let last = view.got.counts.text;
