@@ -972,3 +972,67 @@ fn a_declared_reply_to_must_be_there() {
         assert_eq!(r.verdict, Verdict::Spam, "{}", describe(&r));
     }
 }
+
+/// The single body re-encoded to base64 (lines of 76), its transfer encoding said so.
+fn to_base64(raw: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let e = eol(raw);
+    let sep = format!("{e}{e}");
+    let at = raw
+        .windows(sep.len())
+        .position(|w| w == sep.as_bytes())
+        .unwrap();
+    let head = String::from_utf8_lossy(&raw[..at]).into_owned();
+    let head = head.replace(
+        "Content-Transfer-Encoding: 7bit",
+        "Content-Transfer-Encoding: base64",
+    );
+    let head = head.replace(
+        "Content-Transfer-Encoding: 8bit",
+        "Content-Transfer-Encoding: base64",
+    );
+    let body = base64::engine::general_purpose::STANDARD.encode(&raw[at + sep.len()..]);
+    let mut out = head.into_bytes();
+    out.extend_from_slice(sep.as_bytes());
+    for chunk in body.as_bytes().chunks(76) {
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(e.as_bytes());
+    }
+    out
+}
+
+#[test]
+fn a_re_encoded_forward_is_wanted() {
+    for name in PLAIN {
+        let raw = corpus().into_iter().find(|(n, _)| n == name).unwrap().1;
+        let (stamped, origin) = stamp(&raw, &[BOB], 1);
+        let sent = to_base64(&stamped);
+        assert_ne!(sent, stamped);
+        let (fwd, rec) = hop(&sent, &[Change::Reencoded], "b.example", &[BOB_FWD], 2);
+        let r = receive(&fwd, &[BOB_FWD], &[origin, rec]);
+        assert_eq!(r.verdict, Verdict::Wanted, "{name}: {}", describe(&r));
+    }
+}
+
+#[test]
+fn a_receiver_refusing_v1_stamps_refuses_a_chain_on_one() {
+    let raw = &corpus()[0].1;
+    let (stamped, origin) = stamp(raw, &[BOB], 1);
+    let (fwd, rec) = hop(&stamped, &[], "b.example", &[BOB_FWD], 2);
+    let msg = parse(&fwd).unwrap();
+    let ChainInspection::Chain(chain) = inspect_chain(&msg) else {
+        panic!()
+    };
+    let policy = Policy {
+        min_version: 2,
+        ..Policy::default()
+    };
+    let lookups = [origin, rec];
+    let auths = [pass(), pass()];
+    let inputs = LevelInputs {
+        lookups: &lookups,
+        auths: &auths,
+    };
+    let r = evaluate_chain(&msg, &chain, &env(&[BOB_FWD]), &inputs, &policy, None);
+    assert_eq!(r.verdict, Verdict::Invalid, "{}", describe(&r));
+}
