@@ -41,8 +41,9 @@ pub enum StampError {
         "the From field lists {0} mailboxes, more than one; send with one author (and Sender) or split the message"
     )]
     SeveralAuthors(usize),
-    /// The message already carries a `Mail-Stamp:` field: a second one makes it `invalid` at
-    /// every receiver (no hop is declared, docs/PROTOCOL.md §6 step 1).
+    /// The message already carries a `Mail-Stamp:` field: a second originator's stamp makes
+    /// it `invalid` at every receiver (docs/PROTOCOL.md §6 step 1); a forwarder adds a hop
+    /// instead (`crate::hops::prepare_hop`, §5c).
     #[error("the message already carries a {FIELD_NAME} field; remove it before stamping again")]
     AlreadyStamped,
     /// `rcpt` is selected but there is no recipient at all.

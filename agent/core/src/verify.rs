@@ -261,8 +261,10 @@ pub enum Inspection {
 /// Finds and decodes the `Mail-Stamp:` header. The value is taken from the raw bytes
 /// (offsets mail-parser records), so folding is undone by the decoder, not by guesswork.
 ///
-/// More than one `Mail-Stamp:` field is `invalid` (docs/PROTOCOL.md §6 step 1): no version
-/// declares hops yet, so nothing says which field speaks for the message.
+/// More than one `Mail-Stamp:` field is `invalid` here: this is the one-stamp reader, and
+/// nothing in one field says which speaks for the message. A message forwarded under hops
+/// (docs/PROTOCOL.md §5c) is read by `crate::hops::inspect_chain`, which accepts several
+/// fields only as a well-formed chain and judges a chain of one field exactly as this path.
 pub fn inspect(msg: &Message<'_>) -> Inspection {
     let raw = msg.raw_message();
     let mut fields = msg
