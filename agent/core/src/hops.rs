@@ -1471,6 +1471,25 @@ mod tests {
         assert!(StampHeader::decode(&h.value()).is_err());
     }
 
+    /// The wire format and the commitment, pinned: a change to either is a protocol change
+    /// (docs/PROTOCOL.md §5c), not a refactoring. The commitment was also computed from the
+    /// formula in PROTOCOL §5c by an independent (pure-Python keccak) script: they agree.
+    #[test]
+    fn the_hop_field_and_its_commitment_are_pinned() {
+        let h = sample();
+        assert_eq!(h.value(), PINNED_VALUE);
+        assert_eq!(hex::encode(h.commitment(&[9u8; 24])), PINNED_COMMITMENT);
+    }
+
+    const PINNED_VALUE: &str = "v=3; i=2; c=31337; r=0x1111111111111111111111111111111111111111; \
+        w=0x2222222222222222222222222222222222222222; m=d; s=MzMzMzMzMzMzMzMzMzMzMw==; h=from:from.name; \
+        d=AQEBAQEBAQEBAQEBAQEBAQICAgICAgICAgICAgICAgI=; e=AQEBAQEBAQEJCQkJCQkJCQ==; pc=1; \
+        pr=0x4444444444444444444444444444444444444444; pw=0x5555555555555555555555555555555555555555; \
+        pm=b; pk=0x6666666666666666666666666666666666666666666666666666666666666666; \
+        dom=lists.example; a=list@lists.example; \
+        t=subject-tag/W015IExpc3Rd,footer/3,from/x-original-from,trace";
+    const PINNED_COMMITMENT: &str = "915e3866eaead3ff8c030ce7048dc3f3a3a791a666cc8bf1";
+
     #[test]
     fn every_change_round_trips_and_garbage_is_refused() {
         let all = [
