@@ -575,8 +575,14 @@ impl Chain {
     /// `dom`, for the originator the domain of the author's From as the walk recovers it (the
     /// received From, or where a hop that rewrote From says it kept the author).
     pub fn auth_domains(&self, msg: &Message<'_>) -> Vec<String> {
-        let views = walk(msg, self);
-        let mut out = vec![views.origin_domain];
+        let origin = if self.hops.is_empty() {
+            // No hop: the From as received, without decomposing the whole message.
+            let from = component::from_address(msg);
+            canon::split_address(&from).1.to_owned()
+        } else {
+            walk(msg, self).origin_domain
+        };
+        let mut out = vec![origin];
         out.extend(self.hops.iter().map(|h| h.domain.clone()));
         out
     }
@@ -685,8 +691,8 @@ struct View {
     broken: Option<String>,
 }
 
-/// The views of every level below the top (index k = level k), and the originator's From
-/// domain as recovered.
+/// The view of every level (index k = level k; the top one is the message as received), and
+/// the originator's From domain as recovered.
 struct Walk {
     views: Vec<View>,
     origin_domain: String,
