@@ -1366,11 +1366,17 @@ impl NotApplicable {
 }
 
 /// Whether a one-stamp report ([`verify::evaluate`], no hop) that came out `spam` is really
-/// a sound stamp that does not apply here (§5c): the record found and matching, not older
-/// than `max_age_secs` at `now`, `from` and `rcpt` stamped, and every difference one of those
+/// a sound stamp that does not apply here (§5c): `header` is the stamp it judged; the record
+/// found and matching, not older than `max_age_secs` at `now`, `from`, `rcpt` and every
+/// required family stamped, and every difference one of those
 /// [`NotApplicable`] names. A From changed *within* the stamped domain, an unauthorised
 /// writer for a mere forward, or any other difference keeps it `spam`.
-pub fn not_applicable(report: &Report, policy: &Policy, now: Option<u64>) -> Option<NotApplicable> {
+pub fn not_applicable(
+    header: &StampHeader,
+    report: &Report,
+    policy: &Policy,
+    now: Option<u64>,
+) -> Option<NotApplicable> {
     if report.verdict != Verdict::Spam || report.components.is_empty() {
         return None;
     }
@@ -1380,6 +1386,16 @@ pub fn not_applicable(report: &Report, policy: &Policy, now: Option<u64>) -> Opt
     {
         return None;
     }
+    // Every required family stamped (as §6 step 7 asks): a stamp that leaves one out proves
+    // nothing about it, so it is not a sound stamp that merely does not apply.
+    let covers = |f: &Family| match f {
+        Family::Rcpt => header.rcpts.is_some(),
+        f if f.since() > header.version() => true,
+        f => header.names.iter().any(|n| n.family == *f),
+    };
+    if !policy.required.iter().all(covers) || !covers(&Family::From) || !covers(&Family::Rcpt) {
+        return None;
+    }
     let status = |name: &str| {
         report
             .components
@@ -1387,8 +1403,6 @@ pub fn not_applicable(report: &Report, policy: &Policy, now: Option<u64>) -> Opt
             .find(|c| c.name == name)
             .map(|c| c.status)
     };
-    status("from")?;
-    status("rcpt")?;
     let differs = |c: &ComponentResult| {
         matches!(c.status, Status::Mismatch | Status::Missing | Status::Added)
     };

@@ -807,14 +807,14 @@ fn without_a_forwarding_agent_the_stamp_does_not_apply_or_counts_for_another_add
         let r = one_stamp(&fwd, BOB_FWD, &origin, pass());
         assert_eq!(r.verdict, Verdict::Spam, "{name}");
         assert_eq!(
-            not_applicable(&r, &policy, Some(1_700_000_100)),
+            not_applicable(&header_of(&fwd), &r, &policy, Some(1_700_000_100)),
             Some(NotApplicable::NotAddressed),
             "{name}: {}",
             common::describe(&r)
         );
         // Too old: a replay in time stays spam.
         assert_eq!(
-            not_applicable(&r, &policy, Some(1_800_000_000)),
+            not_applicable(&header_of(&fwd), &r, &policy, Some(1_800_000_000)),
             None,
             "{name}"
         );
@@ -825,7 +825,11 @@ fn without_a_forwarding_agent_the_stamp_does_not_apply_or_counts_for_another_add
             &origin,
             WriterAuth::Fail("not listed".into()),
         );
-        assert_eq!(not_applicable(&unauth, &policy, None), None, "{name}");
+        assert_eq!(
+            not_applicable(&header_of(&fwd), &unauth, &policy, None),
+            None,
+            "{name}"
+        );
         // bob lists bob@b.example among his other addresses: judged for it, wanted.
         let msg = parse(&fwd).unwrap();
         let mailstamp_core::Inspection::Stamped(h) = mailstamp_core::inspect(&msg) else {
@@ -854,7 +858,7 @@ fn without_a_list_agent_from_moved_to_the_list_does_not_apply_but_a_changed_body
             WriterAuth::Fail("lists.example".into()),
         );
         assert_eq!(
-            not_applicable(&r, &policy, None),
+            not_applicable(&header_of(&listed), &r, &policy, None),
             Some(NotApplicable::FromMoved),
             "{name}: {}",
             common::describe(&r)
@@ -864,7 +868,7 @@ fn without_a_list_agent_from_moved_to_the_list_does_not_apply_but_a_changed_body
         let changed = String::from_utf8_lossy(&changed).replacen("\n\n", "\n\nInserted.\n", 1);
         let r = one_stamp(changed.as_bytes(), BOB, &origin, pass());
         assert_eq!(
-            not_applicable(&r, &policy, None),
+            not_applicable(&header_of(changed.as_bytes()), &r, &policy, None),
             None,
             "{name}: {}",
             common::describe(&r)
@@ -883,7 +887,7 @@ fn without_a_list_agent_from_moved_to_the_list_does_not_apply_but_a_changed_body
     let r = one_stamp(&spoofed, BOB, &origin, pass());
     assert_eq!(r.verdict, Verdict::Spam);
     assert_eq!(
-        not_applicable(&r, &policy, None),
+        not_applicable(&header_of(&spoofed), &r, &policy, None),
         None,
         "{}",
         common::describe(&r)
@@ -1035,4 +1039,31 @@ fn a_receiver_refusing_v1_stamps_refuses_a_chain_on_one() {
     };
     let r = evaluate_chain(&msg, &chain, &env(&[BOB_FWD]), &inputs, &policy, None);
     assert_eq!(r.verdict, Verdict::Invalid, "{}", describe(&r));
+}
+
+/// The one stamp of a message.
+fn header_of(raw: &[u8]) -> mailstamp_core::StampHeader {
+    let msg = parse(raw).unwrap();
+    match mailstamp_core::inspect(&msg) {
+        mailstamp_core::Inspection::Stamped(h) => *h,
+        other => panic!("not stamped: {other:?}"),
+    }
+}
+
+#[test]
+fn a_stamp_leaving_out_a_required_family_does_not_pass_as_not_applicable() {
+    let raw = &corpus()[0].1;
+    let msg = parse(raw).unwrap();
+    // Stamped without `from`: such a stamp proves nothing about From.
+    let mut sel = Selection::default();
+    sel.0.remove(&mailstamp_core::Family::From);
+    let p = mailstamp_core::prepare(&msg, &env(&[BOB]), [4; 16], &common::CHAIN, &sel).unwrap();
+    let stamped = mailstamp_core::insert_header(raw, &p.header);
+    let rec = found(p.commitment);
+    let r = one_stamp(&with_trace(&stamped, "mx.b.example"), BOB_FWD, &rec, pass());
+    assert_eq!(r.verdict, Verdict::Spam);
+    assert_eq!(
+        not_applicable(&p.header, &r, &Policy::default(), None),
+        None
+    );
 }
