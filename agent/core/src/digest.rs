@@ -55,6 +55,8 @@ const COMPONENT_LABEL: &[u8] = b"mailstamp:v1:component";
 const RCPT_LABEL: &[u8] = b"mailstamp:v1:rcpt";
 const TOKEN_LABEL: &[u8] = b"mailstamp:v1:token";
 const COMMIT_LABEL: &[u8] = b"mailstamp:v1:commit";
+const HOP_LABEL: &[u8] = b"mailstamp:v3:hop";
+const PREV_LABEL: &[u8] = b"mailstamp:v3:prev";
 
 /// keccak256 of one byte string.
 pub fn keccak256(data: &[u8]) -> [u8; 32] {
@@ -161,6 +163,12 @@ pub struct CommitInput<'a> {
 
 /// The commitment over a stamp: what goes on chain.
 pub fn commitment(input: &CommitInput<'_>) -> Commitment {
+    truncate(commitment_hash(input))
+}
+
+/// The full 32-byte hash whose first [`COMMITMENT_LEN`] bytes are [`commitment`]; a hop's
+/// commitment is built on it, so the v1 commitment code is the one place both are hashed.
+fn commitment_hash(input: &CommitInput<'_>) -> [u8; 32] {
     let mut k = Keccak::v256();
     k.update(COMMIT_LABEL);
     k.update(&input.chain_id.to_be_bytes());
@@ -179,6 +187,65 @@ pub fn commitment(input: &CommitInput<'_>) -> Commitment {
     for r in input.rcpts {
         k.update(r);
     }
+    k.finish()
+}
+
+/// The record a hop cites (docs/PROTOCOL.md §5c): where it is, under which key, and the
+/// commitment the field below claims, so a batched record (one root, many leaves) names one
+/// leaf and a hop cannot be pointed at another message of the same batch.
+pub struct PrevInput<'a> {
+    /// EIP-155 chain id of the previous record.
+    pub chain_id: u64,
+    /// Its registry.
+    pub registry: &'a [u8; 20],
+    /// Its writer.
+    pub writer: &'a [u8; 20],
+    /// Whether it is batched (`m=b`): then `key` is the batch id, else the token.
+    pub batched: bool,
+    /// Its registry key.
+    pub key: &'a [u8; 32],
+    /// The commitment of the field below (its own, before any Merkle proof).
+    pub commitment: &'a Commitment,
+}
+
+/// What a hop's commitment binds beyond the v1 stamp (docs/PROTOCOL.md §5c).
+pub struct HopInput<'a> {
+    /// Hop index, 2 for the first hop after the originator.
+    pub index: u8,
+    /// The previous stamp the hop cites.
+    pub prev: PrevInput<'a>,
+    /// The hop's own domain (`dom`), whose writer record must list the hop's writer.
+    pub domain: &'a str,
+    /// The address the hop received the message for (`a`), canonical.
+    pub received_for: &'a str,
+    /// The declared transformations, as encoded in tag `t`.
+    pub changes: &'a str,
+}
+
+/// The commitment of a hop: the v1 commitment over its own components and envelope, hashed
+/// again with the reference to the previous stamp and the declared changes, so that neither
+/// can be altered or re-pointed without changing what is on chain.
+pub fn hop_commitment(base: &CommitInput<'_>, hop: &HopInput<'_>) -> Commitment {
+    let p = &hop.prev;
+    let mut r = Keccak::v256();
+    r.update(PREV_LABEL);
+    r.update(&p.chain_id.to_be_bytes());
+    r.update(p.registry);
+    r.update(p.writer);
+    r.update(&[u8::from(p.batched)]);
+    r.update(p.key);
+    r.update(p.commitment);
+    let mut k = Keccak::v256();
+    k.update(HOP_LABEL);
+    k.update(&commitment_hash(base));
+    k.update(&[hop.index]);
+    k.update(&r.finish());
+    k.update(&[hop.domain.len().min(255) as u8]);
+    k.update(hop.domain.as_bytes());
+    k.update(&[hop.received_for.len().min(255) as u8]);
+    k.update(hop.received_for.as_bytes());
+    k.update(&(hop.changes.len() as u32).to_be_bytes());
+    k.update(hop.changes.as_bytes());
     truncate(k.finish())
 }
 

@@ -112,16 +112,20 @@ impl StampHeader {
 
     /// [`StampHeader::commitment`] when the token is already at hand.
     pub(crate) fn commitment_with_token(&self, token: &[u8; 32]) -> Commitment {
-        let rcpts = self.rcpts.as_deref().unwrap_or(&[]);
-        digest::commitment(&CommitInput {
+        digest::commitment(&self.commit_input(token))
+    }
+
+    /// What the commitment binds, given the token: also the base of a hop's commitment.
+    pub(crate) fn commit_input<'a>(&'a self, token: &'a [u8; 32]) -> CommitInput<'a> {
+        CommitInput {
             chain_id: self.chain_id,
             registry: &self.registry,
             writer: &self.writer,
             token,
             names: &self.names,
             digests: &self.digests,
-            rcpts,
-        })
+            rcpts: self.rcpts.as_deref().unwrap_or(&[]),
+        }
     }
 
     /// The protocol version of this stamp: the lowest that defines every family in `names`
@@ -139,7 +143,8 @@ impl StampHeader {
             .join("; ")
     }
 
-    fn tags(&self) -> Vec<(&'static str, String)> {
+    /// The tags in the order they are written, `v` first.
+    pub(crate) fn tags(&self) -> Vec<(&'static str, String)> {
         let names: Vec<String> = self.names.iter().map(|n| n.to_string()).collect();
         let mut d = Vec::with_capacity(self.digests.len() * DIGEST_LEN);
         for x in &self.digests {
@@ -174,38 +179,7 @@ impl StampHeader {
     /// The header value folded to lines of at most 78 characters (with the field name),
     /// continuation lines starting with a tab, lines joined by `eol`.
     pub fn folded_value(&self, eol: &str) -> String {
-        const WIDTH: usize = 76;
-        let mut out = String::new();
-        let mut col = FIELD_NAME.len() + 2;
-        let tags = self.tags();
-        for (i, (t, v)) in tags.iter().enumerate() {
-            let mut piece = format!("{t}={v}");
-            if i + 1 < tags.len() {
-                piece.push(';');
-            }
-            // Start a new line when the tag does not fit; split long base64 values (FWS inside
-            // a value is allowed and removed by the decoder).
-            if col > FIELD_NAME.len() + 2 && col + 1 + piece.len() > WIDTH {
-                out.push_str(eol);
-                out.push('\t');
-                col = 8;
-            } else if !out.is_empty() {
-                out.push(' ');
-                col += 1;
-            }
-            let mut rest = piece.as_str();
-            while col + rest.len() > WIDTH {
-                let room = WIDTH.saturating_sub(col).max(16).min(rest.len());
-                out.push_str(&rest[..room]);
-                out.push_str(eol);
-                out.push('\t');
-                col = 8;
-                rest = &rest[room..];
-            }
-            out.push_str(rest);
-            col += rest.len();
-        }
-        out
+        fold(&self.tags(), eol)
     }
 
     /// Decodes a header value. Strict about every tag this version defines; tags it does not
@@ -213,44 +187,99 @@ impl StampHeader {
     /// first problem found is the error, tags checked in the order v, c, r, w, m (b, p), s,
     /// h (then `v` against the families `h` names), d, e.
     pub fn decode(value: &str) -> Result<Self, HeaderError> {
-        if value.len() > MAX_VALUE_LEN {
-            return Err(HeaderError::Oversized(value.len()));
-        }
-        let t = Tags::split(value)?;
-        let v = required("v", t.v)?;
-        let version = match v.as_ref() {
-            "1" => 1,
-            "2" => 2,
-            _ => return Err(HeaderError::Version(v.chars().take(16).collect())),
-        };
-        let chain_id = chain_id_tag(&required("c", t.c)?)?;
-        let registry = address_tag("r", required("r", t.r)?)?;
-        let writer = address_tag("w", required("w", t.w)?)?;
-        let mode = mode_tags(t.m.as_deref(), t.b, t.p)?;
-        let salt = salt_tag(&required("s", t.s)?)?;
-        let names = names_tag(&required("h", t.h)?)?;
-        if version_of(&names) != version {
-            return Err(bad(
-                "v",
-                format!(
-                    "is {version}, but the components in h make a v={} stamp",
-                    version_of(&names)
-                ),
-            ));
-        }
-        let digests = digests_tag(&required("d", t.d)?, names.len())?;
-        let rcpts = t.e.map(|e| rcpts_tag(&e)).transpose()?;
-        Ok(Self {
-            chain_id,
-            registry,
-            writer,
-            salt,
-            mode,
-            names,
-            digests,
-            rcpts,
-        })
+        decode_with(value, false).map(|(h, _)| h)
     }
+}
+
+/// A tag list folded to lines of at most 78 characters (with the field name), continuation
+/// lines starting with a tab, lines joined by `eol`: the one folding of every field kind.
+pub(crate) fn fold(tags: &[(&'static str, String)], eol: &str) -> String {
+    const WIDTH: usize = 76;
+    let mut out = String::new();
+    let mut col = FIELD_NAME.len() + 2;
+    for (i, (t, v)) in tags.iter().enumerate() {
+        let mut piece = format!("{t}={v}");
+        if i + 1 < tags.len() {
+            piece.push(';');
+        }
+        // Start a new line when the tag does not fit; split long base64 values (FWS inside
+        // a value is allowed and removed by the decoder).
+        if col > FIELD_NAME.len() + 2 && col + 1 + piece.len() > WIDTH {
+            out.push_str(eol);
+            out.push('\t');
+            col = 8;
+        } else if !out.is_empty() {
+            out.push(' ');
+            col += 1;
+        }
+        let mut rest = piece.as_str();
+        while col + rest.len() > WIDTH {
+            let room = WIDTH.saturating_sub(col).max(16).min(rest.len());
+            out.push_str(&rest[..room]);
+            out.push_str(eol);
+            out.push('\t');
+            col = 8;
+            rest = &rest[room..];
+        }
+        out.push_str(rest);
+        col += rest.len();
+    }
+    out
+}
+
+/// Tags the shared decoder does not define, in order, folding whitespace removed.
+pub(crate) type OtherTags<'a> = Vec<(&'a str, Cow<'a, str>)>;
+
+/// The version of a hop field (docs/PROTOCOL.md §5c): only hop fields carry it.
+pub const HOP_VERSION: u32 = 3;
+
+/// Decodes the tags a stamp and a hop field share. With `hop`, the field must say
+/// `v=3` (its `h` may name any family of versions 1 and 2) and the tags this decoder does not
+/// know are returned, for the hop decoder (`crate::hops` reads its own); without, `v` must be
+/// 1 or 2 and match `h`, and unknown tags are dropped.
+pub(crate) fn decode_with(
+    value: &str,
+    hop: bool,
+) -> Result<(StampHeader, OtherTags<'_>), HeaderError> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(HeaderError::Oversized(value.len()));
+    }
+    let t = Tags::split(value)?;
+    let v = required("v", t.v)?;
+    let version = match (v.as_ref(), hop) {
+        ("1", false) => 1,
+        ("2", false) => 2,
+        ("3", true) => HOP_VERSION,
+        _ => return Err(HeaderError::Version(v.chars().take(16).collect())),
+    };
+    let chain_id = chain_id_tag(&required("c", t.c)?)?;
+    let registry = address_tag("r", required("r", t.r)?)?;
+    let writer = address_tag("w", required("w", t.w)?)?;
+    let mode = mode_tags(t.m.as_deref(), t.b, t.p)?;
+    let salt = salt_tag(&required("s", t.s)?)?;
+    let names = names_tag(&required("h", t.h)?)?;
+    if version != HOP_VERSION && version_of(&names) != version {
+        return Err(bad(
+            "v",
+            format!(
+                "is {version}, but the components in h make a v={} stamp",
+                version_of(&names)
+            ),
+        ));
+    }
+    let digests = digests_tag(&required("d", t.d)?, names.len())?;
+    let rcpts = t.e.map(|e| rcpts_tag(&e)).transpose()?;
+    let header = StampHeader {
+        chain_id,
+        registry,
+        writer,
+        salt,
+        mode,
+        names,
+        digests,
+        rcpts,
+    };
+    Ok((header, t.rest))
 }
 
 /// The lowest protocol version that defines every family of `names`.
@@ -273,6 +302,8 @@ struct Tags<'a> {
     e: Option<Cow<'a, str>>,
     b: Option<Cow<'a, str>>,
     p: Option<Cow<'a, str>>,
+    /// The tags this decoder does not define, in order (at most [`MAX_VALUE_LEN`] bytes).
+    rest: Vec<(&'a str, Cow<'a, str>)>,
 }
 
 impl<'a> Tags<'a> {
@@ -295,8 +326,9 @@ impl<'a> Tags<'a> {
             if !seen.insert(tag) {
                 return Err(HeaderError::Duplicate(tag.to_owned()));
             }
-            if let Some(slot) = tags.slot(tag) {
-                *slot = Some(unfold(val));
+            match tags.slot(tag) {
+                Some(slot) => *slot = Some(unfold(val)),
+                None => tags.rest.push((tag, unfold(val))),
             }
         }
         Ok(tags)
@@ -337,7 +369,7 @@ fn required<T>(tag: &'static str, value: Option<T>) -> Result<T, HeaderError> {
 }
 
 /// `c`: a decimal chain id that fits in 64 bits.
-fn chain_id_tag(c: &str) -> Result<u64, HeaderError> {
+pub(crate) fn chain_id_tag(c: &str) -> Result<u64, HeaderError> {
     if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad("c", "chain id must be a decimal number"));
     }
@@ -432,19 +464,19 @@ fn rcpts_tag(e: &str) -> Result<Vec<RcptDigest>, HeaderError> {
 }
 
 /// A chunk of exactly `N` bytes as an array.
-fn array<const N: usize>(chunk: &[u8]) -> [u8; N] {
+pub(crate) fn array<const N: usize>(chunk: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(chunk);
     out
 }
 
 /// The first 32 characters of `s`, to quote it in an error.
-fn trunc(s: &str) -> String {
+pub(crate) fn trunc(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
 /// `r` or `w`: `0x` and 40 hex digits.
-fn address_tag(tag: &'static str, v: Cow<'_, str>) -> Result<[u8; 20], HeaderError> {
+pub(crate) fn address_tag(tag: &'static str, v: Cow<'_, str>) -> Result<[u8; 20], HeaderError> {
     let hex_part = v
         .strip_prefix("0x")
         .ok_or_else(|| bad(tag, "address must start with 0x"))?;
@@ -457,7 +489,7 @@ fn address_tag(tag: &'static str, v: Cow<'_, str>) -> Result<[u8; 20], HeaderErr
 }
 
 /// A base64 tag value, decoded.
-fn b64_tag(tag: &'static str, v: &str) -> Result<Vec<u8>, HeaderError> {
+pub(crate) fn b64_tag(tag: &'static str, v: &str) -> Result<Vec<u8>, HeaderError> {
     B64.decode(v)
         .map_err(|e| bad(tag, format!("not base64: {e}")))
 }

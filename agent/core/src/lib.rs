@@ -27,12 +27,14 @@
 //! | 3     | header    | digest, hex0x, merkle, name                                           |
 //! | 4     | stamp     | canon, component, digest, header, merkle, name                        |
 //! | 5     | verify    | canon, component, digest, header, hex0x, merkle, name, stamp, writers |
+//! | 6     | hops      | canon, component, digest, header, hex0x, name, stamp, verify, writers |
 
 pub mod canon;
 pub mod component;
 pub mod digest;
 pub mod header;
 mod hex0x;
+pub mod hops;
 pub mod merkle;
 pub mod name;
 pub mod stamp;
@@ -41,6 +43,9 @@ pub mod writers;
 
 pub use component::{Envelope, Selection};
 pub use header::{HeaderError, StampHeader};
+pub use hops::{
+    Chain, ChainInspection, ChainReport, HopField, evaluate_chain, inspect_chain, prepare_hop,
+};
 /// The parser the pipeline is built on, for callers that hold parsed messages.
 pub use mail_parser;
 pub use name::{ComponentName, Family};

@@ -41,8 +41,9 @@ pub enum StampError {
         "the From field lists {0} mailboxes, more than one; send with one author (and Sender) or split the message"
     )]
     SeveralAuthors(usize),
-    /// The message already carries a `Mail-Stamp:` field: a second one makes it `invalid` at
-    /// every receiver (no hop is declared, docs/PROTOCOL.md §6 step 1).
+    /// The message already carries a `Mail-Stamp:` field: a second originator's stamp makes
+    /// it `invalid` at every receiver (docs/PROTOCOL.md §6 step 1); a forwarder adds a hop
+    /// instead (`crate::hops::prepare_hop`, §5c).
     #[error("the message already carries a {FIELD_NAME} field; remove it before stamping again")]
     AlreadyStamped,
     /// `rcpt` is selected but there is no recipient at all.
@@ -99,6 +100,25 @@ pub fn prepare(
     chain: &ChainRef,
     sel: &Selection,
 ) -> Result<Prepared, StampError> {
+    let header = stamp_header(msg, env, salt, chain, sel, false)?;
+    let token = header.token();
+    Ok(Prepared {
+        token,
+        commitment: header.commitment_with_token(&token),
+        header,
+    })
+}
+
+/// The header [`prepare`] computes. `hop` lets the message carry `Mail-Stamp:` fields
+/// already: a hop stamps a message that is stamped (`crate::hops`, docs/PROTOCOL.md §5c).
+pub(crate) fn stamp_header(
+    msg: &Message<'_>,
+    env: &Envelope,
+    salt: Salt,
+    chain: &ChainRef,
+    sel: &Selection,
+    hop: bool,
+) -> Result<StampHeader, StampError> {
     if matches!(msg.raw_message().first(), Some(b' ' | b'\t')) {
         return Err(StampError::LeadingFold);
     }
@@ -117,10 +137,11 @@ pub fn prepare(
     if !twice.is_empty() {
         return Err(StampError::DuplicateField(twice.join(", ")));
     }
-    if msg
-        .headers()
-        .iter()
-        .any(|h| h.name().eq_ignore_ascii_case(FIELD_NAME))
+    if !hop
+        && msg
+            .headers()
+            .iter()
+            .any(|h| h.name().eq_ignore_ascii_case(FIELD_NAME))
     {
         return Err(StampError::AlreadyStamped);
     }
@@ -148,7 +169,7 @@ pub fn prepare(
     } else {
         None
     };
-    let header = StampHeader {
+    Ok(StampHeader {
         chain_id: chain.chain_id,
         registry: chain.registry,
         writer: chain.writer,
@@ -157,12 +178,6 @@ pub fn prepare(
         names,
         digests,
         rcpts,
-    };
-    let token = header.token();
-    Ok(Prepared {
-        token,
-        commitment: header.commitment_with_token(&token),
-        header,
     })
 }
 

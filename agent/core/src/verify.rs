@@ -261,8 +261,10 @@ pub enum Inspection {
 /// Finds and decodes the `Mail-Stamp:` header. The value is taken from the raw bytes
 /// (offsets mail-parser records), so folding is undone by the decoder, not by guesswork.
 ///
-/// More than one `Mail-Stamp:` field is `invalid` (docs/PROTOCOL.md §6 step 1): no version
-/// declares hops yet, so nothing says which field speaks for the message.
+/// More than one `Mail-Stamp:` field is `invalid` here: this is the one-stamp reader, and
+/// nothing in one field says which speaks for the message. A message forwarded under hops
+/// (docs/PROTOCOL.md §5c) is read by `crate::hops::inspect_chain`, which accepts several
+/// fields only as a well-formed chain and judges a chain of one field exactly as this path.
 pub fn inspect(msg: &Message<'_>) -> Inspection {
     let raw = msg.raw_message();
     let mut fields = msg
@@ -293,11 +295,64 @@ pub fn inspect(msg: &Message<'_>) -> Inspection {
 /// What the registry must hold for this header: the commitment itself (direct mode), or the
 /// batch root the header's proof leads to from it (batched mode).
 pub fn recorded_value(header: &StampHeader) -> Commitment {
+    recorded_value_of(header, &header.commitment())
+}
+
+/// [`recorded_value`] for a field whose commitment is `commitment` (a hop's, docs/PROTOCOL.md
+/// §5c, is not the one [`StampHeader::commitment`] computes): the commitment itself, or the
+/// root its proof leads to.
+pub fn recorded_value_of(header: &StampHeader, commitment: &Commitment) -> Commitment {
     match &header.mode {
-        Mode::Direct => header.commitment(),
+        Mode::Direct => *commitment,
         Mode::Batch { proof, .. } => {
-            crate::merkle::short(&crate::merkle::root_from_proof(&header.commitment(), proof))
+            crate::merkle::short(&crate::merkle::root_from_proof(commitment, proof))
         }
+    }
+}
+
+/// One stamp to judge: its header, the commitment it claims is recorded, and the version whose
+/// required families it is asked for. The one-stamp path ([`evaluate`]) and every level of a
+/// hop chain (`crate::hops`) go through [`judge_stamp`] with one of these.
+pub(crate) struct Claim<'a> {
+    /// The decoded field.
+    pub(crate) header: &'a StampHeader,
+    /// What its record must hold (before a batch proof is applied).
+    pub(crate) commitment: Commitment,
+    /// The version deciding which required families must be stamped (§6 step 7).
+    pub(crate) version: u32,
+}
+
+/// Lookup, comparison and decision for one stamp: the record's time when the chain holds the
+/// claimed commitment (else the early report), then `components` (called only then: a stamp
+/// without its record is not decomposed), the score, the verdict, the writer check.
+pub(crate) fn judge_stamp(
+    claim: &Claim<'_>,
+    lookup: &Lookup,
+    auth: &WriterAuth,
+    policy: &Policy,
+    now: Option<u64>,
+    components: impl FnOnce() -> Vec<ComponentResult>,
+) -> Report {
+    let header = claim.header;
+    let time = match recorded_time(header, &claim.commitment, lookup) {
+        ControlFlow::Continue(time) => time,
+        ControlFlow::Break(report) => return report,
+    };
+    let components = components();
+    let score = score(&components);
+    let replay = is_replay(policy, time, now);
+    let (verdict, reason) =
+        Findings::of(&components, header, claim.version, policy).judge(score, replay, policy);
+    let (verdict, reason) = apply_writer_auth(verdict, reason, auth);
+    let mut info = StampInfo::of(header);
+    info.time = Some(time);
+    Report {
+        verdict,
+        score: Some(score),
+        reason,
+        components,
+        stamp: Some(info),
+        writer_auth: Some(auth.clone()),
     }
 }
 
@@ -323,25 +378,14 @@ pub fn evaluate(
     if let Some(report) = version_refused(header, policy) {
         return report;
     }
-    let time = match recorded_time(header, lookup) {
-        ControlFlow::Continue(time) => time,
-        ControlFlow::Break(report) => return report,
+    let claim = Claim {
+        header,
+        commitment: header.commitment(),
+        version: header.version(),
     };
-    let components = compare(msg, header, env, policy);
-    let score = score(&components);
-    let replay = is_replay(policy, time, now);
-    let (verdict, reason) = Findings::of(&components, header, policy).judge(score, replay, policy);
-    let (verdict, reason) = apply_writer_auth(verdict, reason, auth);
-    let mut info = StampInfo::of(header);
-    info.time = Some(time);
-    Report {
-        verdict,
-        score: Some(score),
-        reason,
-        components,
-        stamp: Some(info),
-        writer_auth: Some(auth.clone()),
-    }
+    judge_stamp(&claim, lookup, auth, policy, now, || {
+        compare(msg, header, env, policy)
+    })
 }
 
 /// `invalid` when the stamp's version is below [`Policy::min_version`]: a receiver that
@@ -379,7 +423,7 @@ pub fn duplicate_verdict(field: &str) -> Verdict {
 /// [`component::SINGLE_FIELDS`] field (`spam` if any of them is a `spam` field, else
 /// `invalid`), a From field with more than one mailbox (`spam`, like a second From), or a
 /// MIME field or parameter twice ([`component::ambiguous_mime`], `spam`).
-fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
+pub(crate) fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
     let authors = component::from_mailboxes(msg);
     if authors > 1 {
         return Some((
@@ -416,9 +460,13 @@ fn duplicate_fields(msg: &Message<'_>) -> Option<(Verdict, String)> {
 /// The lookup stage: the record's block time when the chain holds what the header claims,
 /// else the final report (`temperror` when the chain cannot tell yet, `spam` when it holds
 /// nothing or something else).
-fn recorded_time(header: &StampHeader, lookup: &Lookup) -> ControlFlow<Report, u64> {
+fn recorded_time(
+    header: &StampHeader,
+    claimed: &Commitment,
+    lookup: &Lookup,
+) -> ControlFlow<Report, u64> {
     let report = match lookup {
-        Lookup::Found { commitment, time } if *commitment == recorded_value(header) => {
+        Lookup::Found { commitment, time } if *commitment == recorded_value_of(header, claimed) => {
             return ControlFlow::Continue(*time);
         }
         Lookup::Found { time, .. } => {
@@ -506,7 +554,12 @@ fn names_where(
 }
 
 impl<'a> Findings<'a> {
-    fn of(components: &'a [ComponentResult], header: &StampHeader, policy: &Policy) -> Self {
+    fn of(
+        components: &'a [ComponentResult],
+        header: &StampHeader,
+        version: u32,
+        policy: &Policy,
+    ) -> Self {
         let required = |c: &ComponentResult| c.family.is_some_and(|f| policy.required.contains(&f));
         Self {
             differing: names_where(components, |c| {
@@ -526,7 +579,7 @@ impl<'a> Findings<'a> {
                 .iter()
                 .filter(|f| match f {
                     Family::Rcpt => header.rcpts.is_none(),
-                    f if f.since() > header.version() => false,
+                    f if f.since() > version => false,
                     f => !header.names.iter().any(|n| n.family == **f),
                 })
                 .map(|f| f.as_str())
@@ -609,7 +662,7 @@ fn apply_writer_auth(
     }
 }
 
-fn selection_of(header: &StampHeader) -> Selection {
+pub(crate) fn selection_of(header: &StampHeader) -> Selection {
     let mut s: BTreeSet<Family> = header.names.iter().map(|n| n.family).collect();
     // The signature is cut from the first text part whether or not text is stamped.
     s.insert(Family::Signature);
@@ -622,8 +675,28 @@ fn compare(
     env: &Envelope,
     policy: &Policy,
 ) -> Vec<ComponentResult> {
-    let sel = selection_of(header);
-    let got = component::decompose(msg, env, &sel);
+    let got = component::decompose(msg, env, &selection_of(header));
+    let rcpt = header
+        .rcpts
+        .as_ref()
+        .map(|set| compare_rcpts(msg, header, env, set));
+    compare_values(header, &got, None, rcpt, policy)
+}
+
+/// Compares the stamped components of `header` with the values `got` (the received message
+/// decomposed, or what a hop chain makes of it once the changes of the hops above are undone,
+/// `crate::hops`). `declared` is `None` for a stamp judged on its own: further processing
+/// (§7) may explain what lists change. Below a hop it is the families the hops above set
+/// aside, each with the note a difference in it gets (`explained`); nothing else is
+/// explained there, since a hop declares what it changed (§5c). `rcpt` is the recipients'
+/// result when `rcpt` was stamped.
+pub(crate) fn compare_values(
+    header: &StampHeader,
+    got: &Decomposed,
+    declared: Option<&BTreeMap<Family, String>>,
+    rcpt: Option<(Status, Option<String>)>,
+    policy: &Policy,
+) -> Vec<ComponentResult> {
     let mut out = Vec::with_capacity(header.names.len() + 1);
     let result = |name: &ComponentName, status, note: Option<String>| ComponentResult {
         name: name.with_str(str::to_owned),
@@ -641,9 +714,15 @@ fn compare(
             ),
             None => (Status::Missing, None),
             Some(v) if value_digest(&header.salt, name, v) == *want => (Status::Match, None),
-            Some(v) => match explain(header, name, v, want, &got) {
-                Some(why) => (Status::Explained, Some(why.to_owned())),
-                None => (Status::Mismatch, None),
+            Some(v) => match declared {
+                Some(aside) => match aside.get(&name.family) {
+                    Some(note) => (Status::Explained, Some(note.clone())),
+                    None => (Status::Mismatch, None),
+                },
+                None => match explain(header, name, v, want, got) {
+                    Some(why) => (Status::Explained, Some(why.to_owned())),
+                    None => (Status::Mismatch, None),
+                },
             },
         };
         out.push(result(name, status, note));
@@ -661,7 +740,9 @@ fn compare(
             .iter()
             .filter(|(n, _)| n.family == fam && !stamped.contains(n))
         {
-            let footer = fam == Family::Text && matches!(v, Value::Lines(l) if is_footer_sized(l));
+            let footer = declared.is_none()
+                && fam == Family::Text
+                && matches!(v, Value::Lines(l) if is_footer_sized(l));
             let (status, note) = if footer {
                 (Status::Explained, Some("list footer part added".to_owned()))
             } else {
@@ -671,8 +752,7 @@ fn compare(
         }
     }
 
-    if let Some(set) = &header.rcpts {
-        let (status, note) = compare_rcpts(msg, header, env, set);
+    if let Some((status, note)) = rcpt {
         out.push(result(&ComponentName::single(Family::Rcpt), status, note));
     }
     out
@@ -747,7 +827,7 @@ fn explain(
 /// Envelope recipients must all be stamped ones. Without an envelope we fall back on the
 /// delivery trace headers the receiving MTA added (X-Original-To, Delivered-To), and then on
 /// To/Cc, where one stamped address is enough (a Bcc copy lists nobody there).
-fn compare_rcpts(
+pub(crate) fn compare_rcpts(
     msg: &Message<'_>,
     header: &StampHeader,
     env: &Envelope,

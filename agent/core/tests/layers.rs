@@ -81,6 +81,21 @@ const LAYERS: &[Row] = &[
             "writers",
         ],
     },
+    Row {
+        module: "hops",
+        layer: 6,
+        may_import: &[
+            "canon",
+            "component",
+            "digest",
+            "header",
+            "hex0x",
+            "name",
+            "stamp",
+            "verify",
+            "writers",
+        ],
+    },
 ];
 
 /// Longest function allowed outside test modules, from its `fn` line to its closing brace.
