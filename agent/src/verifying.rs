@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! Verifying one message: parse it, find its `Mail-Stamp:`, ask the chain for the record and
-//! DNS for the writer's authorisation at once, and let the core decide ([`verify`]); and the
+//! Verifying one message: parse it, find its `Mail-Stamp:` (or the chain of them a forwarder
+//! or list added, docs/PROTOCOL.md §5c), ask the chain for every record and DNS for every
+//! writer's authorisation at once, and let the core decide ([`verify`]); and the
 //! transaction that recorded a found stamp, for audit ([`recording_tx`]). Every problem is a
 //! verdict, never an error: chain trouble is `temperror`, never `spam`.
 
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::Address;
+use mailstamp_core::hops::{ChainInspection, LevelInputs};
 use mailstamp_core::mail_parser::Message;
 use mailstamp_core::{
     Envelope, Inspection, Lookup, Policy, Report, Verdict, WriterAuth, evaluate, inspect,
@@ -164,6 +166,18 @@ pub async fn verify_parsed(
             None,
         );
     };
+    // Two or more fields: a chain of hops (docs/PROTOCOL.md §5c), or `invalid`.
+    let fields = msg
+        .headers()
+        .iter()
+        .filter(|h| {
+            h.name()
+                .eq_ignore_ascii_case(mailstamp_core::header::FIELD_NAME)
+        })
+        .count();
+    if fields > 1 {
+        return walk_chain(chain, ctx, msg, env).await;
+    }
     let header = match inspect(msg) {
         Inspection::Unstamped => {
             return Report::bare(Verdict::Unstamped, "no Mail-Stamp header", None);
@@ -190,6 +204,56 @@ pub async fn verify_parsed(
     on_chain(chain, ctx, msg, &header, env).await
 }
 
+/// Why a stamp's chain or registry is not read here, if so: `invalid`, said for `what`
+/// ("stamp" or "hop i=N").
+fn foreign(
+    chain: &Chain,
+    ctx: &VerifyContext,
+    header: &mailstamp_core::StampHeader,
+    what: &str,
+) -> Option<Report> {
+    if header.chain_id != chain.chain_id {
+        return Some(Report::bare(
+            Verdict::Invalid,
+            format!(
+                "{what} is on chain {}, this agent reads chain {}",
+                header.chain_id, chain.chain_id
+            ),
+            Some(header),
+        ));
+    }
+    let registry = Address::from(header.registry);
+    if !ctx.trusted.contains(&registry) {
+        return Some(Report::bare(
+            Verdict::Invalid,
+            format!(
+                "{what} names registry {registry}, which is not trusted (chain.registry / verify.trusted_registries)"
+            ),
+            Some(header),
+        ));
+    }
+    None
+}
+
+/// The record of one stamp and its writer's check for `domain`, asked at once, with the
+/// patience `[verify]` asks for.
+async fn record_and_writer(
+    chain: &Chain,
+    ctx: &VerifyContext,
+    header: &mailstamp_core::StampHeader,
+    domain: &str,
+) -> (Lookup, WriterAuth) {
+    // The record and the writer check are independent: ask the chain and DNS at once.
+    let writer = Address::from(header.writer);
+    let key = RecordKey::of(header);
+    let (lookup, auth) = tokio::join!(
+        chain.lookup(writer, key),
+        ctx.authority.check(domain, writer)
+    );
+    let lookup = patient(chain, ctx, writer, key, lookup, &auth).await;
+    (lookup, auth)
+}
+
 /// The checks of a decoded stamp against the chain: the chain and registry it names, then
 /// the record and the writer's authorisation (asked at once), then the core's comparison.
 async fn on_chain(
@@ -199,35 +263,82 @@ async fn on_chain(
     header: &mailstamp_core::StampHeader,
     env: &Envelope,
 ) -> Report {
-    if header.chain_id != chain.chain_id {
-        return Report::bare(
-            Verdict::Invalid,
-            format!(
-                "stamp is on chain {}, this agent reads chain {}",
-                header.chain_id, chain.chain_id
-            ),
-            Some(header),
-        );
+    if let Some(r) = foreign(chain, ctx, header, "stamp") {
+        return r;
     }
-    let registry = Address::from(header.registry);
-    if !ctx.trusted.contains(&registry) {
-        return Report::bare(
-            Verdict::Invalid,
-            format!(
-                "stamp names registry {registry}, which is not trusted (chain.registry / verify.trusted_registries)"
-            ),
-            Some(header),
-        );
-    }
-    // The record and the writer check are independent: ask the chain and DNS at once.
-    let writer = Address::from(header.writer);
     let from = mailstamp_core::component::from_address(msg);
     let (_, domain) = mailstamp_core::canon::split_address(&from);
-    let key = RecordKey::of(header);
-    let (mut lookup, auth) = tokio::join!(
-        chain.lookup(writer, key),
-        ctx.authority.check(domain, writer)
-    );
+    let (lookup, auth) = record_and_writer(chain, ctx, header, domain).await;
+    evaluate(msg, header, env, &lookup, &auth, &ctx.policy, ctx.now)
+}
+
+/// A message with several `Mail-Stamp:` fields: the chain of hops (docs/PROTOCOL.md §5c),
+/// every level's record and writer (for its own domain) asked at once, then the core's walk.
+/// Fields that do not form a chain are `invalid`.
+async fn walk_chain(
+    chain: std::result::Result<&Chain, &Error>,
+    ctx: &VerifyContext,
+    msg: &Message<'_>,
+    env: &Envelope,
+) -> Report {
+    let hops = match mailstamp_core::inspect_chain(msg) {
+        ChainInspection::Chain(c) => c,
+        ChainInspection::Invalid(why) => {
+            return Report::bare(Verdict::Invalid, format!("Mail-Stamp chain: {why}"), None);
+        }
+        ChainInspection::Unstamped => {
+            return Report::bare(Verdict::Unstamped, "no Mail-Stamp header", None);
+        }
+    };
+    let chain = match chain {
+        Ok(c) => c,
+        Err(why) => {
+            return Report::bare(
+                Verdict::Temperror,
+                format!("{}: {why:#}", mailstamp_core::verify::CHAIN_UNAVAILABLE),
+                hops.stamp(hops.len() - 1),
+            );
+        }
+    };
+    let stamps: Vec<&mailstamp_core::StampHeader> =
+        (0..hops.len()).filter_map(|k| hops.stamp(k)).collect();
+    for (k, h) in stamps.iter().enumerate() {
+        let what = if k == 0 {
+            "stamp".to_owned()
+        } else {
+            format!("hop i={}", k + 1)
+        };
+        if let Some(r) = foreign(chain, ctx, h, &what) {
+            return r;
+        }
+    }
+    let domains = hops.auth_domains(msg);
+    let asked = futures_util::future::join_all(
+        stamps
+            .iter()
+            .zip(&domains)
+            .map(|(h, d)| record_and_writer(chain, ctx, h, d)),
+    )
+    .await;
+    let (lookups, auths): (Vec<Lookup>, Vec<WriterAuth>) = asked.into_iter().unzip();
+    let inputs = LevelInputs {
+        lookups: &lookups,
+        auths: &auths,
+    };
+    mailstamp_core::evaluate_chain(msg, &hops, env, &inputs, &ctx.policy, ctx.now).into_report()
+}
+
+/// `lookup` after the patience `[verify]` asks for: a record not confirmed or not found yet
+/// is waited for (`confirm_wait_secs`), and "no record" stays `temperror` during the grace
+/// after the stamp was first seen (`missing_grace_secs`).
+async fn patient(
+    chain: &Chain,
+    ctx: &VerifyContext,
+    writer: Address,
+    key: RecordKey,
+    mut lookup: Lookup,
+    auth: &WriterAuth,
+) -> Lookup {
     // Waiting serves a writer the domain may have authorised; an unauthorised one is spam
     // whatever the chain says, and must not hold a session.
     let authorised = !matches!(auth, WriterAuth::Fail(_));
@@ -250,7 +361,7 @@ async fn on_chain(
             ));
         }
     }
-    evaluate(msg, header, env, &lookup, &auth, &ctx.policy, ctx.now)
+    lookup
 }
 
 /// The transaction that recorded a found stamp (its `Stamped` event, or its batch's

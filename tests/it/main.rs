@@ -4,6 +4,7 @@
 //! from the SpamAssassin corpus (installed by `scripts/setup`). One binary so it compiles once.
 
 mod harness;
+mod hops;
 
 mod abi_drift;
 mod allowlist;

@@ -943,6 +943,38 @@ pub struct ChainReport {
     pub levels: Vec<LevelReport>,
 }
 
+impl ChainReport {
+    /// The chain's outcome as one [`Report`], for callers that handle every message alike
+    /// (the milter's headers, `verify --json`): the top level's components, record and
+    /// writer check, the whole chain's verdict and reason, and every level in
+    /// [`Report::chain`]. A chain refused as a whole (no levels) is a bare report.
+    pub fn into_report(self) -> Report {
+        let levels: Vec<verify::ChainLevel> = self
+            .levels
+            .iter()
+            .map(|l| verify::ChainLevel {
+                index: l.index,
+                domain: l.domain.clone(),
+                changes: l.changes.iter().map(Change::encode).collect(),
+                verdict: l.report.verdict,
+                reason: l.report.reason.clone(),
+                stamp: l.report.stamp.clone(),
+            })
+            .collect();
+        let mut report = match self.levels.into_iter().last() {
+            Some(top) => top.report,
+            None => Report::bare(self.verdict, String::new(), None),
+        };
+        report.verdict = self.verdict;
+        report.reason = self.reason;
+        if levels.len() > 1 {
+            report.chain = levels;
+            report.author = self.author;
+        }
+        report
+    }
+}
+
 /// What [`evaluate_chain`] needs per level, bottom-up, in [`Chain`] order.
 pub struct LevelInputs<'a> {
     /// What the chain said about each level's record.

@@ -231,6 +231,31 @@ pub struct Report {
     /// Whether the writer may write for the From domain, when that was checked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writer_auth: Option<WriterAuth>,
+    /// For a message with hops (docs/PROTOCOL.md §5c): every level of its chain, bottom-up
+    /// (the originator first); the fields above are the top level's, the verdict and reason
+    /// the whole chain's. Empty for a message with one stamp.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<ChainLevel>,
+    /// For a chain that verified: the author (the originator's stamped From address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+}
+
+/// One level of a hop chain in a [`Report`] (built by `hops::ChainReport::into_report`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainLevel {
+    /// 1 for the originator, then the hop index (`i`).
+    pub index: u8,
+    /// The domain its writer was checked for (the author's for level 1, `dom` for a hop).
+    pub domain: String,
+    /// The changes the hop declared, as written in its `t` tag; empty for the originator.
+    pub changes: Vec<String>,
+    /// The level's own verdict.
+    pub verdict: Verdict,
+    /// Why, for this level.
+    pub reason: Option<String>,
+    /// The record this level's stamp points to.
+    pub stamp: Option<StampInfo>,
 }
 
 impl Report {
@@ -243,6 +268,8 @@ impl Report {
             components: Vec::new(),
             stamp: stamp.map(StampInfo::of),
             writer_auth: None,
+            chain: Vec::new(),
+            author: None,
         }
     }
 }
@@ -353,6 +380,8 @@ pub(crate) fn judge_stamp(
         components,
         stamp: Some(info),
         writer_auth: Some(auth.clone()),
+        chain: Vec::new(),
+        author: None,
     }
 }
 

@@ -20,8 +20,8 @@ use crate::config::{BlockTag, Config, Confirmations};
 use crate::error::Result;
 
 /// The JSON object of one verification report, as `verify --json` prints it (without its
-/// `file`): verdict, score, reason, each component, the record, the writer check, and the
-/// recording transaction when found.
+/// `file`): verdict, score, reason, each component, the record, the writer check, the
+/// recording transaction when found, and for a message with hops every level of its chain.
 pub fn report_json(cfg: &Config, report: &Report, rec: Option<&Recorded>) -> Value {
     let s = report.stamp.as_ref();
     let comps: Vec<_> = report
@@ -30,7 +30,7 @@ pub fn report_json(cfg: &Config, report: &Report, rec: Option<&Recorded>) -> Val
         .map(|c| json!({"name": c.name, "match": c.status, "weight": c.weight, "note": c.note}))
         .collect();
     let tx = rec.map(|r| r.tx);
-    json!({
+    let mut v = json!({
         "verdict": report.verdict, "score": report.score, "reason": report.reason,
         "components": comps,
         "chain_id": s.map(|s| s.chain_id), "registry": s.map(|s| &s.registry),
@@ -41,7 +41,14 @@ pub fn report_json(cfg: &Config, report: &Report, rec: Option<&Recorded>) -> Val
         "writer_auth_detail": report.writer_auth.as_ref().map(|w| w.detail()),
         "tx": tx, "block": rec.map(|r| r.block),
         "explorer": tx.and_then(|t| cfg.tx_link(&t.to_string())),
-    })
+    });
+    // A hop chain (docs/PROTOCOL.md §5c): the fields above are the top level's; every level,
+    // bottom-up, and the author that verified.
+    if !report.chain.is_empty() {
+        v["chain"] = json!(report.chain);
+        v["author"] = json!(report.author);
+    }
+    v
 }
 
 pub use crate::chain::redact_url;

@@ -70,7 +70,13 @@ pub fn ar_value(
     if let Some(d) = from {
         v.push_str(&format!("\n\theader.from={d}"));
     }
-    if let Some(st) = &report.stamp {
+    // With hops (docs/PROTOCOL.md §5c) the policy.* of one stamp stay the originator's, so
+    // that what parses a one-stamp result still finds them; each hop follows as hopN-*.
+    let origin = report
+        .chain
+        .first()
+        .map_or(report.stamp.as_ref(), |l| l.stamp.as_ref());
+    if let Some(st) = origin {
         v.push_str(&format!(
             "\n\tpolicy.chain={} policy.writer={}\n\tpolicy.token={}",
             st.chain_id, st.writer, st.token
@@ -78,6 +84,32 @@ pub fn ar_value(
     }
     if let Some(tx) = tx {
         v.push_str(&format!("\n\tpolicy.tx={tx}"));
+    }
+    if let Some(a) = &report.author {
+        v.push_str(&format!("\n\tpolicy.author={}", clean(a, 254)));
+    }
+    for l in report.chain.iter().skip(1) {
+        let n = l.index;
+        v.push_str(&format!(
+            "\n\tpolicy.hop{n}-domain={}",
+            clean(&l.domain, 253)
+        ));
+        if let Some(st) = &l.stamp {
+            v.push_str(&format!("\n\tpolicy.hop{n}-writer={}", st.writer));
+            match &st.batch {
+                Some(b) => v.push_str(&format!("\n\tpolicy.hop{n}-batch={b}")),
+                None => v.push_str(&format!("\n\tpolicy.hop{n}-token={}", st.token)),
+            }
+        }
+        let kinds: Vec<&str> = l
+            .changes
+            .iter()
+            .map(|c| c.split('/').next().unwrap_or(""))
+            .collect();
+        if !kinds.is_empty() {
+            let kinds = clean(&kinds.join(","), 200).replace(['"', '\\'], "'");
+            v.push_str(&format!("\n\tpolicy.hop{n}-changes=\"{kinds}\""));
+        }
     }
     v
 }
