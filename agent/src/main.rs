@@ -17,8 +17,9 @@ mod cli;
 use cli::{onboard as onboard_cmd, people as people_cmd, recover as recover_cmd};
 
 /// Exit status of `verify`: the most severe verdict among the messages.
-const EXIT_HELP: &str = "Exit status of verify: 0 all wanted; 10 suspect; 11 unstamped; 12 invalid; 13 spam; \
-14 temperror (the highest among the messages wins). 1: error (config, I/O, chain); 2: bad usage.";
+const EXIT_HELP: &str = "Exit status of verify: 0 all wanted; 10 suspect; 11 unstamped; 15 inapplicable (a sound \
+stamp that does not apply here: a forward or list without an agent); 12 invalid; 13 spam; 14 temperror (the most \
+severe among the messages wins: 0, 1, 10, 11, 15, 12, 13, 14). 1: error (config, I/O, chain); 2: bad usage.";
 
 #[derive(Parser)]
 #[command(name = "mailstamp", version, about = "Stamp outgoing mail on an EVM chain; verify incoming mail against its stamp.", after_help = EXIT_HELP)]

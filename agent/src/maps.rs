@@ -280,6 +280,7 @@ fn verdict_named(s: &str) -> Option<Verdict> {
         Verdict::Unstamped,
         Verdict::Invalid,
         Verdict::Temperror,
+        Verdict::Inapplicable,
     ]
     .into_iter()
     .find(|v| v.as_str() == s)
@@ -306,7 +307,7 @@ fn parse_policy(args: Option<&str>) -> Result<VerifyPolicy, String> {
             p.actions.push((verdict, v.parse()?));
         } else {
             return Err(format!(
-                "unknown verify key `{k}`: threshold, wanted, suspect, spam, unstamped, invalid"
+                "unknown verify key `{k}`: threshold, wanted, suspect, spam, unstamped, invalid, inapplicable"
             ));
         }
     }

@@ -708,6 +708,30 @@ impl Recoverer {
             self.auth
                 .authenticate(raw, t.client_ip, &t.helo, &t.mail_from)
         );
+        // A stamp made for the user's other address, or one a forward or list without an
+        // agent made inapplicable (docs/PROTOCOL.md §5c): as at delivery.
+        let report = if report.verdict == mailstamp_core::Verdict::Spam {
+            let users: Vec<String> = out.user.iter().cloned().collect();
+            // The same store reads as the lists' below (a one-shot command, not a session).
+            let others: Vec<String> = users
+                .iter()
+                .filter_map(|u| crate::people::forwards::of(&self.store, u).ok())
+                .flatten()
+                .collect();
+            let msg = mailstamp_core::oversized(raw).is_none().then_some(msg);
+            verifying::second_look(
+                self.chain.as_ref(),
+                &verify,
+                raw,
+                msg,
+                &env,
+                report,
+                &others,
+            )
+            .await
+        } else {
+            report
+        };
         out.verdict = report.verdict;
         out.auth = auth;
         report

@@ -364,6 +364,51 @@ async fn patient(
     lookup
 }
 
+/// A second look at a lone stamp that came out `spam` (docs/PROTOCOL.md §5c, "When the
+/// forwarder or the list runs no agent"): stamped for one of `others` — the recipients' own
+/// other addresses that forward to them (`mailstamp forwards`) — it is judged again as if it
+/// had arrived for that address and, if that is `wanted`, says so; a sound stamp whose only
+/// differences are the envelope recipient or a From moved to another domain is
+/// `inapplicable` (neither wanted nor spam: the other checks decide). Anything else, and
+/// every chain of hops, stays as it was.
+pub async fn second_look(
+    chain: std::result::Result<&Chain, &Error>,
+    ctx: &VerifyContext,
+    raw: &[u8],
+    parsed: Option<&Message<'_>>,
+    env: &Envelope,
+    report: Report,
+    others: &[String],
+) -> Report {
+    if report.verdict != Verdict::Spam || !report.chain.is_empty() {
+        return report;
+    }
+    let Some(Inspection::Stamped(header)) = parsed.map(inspect) else {
+        return report;
+    };
+    if let Some(other) = mailstamp_core::hops::other_address(&header, others) {
+        let env2 = Envelope {
+            rcpts: vec![other.to_owned()],
+            client_ip: env.client_ip,
+        };
+        let mut r = verify_parsed(chain, ctx, raw, parsed, &env2).await;
+        if r.verdict == Verdict::Wanted {
+            r.reason = Some(format!(
+                "addressed to the recipient's other address {other} (mailstamp forwards)"
+            ));
+            return r;
+        }
+    }
+    match mailstamp_core::hops::not_applicable(&header, &report, &ctx.policy, ctx.now) {
+        Some(why) => Report {
+            verdict: Verdict::Inapplicable,
+            reason: Some(why.reason().to_owned()),
+            ..report
+        },
+        None => report,
+    }
+}
+
 /// The transaction that recorded a found stamp (its `Stamped` event, or its batch's
 /// `Anchored` event), for audit headers and reports; `None` when not found.
 pub async fn recording_tx(chain: &Chain, report: &Report, from_block: u64) -> Option<Recorded> {

@@ -114,9 +114,12 @@ fn deploy_stamp_verify_audit_through_the_binary() {
         verdict(&stamped, "bob@b.example"),
         ("wanted".into(), Some(0))
     );
+    // Sent to someone it was not stamped for: a replay or a forward without an agent — the
+    // stamp is sound and its writer authorised, so it does not apply here (docs/PROTOCOL.md
+    // §5c): `inapplicable`, exit 15, neither wanted nor spam.
     assert_eq!(
         verdict(&stamped, "eve@b.example"),
-        ("spam".into(), Some(13))
+        ("inapplicable".into(), Some(15))
     );
     let t = tamper_body(&stamped).unwrap();
     let (v, code) = verdict(&t, "bob@b.example");

@@ -119,6 +119,27 @@ impl World {
         insert_hop(sent, &hop.field)
     }
 
+    async fn second_look(
+        &self,
+        raw: &[u8],
+        to: &str,
+        report: mailstamp_core::Report,
+        others: &[String],
+    ) -> mailstamp_core::Report {
+        let c = self.writer(A).await;
+        let parsed = verifying::parse(raw);
+        verifying::second_look(
+            Ok(&c),
+            &self.verifying(),
+            raw,
+            parsed.as_ref(),
+            &env(to),
+            report,
+            others,
+        )
+        .await
+    }
+
     async fn verify(&self, raw: &[u8], to: &str) -> mailstamp_core::Report {
         let c = self.writer(A).await;
         verifying::verify(Ok(&c), &self.verifying(), raw, &env(to)).await
@@ -186,7 +207,38 @@ async fn a_forward_and_a_list_under_hops_are_wanted_and_their_copies_replayed_or
     let r = w.verify(&stamped, "bob@b.example").await;
     assert_eq!(r.verdict, Verdict::Wanted, "{}", says(&r));
     let r = w.verify(&stamped, "bob@forward.example").await;
-    assert_ne!(r.verdict, Verdict::Wanted, "{}", says(&r));
+    assert_eq!(r.verdict, Verdict::Spam, "{}", says(&r));
+    // A second look (what the milter, recover and the CLI do with a spam verdict): a sound
+    // stamp not addressed here is `inapplicable`, not spam; stamped for bob's other address,
+    // listed by bob, it is wanted.
+    let looked = w
+        .second_look(&stamped, "bob@forward.example", r.clone(), &[])
+        .await;
+    assert_eq!(looked.verdict, Verdict::Inapplicable, "{}", says(&looked));
+    assert_eq!(
+        looked.reason.as_deref(),
+        Some("stamp does not apply: not addressed to this recipient")
+    );
+    let others = ["bob@b.example".to_owned()];
+    let looked = w
+        .second_look(&stamped, "bob@forward.example", r, &others)
+        .await;
+    assert_eq!(looked.verdict, Verdict::Wanted, "{}", says(&looked));
+    assert!(
+        looked
+            .reason
+            .as_deref()
+            .is_some_and(|s| s.contains("other address bob@b.example")),
+        "{}",
+        says(&looked)
+    );
+    // A changed body is spam whatever the envelope: nothing to look at again.
+    let altered = crate::harness::tamper_body(&stamped).expect("a body to alter");
+    let r = w.verify(&altered, "bob@forward.example").await;
+    let looked = w
+        .second_look(&altered, "bob@forward.example", r, &others)
+        .await;
+    assert_eq!(looked.verdict, Verdict::Spam, "{}", says(&looked));
 
     // b.example forwards it to bob@forward.example under its hop: wanted, the forwarder named.
     let forward = HopSpec {
@@ -363,4 +415,52 @@ async fn a_forward_and_a_list_under_hops_are_wanted_and_their_copies_replayed_or
     assert_eq!(report["verdict"], "wanted", "{text}");
     assert_eq!(report["chain"].as_array().map(Vec::len), Some(2), "{text}");
     assert_eq!(report["chain"][1]["domain"], "b.example", "{text}");
+
+    // `mailstamp verify` of the plain forward: inapplicable (exit 15) until bob lists his other
+    // address with `mailstamp forwards`, then wanted (exit 0).
+    let plain_fwd = dir.0.join("plain-fwd.eml");
+    std::fs::write(&plain_fwd, &stamped).unwrap();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            mailstamp(&refs, &[], None)
+        })
+    };
+    let cfg_s = cfg.display().to_string();
+    let verify_args = vec![
+        "--config".to_owned(),
+        cfg_s.clone(),
+        "verify".to_owned(),
+        "--grace".to_owned(),
+        "0".to_owned(),
+        "--rcpt".to_owned(),
+        "bob@forward.example".to_owned(),
+        plain_fwd.display().to_string(),
+    ];
+    let out = run(verify_args.clone()).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(15), "{text}");
+    assert!(text.contains("inapplicable"), "{text}");
+    let out = run([
+        "--config",
+        &cfg_s,
+        "forwards",
+        "add",
+        "--user",
+        "bob@forward.example",
+        "bob@b.example",
+    ]
+    .map(str::to_owned)
+    .to_vec())
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(verify_args).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("other address bob@b.example"), "{text}");
 }

@@ -1172,7 +1172,7 @@ fn conclude(chain: &Chain, walk: &Walk, levels: Vec<LevelReport>) -> ChainReport
         Verdict::Spam => 1,
         Verdict::Temperror => 2,
         Verdict::Suspect => 3,
-        Verdict::Unstamped => 4,
+        Verdict::Unstamped | Verdict::Inapplicable => 4,
         Verdict::Wanted => 5,
     };
     // The topmost of the worst levels speaks: a failure above explains those below it.

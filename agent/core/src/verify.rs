@@ -45,6 +45,11 @@ pub enum Verdict {
     Invalid,
     /// The chain could not be asked, or the record is not confirmed yet: try again later.
     Temperror,
+    /// A sound stamp that does not apply to this copy (docs/PROTOCOL.md §5c): its record
+    /// matches, but it was not addressed to this recipient and no hop says why, or From was
+    /// moved to another domain — a forwarder or list that runs no agent. Neither `wanted` (it
+    /// may be a replay) nor `spam`: delivered as if unstamped, the other checks decide.
+    Inapplicable,
 }
 
 impl Verdict {
@@ -57,6 +62,7 @@ impl Verdict {
             Verdict::Unstamped => "unstamped",
             Verdict::Invalid => "invalid",
             Verdict::Temperror => "temperror",
+            Verdict::Inapplicable => "inapplicable",
         }
     }
 }

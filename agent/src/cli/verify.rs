@@ -33,6 +33,8 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The exit status of a verdict. Several messages: the most severe wins, by [`severity`]
+/// (the status numbers predate `inapplicable`, whose 15 ranks between unstamped and invalid).
 fn exit_code(v: Verdict) -> u8 {
     match v {
         Verdict::Wanted => 0,
@@ -41,7 +43,34 @@ fn exit_code(v: Verdict) -> u8 {
         Verdict::Invalid => 12,
         Verdict::Spam => 13,
         Verdict::Temperror => 14,
+        Verdict::Inapplicable => 15,
     }
+}
+
+/// How severe an exit status is: the numeric order of the statuses, with 15 (inapplicable)
+/// between 11 (unstamped) and 12 (invalid).
+fn severity(code: u8) -> u8 {
+    match code {
+        15 => 111,
+        c if c >= 12 => c + 100,
+        c => c,
+    }
+}
+
+/// The other addresses (`mailstamp forwards`) of `rcpts` in the configured store, when it
+/// exists: a one-shot check never creates a store.
+fn other_addresses(cfg: &Config, rcpts: &[String]) -> Vec<String> {
+    if cfg.store.url.is_none() && !cfg.store.path.exists() {
+        return Vec::new();
+    }
+    let Ok(store) = mailstamp::store::Store::connect(&cfg.store, None) else {
+        return Vec::new();
+    };
+    rcpts
+        .iter()
+        .filter_map(|r| mailstamp::people::forwards::of(&store, r).ok())
+        .flatten()
+        .collect()
 }
 
 pub(crate) async fn run(
@@ -68,17 +97,39 @@ pub(crate) async fn run(
             Ok(r) => r,
             Err(e) => {
                 eprintln!("mailstamp: {e:#}");
-                worst = worst.max(1);
+                if severity(1) > severity(worst) {
+                    worst = 1;
+                }
                 continue;
             }
         };
-        let report = verifying::verify(chain.as_ref(), &ctx, &raw, env).await;
+        let parsed = verifying::parse(&raw);
+        let report =
+            verifying::verify_parsed(chain.as_ref(), &ctx, &raw, parsed.as_ref(), env).await;
+        let report = if report.verdict == Verdict::Spam {
+            let others = other_addresses(cfg, &env.rcpts);
+            verifying::second_look(
+                chain.as_ref(),
+                &ctx,
+                &raw,
+                parsed.as_ref(),
+                env,
+                report,
+                &others,
+            )
+            .await
+        } else {
+            report
+        };
         let ev = match &chain {
             Ok(c) => verifying::recording_tx(c, &report, cfg.chain.from_block).await,
             Err(_) => None,
         };
         let tx = ev.as_ref().map(|e| e.tx);
-        worst = worst.max(exit_code(report.verdict));
+        let code = exit_code(report.verdict);
+        if severity(code) > severity(worst) {
+            worst = code;
+        }
         let file = f.display().to_string();
         if json {
             let mut v = mailstamp::audit::report_json(cfg, &report, ev.as_ref());

@@ -137,6 +137,8 @@ impl ActionTable {
             Verdict::Unstamped => Some(self.unstamped),
             Verdict::Invalid => Some(self.invalid),
             Verdict::Temperror => None,
+            // A stamp that does not apply counts as none (docs/PROTOCOL.md §5c).
+            Verdict::Inapplicable => Some(self.unstamped),
         }
     }
 }

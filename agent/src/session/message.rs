@@ -434,6 +434,28 @@ fn store_trouble(report: &Report, rcpt: &str, inbox_for: &mut Vec<String>, all_i
     }
 }
 
+/// The other addresses (`mailstamp forwards`) of every recipient, from the people store when
+/// there is one; none when the store is busy or unreadable (logged by [`store_work`]): the
+/// stamp is then judged for the envelope alone.
+async fn other_addresses(s: &Settings, rcpts: &[String]) -> Vec<String> {
+    let Some(store) = s.people.clone() else {
+        return Vec::new();
+    };
+    let users: Vec<String> = rcpts.iter().map(|r| user_of(r, s.maps.delimiter)).collect();
+    store_work("other addresses", &store, move |st| {
+        let mut all = Vec::new();
+        for u in &users {
+            match crate::people::forwards::of(st, u) {
+                Ok(v) => all.extend(v),
+                Err(e) => warn!(user = %u, "other addresses: {e:#}"),
+            }
+        }
+        all
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// What verification decided for an inbound message.
 #[derive(Debug, Clone)]
 pub struct Judgement {
@@ -495,6 +517,21 @@ async fn judge_inner(d: &Daemon, m: &Message, raw: &[u8], client: Client<'_>) ->
     let parsed = verifying::parse(raw);
     let chain = d.chain().await;
     let report = verifying::verify_parsed(chain.as_ref(), &ctx, raw, parsed.as_ref(), &env).await;
+    let report = if report.verdict == Verdict::Spam {
+        let others = other_addresses(s, &m.rcpts).await;
+        verifying::second_look(
+            chain.as_ref(),
+            &ctx,
+            raw,
+            parsed.as_ref(),
+            &env,
+            report,
+            &others,
+        )
+        .await
+    } else {
+        report
+    };
     if verifying::chain_trouble(&report) {
         d.drop_chain().await;
     }

@@ -44,6 +44,7 @@ pub fn ar_result(v: Verdict) -> &'static str {
         Verdict::Unstamped => "none",
         Verdict::Invalid => "permerror",
         Verdict::Temperror => "temperror",
+        Verdict::Inapplicable => "neutral",
     }
 }
 
