@@ -208,7 +208,9 @@ async fn negotiate(
         );
         return Status::Reject;
     }
-    cx.requested_actions = NEEDED_ACTIONS;
+    // Recipient changes serve `[forward]` (a hop replaces the alias by its targets): asked
+    // for when the MTA offers them, never required.
+    cx.requested_actions = NEEDED_ACTIONS | (actions & (Actions::ADD_RCPT | Actions::DELETE_RCPT));
     cx.requested_opts |= ProtoOpts::LEADING_SPACE;
     cx.requested_macros
         .insert(MacroStage::Connect, c("{daemon_name}"));
@@ -536,7 +538,7 @@ async fn inbound(
     };
     let j = session::judge(d, &msg.m, &msg.raw, client).await;
     session::log_inbound(queue_id, &msg.m, &j);
-    let d = disposition_of(j.action, j.report.verdict);
+    let disp = disposition_of(j.action, j.report.verdict);
     remove_forged(cx, &msg, queue_id).await;
     // Authentication-Results goes on top, the others at the end of the header.
     for (i, (name, value)) in j.headers.iter().enumerate() {
@@ -555,7 +557,33 @@ async fn inbound(
             );
         }
     }
-    if d.quarantine
+    // Forwarded under this host's hop (`[forward]`): the hop on top, the alias replaced by
+    // where it goes. A hop that cannot be recorded now defers the message (nothing lost).
+    if let Some(f) = session::forward(d, &msg.m, &msg.raw, &j.report).await {
+        match f {
+            Ok(f) => {
+                if let Err(status) = forward_actions(cx, &f, msg.raw.len(), queue_id).await {
+                    return status;
+                }
+                tracing::info!(queue_id, alias = f.alias, to = f.targets.len(), token = %f.stamped.token, "forwarded under a hop");
+            }
+            Err(e) => {
+                let (permanent, xcode, text) = match e.refusal() {
+                    Some((xcode, reason)) => {
+                        (true, xcode.to_owned(), format!("mailstamp: {reason}"))
+                    }
+                    None => (
+                        false,
+                        "4.7.1".to_owned(),
+                        "mailstamp: cannot record the forward's hop now, try again later"
+                            .to_owned(),
+                    ),
+                };
+                return refuse(&mut cx.reply, permanent, &xcode, &text);
+            }
+        }
+    }
+    if disp.quarantine
         && let Err(e) = cx
             .actions
             .quarantine(format!("mailstamp verdict {}", j.report.verdict.as_str()))
@@ -569,14 +597,52 @@ async fn inbound(
             "mailstamp: cannot quarantine",
         );
     }
-    if let Some((code, xcode, text)) = &d.reply
+    if let Some((code, xcode, text)) = &disp.reply
         && let Err(e) = cx
             .reply
             .set_error_reply(code, Some(xcode.as_str()), [text.as_str()])
     {
         warn!(queue_id, "cannot set the SMTP reply: {e}");
     }
-    d.status
+    disp.status
+}
+
+/// The MTA's part of a forward: the hop field on top, the alias removed, the targets added.
+async fn forward_actions(
+    cx: &mut EomContext<Session>,
+    f: &session::Forward,
+    raw_len: usize,
+    queue_id: &str,
+) -> Result<(), Status> {
+    let Some(value) = results::stamp_value(&f.stamped.message, raw_len) else {
+        warn!(
+            queue_id,
+            "the forwarded message has no leading Mail-Stamp field"
+        );
+        return Err(refuse(
+            &mut cx.reply,
+            false,
+            "4.3.0",
+            "mailstamp: internal error",
+        ));
+    };
+    let done = async {
+        cx.actions
+            .insert_header(0, mailstamp_core::header::FIELD_NAME, value)
+            .await?;
+        cx.actions
+            .delete_recipient(format!("<{}>", f.alias))
+            .await?;
+        for t in &f.targets {
+            cx.actions.add_recipient(format!("<{t}>")).await?;
+        }
+        Ok::<_, indymilter::ActionError>(())
+    }
+    .await;
+    done.map_err(|e| {
+        warn!(queue_id, "cannot forward (the MTA refused an action; is milter protocol 6 with recipient changes allowed?): {e}");
+        refuse(&mut cx.reply, false, "4.3.0", "mailstamp: cannot forward under a hop")
+    })
 }
 
 #[cfg(test)]

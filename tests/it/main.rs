@@ -28,6 +28,7 @@ mod postfix;
 mod recover;
 mod relay;
 mod senders;
+mod three_sites;
 mod trust;
 mod two_hosts;
 mod two_postfix;

@@ -57,7 +57,7 @@ pub(crate) fn sigterm(pid: u32) {
 
 /// anvil on a fixed port with its chain kept in `state` (dumped on SIGTERM and every second),
 /// so that it can be stopped and started again on the same URL with the same records.
-fn anvil_at(port: u16, state: &Path) -> AnvilInstance {
+pub(crate) fn anvil_at(port: u16, state: &Path) -> AnvilInstance {
     Anvil::at(tool("anvil"))
         .port(port)
         .arg("--state")
@@ -68,7 +68,7 @@ fn anvil_at(port: u16, state: &Path) -> AnvilInstance {
         .expect("anvil starts")
 }
 
-fn stop_anvil(mut a: AnvilInstance) {
+pub(crate) fn stop_anvil(mut a: AnvilInstance) {
     sigterm(a.child().id());
     let _ = a.child_mut().wait();
 }

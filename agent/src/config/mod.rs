@@ -22,7 +22,7 @@ use serde::Deserialize;
 pub use daemon::{
     ActionTable, MapsConfig, MilterConfig, RelayConfig, TroublePolicy, VerdictAction,
 };
-pub use people::{AllowlistConfig, InboundConfig, PartialMatch, RecoverConfig};
+pub use people::{AllowlistConfig, ForwardConfig, InboundConfig, PartialMatch, RecoverConfig};
 
 use crate::error::{Context, Error, Result};
 
@@ -57,6 +57,8 @@ pub struct Config {
     pub inbound: InboundConfig,
     /// The self-training allowlist (seed 004).
     pub allowlist: AllowlistConfig,
+    /// Aliases forwarded under a hop (issue 13).
+    pub forward: ForwardConfig,
     /// `mailstamp recover` (seed 004).
     pub recover: RecoverConfig,
     /// How the log lines on stderr are written.
@@ -861,6 +863,7 @@ impl Config {
         }
         self.inbound.check()?;
         self.allowlist.check()?;
+        self.forward.check()?;
         self.milter.check()?;
         self.relay.check()?;
         self.log.check()?;

@@ -3,6 +3,8 @@
 //! the self-training allowlist and the Junk recovery pass. Data, defaults and checks only;
 //! the behaviour is in `crate::people`, `crate::inbound` and `crate::recover`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -157,6 +159,65 @@ impl AllowlistConfig {
                 "allowlist.max_per_user",
                 "must be at least 1; set allowlist.enabled = false to turn learning off",
             ));
+        }
+        Ok(())
+    }
+}
+
+/// `[forward]`: addresses this host forwards to other domains under a hop of its own
+/// (docs/PROTOCOL.md §5c, issue 13) — an alias or `.forward`, done by the milter: a message
+/// that arrives for exactly one of these addresses, and whose stamp (or chain) is `wanted`
+/// here, gets this host's hop for the new recipients, and its envelope recipient is replaced
+/// by them. Everything else is delivered as it came.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Alias → where it goes (`"bob@b.example" = ["bob@forward.example"]`).
+    pub aliases: BTreeMap<String, Vec<String>>,
+}
+
+/// Most addresses one alias forwards to (a hop carries one recipient digest each).
+pub const MAX_FORWARD_TARGETS: usize = 16;
+
+impl ForwardConfig {
+    /// Where `rcpt` goes, when it is an alias (case-insensitive).
+    pub fn targets(&self, rcpt: &str) -> Option<(&str, &[String])> {
+        self.aliases
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(rcpt.trim_matches(['<', '>'])))
+            .map(|(a, t)| (a.as_str(), t.as_slice()))
+    }
+
+    /// Every alias and target an address; an alias not its own target; at most
+    /// [`MAX_FORWARD_TARGETS`] targets.
+    pub fn check(&self) -> Result<()> {
+        let is_address = |a: &str| {
+            a.split_once('@').is_some_and(|(l, d)| {
+                !l.is_empty() && d.contains('.') && !a.contains(char::is_whitespace)
+            })
+        };
+        for (alias, targets) in &self.aliases {
+            let key = format!("forward.aliases.\"{alias}\"");
+            if !is_address(alias) {
+                return Err(Error::config(
+                    key,
+                    "is not a mail address (want user@example.org)",
+                ));
+            }
+            if targets.is_empty() || targets.len() > MAX_FORWARD_TARGETS {
+                return Err(Error::config(
+                    key,
+                    format!("give 1 to {MAX_FORWARD_TARGETS} addresses to forward to"),
+                ));
+            }
+            for t in targets {
+                if !is_address(t) {
+                    return Err(Error::config(key, format!("`{t}` is not a mail address")));
+                }
+                if t.eq_ignore_ascii_case(alias) {
+                    return Err(Error::config(key, "forwards to itself"));
+                }
+            }
         }
         Ok(())
     }

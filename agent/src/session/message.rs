@@ -180,6 +180,99 @@ async fn record(d: &Daemon, s: &Settings, raw: &[u8], rcpts: &[String]) -> Resul
     }
 }
 
+/// A message this host forwards under its hop (`[forward]`, docs/PROTOCOL.md §5c): the
+/// stamped message with the hop on top, the alias it arrived for, and where it goes now.
+pub struct Forward {
+    /// The message with its hop field on top (the MTA gets only the field).
+    pub stamped: Stamped,
+    /// The alias it arrived for (its envelope recipient, removed).
+    pub alias: String,
+    /// The new envelope recipients (added).
+    pub targets: Vec<String>,
+}
+
+/// The forward of an inbound message, when it is one: exactly one envelope recipient, an
+/// alias of `[forward]`, and a `wanted` verdict (a hop vouches for what it checked: never
+/// for a message that did not verify). `None`: deliver it as it came; `Some(Err)`: the hop
+/// could not be recorded now (the MTA defers the message, nothing is lost).
+pub async fn forward(
+    d: &Daemon,
+    m: &Message,
+    raw: &[u8],
+    report: &Report,
+) -> Option<Result<Forward>> {
+    let s = &m.settings;
+    let [rcpt] = m.rcpts.as_slice() else {
+        return None;
+    };
+    let (alias, targets) = s.cfg.forward.targets(rcpt)?;
+    if report.verdict != Verdict::Wanted {
+        info!(
+            alias,
+            verdict = report.verdict.as_str(),
+            "not forwarded under a hop: the message is not wanted here"
+        );
+        return None;
+    }
+    let alias = alias.to_ascii_lowercase();
+    let domain = alias.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+    let env = Envelope {
+        rcpts: targets.to_vec(),
+        client_ip: None,
+    };
+    let r = async {
+        let chain = d
+            .chain()
+            .await
+            .map_err(|e| e.context("chain unavailable"))?;
+        let changes = [mailstamp_core::hops::Change::Trace];
+        let spec = mailstamp_core::hops::HopSpec {
+            changes: &changes,
+            domain: &domain,
+            received_for: &alias,
+        };
+        let batcher = match s.cfg.stamp.mode {
+            StampMode::Direct => None,
+            StampMode::Batch => Some(d.batcher().await?),
+        };
+        let how = match &batcher {
+            None => stamping::HopRecording::Direct,
+            Some(b) => {
+                let st = &s.cfg.stamp;
+                stamping::HopRecording::Batched(
+                    b,
+                    batcher::Hold {
+                        cut: Cut {
+                            max: st.batch_max,
+                            wait: Duration::from_millis(st.batch_wait_ms),
+                            release: st.release,
+                        },
+                        timeout: Duration::from_millis(st.hold_timeout_ms),
+                    },
+                )
+            }
+        };
+        let stamped = stamping::stamp_hop(&chain, &s.stamp, how, raw, &env, &spec).await?;
+        if let Some(r) = &stamped.recording {
+            let watched = async { d.watch().await?.add(&chain, r).await }.await;
+            if let Err(e) = watched {
+                warn!(token = %stamped.token, "{e:#}: the hop is mined, but a reorg would not be noticed");
+            }
+        }
+        Ok(Forward {
+            stamped,
+            alias: alias.clone(),
+            targets: targets.to_vec(),
+        })
+    }
+    .await;
+    if let Err(e) = &r {
+        warn!(alias, "cannot record the hop: {e:#}");
+        d.drop_chain().await;
+    }
+    Some(r)
+}
+
 /// The longest a milter/relay session waits for the store (authorised senders, allowlist).
 /// Store work is synchronous SQLite behind a lock: it runs on tokio's blocking pool, never on
 /// a worker, and a session that cannot get it within this time (another writer holds the

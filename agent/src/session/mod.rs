@@ -26,7 +26,9 @@ use crate::stamping::watch::Watch;
 use crate::store::{DaemonBatchRow, Store};
 use tracing::warn;
 
-pub use message::{Judgement, Message, Outbound, judge, log_inbound, log_outbound, stamp};
+pub use message::{
+    Forward, Judgement, Message, Outbound, forward, judge, log_inbound, log_outbound, stamp,
+};
 pub use results::{SCORE_HEADER, UNSTAMPED_HEADER, VERDICT_HEADER};
 pub use settings::Settings;
 pub use stages::{Refusal, Step};

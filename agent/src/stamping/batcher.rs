@@ -636,6 +636,26 @@ impl Batcher {
     }
 }
 
+/// Takes `commitment` into the shared batch and waits for its leaf (at most
+/// `hold.timeout`): what a batched stamp or hop goes on with.
+pub(crate) async fn leaf_of(
+    batcher: &Arc<Batcher>,
+    chain: &Chain,
+    commitment: Commitment,
+    hold: Hold,
+) -> Result<Leaf> {
+    let rx = batcher.submit(chain, commitment, hold.cut).await?;
+    match tokio::time::timeout(hold.timeout, rx).await {
+        Ok(Ok(Ok(leaf))) => Ok(leaf),
+        Ok(Ok(Err(why))) => Err(why),
+        Ok(Err(_)) => bail!("the batcher stopped before the batch was anchored"),
+        Err(_) => bail!(
+            "the batch anchor was not mined within stamp.hold_timeout_ms ({} ms)",
+            hold.timeout.as_millis()
+        ),
+    }
+}
+
 /// Stamps one message in batched mode (docs/PROTOCOL.md §5a) through the daemon's shared
 /// `batcher`: the same checks and preparation as [`super::stamp`], then the commitment goes into the
 /// open batch and this waits — at most `hold` — for that batch's anchor to be mined (or, with
@@ -652,16 +672,7 @@ pub async fn stamp_batched(
 ) -> Result<Stamped> {
     let writer = writer_of(chain)?;
     let mut p = check_and_prepare(ctx, writer, &chain.chain_ref(writer), raw, env).await?;
-    let rx = batcher.submit(chain, p.commitment, hold.cut).await?;
-    let leaf = match tokio::time::timeout(hold.timeout, rx).await {
-        Ok(Ok(Ok(leaf))) => leaf,
-        Ok(Ok(Err(why))) => return Err(why),
-        Ok(Err(_)) => bail!("the batcher stopped before the batch was anchored"),
-        Err(_) => bail!(
-            "the batch anchor was not mined within stamp.hold_timeout_ms ({} ms)",
-            hold.timeout.as_millis()
-        ),
-    };
+    let leaf = leaf_of(batcher, chain, p.commitment, hold).await?;
     p.header.mode = mailstamp_core::header::Mode::Batch {
         batch: leaf.batch.0,
         proof: leaf.proof,

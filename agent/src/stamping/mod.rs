@@ -108,6 +108,101 @@ pub async fn stamp(
     })
 }
 
+/// How a hop is recorded: one transaction, or a leaf in the daemon's shared batch.
+pub enum HopRecording<'a> {
+    /// `stamp.mode = "direct"`.
+    Direct,
+    /// `stamp.mode = "batch"`: the batcher and how long the message waits.
+    Batched(&'a Arc<batcher::Batcher>, batcher::Hold),
+}
+
+/// Adds this host's hop to `raw`, a stamped message it received and sends on to `env`'s
+/// recipients (docs/PROTOCOL.md §5c): checks that the writer is authorised for the hop's
+/// own domain (with `check_writer`), prepares the hop (the core refuses what every receiver
+/// would), records it as any stamp and puts the field on top. The caller checked that the
+/// chain it received is `wanted`.
+pub async fn stamp_hop(
+    chain: &Chain,
+    ctx: &StampContext,
+    how: HopRecording<'_>,
+    raw: &[u8],
+    env: &Envelope,
+    spec: &mailstamp_core::hops::HopSpec<'_>,
+) -> Result<Stamped> {
+    let writer = writer_of(chain)?;
+    if let Some(why) = mailstamp_core::oversized(raw) {
+        return Err(Error::refused("5.3.4", format!("no hop: {why}")));
+    }
+    let msg = parse(raw)
+        .ok_or_else(|| Error::refused("5.6.0", "not an RFC 5322 message: no header section"))?;
+    if ctx.check_writer {
+        check_writer_for(ctx, writer, spec.domain).await?;
+    }
+    let mut hop = mailstamp_core::prepare_hop(
+        &msg,
+        env,
+        fresh_salt()?,
+        &chain.chain_ref(writer),
+        &ctx.selection,
+        spec,
+    )
+    .map_err(|e| Error::refused("5.6.0", format!("no hop: {e}")))?;
+    let token = B256::from(hop.token);
+    match how {
+        HopRecording::Direct => {
+            let commitment = FixedBytes::from(hop.commitment);
+            let sent = chain.stamp_sent(token, commitment).await?;
+            Ok(Stamped {
+                message: mailstamp_core::hops::insert_hop(raw, &hop.field),
+                token,
+                recorded: Some(sent.recorded.clone()),
+                batch: None,
+                recording: Some(Box::new(watch::Recording {
+                    kind: crate::store::WatchKind::Stamp,
+                    key: token,
+                    value: commitment,
+                    size: 1,
+                    sent,
+                })),
+            })
+        }
+        HopRecording::Batched(b, hold) => {
+            let leaf = batcher::leaf_of(b, chain, hop.commitment, hold).await?;
+            hop.field.stamp.mode = mailstamp_core::header::Mode::Batch {
+                batch: leaf.batch.0,
+                proof: leaf.proof,
+            };
+            Ok(Stamped {
+                message: mailstamp_core::hops::insert_hop(raw, &hop.field),
+                token,
+                recorded: leaf.recorded,
+                batch: Some((leaf.batch, leaf.index)),
+                recording: None,
+            })
+        }
+    }
+}
+
+/// The writer record of `domain` must list `writer`; a temporary DNS failure is an error to
+/// retry, anything else a refusal naming the record to publish.
+async fn check_writer_for(ctx: &StampContext, writer: Address, domain: &str) -> Result<()> {
+    match ctx.authority.check(domain, writer).await {
+        WriterAuth::Pass(_) => Ok(()),
+        WriterAuth::TempError(e) => Err(err!(
+            "cannot check the writer record of `{domain}` now (retry later): {e}"
+        )),
+        other => Err(Error::refused(
+            "5.7.1",
+            format!(
+                "refusing to stamp for `{domain}`: {}; publish {RECORD_LABEL}.{domain} TXT \"{}\" \
+                 (or pin it in [trust]), else receivers will not count the stamp",
+                other.detail(),
+                WriterRecord::format(&[writer.0.0])
+            ),
+        )),
+    }
+}
+
 /// The writer's address, or the refusal of a daemon started without a key.
 pub(crate) fn writer_of(chain: &Chain) -> Result<Address> {
     chain.writer.ok_or_else(|| {
@@ -140,25 +235,7 @@ async fn check_from_domain(
         }
     }
     if ctx.check_writer {
-        match ctx.authority.check(domain, writer).await {
-            WriterAuth::Pass(_) => {}
-            WriterAuth::TempError(e) => {
-                return Err(err!(
-                    "cannot check the writer record of `{domain}` now (retry later): {e}"
-                ));
-            }
-            other => {
-                return Err(Error::refused(
-                    "5.7.1",
-                    format!(
-                        "refusing to stamp for `{domain}`: {}; publish {RECORD_LABEL}.{domain} TXT \"{}\" \
-                         (or pin it in [trust]), else receivers will not count the stamp",
-                        other.detail(),
-                        WriterRecord::format(&[writer.0.0])
-                    ),
-                ));
-            }
-        }
+        check_writer_for(ctx, writer, domain).await?;
     }
     Ok(())
 }
