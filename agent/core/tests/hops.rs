@@ -1067,3 +1067,225 @@ fn a_stamp_leaving_out_a_required_family_does_not_pass_as_not_applicable() {
         None
     );
 }
+
+/// DKIM (Ed25519, mail-auth) of a.example, with its key answered from memory.
+mod dkim {
+    use std::borrow::Borrow;
+    use std::collections::HashMap;
+    use std::hash::Hash;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    use std::time::Instant;
+
+    use base64::Engine;
+    use mail_auth::common::crypto::Ed25519Key;
+    use mail_auth::common::headers::HeaderWriter;
+    use mail_auth::common::parse::TxtRecordParser;
+    use mail_auth::common::verify::DomainKey;
+    use mail_auth::dkim::DkimSigner;
+    use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
+    use mail_auth::{
+        AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
+    };
+
+    /// The `._domainkey` record, answered from memory (no DNS).
+    pub struct Keys(HashMap<Box<str>, Txt>);
+
+    impl ResolverCache<Box<str>, Txt> for Keys {
+        fn get<Q>(&self, name: &Q) -> Option<Txt>
+        where
+            Box<str>: Borrow<Q>,
+            Q: Hash + Eq + ?Sized,
+        {
+            self.0.get(name).cloned()
+        }
+
+        fn remove<Q>(&self, _: &Q) -> Option<Txt>
+        where
+            Box<str>: Borrow<Q>,
+            Q: Hash + Eq + ?Sized,
+        {
+            None
+        }
+
+        fn insert(&self, _: Box<str>, _: Txt, _: Instant) {}
+    }
+
+    pub struct Dkim {
+        signer: DkimSigner<Ed25519Key, mail_auth::dkim::Done>,
+        auth: MessageAuthenticator,
+        keys: Keys,
+    }
+
+    impl Dkim {
+        /// a.example's key; it signs what a signer usually signs.
+        pub fn new() -> Self {
+            let key = Ed25519Key::from_pkcs8_der(&Ed25519Key::generate_pkcs8().unwrap()).unwrap();
+            let txt = format!(
+                "v=DKIM1; k=ed25519; p={}",
+                base64::engine::general_purpose::STANDARD.encode(key.public_key())
+            );
+            let record = Txt::from(DomainKey::parse(txt.as_bytes()).unwrap());
+            Dkim {
+                signer: DkimSigner::from_key(key)
+                    .domain("a.example")
+                    .selector("s1")
+                    .headers([
+                        "From",
+                        "To",
+                        "Cc",
+                        "Subject",
+                        "Date",
+                        "Message-ID",
+                        "Reply-To",
+                    ]),
+                auth: MessageAuthenticator::new(ResolverConfig::default(), ResolverOpts::default())
+                    .unwrap(),
+                keys: Keys(HashMap::from([("s1._domainkey.a.example.".into(), record)])),
+            }
+        }
+
+        /// `msg` with a DKIM-Signature of a.example on top.
+        pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+            let sig = self.signer.sign(msg).unwrap();
+            let mut out = Vec::new();
+            sig.write(&mut out, true);
+            out.extend_from_slice(msg);
+            out
+        }
+
+        /// Whether a.example's signature passes.
+        pub fn passes(&self, msg: &[u8]) -> bool {
+            let Some(m) = AuthenticatedMessage::parse(msg) else {
+                return false;
+            };
+            let f = self
+                .auth
+                .verify_dkim(Parameters::new(&m).with_txt_cache(&self.keys));
+            let out = match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(v) => v,
+                Poll::Pending => panic!("verify_dkim tried DNS"),
+            };
+            out.iter().any(|o| o.result() == &DkimResult::Pass)
+        }
+    }
+}
+
+/// The side-by-side table of issue 13 (docs/PERFORMANCE.md, "Forwarding and lists"): the same
+/// messages, DKIM-signed by a.example and stamped, checked after each path — direct, a plain
+/// forward, a list copy (subject tag and footer), a list copy with From rewritten — with the
+/// forwarder or list running no agent, and running one (its hop). Run with `--nocapture` to
+/// see the figures: `cargo test -p mailstamp-core --test hops side_by_side -- --nocapture`.
+#[test]
+fn dkim_and_mailstamp_side_by_side_per_path() {
+    let dkim = dkim::Dkim::new();
+    let policy = Policy::default();
+    #[derive(Default)]
+    struct Row {
+        n: usize,
+        dkim: usize,
+        wanted: usize,
+        inapplicable: usize,
+    }
+    let mut rows: Vec<(&str, Row)> = [
+        "direct",
+        "forward, no agent",
+        "forward, hop",
+        "list (tag + footer), no agent",
+        "list (tag + footer), hop",
+        "list with From rewrite, no agent",
+        "list with From rewrite, hop",
+    ]
+    .into_iter()
+    .map(|p| (p, Row::default()))
+    .collect();
+    let one = |raw: &[u8], to: &str, origin: &Lookup| {
+        let r = one_stamp(raw, to, origin, pass());
+        let na = not_applicable(&header_of(raw), &r, &policy, Some(1_700_000_100));
+        match (r.verdict, na) {
+            (Verdict::Spam, Some(_)) => "inapplicable",
+            (v, _) => v.as_str(),
+        }
+    };
+    let mut count = |k: usize, dkim_ok: bool, verdict: &str| {
+        let row = &mut rows[k].1;
+        row.n += 1;
+        row.dkim += usize::from(dkim_ok);
+        row.wanted += usize::from(verdict == "wanted");
+        row.inapplicable += usize::from(verdict == "inapplicable");
+    };
+    for (name, raw) in corpus() {
+        // Direct and forwarded: every corpus message that stamps.
+        let (stamped, origin) = stamp(&raw, &[BOB], 1);
+        let signed = dkim.sign(&stamped);
+        count(0, dkim.passes(&signed), one(&signed, BOB, &origin));
+        let fwd = with_trace(&signed, "mx.b.example");
+        count(1, dkim.passes(&fwd), one(&fwd, BOB_FWD, &origin));
+        let (hopped, rec) = hop(&fwd, &[Change::Trace], "b.example", &[BOB_FWD], 3);
+        let r = receive(&hopped, &[BOB_FWD], &[origin.clone(), rec]);
+        count(2, dkim.passes(&hopped), r.verdict.as_str());
+        // Lists: the plain-text messages a footer can be appended to.
+        if !PLAIN.contains(&name.as_str()) {
+            continue;
+        }
+        let (stamped, origin) = stamp(&raw, &[LIST], 1);
+        let signed = dkim.sign(&stamped);
+        let footer = ["_______________", "List mailing list"];
+        let copy = add_footer(&tag_subject(&signed, "[List]"), &footer);
+        count(3, dkim.passes(&copy), one(&copy, BOB, &origin));
+        let changes = [
+            Change::SubjectTag("[List]".into()),
+            Change::Footer(2),
+            Change::Trace,
+        ];
+        let (hopped, rec) = hop_for_list(&copy, &changes, &[BOB]);
+        let r = receive(&hopped, &[BOB], &[origin.clone(), rec]);
+        count(4, dkim.passes(&hopped), r.verdict.as_str());
+        let moved = rewrite_from(&copy, AuthorField::ReplyTo);
+        count(5, dkim.passes(&moved), one(&moved, BOB, &origin));
+        let changes = [
+            Change::SubjectTag("[List]".into()),
+            Change::Footer(2),
+            Change::FromRewritten(AuthorField::ReplyTo),
+            Change::Trace,
+        ];
+        let (hopped, rec) = hop_for_list(&moved, &changes, &[BOB]);
+        let r = receive(&hopped, &[BOB], &[origin.clone(), rec]);
+        count(6, dkim.passes(&hopped), r.verdict.as_str());
+    }
+    let pct = |a: usize, n: usize| 100.0 * a as f64 / n.max(1) as f64;
+    println!(
+        "| path | messages | DKIM (a.example) pass | mailstamp wanted | mailstamp inapplicable |"
+    );
+    println!(
+        "|------|----------|-----------------------|------------------|------------------------|"
+    );
+    for (p, r) in &rows {
+        println!(
+            "| {p} | {} | {:.0} % | {:.0} % | {:.0} % |",
+            r.n,
+            pct(r.dkim, r.n),
+            pct(r.wanted, r.n),
+            pct(r.inapplicable, r.n)
+        );
+    }
+    let share = |k: usize| {
+        let r = &rows[k].1;
+        (
+            pct(r.dkim, r.n),
+            pct(r.wanted, r.n),
+            pct(r.inapplicable, r.n),
+        )
+    };
+    assert_eq!(share(0), (100.0, 100.0, 0.0), "direct");
+    assert_eq!(share(1), (100.0, 0.0, 100.0), "a forward without an agent");
+    assert_eq!(share(2), (100.0, 100.0, 0.0), "a forward under a hop");
+    assert_eq!(share(3).0, 0.0, "a list copy breaks DKIM");
+    assert_eq!(
+        share(3).1,
+        0.0,
+        "a list copy without an agent is not wanted"
+    );
+    assert_eq!(share(4), (0.0, 100.0, 0.0), "a list copy under a hop");
+    assert_eq!(share(6), (0.0, 100.0, 0.0), "From rewritten under a hop");
+}
