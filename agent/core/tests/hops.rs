@@ -1079,7 +1079,6 @@ mod dkim {
 
     use base64::Engine;
     use mail_auth::common::crypto::Ed25519Key;
-    use mail_auth::common::headers::HeaderWriter;
     use mail_auth::common::parse::TxtRecordParser;
     use mail_auth::common::verify::DomainKey;
     use mail_auth::dkim::DkimSigner;
@@ -1089,7 +1088,7 @@ mod dkim {
     };
 
     /// The `._domainkey` record, answered from memory (no DNS).
-    pub struct Keys(HashMap<Box<str>, Txt>);
+    pub(crate) struct Keys(HashMap<Box<str>, Txt>);
 
     impl ResolverCache<Box<str>, Txt> for Keys {
         fn get<Q>(&self, name: &Q) -> Option<Txt>
@@ -1111,7 +1110,7 @@ mod dkim {
         fn insert(&self, _: Box<str>, _: Txt, _: Instant) {}
     }
 
-    pub struct Dkim {
+    pub(crate) struct Dkim {
         signer: DkimSigner<Ed25519Key, mail_auth::dkim::Done>,
         auth: MessageAuthenticator,
         keys: Keys,
@@ -1119,7 +1118,7 @@ mod dkim {
 
     impl Dkim {
         /// a.example's key; it signs what a signer usually signs.
-        pub fn new() -> Self {
+        pub(crate) fn new() -> Self {
             let key = Ed25519Key::from_pkcs8_der(&Ed25519Key::generate_pkcs8().unwrap()).unwrap();
             let txt = format!(
                 "v=DKIM1; k=ed25519; p={}",
@@ -1146,7 +1145,7 @@ mod dkim {
         }
 
         /// `msg` with a DKIM-Signature of a.example on top.
-        pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        pub(crate) fn sign(&self, msg: &[u8]) -> Vec<u8> {
             let sig = self.signer.sign(msg).unwrap();
             let mut out = Vec::new();
             sig.write(&mut out, true);
@@ -1155,7 +1154,7 @@ mod dkim {
         }
 
         /// Whether a.example's signature passes.
-        pub fn passes(&self, msg: &[u8]) -> bool {
+        pub(crate) fn passes(&self, msg: &[u8]) -> bool {
             let Some(m) = AuthenticatedMessage::parse(msg) else {
                 return false;
             };
