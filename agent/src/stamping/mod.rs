@@ -91,10 +91,20 @@ pub async fn stamp(
 ) -> Result<Stamped> {
     let writer = writer_of(chain)?;
     let p = check_and_prepare(ctx, writer, &chain.chain_ref(writer), raw, env).await?;
-    let (token, commitment) = (B256::from(p.token), FixedBytes::from(p.commitment));
+    recorded_directly(chain, p.token, p.commitment, insert_header(raw, &p.header)).await
+}
+
+/// Records `commitment` under `token` in one transaction; `message` is what goes out with it.
+async fn recorded_directly(
+    chain: &Chain,
+    token: [u8; 32],
+    commitment: mailstamp_core::digest::Commitment,
+    message: Vec<u8>,
+) -> Result<Stamped> {
+    let (token, commitment) = (B256::from(token), FixedBytes::from(commitment));
     let sent = chain.stamp_sent(token, commitment).await?;
     Ok(Stamped {
-        message: insert_header(raw, &p.header),
+        message,
         token,
         recorded: Some(sent.recorded.clone()),
         batch: None,
@@ -147,24 +157,10 @@ pub async fn stamp_hop(
         spec,
     )
     .map_err(|e| Error::refused("5.6.0", format!("no hop: {e}")))?;
-    let token = B256::from(hop.token);
     match how {
         HopRecording::Direct => {
-            let commitment = FixedBytes::from(hop.commitment);
-            let sent = chain.stamp_sent(token, commitment).await?;
-            Ok(Stamped {
-                message: mailstamp_core::hops::insert_hop(raw, &hop.field),
-                token,
-                recorded: Some(sent.recorded.clone()),
-                batch: None,
-                recording: Some(Box::new(watch::Recording {
-                    kind: crate::store::WatchKind::Stamp,
-                    key: token,
-                    value: commitment,
-                    size: 1,
-                    sent,
-                })),
-            })
+            let message = mailstamp_core::hops::insert_hop(raw, &hop.field);
+            recorded_directly(chain, hop.token, hop.commitment, message).await
         }
         HopRecording::Batched(b, hold) => {
             let leaf = batcher::leaf_of(b, chain, hop.commitment, hold).await?;
@@ -174,7 +170,7 @@ pub async fn stamp_hop(
             };
             Ok(Stamped {
                 message: mailstamp_core::hops::insert_hop(raw, &hop.field),
-                token,
+                token: B256::from(hop.token),
                 recorded: leaf.recorded,
                 batch: Some((leaf.batch, leaf.index)),
                 recording: None,
