@@ -185,7 +185,8 @@ async fn record(d: &Daemon, s: &Settings, raw: &[u8], rcpts: &[String]) -> Resul
 pub struct Forward {
     /// The message with its hop field on top (the MTA gets only the field).
     pub stamped: Stamped,
-    /// The alias it arrived for (its envelope recipient, removed).
+    /// The alias it arrived for, as the client wrote it in RCPT TO (the recipient the MTA
+    /// is told to remove).
     pub alias: String,
     /// The new envelope recipients (added).
     pub targets: Vec<String>,
@@ -261,7 +262,7 @@ pub async fn forward(
         }
         Ok(Forward {
             stamped,
-            alias: alias.clone(),
+            alias: rcpt.clone(),
             targets: targets.to_vec(),
         })
     }
