@@ -149,6 +149,7 @@ fn c(s: &str) -> CString {
 }
 
 fn callbacks(m: Arc<Daemon>) -> Callbacks<Session> {
+    let m0 = m.clone();
     let (m1, m2, m3, m4, m5, m6) = (
         m.clone(),
         m.clone(),
@@ -158,7 +159,11 @@ fn callbacks(m: Arc<Daemon>) -> Callbacks<Session> {
         m.clone(),
     );
     Callbacks::new()
-        .on_negotiate(|cx, actions, opts| Box::pin(negotiate(cx, actions, opts)))
+        .on_negotiate(move |cx, actions, opts| {
+            // Recipient changes serve `[forward]` only: asked for when aliases are configured.
+            let forwards = !m0.settings().cfg.forward.aliases.is_empty();
+            Box::pin(negotiate(cx, actions, opts, forwards))
+        })
         .on_connect(move |cx, host, info| {
             let m = m1.clone();
             Box::pin(async move { connect(&m, cx, &host.to_string_lossy(), info) })
@@ -199,6 +204,7 @@ async fn negotiate(
     cx: &mut NegotiateContext<Session>,
     actions: Actions,
     opts: ProtoOpts,
+    forwards: bool,
 ) -> Status {
     // Without LEADING_SPACE the MTA strips the space after the colon: the header values we
     // hash would differ from the ones the receiver hashes.
@@ -208,9 +214,20 @@ async fn negotiate(
         );
         return Status::Reject;
     }
-    // Recipient changes serve `[forward]` (a hop replaces the alias by its targets): asked
-    // for when the MTA offers them, never required.
-    cx.requested_actions = NEEDED_ACTIONS | (actions & (Actions::ADD_RCPT | Actions::DELETE_RCPT));
+    // Recipient changes serve `[forward]` (a hop replaces the alias by its targets): with
+    // aliases configured they are required too.
+    let rcpt_changes = Actions::ADD_RCPT | Actions::DELETE_RCPT;
+    if forwards && !actions.contains(rcpt_changes) {
+        warn!(
+            "[forward] aliases are configured, but the MTA does not offer recipient changes (milter protocol 6 required); refusing the session"
+        );
+        return Status::Reject;
+    }
+    cx.requested_actions = if forwards {
+        NEEDED_ACTIONS | rcpt_changes
+    } else {
+        NEEDED_ACTIONS
+    };
     cx.requested_opts |= ProtoOpts::LEADING_SPACE;
     cx.requested_macros
         .insert(MacroStage::Connect, c("{daemon_name}"));
