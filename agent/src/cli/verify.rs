@@ -47,28 +47,41 @@ fn exit_code(v: Verdict) -> u8 {
     }
 }
 
-/// How severe an exit status is: the numeric order of the statuses, with 15 (inapplicable)
-/// between 11 (unstamped) and 12 (invalid).
-fn severity(code: u8) -> u8 {
-    match code {
-        15 => 111,
-        c if c >= 12 => c + 100,
-        c => c,
+/// How severe an exit status is: its place in [`SEVERITY`] (an unknown one ranks last).
+fn severity(code: u8) -> usize {
+    SEVERITY
+        .iter()
+        .position(|c| *c == code)
+        .unwrap_or(SEVERITY.len())
+}
+
+/// The exit statuses from least to most severe: 15 (inapplicable) came after the others were
+/// numbered and ranks between unstamped and invalid.
+const SEVERITY: [u8; 8] = [0, 1, 10, 11, 15, 12, 13, 14];
+
+/// The configured store, for the recipients' other addresses (`mailstamp forwards`), when it
+/// exists: a one-shot check never creates one. Unreachable: said once, and the stamps are
+/// judged for the envelope alone.
+fn forwards_store(cfg: &Config) -> Option<mailstamp::store::Store> {
+    if cfg.store.url.is_none() && !cfg.store.path.exists() {
+        return None;
+    }
+    match mailstamp::store::Store::connect(&cfg.store, None) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!(
+                "mailstamp: the store is not readable ({e:#}): other addresses (`mailstamp forwards`) are not consulted"
+            );
+            None
+        }
     }
 }
 
-/// The other addresses (`mailstamp forwards`) of `rcpts` in the configured store, when it
-/// exists: a one-shot check never creates a store.
-fn other_addresses(cfg: &Config, rcpts: &[String]) -> Vec<String> {
-    if cfg.store.url.is_none() && !cfg.store.path.exists() {
-        return Vec::new();
-    }
-    let Ok(store) = mailstamp::store::Store::connect(&cfg.store, None) else {
-        return Vec::new();
-    };
+/// The other addresses of `rcpts` in `store`.
+fn other_addresses(store: &mailstamp::store::Store, rcpts: &[String]) -> Vec<String> {
     rcpts
         .iter()
-        .filter_map(|r| mailstamp::people::forwards::of(&store, r).ok())
+        .filter_map(|r| mailstamp::people::forwards::of(store, r).ok())
         .flatten()
         .collect()
 }
@@ -92,6 +105,7 @@ pub(crate) async fn run(
         );
     }
     let mut worst = 0u8;
+    let mut forwards: Option<Option<mailstamp::store::Store>> = None;
     for f in &files {
         let raw = match super::stamp::read_input(f) {
             Ok(r) => r,
@@ -107,7 +121,11 @@ pub(crate) async fn run(
         let report =
             verifying::verify_parsed(chain.as_ref(), &ctx, &raw, parsed.as_ref(), env).await;
         let report = if report.verdict == Verdict::Spam {
-            let others = other_addresses(cfg, &env.rcpts);
+            // Opened at the first message that needs it, once for the run.
+            let store = forwards.get_or_insert_with(|| forwards_store(cfg));
+            let others = store
+                .as_ref()
+                .map_or_else(Vec::new, |st| other_addresses(st, &env.rcpts));
             verifying::second_look(
                 chain.as_ref(),
                 &ctx,

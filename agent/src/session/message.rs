@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::inbound::{self, Decision, Folder};
 use crate::maps::VerifyPolicy;
 use crate::people::{FromIdentity, allowlist, user_of};
-use crate::stamping::batcher::{self, Cut};
+use crate::stamping::batcher;
 use crate::stamping::{self, Stamped};
 use crate::store::Store;
 use crate::util::{clean, now};
@@ -166,15 +166,7 @@ async fn record(d: &Daemon, s: &Settings, raw: &[u8], rcpts: &[String]) -> Resul
         }
         StampMode::Batch => {
             let b = d.batcher().await?;
-            let st = &s.cfg.stamp;
-            let hold = batcher::Hold {
-                cut: Cut {
-                    max: st.batch_max,
-                    wait: Duration::from_millis(st.batch_wait_ms),
-                    release: st.release,
-                },
-                timeout: Duration::from_millis(st.hold_timeout_ms),
-            };
+            let hold = batcher::Hold::of(&s.cfg.stamp);
             batcher::stamp_batched(&chain, &s.stamp, &b, hold, raw, &env).await
         }
     }
@@ -238,20 +230,7 @@ pub async fn forward(
         };
         let how = match &batcher {
             None => stamping::HopRecording::Direct,
-            Some(b) => {
-                let st = &s.cfg.stamp;
-                stamping::HopRecording::Batched(
-                    b,
-                    batcher::Hold {
-                        cut: Cut {
-                            max: st.batch_max,
-                            wait: Duration::from_millis(st.batch_wait_ms),
-                            release: st.release,
-                        },
-                        timeout: Duration::from_millis(st.hold_timeout_ms),
-                    },
-                )
-            }
+            Some(b) => stamping::HopRecording::Batched(b, batcher::Hold::of(&s.cfg.stamp)),
         };
         let stamped = stamping::stamp_hop(&chain, &s.stamp, how, raw, &env, &spec).await?;
         if let Some(r) = &stamped.recording {

@@ -61,6 +61,20 @@ pub struct Hold {
     pub timeout: Duration,
 }
 
+impl Hold {
+    /// What `[stamp]` says (read per message, so a reload applies to the next one).
+    pub fn of(st: &crate::config::StampConfig) -> Self {
+        Self {
+            cut: Cut {
+                max: st.batch_max,
+                wait: Duration::from_millis(st.batch_wait_ms),
+                release: st.release,
+            },
+            timeout: Duration::from_millis(st.hold_timeout_ms),
+        }
+    }
+}
+
 /// How batches are cut (from `[stamp]`, read per message so a reload applies to the next
 /// batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
