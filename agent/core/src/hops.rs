@@ -738,7 +738,7 @@ fn undo(change: &Change, view: &mut View, msg: &Message<'_>, hop: &HopField) -> 
         Change::SubjectTag(tag) => undo_subject_tag(view, tag),
         Change::Footer(n) => undo_footer(view, usize::from(*n)),
         Change::FooterPart => undo_footer_part(view),
-        Change::FromRewritten(field) => undo_from(view, msg, hop, *field),
+        Change::FromRewritten(field) => undo_from(view, msg, hop.index, &hop.domain, *field),
         Change::ReplyTo => {
             let has = msg
                 .headers()
@@ -852,15 +852,15 @@ fn undo_footer_part(view: &mut View) -> Result<(), String> {
 fn undo_from(
     view: &mut View,
     msg: &Message<'_>,
-    hop: &HopField,
+    index: u8,
+    domain: &str,
     field: AuthorField,
 ) -> Result<(), String> {
     let sent_from = bytes_of(view, Family::From);
     let sent_domain = canon::split_address(&sent_from).1;
-    if sent_domain != hop.domain {
+    if sent_domain != domain {
         return Err(format!(
-            "declares From rewritten, but From is at {sent_domain}, not at its own domain {}",
-            hop.domain
+            "declares From rewritten, but From is at {sent_domain}, not at its own domain {domain}"
         ));
     }
     let (address, name) = author_in(msg, field).ok_or_else(|| {
@@ -893,10 +893,7 @@ fn undo_from(
     );
     view.aside.insert(
         Family::FromName,
-        format!(
-            "set aside: From rewritten by hop i={} ({sent_from})",
-            hop.index
-        ),
+        format!("set aside: From rewritten by hop i={index} ({sent_from})"),
     );
     Ok(())
 }
@@ -1274,6 +1271,11 @@ pub enum PrepareHopError {
     /// A declared change the message does not show.
     #[error("declared change not made: {0}")]
     Change(String),
+    /// The copy differs from the stamp below in a way no change a hop can declare explains.
+    #[error(
+        "the copy differs from the stamp it forwards in {0}, which no change a hop can declare explains"
+    )]
+    Undeclared(String),
     /// The hop's domain is not a domain name, or the address it received for is not there.
     #[error("hop domain: {0}")]
     Domain(HopError),
@@ -1359,6 +1361,110 @@ pub fn prepare_hop(
         commitment: field.commitment(&prev_commitment),
         field,
     })
+}
+
+/// What a mailing list may do to its copies, for [`list_changes`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListSettings<'a> {
+    /// The subject prefix it puts in front (Mailman's `subject_prefix`, without the trailing
+    /// space), when it tags subjects.
+    pub subject_tag: Option<&'a str>,
+    /// Its own domain: a From it rewrote is at this domain.
+    pub domain: &'a str,
+}
+
+/// The changes a list made to `sent`, its copy of a received message (every `Mail-Stamp:`
+/// field kept), found by comparing the copy with the stamp below it — a list has that stamp's
+/// salt, as every receiver does, so it can tell which changes explain the difference without
+/// keeping the copy it received. Tried, each only where the stamped family differs: the
+/// subject tag of `list`; a footer of 1 to 24 lines appended to the last text part, else an
+/// appended text part; From rewritten to `list.domain` with the author in `Reply-To`, else
+/// in `X-Original-From`. `trace` is always declared (a list adds list fields). Returned in
+/// the order the receiver undoes them. An error when the copy is not a chain to extend, or
+/// when some stamped component still differs (a list that converts HTML, strips attachments
+/// or edits the text): a hop must never vouch for a change it cannot name, so such a copy
+/// gets no hop and goes as it came.
+pub fn list_changes(
+    sent: &Message<'_>,
+    list: &ListSettings<'_>,
+) -> Result<Vec<Change>, PrepareHopError> {
+    let below = match inspect_chain(sent) {
+        ChainInspection::Unstamped => return Err(PrepareHopError::Unstamped),
+        ChainInspection::Invalid(e) => return Err(PrepareHopError::Chain(e)),
+        ChainInspection::Chain(c) => c,
+    };
+    if below.len() >= MAX_FIELDS {
+        return Err(PrepareHopError::Full);
+    }
+    let index = (below.len() + 1) as u8;
+    let header = below
+        .stamp(below.len() - 1)
+        .ok_or(PrepareHopError::Unstamped)?;
+    let policy = Policy::default();
+    // The stamped components that still differ in `view`, among `families` (all: `None`).
+    let differing = |view: &View, families: Option<&[Family]>| -> Vec<String> {
+        verify::compare_values(header, &view.got, Some(&view.aside), None, &policy)
+            .into_iter()
+            .filter(|c| matches!(c.status, Status::Mismatch | Status::Missing | Status::Added))
+            .filter(|c| families.is_none_or(|f| c.family.is_some_and(|x| f.contains(&x))))
+            .map(|c| c.name)
+            .collect()
+    };
+    let mut view = View {
+        got: component::decompose(sent, &Envelope::default(), &Selection::all()),
+        ..View::default()
+    };
+    let mut changes = Vec::new();
+    // Each candidate is kept only when it makes its families match the stamp.
+    let mut attempt = |view: &mut View, change: Change, families: &[Family]| -> bool {
+        let mut tried = view.clone();
+        let undone = match &change {
+            Change::SubjectTag(tag) => undo_subject_tag(&mut tried, tag),
+            Change::Footer(n) => undo_footer(&mut tried, usize::from(*n)),
+            Change::FooterPart => undo_footer_part(&mut tried),
+            Change::FromRewritten(field) => undo_from(&mut tried, sent, index, list.domain, *field),
+            _ => Ok(()),
+        };
+        let fits = undone.is_ok() && differing(&tried, Some(families)).is_empty();
+        if fits {
+            *view = tried;
+            changes.push(change);
+        }
+        fits
+    };
+    let subject = [Family::Subject];
+    if let Some(tag) = list.subject_tag.map(canon::collapse_whitespace)
+        && !tag.is_empty()
+        && tag.len() <= MAX_TAG_LEN
+        && !differing(&view, Some(&subject)).is_empty()
+    {
+        attempt(&mut view, Change::SubjectTag(tag), &subject);
+    }
+    let text = [Family::Text, Family::Signature, Family::Parts];
+    if !differing(&view, Some(&text)).is_empty() {
+        let footer = (1..=verify::MAX_FOOTER_LINES as u8)
+            .any(|n| attempt(&mut view, Change::Footer(n), &text));
+        if !footer {
+            attempt(&mut view, Change::FooterPart, &text);
+        }
+    }
+    let from = [
+        Family::From,
+        Family::FromLocal,
+        Family::FromDomain,
+        Family::FromName,
+    ];
+    if !differing(&view, Some(&from)).is_empty() {
+        let _ = [AuthorField::ReplyTo, AuthorField::XOriginalFrom]
+            .into_iter()
+            .any(|f| attempt(&mut view, Change::FromRewritten(f), &from));
+    }
+    let left = differing(&view, None);
+    if !left.is_empty() {
+        return Err(PrepareHopError::Undeclared(left.join(", ")));
+    }
+    changes.push(Change::Trace);
+    Ok(changes)
 }
 
 /// The message with the hop field put on top, in the message's own line ending.

@@ -44,7 +44,8 @@ pub mod writers;
 pub use component::{Envelope, Selection};
 pub use header::{HeaderError, StampHeader};
 pub use hops::{
-    Chain, ChainInspection, ChainReport, HopField, evaluate_chain, inspect_chain, prepare_hop,
+    Chain, ChainInspection, ChainReport, HopField, ListSettings, evaluate_chain, inspect_chain,
+    list_changes, prepare_hop,
 };
 /// The parser the pipeline is built on, for callers that hold parsed messages.
 pub use mail_parser;

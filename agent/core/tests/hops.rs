@@ -1288,3 +1288,108 @@ fn dkim_and_mailstamp_side_by_side_per_path() {
     assert_eq!(share(4), (0.0, 100.0, 0.0), "a list copy under a hop");
     assert_eq!(share(6), (0.0, 100.0, 0.0), "From rewritten under a hop");
 }
+
+/// A list agent finds what its list server did by comparing the copy with the stamp below:
+/// tag, footer (its line count), footer part, From rewritten (where the author went); a copy
+/// with nothing but list fields is a `trace` hop; a copy whose text was edited gets no hop.
+/// Under the changes found, every copy is `wanted` at the receiver.
+#[test]
+fn a_list_agent_finds_the_changes_its_list_made() {
+    use mailstamp_core::hops::{ListSettings, list_changes};
+    let list = ListSettings {
+        subject_tag: Some("[List]"),
+        domain: "lists.example",
+    };
+    let found = |sent: &[u8]| list_changes(&parse(sent).unwrap(), &list);
+    let footer = [
+        "_______________",
+        "List mailing list",
+        "https://lists.example/",
+    ];
+    for name in PLAIN {
+        let raw = corpus().into_iter().find(|(n, _)| n == name).unwrap().1;
+        let (stamped, origin) = stamp(&raw, &[LIST], 1);
+        let tagged = add_footer(&tag_subject(&stamped, "[List]"), &footer);
+        let cases = [
+            (stamped.clone(), vec![Change::Trace]),
+            (
+                tagged.clone(),
+                vec![
+                    Change::SubjectTag("[List]".into()),
+                    Change::Footer(3),
+                    Change::Trace,
+                ],
+            ),
+            (
+                rewrite_from(&tagged, AuthorField::ReplyTo),
+                vec![
+                    Change::SubjectTag("[List]".into()),
+                    Change::Footer(3),
+                    Change::FromRewritten(AuthorField::ReplyTo),
+                    Change::Trace,
+                ],
+            ),
+            (
+                rewrite_from(&stamped, AuthorField::XOriginalFrom),
+                vec![
+                    Change::FromRewritten(AuthorField::XOriginalFrom),
+                    Change::Trace,
+                ],
+            ),
+        ];
+        for (k, (sent, want)) in cases.into_iter().enumerate() {
+            let changes = found(&sent).unwrap_or_else(|e| panic!("{name} case {k}: {e}"));
+            assert_eq!(changes, want, "{name} case {k}");
+            let (copy, rec) = hop_for_list(&sent, &changes, &[BOB]);
+            let r = receive(&copy, &[BOB], &[origin.clone(), rec]);
+            assert_eq!(
+                r.verdict,
+                Verdict::Wanted,
+                "{name} case {k}: {}",
+                describe(&r)
+            );
+        }
+        // The list edited the text itself: nothing a hop declares explains that.
+        let edited = add_footer(&stamped, &footer);
+        let edited = {
+            let s = String::from_utf8_lossy(&edited).into_owned();
+            let at = s.find("\n\n").or_else(|| s.find("\r\n\r\n")).unwrap() + 2;
+            let mut s = s;
+            s.insert_str(at, "Edited by the moderator.\n\n");
+            s.into_bytes()
+        };
+        match found(&edited) {
+            Err(PrepareHopError::Undeclared(what)) => assert!(what.contains("text"), "{what}"),
+            other => panic!("{name}: an edited text gets no hop, got {other:?}"),
+        }
+        // A subject tag the list does not use is not taken for its own.
+        let other = tag_subject(&stamped, "[Other]");
+        assert!(
+            matches!(found(&other), Err(PrepareHopError::Undeclared(w)) if w.contains("subject")),
+            "{name}"
+        );
+    }
+    // Multipart copies with an appended text part.
+    let mut n = 0;
+    for (name, raw) in corpus() {
+        let (stamped, _) = stamp(&raw, &[LIST], 1);
+        let Some(sent) = add_footer_part(&stamped) else {
+            continue;
+        };
+        if let Ok(changes) = found(&sent) {
+            assert!(
+                changes == [Change::FooterPart, Change::Trace]
+                    || matches!(changes[0], Change::Footer(_)),
+                "{name}: {changes:?}"
+            );
+            n += 1;
+        }
+    }
+    assert!(
+        n >= 5,
+        "only {n} multipart copies had their footer part found"
+    );
+    // Not a chain to extend.
+    let plain = corpus().remove(0).1;
+    assert!(matches!(found(&plain), Err(PrepareHopError::Unstamped)));
+}
