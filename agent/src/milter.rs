@@ -444,6 +444,40 @@ async fn eom(m: &Daemon, cx: &mut EomContext<Session>) -> Status {
 
 async fn outbound(d: &Daemon, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
     remove_forged(cx, &msg, queue_id).await;
+    // A copy a mailing list of `[forward.lists]` sends: under the list's hop, or as it came.
+    if let Some(copy) = session::list_copy(d, &msg.m, &msg.raw).await {
+        return match copy {
+            Ok(session::ListCopy::Hop(st)) => {
+                let Some(value) = results::stamp_value(&st.message, msg.raw.len()) else {
+                    warn!(queue_id, "the list copy has no leading Mail-Stamp field");
+                    return refuse(&mut cx.reply, false, "4.3.0", "mailstamp: internal error");
+                };
+                match cx
+                    .actions
+                    .insert_header(0, mailstamp_core::header::FIELD_NAME, value)
+                    .await
+                {
+                    Ok(()) => Status::Continue,
+                    Err(e) => {
+                        warn!(queue_id, "cannot add the list's hop: {e}");
+                        refuse(
+                            &mut cx.reply,
+                            false,
+                            "4.3.0",
+                            "mailstamp: cannot add the hop",
+                        )
+                    }
+                }
+            }
+            Ok(session::ListCopy::AsItCame(_)) => Status::Continue,
+            Err(_) => refuse(
+                &mut cx.reply,
+                false,
+                "4.7.1",
+                "mailstamp: cannot record the list's hop now, try again later",
+            ),
+        };
+    }
     let out = session::stamp(d, &msg.m, &msg.raw).await;
     session::log_outbound(queue_id, &msg.m, d.writer(), &out);
     match out {
@@ -573,6 +607,16 @@ async fn inbound(
                 "mailstamp: cannot add result headers",
             );
         }
+    }
+    // For a list of `[forward.lists]`: remembered, so that its copies go out under its hop.
+    if let Err(e) = session::remember_for_lists(d, &msg.m, &msg.raw, &j.report).await {
+        warn!(queue_id, "cannot remember the message for its list: {e:#}");
+        return refuse(
+            &mut cx.reply,
+            false,
+            "4.3.0",
+            "mailstamp: cannot remember the message for its list now, try again later",
+        );
     }
     // Forwarded under this host's hop (`[forward]`): the hop on top, the alias replaced by
     // where it goes. A hop that cannot be recorded now defers the message (nothing lost).

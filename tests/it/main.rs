@@ -5,6 +5,7 @@
 
 mod harness;
 mod hops;
+mod lists;
 
 mod abi_drift;
 mod allowlist;

@@ -197,7 +197,19 @@ impl Postfix {
         milter_port: Option<u16>,
         extra: &str,
     ) -> Self {
-        let port = free_port();
+        Self::start_on_port(ip, free_port(), dir, domain, milter_port, extra)
+    }
+
+    /// As [`Postfix::start_on`], on `port` (known before it starts: a list server behind it
+    /// must know where to submit).
+    pub(crate) fn start_on_port(
+        ip: &str,
+        port: u16,
+        dir: PathBuf,
+        domain: &str,
+        milter_port: Option<u16>,
+        extra: &str,
+    ) -> Self {
         for d in ["conf", "queue", "data"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }

@@ -27,18 +27,19 @@ const A: &str = "127.0.0.2";
 const F: &str = "127.0.0.3";
 const B: &str = "127.0.0.4";
 
-fn has(msg: &[u8], needle: &str) -> bool {
+pub(crate) fn has(msg: &[u8], needle: &str) -> bool {
     String::from_utf8_lossy(msg).contains(needle)
 }
 
-fn unfolded(msg: &[u8]) -> String {
+pub(crate) fn unfolded(msg: &[u8]) -> String {
     String::from_utf8_lossy(msg)
         .replace("\r\n", "\n")
         .replace("\n\t", " ")
         .replace("\n ", " ")
 }
 
-fn mailbox(mail: &Path, domain: &str, users: &[&str]) -> String {
+/// The main.cf lines of Maildir delivery for `users` of `domain` under `mail`.
+pub(crate) fn mailbox(mail: &Path, domain: &str, users: &[&str]) -> String {
     let maps: Vec<String> = users.iter().map(|u| format!("{u}@{domain}={u}/")).collect();
     format!(
         "virtual_mailbox_domains = {domain}\nvirtual_mailbox_base = {}\n\
@@ -49,10 +50,11 @@ fn mailbox(mail: &Path, domain: &str, users: &[&str]) -> String {
     )
 }
 
-struct Lab {
-    postfix: Vec<(&'static str, Postfix)>,
-    milters: Vec<MilterProc>,
-    dir: TempDir,
+/// Every site of one run; prints every log if the test failed.
+pub(crate) struct Lab {
+    pub(crate) postfix: Vec<(&'static str, Postfix)>,
+    pub(crate) milters: Vec<MilterProc>,
+    pub(crate) dir: TempDir,
 }
 
 impl Drop for Lab {

@@ -174,6 +174,63 @@ impl AllowlistConfig {
 pub struct ForwardConfig {
     /// Alias → where it goes (`"bob@b.example" = ["bob@forward.example"]`).
     pub aliases: BTreeMap<String, Vec<String>>,
+    /// Mailing lists whose server runs behind this MTA (Mailman or any other), by posting
+    /// address: `[forward.lists."dev@lists.example"]`. Their copies go out under this host's
+    /// hop with the changes the list made (docs/MTA.md "Beside Mailman").
+    pub lists: BTreeMap<String, ListConfig>,
+}
+
+/// One mailing list of `[forward.lists]`. At inbound, a message for the list's posting
+/// address that is `wanted` here is remembered (its stamp, in the store); at outbound, a copy
+/// from one of `senders` that carries a remembered stamp gets the list's hop with the changes
+/// found by comparing it with that stamp (subject tag, footer, From rewritten). A copy whose
+/// stamp was not `wanted` here, or that differs in a way no declared change explains, goes
+/// out as it came (never with a second originator stamp).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListConfig {
+    /// The envelope senders of the list's outgoing copies; a VERP suffix (`local+…@domain`)
+    /// is allowed on each. Default: `<local>-bounces@<domain>` (Mailman's).
+    pub senders: Vec<String>,
+    /// The subject prefix the list puts in front (Mailman's `subject_prefix` without its
+    /// trailing space, e.g. `"[dev]"`), when it tags subjects.
+    pub subject_tag: Option<String>,
+}
+
+/// A configured list's posting address and settings (see [`ForwardConfig::list_of`]).
+pub struct ListOf<'a> {
+    /// The posting address (lower case as configured).
+    pub address: &'a str,
+    /// Its settings.
+    pub config: &'a ListConfig,
+}
+
+impl ListConfig {
+    /// Whether `sender` (an envelope sender) is one of this list's, for `address`.
+    pub fn sends_as(&self, address: &str, sender: &str) -> bool {
+        let sender = sender.trim_matches(['<', '>']).to_ascii_lowercase();
+        let Some((local, domain)) = sender.rsplit_once('@') else {
+            return false;
+        };
+        let matches = |s: &str| {
+            s.to_ascii_lowercase()
+                .rsplit_once('@')
+                .is_some_and(|(l, d)| {
+                    d == domain
+                        && (local == l
+                            || local
+                                .strip_prefix(l)
+                                .is_some_and(|rest| rest.starts_with('+')))
+                })
+        };
+        if self.senders.is_empty() {
+            address
+                .rsplit_once('@')
+                .is_some_and(|(l, d)| matches(&format!("{l}-bounces@{d}")))
+        } else {
+            self.senders.iter().any(|s| matches(s))
+        }
+    }
 }
 
 /// Most addresses one alias forwards to (a hop carries one recipient digest each).
@@ -188,14 +245,57 @@ impl ForwardConfig {
             .map(|(a, t)| (a.as_str(), t.as_slice()))
     }
 
+    /// The configured list `rcpt` is the posting address of (case-insensitive).
+    pub fn list(&self, rcpt: &str) -> Option<ListOf<'_>> {
+        self.lists
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(rcpt.trim_matches(['<', '>'])))
+            .map(|(address, config)| ListOf { address, config })
+    }
+
+    /// The configured list whose outgoing copies come from `sender`.
+    pub fn list_of(&self, sender: &str) -> Option<ListOf<'_>> {
+        self.lists
+            .iter()
+            .find(|(a, l)| l.sends_as(a, sender))
+            .map(|(address, config)| ListOf { address, config })
+    }
+
     /// Every alias and target an address; an alias not its own target; at most
-    /// [`MAX_FORWARD_TARGETS`] targets.
+    /// [`MAX_FORWARD_TARGETS`] targets; every list an address, its senders addresses, its
+    /// subject tag 1–64 bytes.
     pub fn check(&self) -> Result<()> {
         let is_address = |a: &str| {
             a.split_once('@').is_some_and(|(l, d)| {
                 !l.is_empty() && d.contains('.') && !a.contains(char::is_whitespace)
             })
         };
+        for (list, l) in &self.lists {
+            let key = format!("forward.lists.\"{list}\"");
+            if !is_address(list) {
+                return Err(Error::config(
+                    key,
+                    "is not a mail address (want the list's posting address, e.g. dev@lists.example.org)",
+                ));
+            }
+            if let Some(s) = l.senders.iter().find(|s| !is_address(s)) {
+                return Err(Error::config(
+                    format!("{key}.senders"),
+                    format!(
+                        "`{s}` is not a mail address (want e.g. dev-bounces@lists.example.org)"
+                    ),
+                ));
+            }
+            if let Some(t) = &l.subject_tag {
+                let canonical = t.split_whitespace().collect::<Vec<_>>().join(" ");
+                if canonical.is_empty() || canonical.len() > mailstamp_core::hops::MAX_TAG_LEN {
+                    return Err(Error::config(
+                        format!("{key}.subject_tag"),
+                        "give the list's subject prefix, 1-64 bytes (e.g. \"[dev]\"), or leave it out",
+                    ));
+                }
+            }
+        }
         for (alias, targets) in &self.aliases {
             let key = format!("forward.aliases.\"{alias}\"");
             if !is_address(alias) {

@@ -213,17 +213,39 @@ pub async fn forward(
         rcpts: targets.to_vec(),
         client_ip: None,
     };
-    let r = async {
+    let changes = [mailstamp_core::hops::Change::Trace];
+    let spec = mailstamp_core::hops::HopSpec {
+        changes: &changes,
+        domain: &domain,
+        received_for: &alias,
+    };
+    let r = record_hop(d, s, raw, &env, &spec)
+        .await
+        .map(|stamped| Forward {
+            stamped,
+            alias: rcpt.clone(),
+            targets: targets.to_vec(),
+        });
+    if let Err(e) = &r {
+        warn!(alias, "cannot record the hop: {e:#}");
+    }
+    Some(r)
+}
+
+/// Records this host's hop for `raw` sent on to `env` (direct or batched as `stamp.mode`,
+/// watched like a stamp); chain trouble makes the next message reconnect.
+async fn record_hop(
+    d: &Daemon,
+    s: &Settings,
+    raw: &[u8],
+    env: &Envelope,
+    spec: &mailstamp_core::hops::HopSpec<'_>,
+) -> Result<Stamped> {
+    let r: Result<Stamped> = async {
         let chain = d
             .chain()
             .await
             .map_err(|e| e.context("chain unavailable"))?;
-        let changes = [mailstamp_core::hops::Change::Trace];
-        let spec = mailstamp_core::hops::HopSpec {
-            changes: &changes,
-            domain: &domain,
-            received_for: &alias,
-        };
         let batcher = match s.cfg.stamp.mode {
             StampMode::Direct => None,
             StampMode::Batch => Some(d.batcher().await?),
@@ -232,25 +254,148 @@ pub async fn forward(
             None => stamping::HopRecording::Direct,
             Some(b) => stamping::HopRecording::Batched(b, batcher::Hold::of(&s.cfg.stamp)),
         };
-        let stamped = stamping::stamp_hop(&chain, &s.stamp, how, raw, &env, &spec).await?;
+        let stamped = stamping::stamp_hop(&chain, &s.stamp, how, raw, env, spec).await?;
         if let Some(r) = &stamped.recording {
             let watched = async { d.watch().await?.add(&chain, r).await }.await;
             if let Err(e) = watched {
                 warn!(token = %stamped.token, "{e:#}: the hop is mined, but a reorg would not be noticed");
             }
         }
-        Ok(Forward {
-            stamped,
-            alias: rcpt.clone(),
-            targets: targets.to_vec(),
-        })
+        Ok(stamped)
     }
     .await;
-    if let Err(e) = &r {
-        warn!(alias, "cannot record the hop: {e:#}");
+    if r.as_ref().is_err_and(|e| e.refusal().is_none()) {
         d.drop_chain().await;
     }
-    Some(r)
+    r
+}
+
+/// How long a list remembers a stamp it received `wanted` (`[forward.lists]`): a copy sent
+/// later (held for moderation longer) goes out without the list's hop.
+pub const LIST_MEMORY_SECS: u64 = 30 * 86_400;
+
+/// The token (hex) of the top `Mail-Stamp:` field of `raw`, when its fields form a chain.
+fn top_stamp(msg: &mailstamp_core::mail_parser::Message<'_>) -> Option<String> {
+    match mailstamp_core::inspect_chain(msg) {
+        mailstamp_core::ChainInspection::Chain(c) => {
+            c.stamp(c.len() - 1).map(|h| alloy::hex::encode(h.token()))
+        }
+        _ => None,
+    }
+}
+
+/// At inbound: a `wanted` message for the posting address of a list of `[forward.lists]` is
+/// remembered for that list (its top stamp, in the store), so that the list's copies of it
+/// go out under the list's hop. `Err`: the store cannot be written now (the MTA defers the
+/// message: else its copies would go out without the hop).
+pub async fn remember_for_lists(
+    d: &Daemon,
+    m: &Message,
+    raw: &[u8],
+    report: &Report,
+) -> Result<()> {
+    let s = &m.settings;
+    let lists: Vec<String> = m
+        .rcpts
+        .iter()
+        .filter_map(|r| s.cfg.forward.list(r))
+        .map(|l| l.address.to_ascii_lowercase())
+        .collect();
+    if lists.is_empty() || report.verdict != Verdict::Wanted {
+        return Ok(());
+    }
+    let Some(stamp) = mailstamp_core::parse(raw).and_then(|msg| top_stamp(&msg)) else {
+        return Ok(());
+    };
+    let store = d.store().await?;
+    let now = now();
+    let before = now.saturating_sub(LIST_MEMORY_SECS);
+    store
+        .call(move |st| {
+            for list in &lists {
+                st.remember_list_received(list, &stamp, now, before)?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// What became of a list's outgoing copy.
+pub enum ListCopy {
+    /// Under the list's hop: the copy with the field on top.
+    Hop(Stamped),
+    /// As it came (no hop, no stamp of ours), and why.
+    AsItCame(String),
+}
+
+/// At outbound: the hop of a copy a list of `[forward.lists]` sends (its envelope sender is
+/// the list's), when the stamp it carries was received `wanted` here; the changes are found
+/// by comparing the copy with that stamp ([`mailstamp_core::list_changes`]). `None`: not a
+/// list's copy (stamped as any outbound mail). A copy the list cannot vouch for goes as it
+/// came; `Err`: the hop cannot be recorded now (the MTA defers the copy, nothing is lost).
+pub async fn list_copy(d: &Daemon, m: &Message, raw: &[u8]) -> Option<Result<ListCopy>> {
+    let s = &m.settings;
+    let list = s.cfg.forward.list_of(&m.sender)?;
+    let address = list.address.to_ascii_lowercase();
+    let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+    let as_it_came = |why: String| {
+        info!(list = address, "list copy sent without a hop: {why}");
+        Some(Ok(ListCopy::AsItCame(why)))
+    };
+    let Some(msg) = mailstamp_core::parse(raw) else {
+        return as_it_came("not an RFC 5322 message".into());
+    };
+    let Some(stamp) = top_stamp(&msg) else {
+        return as_it_came("it carries no stamp chain".into());
+    };
+    let store = match d.store().await {
+        Ok(st) => st,
+        Err(e) => return Some(Err(e)),
+    };
+    let (l, t) = (address.clone(), stamp.clone());
+    match store.call(move |st| st.list_received(&l, &t)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return as_it_came(format!(
+                "its stamp {stamp} was not received wanted by the list here (or longer ago than {} days)",
+                LIST_MEMORY_SECS / 86_400
+            ));
+        }
+        Err(e) => return Some(Err(e)),
+    }
+    let settings = mailstamp_core::ListSettings {
+        subject_tag: list.config.subject_tag.as_deref(),
+        domain: &domain,
+    };
+    let changes = match mailstamp_core::list_changes(&msg, &settings) {
+        Ok(c) => c,
+        Err(e) => return as_it_came(e.to_string()),
+    };
+    let env = Envelope {
+        rcpts: m.rcpts.clone(),
+        client_ip: None,
+    };
+    let spec = mailstamp_core::hops::HopSpec {
+        changes: &changes,
+        domain: &domain,
+        received_for: &address,
+    };
+    match record_hop(d, s, raw, &env, &spec).await {
+        Ok(st) => {
+            info!(list = address, changes = mailstamp_core::hops::encode_changes(&changes), token = %st.token, "list copy sent under the list's hop");
+            Some(Ok(ListCopy::Hop(st)))
+        }
+        // A refusal (the writer not listed for the list's domain, …) would refuse it
+        // again: the copy goes as it came rather than bounce at the list server.
+        Err(e) if e.refusal().is_some() => {
+            warn!(list = address, "no hop for the list copy: {e:#}");
+            as_it_came(format!("{e:#}"))
+        }
+        Err(e) => {
+            warn!(list = address, "cannot record the list's hop: {e:#}");
+            Some(Err(e))
+        }
+    }
 }
 
 /// The longest a milter/relay session waits for the store (authorised senders, allowlist).

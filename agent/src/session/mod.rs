@@ -27,7 +27,8 @@ use crate::store::{DaemonBatchRow, Store};
 use tracing::warn;
 
 pub use message::{
-    Forward, Judgement, Message, Outbound, forward, judge, log_inbound, log_outbound, stamp,
+    Forward, Judgement, ListCopy, Message, Outbound, forward, judge, list_copy, log_inbound,
+    log_outbound, remember_for_lists, stamp,
 };
 pub use results::{SCORE_HEADER, UNSTAMPED_HEADER, VERDICT_HEADER};
 pub use settings::Settings;

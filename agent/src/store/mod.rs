@@ -166,6 +166,16 @@ const MIGRATIONS: &[&str] = &[
         added   INTEGER NOT NULL,
         PRIMARY KEY ("user", address)
     ) STRICT;"#,
+    // 10: stamps a mailing list of `[forward.lists]` received `wanted` (issue 13): its copies
+    // go out under the list's hop only when the stamp they carry is one of these. `stamp` is
+    // the received top field's token (hex), unique per message in both recording modes.
+    "CREATE TABLE list_received (
+        list     TEXT NOT NULL,
+        stamp    TEXT NOT NULL,
+        received INTEGER NOT NULL,
+        PRIMARY KEY (list, stamp)
+    ) STRICT;
+    CREATE INDEX list_received_received ON list_received (received);",
 ];
 
 /// The same schema in PostgreSQL, migration for migration ([`MIGRATIONS`] says what each is
@@ -275,6 +285,13 @@ const PG_MIGRATIONS: &[&str] = &[
         added   BIGINT NOT NULL,
         PRIMARY KEY ("user", address)
     );"#,
+    "CREATE TABLE list_received (
+        list     TEXT NOT NULL,
+        stamp    TEXT NOT NULL,
+        received BIGINT NOT NULL,
+        PRIMARY KEY (list, stamp)
+    );
+    CREATE INDEX list_received_received ON list_received (received);",
 ];
 
 /// The advisory lock key PostgreSQL migrations run under (any fixed 64-bit number; this is

@@ -509,3 +509,40 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Remembers that `list` received the message whose top stamp has token `stamp` (hex)
+    /// `wanted`, at `now`; entries older than `before` go at the same time.
+    pub fn remember_list_received(
+        &self,
+        list: &str,
+        stamp: &str,
+        now: u64,
+        before: u64,
+    ) -> Result<()> {
+        self.run(|c| {
+            c.exec(
+                "INSERT INTO list_received (list, stamp, received) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (list, stamp) DO UPDATE SET received = excluded.received",
+                vals![list, stamp, now],
+            )?;
+            c.exec(
+                "DELETE FROM list_received WHERE received < ?1",
+                vals![before],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Whether `list` received the message whose top stamp has token `stamp` `wanted`.
+    pub fn list_received(&self, list: &str, stamp: &str) -> Result<bool> {
+        self.run(|c| {
+            c.query_one(
+                "SELECT COUNT(*) FROM list_received WHERE list = ?1 AND stamp = ?2",
+                vals![list, stamp],
+            )?
+            .u64(0)
+        })
+        .map(|n| n > 0)
+    }
+}
