@@ -956,6 +956,62 @@ mod tests {
     }
 
     #[test]
+    fn forward_lists_are_checked_and_match_their_senders() {
+        let cfg = Config::parse(
+            "[forward.lists.\"dev@lists.example.org\"]\nsubject_tag = \"[dev]\"\n\
+             [forward.lists.\"ops@lists.example.org\"]\nsenders = [\"ops-owner@lists.example.org\"]\n",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        let f = &cfg.forward;
+        assert_eq!(
+            f.list("<DEV@lists.example.org>").unwrap().address,
+            "dev@lists.example.org"
+        );
+        assert!(f.list("dev-bounces@lists.example.org").is_none());
+        // Mailman's default bounce address, with or without VERP; another list's sender not.
+        for (sender, list) in [
+            (
+                "dev-bounces@lists.example.org",
+                Some("dev@lists.example.org"),
+            ),
+            (
+                "<Dev-Bounces+bob=b.example@lists.example.org>",
+                Some("dev@lists.example.org"),
+            ),
+            ("dev-bouncesx@lists.example.org", None),
+            ("dev-bounces@other.example.org", None),
+            ("dev@lists.example.org", None),
+            ("ops-owner@lists.example.org", Some("ops@lists.example.org")),
+            ("ops-bounces@lists.example.org", None),
+            ("", None),
+        ] {
+            assert_eq!(f.list_of(sender).map(|l| l.address), list, "{sender}");
+        }
+        for (toml, want) in [
+            (
+                "[forward.lists.\"dev\"]\n",
+                "forward.lists.\"dev\": is not a mail address",
+            ),
+            (
+                "[forward.lists.\"dev@l.example\"]\nsenders = [\"x\"]\n",
+                "forward.lists.\"dev@l.example\".senders: `x` is not a mail address",
+            ),
+            (
+                "[forward.lists.\"dev@l.example\"]\nsubject_tag = \"  \"\n",
+                "forward.lists.\"dev@l.example\".subject_tag: give the list's subject prefix",
+            ),
+        ] {
+            let e = Config::parse(toml)
+                .unwrap()
+                .check()
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn verify_min_version_is_a_known_protocol_version() {
         let cfg = Config::parse("[verify]\nmin_version = 2\n").unwrap();
         cfg.check().unwrap();

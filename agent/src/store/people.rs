@@ -546,3 +546,23 @@ impl Store {
         .map(|n| n > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)]
+    use super::*;
+
+    crate::store::on_both_backends!(fn a_list_remembers_the_stamps_it_received_per_list_and_forgets_old_ones(store) {
+        let store = &store;
+        store.remember_list_received("dev@lists.example", "aa", 100, 0).unwrap();
+        // Once more (Postfix delivered it again): one row, its time refreshed.
+        store.remember_list_received("dev@lists.example", "aa", 200, 0).unwrap();
+        assert!(store.list_received("dev@lists.example", "aa").unwrap());
+        assert!(!store.list_received("ops@lists.example", "aa").unwrap(), "per list");
+        assert!(!store.list_received("dev@lists.example", "bb").unwrap());
+        // A later post prunes what is older than its horizon.
+        store.remember_list_received("ops@lists.example", "cc", 300, 250).unwrap();
+        assert!(!store.list_received("dev@lists.example", "aa").unwrap(), "pruned");
+        assert!(store.list_received("ops@lists.example", "cc").unwrap());
+    });
+}
