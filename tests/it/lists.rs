@@ -587,6 +587,45 @@ async fn a_list_and_an_alias_across_three_postfix_sites_are_wanted_with_dkim_sid
         }
     }
 
+    // The list's own message (a notice From its domain, no stamp in it) is stamped as any
+    // outbound mail; an unstamped post is sent on as it came, with no stamp of the list's.
+    let notice = format!(
+        "From: dev-owner@lists.f.example\r\nTo: {LIST}\r\nSubject: list notice\r\n\
+         Date: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <notice@lists.f.example>\r\n\r\n\
+         The list moves to a new server on Friday.\r\n"
+    );
+    send_copy(f_submit, notice.into_bytes(), list.state.clone()).await;
+    let t = unfolded(&wait_mail(&mail_b, "bob", "list notice", 60).expect("the notice"));
+    assert!(t.contains("mailstamp=pass (wanted"), "{t}");
+    assert_eq!(
+        t.matches("Mail-Stamp:").count(),
+        1,
+        "an ordinary stamp:\n{t}"
+    );
+    // From another site's address (not in lists.f.example's trusted network): inbound.
+    let (ok, tr) = swaks(&[
+        "--server",
+        &format!("{F}:{f_port}"),
+        "--local-interface",
+        "127.0.0.9",
+        "--from",
+        "zed@lax.example",
+        "--to",
+        LIST,
+        "--header",
+        "From: Zed <zed@lax.example>",
+        "--header",
+        "Subject: unstamped post",
+        "--body",
+        "From a site without mailstamp.",
+    ]);
+    assert!(ok, "{tr}");
+    let t = unfolded(&wait_mail(&mail_b, "bob", "unstamped post", 60).expect("the post"));
+    assert!(
+        t.contains("Subject: [dev] unstamped post") && !t.contains("Mail-Stamp:"),
+        "sent on by the list as it came:\n{t}"
+    );
+
     // The list copy replayed to another b.example user: spam at the top hop.
     let bobs = wait_mail(&mail_b, "bob", "path munged", 5).unwrap();
     let at = bobs

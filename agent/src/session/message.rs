@@ -331,7 +331,8 @@ pub enum ListCopy {
 /// At outbound: the hop of a copy a list of `[forward.lists]` sends (its envelope sender is
 /// the list's), when the stamp it carries was received `wanted` here; the changes are found
 /// by comparing the copy with that stamp ([`mailstamp_core::list_changes`]). `None`: not a
-/// list's copy (stamped as any outbound mail). A copy the list cannot vouch for goes as it
+/// list's copy, or the list's own unstamped message From its domain (a digest, a notice):
+/// stamped as any outbound mail. A copy the list cannot vouch for goes as it
 /// came; `Err`: the hop cannot be recorded now (the MTA defers the copy, nothing is lost).
 pub async fn list_copy(d: &Daemon, m: &Message, raw: &[u8]) -> Option<Result<ListCopy>> {
     let s = &m.settings;
@@ -346,7 +347,13 @@ pub async fn list_copy(d: &Daemon, m: &Message, raw: &[u8]) -> Option<Result<Lis
         return as_it_came("not an RFC 5322 message".into());
     };
     let Some(stamp) = top_stamp(&msg) else {
-        return as_it_came("it carries no stamp chain".into());
+        // The list's own messages (a digest, a notice) From the list's domain are stamped as
+        // any outbound mail; an unstamped post it sends on, it cannot stamp for its author.
+        let from = mailstamp_core::component::from_address(&msg);
+        if mailstamp_core::canon::split_address(&from).1 == domain {
+            return None;
+        }
+        return as_it_came("it carries no stamp chain (an unstamped post)".into());
     };
     let store = match d.store().await {
         Ok(st) => st,
