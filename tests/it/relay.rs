@@ -196,6 +196,17 @@ pub(crate) async fn start(
     maps: &[(&str, &str)],
     key: Option<&AnvilInstance>,
 ) -> Running {
+    start_keyed(toml, relay_toml, next_hop, maps, key.map(|a| (a, 0))).await
+}
+
+/// As [`start`], writing with anvil account `i` of `key = (anvil, i)`.
+async fn start_keyed(
+    toml: &str,
+    relay_toml: &str,
+    next_hop: SocketAddr,
+    maps: &[(&str, &str)],
+    key: Option<(&AnvilInstance, usize)>,
+) -> Running {
     let dir = TempDir::new("relay");
     for (name, text) in maps {
         std::fs::write(dir.0.join(name), text).unwrap();
@@ -217,7 +228,7 @@ pub(crate) async fn start(
     let r = Arc::new(
         Daemon::new(
             settings,
-            key.map(|a| signer(a, 0)),
+            key.map(|(a, i)| signer(a, i)),
             Some((path, Overrides::default())),
         )
         .with_owner("relay"),
@@ -944,4 +955,107 @@ async fn a_permanent_stamping_refusal_is_a_5xx_not_chain_trouble() {
             && !got.contains("Mail-Stamp: "),
         "{got}"
     );
+}
+
+/// The relay as a forwarder and as a list agent (issue 13): a.example's outbound relay →
+/// b.example's inbound relay (the alias bob@b.example forwarded under its hop; a post for the
+/// list dev@lists.b.example remembered) → forward.example's verifying relay → the sink. The
+/// list's copy, made from the post as it arrived (subject tag, footer), goes out through
+/// b.example's outbound relay (the same store) under the list's hop; a copy of a message the
+/// list never received goes as it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_forwards_an_alias_and_a_list_copy_under_its_hops() {
+    let (a, registry, writer) = chain().await;
+    let list_writer = signer(&a, 1).address();
+    let base = format!(
+        "{}\"b.example\" = [\"{list_writer}\"]\n\"lists.b.example\" = [\"{list_writer}\"]\n",
+        chain_toml(&a.endpoint(), registry, writer)
+    );
+    let sink = Sink::start().await;
+    let receiver = start(
+        &format!("{base}[milter]\nauthserv_id = \"mx.forward.example\"\n"),
+        "",
+        sink.addr,
+        &[],
+        None,
+    )
+    .await;
+    let shared = TempDir::new("relay-lists");
+    let f = format!(
+        "{base}[store]\npath = \"{}\"\n[milter]\nauthserv_id = \"mx.b.example\"\n\
+         [forward]\naliases = {{ \"bob@b.example\" = [\"bob@forward.example\"] }}\n\
+         [forward.lists.\"dev@lists.b.example\"]\nsubject_tag = \"[dev]\"\n",
+        shared.0.join("b.sqlite").display()
+    );
+    let f_in = start_keyed(&f, "", receiver.addr, &[], Some((&a, 1))).await;
+    let f_out = start_keyed(&f, "outbound = true", receiver.addr, &[], Some((&a, 1))).await;
+    let sender = start(&base, "outbound = true", f_in.addr, &[], Some(&a)).await;
+
+    // The alias: forwarded under b.example's hop, the envelope now bob@forward.example.
+    let r = deliver(
+        sender.addr,
+        "alice@a.example",
+        &["bob@b.example"],
+        MSG.as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let got = sink.got();
+    let m = got.last().unwrap();
+    assert_eq!(m.rcpts, ["bob@forward.example"]);
+    let h = head(&m.data).replace("\r\n\t", " ");
+    assert!(
+        h.contains("mailstamp=pass (wanted")
+            && h.contains("forwarded by b.example, author alice@a.example verified there"),
+        "{h}"
+    );
+    assert_eq!(h.matches("Mail-Stamp:").count(), 2, "{h}");
+    let forwarded = strip_results(&m.data);
+
+    // A post to the list: remembered at b.example, delivered on (the sink is the list's inbox).
+    let post = "From: Alice <alice@a.example>\r\nTo: dev@lists.b.example\r\n\
+        Subject: release plan\r\nDate: Tue, 24 Nov 2026 03:00:00 +0000\r\n\
+        Message-ID: <p1@a.example>\r\n\r\nWe ship on Friday.\r\n";
+    let r = deliver(
+        sender.addr,
+        "alice@a.example",
+        &["dev@lists.b.example"],
+        post.as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let received = strip_results(&sink.got().last().unwrap().data);
+    // The list server's copy: tag and footer; sent by the list's bounce address.
+    let copy = received.replace("Subject: release plan", "Subject: [dev] release plan")
+        + "_______________\r\ndev mailing list\r\n";
+    let r = deliver(
+        f_out.addr,
+        "dev-bounces@lists.b.example",
+        &["carol@forward.example"],
+        copy.as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let m = sink.got().pop().unwrap();
+    assert_eq!(m.rcpts, ["carol@forward.example"]);
+    let h = head(&m.data).replace("\r\n\t", " ");
+    assert!(
+        h.contains("mailstamp=pass (wanted")
+            && h.contains("via list at lists.b.example, author alice@a.example verified there"),
+        "{h}"
+    );
+
+    // The forwarded message sent by the list, which never received it: no hop of the list's.
+    let r = deliver(
+        f_out.addr,
+        "dev-bounces@lists.b.example",
+        &["carol@forward.example"],
+        forwarded.as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let m = sink.got().pop().unwrap();
+    let h = head(&m.data).replace("\r\n\t", " ");
+    assert_eq!(h.matches("Mail-Stamp:").count(), 2, "as it came:\n{h}");
+    assert!(!h.contains("mailstamp=pass"), "{h}");
 }

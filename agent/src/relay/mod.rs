@@ -509,17 +509,15 @@ impl Conn<'_> {
         // Sender-written fields that claim to be ours go on both paths: a Sieve rule reads
         // them (ours for a local recipient, the next site's for outbound mail).
         let raw = strip_ours(&raw, &s.authserv_id);
+        // The envelope it goes on with: the client's, or a forward's targets.
+        let mut envelope = msg.m.clone();
         let body = if msg.m.outbound {
             match self.outbound(&msg, raw).await {
                 Ok(b) => b,
                 Err(r) => return r,
             }
         } else {
-            let helo = self.helo.as_deref().unwrap_or("");
-            let client = Client { ip: Some(ip), helo };
-            let j = session::judge(self.daemon, &msg.m, &raw, client).await;
-            session::log_inbound(&msg.queue_id, &msg.m, &j);
-            match act(&msg.m, j, &raw, ip).await {
+            match self.inbound(&msg, raw, &mut envelope).await {
                 Ok(b) => b,
                 Err(r) => return r,
             }
@@ -528,11 +526,72 @@ impl Conn<'_> {
         let helo = self.helo.as_deref().unwrap_or("unknown");
         let mut traced = received(helo, ip, &self.hostname, now()).into_bytes();
         traced.extend_from_slice(&body);
-        forward(&s, &msg.m, msg.eight_bit, &traced).await
+        forward(&s, &envelope, msg.eight_bit, &traced).await
+    }
+
+    /// An inbound message: judged and acted on; remembered for its list (`[forward.lists]`);
+    /// forwarded under this host's hop when it is for an alias of `[forward]` (the hop field
+    /// on top, `envelope`'s recipients replaced by the alias's targets).
+    async fn inbound(
+        &self,
+        msg: &Msg,
+        raw: Vec<u8>,
+        envelope: &mut Message,
+    ) -> std::result::Result<Vec<u8>, Refusal> {
+        let ip = self.peer.ip();
+        let helo = self.helo.as_deref().unwrap_or("");
+        let client = Client { ip: Some(ip), helo };
+        let j = session::judge(self.daemon, &msg.m, &raw, client).await;
+        session::log_inbound(&msg.queue_id, &msg.m, &j);
+        if let Err(e) = session::remember_for_lists(self.daemon, &msg.m, &raw, &j.report).await {
+            warn!(
+                queue_id = msg.queue_id,
+                "cannot remember the message for its list: {e:#}"
+            );
+            return Err(Refusal::new(
+                false,
+                "4.3.0",
+                "mailstamp: cannot remember the message for its list now, try again later",
+            ));
+        }
+        let raw = match session::forward(self.daemon, &msg.m, &raw, &j.report).await {
+            None => raw,
+            Some(Ok(f)) => {
+                info!(queue_id = msg.queue_id, alias = f.alias, to = f.targets.len(), token = %f.stamped.token, "forwarded under a hop");
+                envelope.rcpts = f.targets;
+                f.stamped.message
+            }
+            Some(Err(e)) => {
+                return Err(match e.refusal() {
+                    Some((xcode, reason)) => {
+                        Refusal::new(true, xcode, &format!("mailstamp: {reason}"))
+                    }
+                    None => Refusal::new(
+                        false,
+                        "4.7.1",
+                        "mailstamp: cannot record the forward's hop now, try again later",
+                    ),
+                });
+            }
+        };
+        act(&msg.m, j, &raw, ip).await
     }
 
     /// An outbound message: stamped, passed unstamped, or refused.
     async fn outbound(&self, msg: &Msg, raw: Vec<u8>) -> std::result::Result<Vec<u8>, Refusal> {
+        // A copy a mailing list of `[forward.lists]` sends: under the list's hop, or as it came.
+        match session::list_copy(self.daemon, &msg.m, &raw).await {
+            Some(Ok(session::ListCopy::Hop(st))) => return Ok(st.message),
+            Some(Ok(session::ListCopy::AsItCame(_))) => return Ok(raw),
+            Some(Err(_)) => {
+                return Err(Refusal::new(
+                    false,
+                    "4.7.1",
+                    "mailstamp: cannot record the list's hop now, try again later",
+                ));
+            }
+            None => {}
+        }
         let out = session::stamp(self.daemon, &msg.m, &raw).await;
         session::log_outbound(&msg.queue_id, &msg.m, self.daemon.writer(), &out);
         match out {
