@@ -270,6 +270,19 @@ async fn a_forward_and_a_list_under_hops_are_wanted_and_their_copies_replayed_or
         "{ar}"
     );
 
+    // A receiver that trusts only some forwarders (`[verify] forwarders`): b.example is not
+    // one of them, so the good chain is at best suspect; listed, it is wanted again.
+    let c = w.writer(A).await;
+    for (trusted, want) in [
+        ("lists.example", Verdict::Suspect),
+        ("b.example", Verdict::Wanted),
+    ] {
+        let mut ctx = w.verifying();
+        ctx.policy.forwarders = Some([trusted.to_owned()].into_iter().collect());
+        let r = verifying::verify(Ok(&c), &ctx, &fwd, &env("bob@forward.example")).await;
+        assert_eq!(r.verdict, want, "trusting {trusted}: {}", says(&r));
+    }
+
     // The hop copy replayed to someone else fails at the top hop.
     let r = w.verify(&fwd, "eve@forward.example").await;
     assert_eq!(r.verdict, Verdict::Spam, "{}", says(&r));

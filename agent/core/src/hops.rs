@@ -1039,7 +1039,7 @@ pub fn evaluate_chain(
             report: judge_level(msg, chain, k, env, &walk, &commitments, inputs, policy, now),
         })
         .collect();
-    conclude(chain, &walk, levels)
+    conclude(chain, &walk, levels, policy)
 }
 
 /// A report for the whole message without per-level results.
@@ -1163,7 +1163,7 @@ fn lower_components(
 
 /// The message's verdict from its levels: the worst (invalid, spam, temperror, suspect,
 /// wanted, in that order), with that level's reason; for a good chain the path.
-fn conclude(chain: &Chain, walk: &Walk, levels: Vec<LevelReport>) -> ChainReport {
+fn conclude(chain: &Chain, walk: &Walk, levels: Vec<LevelReport>, policy: &Policy) -> ChainReport {
     let rank = |v: Verdict| match v {
         Verdict::Invalid => 0,
         Verdict::Spam => 1,
@@ -1186,12 +1186,28 @@ fn conclude(chain: &Chain, walk: &Walk, levels: Vec<LevelReport>) -> ChainReport
             levels,
         };
     }
+    let reason = format!("{}, author {author} verified there", path(chain, walk));
+    // Trusted forwarders only: a good chain through another domain's hop is at best suspect.
+    let untrusted = policy.forwarders.as_ref().and_then(|trusted| {
+        chain
+            .hops
+            .iter()
+            .find(|h| !trusted.contains(&h.domain.to_ascii_lowercase()))
+    });
+    if let Some(h) = untrusted {
+        return ChainReport {
+            verdict: Verdict::Suspect,
+            reason: Some(format!(
+                "{reason}; but hop i={} ({}) is not one of the trusted forwarders here",
+                h.index, h.domain
+            )),
+            author: Some(author),
+            levels,
+        };
+    }
     ChainReport {
         verdict,
-        reason: Some(format!(
-            "{}, author {author} verified there",
-            path(chain, walk)
-        )),
+        reason: Some(reason),
         author: Some(author),
         levels,
     }

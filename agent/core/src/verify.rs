@@ -118,6 +118,10 @@ pub struct Policy {
     /// version is `invalid`. 1 (the default) accepts every version; 2 refuses version-1
     /// stamps, which do not cover the display name.
     pub min_version: u32,
+    /// The domains whose hops count as forwarders and lists here (docs/PROTOCOL.md §5c,
+    /// "trusted forwarders"), lower case; a chain through a hop of any other domain is at
+    /// best `suspect`. `None` (the default): every hop whose writer its domain authorises.
+    pub forwarders: Option<BTreeSet<String>>,
 }
 
 impl Default for Policy {
@@ -149,6 +153,7 @@ impl Default for Policy {
             required: [From, FromName, Rcpt].into_iter().collect(),
             max_age_secs: Some(7 * 24 * 3600),
             min_version: 1,
+            forwarders: None,
         }
     }
 }

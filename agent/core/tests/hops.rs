@@ -1393,3 +1393,69 @@ fn a_list_agent_finds_the_changes_its_list_made() {
     let plain = corpus().remove(0).1;
     assert!(matches!(found(&plain), Err(PrepareHopError::Unstamped)));
 }
+
+/// With trusted forwarders configured (`Policy::forwarders`), a good chain through a hop of
+/// another domain is at best `suspect`, naming the hop; through trusted ones it stays
+/// `wanted`; a chain of one field is not affected.
+#[test]
+fn only_trusted_forwarders_make_a_chain_wanted_when_they_are_configured() {
+    let raw = corpus().into_iter().find(|(n, _)| n == PLAIN[1]).unwrap().1;
+    let (stamped, origin) = stamp(&raw, &[BOB], 1);
+    let (fwd, rec) = hop(&stamped, &[Change::Trace], "b.example", &[BOB_FWD], 2);
+    let judge = |raw: &[u8], to: &str, lookups: &[Lookup], trusted: &[&str]| {
+        let msg = parse(raw).unwrap();
+        let ChainInspection::Chain(chain) = inspect_chain(&msg) else {
+            panic!("a chain")
+        };
+        let auths: Vec<WriterAuth> = chain.auth_domains(&msg).iter().map(|_| pass()).collect();
+        let policy = Policy {
+            forwarders: Some(trusted.iter().map(|d| (*d).to_owned()).collect()),
+            ..Policy::default()
+        };
+        let inputs = LevelInputs {
+            lookups,
+            auths: &auths,
+        };
+        evaluate_chain(
+            &msg,
+            &chain,
+            &env(&[to]),
+            &inputs,
+            &policy,
+            Some(1_700_000_100),
+        )
+    };
+    let r = judge(
+        &fwd,
+        BOB_FWD,
+        &[origin.clone(), rec.clone()],
+        &["b.example"],
+    );
+    assert_eq!(r.verdict, Verdict::Wanted, "{}", describe(&r));
+    let r = judge(
+        &fwd,
+        BOB_FWD,
+        &[origin.clone(), rec.clone()],
+        &["lists.example"],
+    );
+    assert_eq!(r.verdict, Verdict::Suspect, "{}", describe(&r));
+    let reason = r.reason.unwrap_or_default();
+    assert!(
+        reason.contains("hop i=2 (b.example) is not one of the trusted forwarders"),
+        "{reason}"
+    );
+    assert_eq!(
+        r.author.as_deref(),
+        Some(mailstamp_core::component::from_address(&parse(&stamped).unwrap()).as_str())
+    );
+    // A bad chain stays as bad as it was; a lone stamp is judged as ever.
+    let r = judge(
+        &fwd,
+        "eve@forward.example",
+        &[origin.clone(), rec],
+        &["lists.example"],
+    );
+    assert_eq!(r.verdict, Verdict::Spam, "{}", describe(&r));
+    let r = judge(&stamped, BOB, &[origin], &[]);
+    assert_eq!(r.verdict, Verdict::Wanted, "{}", describe(&r));
+}

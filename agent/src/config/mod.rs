@@ -552,6 +552,10 @@ pub struct VerifyConfig {
     /// How records are read: `call` (the endpoints' word) or `proof` (storage proofs checked
     /// by the agent); docs/PROTOCOL.md §6d.
     pub mode: ReadMode,
+    /// Only hops of these domains count as forwarders and lists (docs/PROTOCOL.md §5c): a
+    /// chain through any other domain's hop is at best `suspect`. Absent (the default): every
+    /// hop whose writer its own domain authorises.
+    pub forwarders: Option<Vec<String>>,
 }
 
 impl Default for VerifyConfig {
@@ -567,6 +571,7 @@ impl Default for VerifyConfig {
             missing_grace_secs: 300,
             min_version: p.min_version,
             mode: ReadMode::Call,
+            forwarders: None,
         }
     }
 }
@@ -580,6 +585,11 @@ impl VerifyConfig {
             required: self.required.clone(),
             max_age_secs: self.max_age_secs,
             min_version: self.min_version,
+            forwarders: self.forwarders.as_ref().map(|f| {
+                f.iter()
+                    .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+                    .collect()
+            }),
         }
     }
 }
@@ -773,6 +783,23 @@ impl VerifyConfig {
                     format!("lists `{f}` but stamp.components does not stamp it"),
                 ));
             }
+        }
+        let is_domain = |d: &str| {
+            let d = d.trim_end_matches('.');
+            d.contains('.')
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+        };
+        if let Some(bad) = self.forwarders.iter().flatten().find(|d| !is_domain(d)) {
+            return Err(Error::config(
+                "verify.forwarders",
+                format!(
+                    "`{bad}` is not a domain name; list the domains whose hops you trust (e.g. \"lists.example.org\"), or leave verify.forwarders out to count every authorised hop"
+                ),
+            ));
         }
         Ok(())
     }
@@ -1009,6 +1036,28 @@ mod tests {
                 .to_string();
             assert!(e.starts_with(want), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn verify_forwarders_are_domain_names_and_become_the_policy() {
+        let cfg = Config::parse("[verify]\nforwarders = [\"Lists.Example.org.\", \"b.example\"]\n")
+            .unwrap();
+        cfg.check().unwrap();
+        let want: BTreeSet<String> = ["lists.example.org", "b.example"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(cfg.verify.policy().forwarders, Some(want));
+        assert_eq!(Config::parse("").unwrap().verify.policy().forwarders, None);
+        let e = Config::parse("[verify]\nforwarders = [\"not a domain\"]\n")
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("verify.forwarders: `not a domain` is not a domain name"),
+            "{e}"
+        );
     }
 
     #[test]
