@@ -41,8 +41,7 @@ use crate::allowlist::{DkimKey, auth_zone};
 use crate::dnsfix::DnsServer;
 use crate::harness::{TempDir, key_hex, signer};
 use crate::postfix::{
-    MilterProc, Postfix, anvil_at, chown, ensure_postfix, free_port, maildir, stop_anvil, swaks,
-    wait_for,
+    Postfix, anvil_at, chown, ensure_postfix, free_port, maildir, stop_anvil, swaks, wait_for,
 };
 use crate::three_sites::{Lab, has, mailbox, unfolded};
 
@@ -351,16 +350,6 @@ async fn a_list_and_an_alias_across_three_postfix_sites_are_wanted_with_dkim_sid
         &zone,
     )
     .await;
-    let base = |site: &str, rest: &str| {
-        format!(
-            "[chain]\nrpc_url = \"{rpc}\"\nregistry = \"{registry}\"\ntimeout_secs = 3\n\
-             [dns]\nnameservers = [\"{}\"]\ntimeout_secs = 2\nattempts = 1\n\
-             [store]\npath = \"{}\"\n\
-             [milter]\nauthserv_id = \"mx.{site}\"\nlookup_tx = false\n{rest}",
-            dns.addr,
-            root.join(format!("{site}.sqlite")).display()
-        )
-    };
     // a.example: its users submit on 127.0.0.1 (outbound, stamped directly).
     // lists.f.example: the list server submits on 127.0.0.1 (outbound); hops batched.
     // b.example: verifies.
@@ -381,15 +370,7 @@ async fn a_list_and_an_alias_across_three_postfix_sites_are_wanted_with_dkim_sid
         ),
         ("b.example", None, String::new()),
     ];
-    for (site, key, rest) in &sites {
-        let cfg = root.join(format!("{site}.toml"));
-        std::fs::write(&cfg, base(site, rest)).unwrap();
-        lab.milters.push(MilterProc::start(
-            &cfg,
-            key.as_deref(),
-            root.join(format!("milter-{site}.log")),
-        ));
-    }
+    lab.start_milters(&rpc, registry, &dns, &sites);
     let mail_b = root.join("mail-b");
     std::fs::create_dir_all(&mail_b).unwrap();
     chown(&mail_b, "65534:65534");

@@ -57,6 +57,37 @@ pub(crate) struct Lab {
     pub(crate) dir: TempDir,
 }
 
+impl Lab {
+    /// One `mailstamp milter` process per site `(domain, writer key, config lines)`: the
+    /// chain, the DNS fixture, a SQLite store and `authserv_id = "mx.<domain>"` each.
+    pub(crate) fn start_milters(
+        &mut self,
+        rpc: &str,
+        registry: alloy::primitives::Address,
+        dns: &DnsServer,
+        sites: &[(&str, Option<String>, String)],
+    ) {
+        let root = self.dir.0.clone();
+        for (site, key, rest) in sites {
+            let cfg = root.join(format!("{site}.toml"));
+            let text = format!(
+                "[chain]\nrpc_url = \"{rpc}\"\nregistry = \"{registry}\"\ntimeout_secs = 3\n\
+                 [dns]\nnameservers = [\"{}\"]\ntimeout_secs = 2\nattempts = 1\n\
+                 [store]\npath = \"{}\"\n\
+                 [milter]\nauthserv_id = \"mx.{site}\"\nlookup_tx = false\n{rest}",
+                dns.addr,
+                root.join(format!("{site}.sqlite")).display()
+            );
+            std::fs::write(&cfg, text).unwrap();
+            self.milters.push(MilterProc::start(
+                &cfg,
+                key.as_deref(),
+                root.join(format!("milter-{site}.log")),
+            ));
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -104,16 +135,6 @@ async fn a_forward_across_three_postfix_sites_is_wanted_and_its_replay_is_not() 
         ],
     )
     .await;
-    let base = |site: &str, rest: &str| {
-        format!(
-            "[chain]\nrpc_url = \"{rpc}\"\nregistry = \"{registry}\"\ntimeout_secs = 3\n\
-             [dns]\nnameservers = [\"{}\"]\ntimeout_secs = 2\nattempts = 1\n\
-             [store]\npath = \"{}\"\n\
-             [milter]\nauthserv_id = \"mx.{site}\"\nlookup_tx = false\n{rest}",
-            dns.addr,
-            root.join(format!("{site}.sqlite")).display()
-        )
-    };
     // a.example: its users submit on 127.0.0.1 (outbound: stamped directly).
     // b.example: verifies, forwards bob's mail under a batched hop.
     // forward.example: verifies.
@@ -133,15 +154,7 @@ async fn a_forward_across_three_postfix_sites_is_wanted_and_its_replay_is_not() 
         ),
         ("forward.example", None, String::new()),
     ];
-    for (site, key, rest) in &sites {
-        let cfg = root.join(format!("{site}.toml"));
-        std::fs::write(&cfg, base(site, rest)).unwrap();
-        lab.milters.push(MilterProc::start(
-            &cfg,
-            key.as_deref(),
-            root.join(format!("milter-{site}.log")),
-        ));
-    }
+    lab.start_milters(&rpc, registry, &dns, &sites);
     let mail_f = root.join("mail-f");
     let mail_b = root.join("mail-b");
     for m in [&mail_f, &mail_b] {

@@ -1325,14 +1325,7 @@ pub fn prepare_hop(
     sel: &Selection,
     spec: &HopSpec<'_>,
 ) -> Result<PreparedHop, PrepareHopError> {
-    let below = match inspect_chain(sent) {
-        ChainInspection::Unstamped => return Err(PrepareHopError::Unstamped),
-        ChainInspection::Invalid(e) => return Err(PrepareHopError::Chain(e)),
-        ChainInspection::Chain(c) => c,
-    };
-    if below.len() >= MAX_FIELDS {
-        return Err(PrepareHopError::Full);
-    }
+    let below = extendable(sent)?;
     if ![Family::From, Family::FromName, Family::Rcpt]
         .iter()
         .all(|f| sel.has(*f))
@@ -1379,6 +1372,19 @@ pub fn prepare_hop(
     })
 }
 
+/// The chain of `sent` a hop would extend: well formed and not full.
+fn extendable(sent: &Message<'_>) -> Result<Box<Chain>, PrepareHopError> {
+    let below = match inspect_chain(sent) {
+        ChainInspection::Unstamped => return Err(PrepareHopError::Unstamped),
+        ChainInspection::Invalid(e) => return Err(PrepareHopError::Chain(e)),
+        ChainInspection::Chain(c) => c,
+    };
+    if below.len() >= MAX_FIELDS {
+        return Err(PrepareHopError::Full);
+    }
+    Ok(below)
+}
+
 /// What a mailing list may do to its copies, for [`list_changes`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListSettings<'a> {
@@ -1404,14 +1410,7 @@ pub fn list_changes(
     sent: &Message<'_>,
     list: &ListSettings<'_>,
 ) -> Result<Vec<Change>, PrepareHopError> {
-    let below = match inspect_chain(sent) {
-        ChainInspection::Unstamped => return Err(PrepareHopError::Unstamped),
-        ChainInspection::Invalid(e) => return Err(PrepareHopError::Chain(e)),
-        ChainInspection::Chain(c) => c,
-    };
-    if below.len() >= MAX_FIELDS {
-        return Err(PrepareHopError::Full);
-    }
+    let below = extendable(sent)?;
     let index = (below.len() + 1) as u8;
     let header = below
         .stamp(below.len() - 1)
