@@ -51,7 +51,10 @@ const FOOTER: [&str; 2] = ["_______________", "List mailing list"];
 /// The receiver's clock: 100 s after the originator's record, well within `max_age_secs`.
 const NOW: u64 = 1_700_000_100;
 
-const PATHS: [&str; 7] = [
+/// The rows of the table. The list rows come twice: with the footer appended to the last
+/// text part (`footer/2`), and, for a multipart/mixed message without a text part, with the
+/// footer as a part of its own (`footer-part`).
+const PATHS: [&str; 11] = [
     "direct",
     "forward (trace field added), no agent",
     "forward, hop",
@@ -59,6 +62,27 @@ const PATHS: [&str; 7] = [
     "list (subject tag + footer), hop",
     "list with From rewritten to the list (author in Reply-To), no agent",
     "list with From rewritten, hop",
+    "list (subject tag + footer part), no agent",
+    "list (subject tag + footer part), hop",
+    "list with footer part and From rewritten, no agent",
+    "list with footer part and From rewritten, hop",
+];
+
+/// The verdict each path should give, to list the messages that do not. A footer part
+/// without an agent is an added part no receiver may forgive (`spam`, §5c): unlike lines
+/// appended to a text part, which further processing recognises as a list footer (§7).
+const EXPECTED: [Verdict; 11] = [
+    Verdict::Wanted,
+    Verdict::Inapplicable,
+    Verdict::Wanted,
+    Verdict::Inapplicable,
+    Verdict::Wanted,
+    Verdict::Inapplicable,
+    Verdict::Wanted,
+    Verdict::Spam,
+    Verdict::Wanted,
+    Verdict::Spam,
+    Verdict::Wanted,
 ];
 
 fn env(rcpts: &[&str]) -> Envelope {
@@ -114,28 +138,41 @@ fn field_range(raw: &[u8], name: &str) -> Option<(usize, usize, usize)> {
 }
 
 /// Why a message gets no list copy: counted per reason, never silently dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Skip {
     /// No Subject to tag (Mailman would invent one; a hop can only declare a tag in front).
     NoSubject,
-    /// HTML only, or only attachments: the footer would be a part of its own (`footer-part`).
-    NoTextPart,
-    /// The last text part is quoted-printable or base64: appending needs a re-encoding.
-    Encoded(&'static str),
+    /// No text part (HTML only, or attachments) and not multipart/mixed: a list would wrap the
+    /// message in a new multipart/mixed to add its footer part, a change §5c cannot declare.
+    /// The message's own content type, lower-case.
+    NoTextPartNotMixed(String),
+    /// The last text part is base64: appending needs a re-encoding.
+    Base64,
     /// A charset in which appended ASCII bytes are not the footer's text.
     WideCharset,
     /// Appended, yet the parsed last text part does not end with the footer (broken MIME).
     NotSeen,
+    /// A multipart/mixed message without its closing delimiter (broken MIME): nowhere to add
+    /// a part.
+    NoCloseDelimiter,
+    /// A footer part added, yet not parsed as the message's one new text part (broken MIME).
+    PartNotSeen,
 }
 
 impl Skip {
     fn describe(self) -> String {
         match self {
             Skip::NoSubject => "no Subject field".into(),
-            Skip::NoTextPart => "no text/plain part (HTML or attachments only)".into(),
-            Skip::Encoded(e) => format!("last text/plain part is {e}"),
+            Skip::NoTextPartNotMixed(ct) => {
+                format!("no text/plain part, {ct} (a list would wrap it in multipart/mixed)")
+            }
+            Skip::Base64 => "last text/plain part is base64".into(),
             Skip::WideCharset => "last text/plain part in UTF-16/UTF-32".into(),
             Skip::NotSeen => "footer not parsed as the end of the last text part".into(),
+            Skip::NoCloseDelimiter => {
+                "no text/plain part, multipart/mixed without its closing delimiter".into()
+            }
+            Skip::PartNotSeen => "footer part not parsed as a text part of its own".into(),
         }
     }
 }
@@ -160,19 +197,22 @@ fn last_text_lines(raw: &[u8]) -> Option<Vec<String>> {
 
 /// What a list server does to the body: [`FOOTER`] after an empty line, at the end of the
 /// last text part's content, in place. That content is the part's raw bytes when its transfer
-/// encoding is 7bit/8bit/binary (or absent), so the footer goes in right before the part's end
-/// (for a part of a multipart, before the line ending that belongs to the next delimiter).
-/// Quoted-printable and base64 parts are skipped (and counted) rather than re-encoded: the
+/// encoding is 7bit/8bit/binary (or absent) or quoted-printable, so the footer goes in right
+/// before the part's end (for a part of a multipart, before the line ending that belongs to
+/// the next delimiter). Base64 parts are skipped (and counted) rather than re-encoded: the
 /// appended bytes would not be the footer's text, and a re-encoding is a change of its own
 /// (`reencode`, or a `footer-part`, both covered by the core's tests on the fixtures).
-fn add_footer(raw: &[u8]) -> Result<Vec<u8>, Skip> {
+fn add_footer(raw: &[u8]) -> Result<(Vec<u8>, Change), Skip> {
     let msg = parse(raw).ok_or(Skip::NotSeen)?;
-    let i = last_text(&msg).ok_or(Skip::NoTextPart)?;
+    let Some(i) = last_text(&msg) else {
+        return add_footer_part(raw, &msg);
+    };
     let part = &msg.parts[i];
-    match part.encoding {
-        Encoding::None => {}
-        Encoding::QuotedPrintable => return Err(Skip::Encoded("quoted-printable")),
-        Encoding::Base64 => return Err(Skip::Encoded("base64")),
+    // The footer's lines are short printable ASCII without `=`: quoted-printable text as they
+    // are, so a quoted-printable part takes them as a 7bit one does (the check below catches
+    // a part ending in a soft line break).
+    if part.encoding == Encoding::Base64 {
+        return Err(Skip::Base64);
     }
     let charset = part
         .content_type()
@@ -214,7 +254,45 @@ fn add_footer(raw: &[u8]) -> Result<Vec<u8>, Skip> {
     if after != before {
         return Err(Skip::NotSeen);
     }
-    Ok(out)
+    let n = u8::try_from(FOOTER.len()).expect("a short footer");
+    Ok((out, Change::Footer(n)))
+}
+
+/// For a multipart/mixed message without a text part (HTML only, or attachments): the footer
+/// as a text/plain part of its own before the closing delimiter, as Mailman adds it where it
+/// cannot append in place (`footer-part`).
+fn add_footer_part(
+    raw: &[u8],
+    msg: &mailstamp_core::mail_parser::Message<'_>,
+) -> Result<(Vec<u8>, Change), Skip> {
+    let ct = msg.content_type();
+    let kind = ct.map_or("text/plain (no Content-Type)".into(), |ct| {
+        format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")).to_ascii_lowercase()
+    });
+    let Some(ct) = ct.filter(|_| kind == "multipart/mixed") else {
+        return Err(Skip::NoTextPartNotMixed(kind));
+    };
+    let boundary = ct.attribute("boundary").ok_or(Skip::NoCloseDelimiter)?;
+    let close = format!("--{boundary}--");
+    let at = raw
+        .windows(close.len())
+        .rposition(|w| w == close.as_bytes())
+        .filter(|&at| at > 0 && raw[at - 1] == b'\n')
+        .ok_or(Skip::NoCloseDelimiter)?;
+    let e = eol(raw);
+    let part = format!(
+        "--{boundary}{e}Content-Type: text/plain; charset=us-ascii{e}Content-Disposition: inline{e}{e}{}{e}",
+        FOOTER.join(e)
+    );
+    let mut out = raw[..at].to_vec();
+    out.extend_from_slice(part.as_bytes());
+    out.extend_from_slice(&raw[at..]);
+    // One more part, and it is the message's only text part, holding the footer.
+    let added = parse(&out).is_some_and(|m| m.parts.len() == msg.parts.len() + 1);
+    if !added || last_text_lines(&out) != Some(FOOTER.map(String::from).to_vec()) {
+        return Err(Skip::PartNotSeen);
+    }
+    Ok((out, Change::FooterPart))
 }
 
 /// The subject with [`TAG`] and a space put in front, as a list does.
@@ -323,10 +401,13 @@ struct Outcome {
     why: String,
 }
 
-/// Every path for one message: `None` where it does not stamp, else the seven outcomes
-/// (the list ones `Err` with the reason the message gets no list copy).
-#[allow(clippy::type_complexity)]
-fn paths(dkim: &dkim::Dkim, raw: &[u8]) -> Result<[Result<Outcome, String>; 7], String> {
+/// A path's outcome for one message: `None` where the path is not this message's (the
+/// footer-part rows for a message with a text part, and the other way round), `Err` with the
+/// reason the message gets no copy on this path.
+type PathOutcome = Option<Result<Outcome, String>>;
+
+/// Every path for one message; `Err` where it does not stamp.
+fn paths(dkim: &dkim::Dkim, raw: &[u8]) -> Result<[PathOutcome; 11], String> {
     let to_outcome = |copy: &[u8], (verdict, why): (Verdict, String)| Outcome {
         dkim: dkim.passes(copy),
         verdict,
@@ -342,16 +423,16 @@ fn paths(dkim: &dkim::Dkim, raw: &[u8]) -> Result<[Result<Outcome, String>; 7], 
         to_outcome(&c, r)
     });
 
-    let list = || -> Result<[Result<Outcome, String>; 4], String> {
+    let list = || -> Result<(bool, [Result<Outcome, String>; 4]), String> {
         let (stamped, origin) = stamp(raw, &[LIST])?;
         let signed = dkim.sign(&stamped);
-        let copy = tag_subject(&signed)
+        let (copy, footer) = tag_subject(&signed)
             .and_then(|t| add_footer(&t))
             .map_err(Skip::describe)?;
-        let footer = u8::try_from(FOOTER.len()).unwrap();
+        let part = footer == Change::FooterPart;
         let changes = [
             Change::SubjectTag(TAG.into()),
-            Change::Footer(footer),
+            footer.clone(),
             Change::Trace,
         ];
         let via = |sent: &[u8], changes: &[Change]| {
@@ -366,18 +447,28 @@ fn paths(dkim: &dkim::Dkim, raw: &[u8]) -> Result<[Result<Outcome, String>; 7], 
         let moved_no = Ok(to_outcome(&moved, receive_one(&moved, BOB, &origin)));
         let changes = [
             Change::SubjectTag(TAG.into()),
-            Change::Footer(footer),
+            footer,
             Change::FromRewritten(AuthorField::ReplyTo),
             Change::Trace,
         ];
         let moved_hop = via(&moved, &changes);
-        Ok([plain, plain_hop, moved_no, moved_hop])
+        Ok((part, [plain, plain_hop, moved_no, moved_hop]))
     };
-    let [a, b, c, d] = match list() {
-        Ok(l) => l,
-        Err(why) => std::array::from_fn(|_| Err(why.clone())),
-    };
-    Ok([direct, forward, forward_hop, a, b, c, d])
+    let mut out: [PathOutcome; 11] = Default::default();
+    out[0] = Some(direct);
+    out[1] = Some(forward);
+    out[2] = Some(forward_hop);
+    match list() {
+        Ok((part, copies)) => {
+            let at = if part { 7 } else { 3 };
+            for (k, c) in copies.into_iter().enumerate() {
+                out[at + k] = Some(c);
+            }
+        }
+        // No list copy: counted once, with the in-place rows.
+        Err(why) => (3..7).for_each(|k| out[k] = Some(Err(why.clone()))),
+    }
+    Ok(out)
 }
 
 /// One row of the table.
@@ -408,17 +499,6 @@ fn pct(a: usize, n: usize) -> f64 {
     100.0 * a as f64 / n.max(1) as f64
 }
 
-/// The verdict each path should give, to list the messages that do not.
-const EXPECTED: [Verdict; 7] = [
-    Verdict::Wanted,
-    Verdict::Inapplicable,
-    Verdict::Wanted,
-    Verdict::Inapplicable,
-    Verdict::Wanted,
-    Verdict::Inapplicable,
-    Verdict::Wanted,
-];
-
 /// The side-by-side table of issue 13 over the whole corpus. Asserted: every message that
 /// stamps gets a direct and forwarded copy; direct and under a hop 100 % `wanted`; without an
 /// agent never `wanted` (a forward or list copy cannot be told from a replay) and not `spam`
@@ -445,7 +525,8 @@ fn dkim_and_mailstamp_side_by_side_per_path_on_the_corpus() {
         for (k, o) in outcomes.into_iter().enumerate() {
             let row = &mut rows[k];
             match o {
-                Ok(o) => {
+                None => {}
+                Some(Ok(o)) => {
                     row.n += 1;
                     row.dkim += usize::from(o.dkim);
                     *row.verdicts.entry(o.verdict.as_str()).or_default() += 1;
@@ -454,7 +535,7 @@ fn dkim_and_mailstamp_side_by_side_per_path_on_the_corpus() {
                             .push(format!("{name}: {} {}", o.verdict.as_str(), o.why));
                     }
                 }
-                Err(why) => {
+                Some(Err(why)) => {
                     let names = row.skipped_names.entry(why.clone()).or_default();
                     if names.len() < 3 {
                         names.push(name.clone());
@@ -544,14 +625,23 @@ fn dkim_and_mailstamp_side_by_side_per_path_on_the_corpus() {
         "a forward under a hop"
     );
     assert_eq!(rows[2].dkim_share(), 100.0, "a hop keeps DKIM");
-    // Lists: the copies a list makes in place, for most of the corpus.
-    let listed = rows[3].n;
-    assert!(
-        listed * 2 > stamped,
-        "only {listed} of {stamped} list copies"
+    // Lists: a copy for most of the corpus; every message that gets none is counted by
+    // reason on the in-place rows.
+    let no_copy: usize = rows[3].skipped.values().sum();
+    let (in_place, part) = (rows[3].n, rows[7].n);
+    assert_eq!(
+        in_place + part + no_copy,
+        stamped,
+        "every stamped message accounted for"
     );
-    assert_eq!(rows[5].n, listed, "{}", PATHS[5]);
-    for k in [4, 6] {
+    assert!(
+        in_place * 4 > stamped * 3,
+        "only {in_place} of {stamped} list copies"
+    );
+    for k in [5, 9] {
+        assert_eq!(rows[k].n, rows[k - 2].n, "{}", PATHS[k]);
+    }
+    for k in [4, 6, 8, 10] {
         // A list's hop refuses only a footer it could not declare: one appended to an empty
         // text part, which the receiver's undo (§5c: "more than n lines") cannot tell from a
         // part that is all footer. Counted and named above, never more than a handful.
@@ -565,31 +655,20 @@ fn dkim_and_mailstamp_side_by_side_per_path_on_the_corpus() {
         }
         let refused: usize = refused.iter().map(|(_, n)| **n).sum();
         assert!(refused <= 5, "{}: {refused} hops refused", PATHS[k]);
-        assert_eq!(rows[k].n + refused, listed, "{}", PATHS[k]);
+        assert_eq!(rows[k].n + refused, rows[k - 1].n, "{}", PATHS[k]);
+        assert_eq!(rows[k].share(Verdict::Wanted), 100.0, "{}", PATHS[k]);
     }
-    for row in &rows[3..] {
-        assert_eq!(row.dkim, 0, "DKIM fails on every list copy");
+    for (p, row) in PATHS.iter().zip(&rows).skip(3) {
+        assert_eq!(row.dkim, 0, "{p}: DKIM fails on every list copy");
     }
-    assert_eq!(
-        rows[3].share(Verdict::Wanted),
-        0.0,
-        "a list copy without an agent"
-    );
-    assert_eq!(
-        rows[5].share(Verdict::Wanted),
-        0.0,
-        "From rewritten without an agent"
-    );
-    assert_eq!(
-        rows[4].share(Verdict::Wanted),
-        100.0,
-        "a list copy under a hop"
-    );
-    assert_eq!(
-        rows[6].share(Verdict::Wanted),
-        100.0,
-        "From rewritten under a hop"
-    );
+    // Without an agent: never wanted; a footer appended in place leaves the stamp sound but
+    // not for this copy, a footer part makes it spam.
+    for k in [3, 5] {
+        assert_eq!(rows[k].share(Verdict::Inapplicable), 100.0, "{}", PATHS[k]);
+    }
+    for k in [7, 9] {
+        assert_eq!(rows[k].share(Verdict::Spam), 100.0, "{}", PATHS[k]);
+    }
 }
 
 /// DKIM (Ed25519, mail-auth) of a.example, with its key answered from memory — as in the
