@@ -4,10 +4,11 @@
 //! (agent/core/tests/hops.rs) runs on its 33 fixtures; the figures were measured on the
 //! corpus, so the table is measured here too, where the corpus is: every message stamped by
 //! a.example and DKIM-signed by a.example, then sent along each path — direct, a plain
-//! forward, a Mailman-like list copy (subject tag and a two-line footer), the same with From
-//! rewritten to the list — through a forwarder or list that runs no agent and one that adds its
-//! hop, and checked at the receiver. Pure core and mail-auth: no chain, no DNS (every record
-//! is the one the sender or hop would have written, every writer listed).
+//! forward, a Mailman-like list copy (subject tag and a two-line footer, in the last text part
+//! or as a part of its own), the same with From rewritten to the list — through a forwarder or
+//! list that runs no agent and one that adds its hop, and checked at the receiver. Every
+//! message left off a path is counted with its reason. Pure core and mail-auth: no chain, no
+//! DNS (every record is the one the sender or hop would have written, every writer listed).
 //!
 //! `cargo test -p mailstamp --test it paths:: -- --nocapture` prints the table.
 
