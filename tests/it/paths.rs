@@ -223,7 +223,10 @@ fn add_footer(raw: &[u8]) -> Result<(Vec<u8>, Change), Skip> {
         .and_then(|ct| ct.attribute("charset"))
         .unwrap_or("us-ascii")
         .to_ascii_lowercase();
-    if charset.contains("16") || charset.contains("32") || charset.starts_with("ucs") {
+    if ["utf-16", "utf-32", "ucs"]
+        .iter()
+        .any(|w| charset.starts_with(w))
+    {
         return Err(Skip::WideCharset);
     }
     let (start, end) = (part.offset_body as usize, part.offset_end as usize);
