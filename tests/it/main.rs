@@ -25,6 +25,7 @@ mod logs;
 mod lying_proxy;
 mod milter;
 mod milter_batch;
+mod paths;
 mod postfix;
 mod recover;
 mod relay;
