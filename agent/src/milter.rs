@@ -445,7 +445,7 @@ async fn eom(m: &Daemon, cx: &mut EomContext<Session>) -> Status {
 async fn outbound(d: &Daemon, cx: &mut EomContext<Session>, msg: Msg, queue_id: &str) -> Status {
     remove_forged(cx, &msg, queue_id).await;
     // A copy a mailing list of `[forward.lists]` sends: under the list's hop, or as it came.
-    if let Some(copy) = session::list_copy(d, &msg.m, &msg.raw).await {
+    if let Some(copy) = session::list_copy(d, &msg.m, &msg.raw, queue_id).await {
         return match copy {
             Ok(session::ListCopy::Hop(st)) => {
                 let Some(value) = results::stamp_value(&st.message, msg.raw.len()) else {

@@ -580,7 +580,7 @@ impl Conn<'_> {
     /// An outbound message: stamped, passed unstamped, or refused.
     async fn outbound(&self, msg: &Msg, raw: Vec<u8>) -> std::result::Result<Vec<u8>, Refusal> {
         // A copy a mailing list of `[forward.lists]` sends: under the list's hop, or as it came.
-        match session::list_copy(self.daemon, &msg.m, &raw).await {
+        match session::list_copy(self.daemon, &msg.m, &raw, &msg.queue_id).await {
             Some(Ok(session::ListCopy::Hop(st))) => return Ok(st.message),
             Some(Ok(session::ListCopy::AsItCame(_))) => return Ok(raw),
             Some(Err(_)) => {

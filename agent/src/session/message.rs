@@ -334,13 +334,41 @@ pub enum ListCopy {
 /// list's copy, or the list's own unstamped message From its domain (a digest, a notice):
 /// stamped as any outbound mail. A copy the list cannot vouch for goes as it
 /// came; `Err`: the hop cannot be recorded now (the MTA defers the copy, nothing is lost).
-pub async fn list_copy(d: &Daemon, m: &Message, raw: &[u8]) -> Option<Result<ListCopy>> {
+pub async fn list_copy(
+    d: &Daemon,
+    m: &Message,
+    raw: &[u8],
+    queue_id: &str,
+) -> Option<Result<ListCopy>> {
+    let started = std::time::Instant::now();
+    let out = list_copy_inner(d, m, raw, queue_id).await;
+    if let Some(r) = &out {
+        let outcome = match r {
+            Ok(ListCopy::Hop(_)) => "list-hop",
+            Ok(ListCopy::AsItCame(_)) => "list-as-it-came",
+            Err(_) => "deferred",
+        };
+        crate::metrics::message("outbound", outcome, started.elapsed());
+    }
+    out
+}
+
+async fn list_copy_inner(
+    d: &Daemon,
+    m: &Message,
+    raw: &[u8],
+    queue_id: &str,
+) -> Option<Result<ListCopy>> {
     let s = &m.settings;
     let list = s.cfg.forward.list_of(&m.sender)?;
     let address = list.address.to_ascii_lowercase();
     let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
     let as_it_came = |why: String| {
-        info!(list = address, "list copy sent without a hop: {why}");
+        info!(
+            queue_id,
+            list = address,
+            "list copy sent without a hop: {why}"
+        );
         Some(Ok(ListCopy::AsItCame(why)))
     };
     let Some(msg) = mailstamp_core::parse(raw) else {
@@ -389,17 +417,21 @@ pub async fn list_copy(d: &Daemon, m: &Message, raw: &[u8]) -> Option<Result<Lis
     };
     match record_hop(d, s, raw, &env, &spec).await {
         Ok(st) => {
-            info!(list = address, changes = mailstamp_core::hops::encode_changes(&changes), token = %st.token, "list copy sent under the list's hop");
+            info!(queue_id, list = address, changes = mailstamp_core::hops::encode_changes(&changes), token = %st.token, "list copy sent under the list's hop");
             Some(Ok(ListCopy::Hop(st)))
         }
         // A refusal (the writer not listed for the list's domain, …) would refuse it
         // again: the copy goes as it came rather than bounce at the list server.
         Err(e) if e.refusal().is_some() => {
-            warn!(list = address, "no hop for the list copy: {e:#}");
+            warn!(queue_id, list = address, "no hop for the list copy: {e:#}");
             as_it_came(format!("{e:#}"))
         }
         Err(e) => {
-            warn!(list = address, "cannot record the list's hop: {e:#}");
+            warn!(
+                queue_id,
+                list = address,
+                "cannot record the list's hop: {e:#}"
+            );
             Some(Err(e))
         }
     }
