@@ -24,13 +24,10 @@
 #[path = "../../tests/it/harness.rs"]
 mod harness;
 
-use std::ffi::CString;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indymilter_test::{EomAction, MacroStage, Status, TestConnection};
 use mailstamp::chain::{self, Chain};
 use mailstamp::config::{ChainConfig, Confirmations, Overrides};
 use mailstamp::milter;
@@ -42,25 +39,10 @@ use tokio_util::sync::CancellationToken;
 const N_MAX: usize = 2000;
 const SESSIONS: usize = 100;
 
-/// One message as an MTA hands it to a milter: header fields (name, value after the colon
-/// with LF-joined folds) and the CRLF body.
-struct Prepared {
-    fields: Vec<(CString, CString)>,
-    body: Vec<u8>,
-}
+#[path = "common/milter_play.rs"]
+mod milter_play;
 
-/// Splits a message as Postfix does for a milter (as tests/it/milter.rs `split`).
-fn prepare(raw: &[u8]) -> Prepared {
-    let (fields, body) = harness::milter_split(raw);
-    let cs = |v: Vec<u8>| CString::new(v).expect("no NUL in a header field");
-    Prepared {
-        fields: fields
-            .into_iter()
-            .map(|(n, v)| (cs(n.into_bytes()), cs(v)))
-            .collect(),
-        body,
-    }
-}
+use milter_play::{Prepared, Target, added, prepare, row};
 
 /// Which way a message goes: inbound from 192.0.2.10 (judged, `Authentication-Results`
 /// expected) or outbound from 127.0.0.1, a trusted network (stamped, `Mail-Stamp` expected).
@@ -70,69 +52,8 @@ enum Side {
     Outbound,
 }
 
-/// Plays one SMTP session with one message; returns the time from connect to the EOM reply
-/// and the value of the header the milter added (`Authentication-Results` or `Mail-Stamp`).
-async fn play_as(to: &Target, m: &Prepared, side: Side) -> Result<(Duration, String), String> {
-    fn go(stage: &str, s: Result<Status, indymilter_test::TestError>) -> Result<(), String> {
-        match s {
-            Ok(Status::Continue) => Ok(()),
-            other => Err(format!("{stage}: {other:?}")),
-        }
-    }
-    let (ip, want): (IpAddr, &[u8]) = match side {
-        Side::Inbound => ("192.0.2.10".parse().expect("ip"), b"Authentication-Results"),
-        Side::Outbound => ("127.0.0.1".parse().expect("ip"), b"Mail-Stamp"),
-    };
-    let t = Instant::now();
-    let b = TestConnection::configure().exact_leading_space(true);
-    let mut c = match to {
-        Target::Tcp(a) => b.open_tcp(*a).await,
-        Target::Unix(p) => b.open_unix(p).await,
-    }
-    .map_err(|e| format!("open: {e:?}"))?;
-    go("connect", c.connect("mx.a.example", (ip, 25000)).await)?;
-    go("helo", c.helo("mx.a.example").await)?;
-    go("mail", c.mail(["<sender@a.example>"]).await)?;
-    go("rcpt", c.rcpt(["<bob@b.example>"]).await)?;
-    for (n, v) in &m.fields {
-        go("header", c.header(n.as_c_str(), v.as_c_str()).await)?;
-    }
-    go("eoh", c.eoh().await)?;
-    for chunk in m.body.chunks(65535) {
-        go("body", c.body(chunk.to_vec()).await)?;
-    }
-    c.macros(MacroStage::Eom, [("i", "QID1")])
-        .await
-        .map_err(|e| format!("macros: {e:?}"))?;
-    let (actions, status) = c.eom().await.map_err(|e| format!("eom: {e:?}"))?;
-    let took = t.elapsed();
-    let _ = c.close().await;
-    if status != Status::Continue && status != Status::Accept {
-        return Err(format!("eom: {status:?}"));
-    }
-    let ar = actions
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            EomAction::AddHeader { name, value } | EomAction::InsertHeader { name, value, .. }
-                if name.as_bytes() == want =>
-            {
-                Some(value.to_string_lossy().into_owned())
-            }
-            _ => None,
-        })
-        .ok_or_else(|| format!("no {}", String::from_utf8_lossy(want)))?;
-    Ok((took, ar))
-}
-
-/// Where the milter listens.
-#[derive(Clone)]
-enum Target {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-/// The outcome of one pass.
+/// A pass of `msgs` from sender@a.example to bob@b.example; `ars` holds the header the milter
+/// added on that side (`Authentication-Results` or `Mail-Stamp`), every message checked.
 struct Pass {
     lat: Vec<Duration>,
     wall: Duration,
@@ -144,53 +65,27 @@ async fn pass(to: &Target, msgs: &Arc<Vec<Prepared>>, sessions: usize) -> Pass {
 }
 
 async fn pass_as(to: &Target, msgs: &Arc<Vec<Prepared>>, sessions: usize, side: Side) -> Pass {
-    let t = Instant::now();
-    let mut out = Vec::with_capacity(msgs.len());
-    if sessions <= 1 {
-        for m in msgs.iter() {
-            out.push(play_as(to, m, side).await);
-        }
-    } else {
-        let sem = Arc::new(tokio::sync::Semaphore::new(sessions));
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..msgs.len() {
-            let (sem, msgs, to) = (sem.clone(), msgs.clone(), to.clone());
-            set.spawn(async move {
-                let _p = sem.acquire_owned().await.expect("semaphore");
-                (i, play_as(&to, &msgs[i], side).await)
-            });
-        }
-        let mut r = Vec::with_capacity(msgs.len());
-        while let Some(j) = set.join_next().await {
-            r.push(j.expect("task"));
-        }
-        r.sort_by_key(|(i, _)| *i);
-        out = r.into_iter().map(|(_, x)| x).collect();
+    let (ip, want): (IpAddr, &str) = match side {
+        Side::Inbound => ("192.0.2.10".parse().expect("ip"), "Authentication-Results"),
+        Side::Outbound => ("127.0.0.1".parse().expect("ip"), "Mail-Stamp"),
+    };
+    let env = milter_play::Envelope {
+        ip,
+        sender: "sender@a.example".into(),
+        rcpts: vec!["bob@b.example".into()],
+    };
+    let p = milter_play::pass(to, msgs, sessions, &env).await;
+    let ars = p
+        .actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| added(a, want).unwrap_or_else(|| panic!("message {i}: no {want}")))
+        .collect();
+    Pass {
+        lat: p.lat,
+        wall: p.wall,
+        ars,
     }
-    let wall = t.elapsed();
-    let mut lat = Vec::with_capacity(out.len());
-    let mut ars = Vec::with_capacity(out.len());
-    for (i, r) in out.into_iter().enumerate() {
-        let (d, ar) = r.unwrap_or_else(|e| panic!("message {i}: {e}"));
-        lat.push(d);
-        ars.push(ar);
-    }
-    Pass { lat, wall, ars }
-}
-
-fn row(name: &str, p: &Pass) -> String {
-    let mut v = p.lat.clone();
-    v.sort();
-    let q = |f: f64| v[((v.len() as f64 * f).ceil() as usize).clamp(1, v.len()) - 1];
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    format!(
-        "{name:<34} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>9.1}",
-        v.len(),
-        ms(q(0.50)),
-        ms(q(0.99)),
-        ms(*v.last().expect("messages")),
-        v.len() as f64 / p.wall.as_secs_f64()
-    )
 }
 
 /// (VmHWM, VmRSS) of this process in kB.
@@ -410,7 +305,7 @@ async fn main() {
         "transport / messages / sessions", "msgs", "p50 ms", "p99 ms", "max ms", "msgs/s"
     );
     for (name, p) in &rows {
-        println!("{}", row(name, p));
+        println!("{}", row(name, &p.lat, p.wall));
     }
     println!(
         "\npeak RSS (VmHWM, whole process: milter + MTA side + {n} messages held twice): \
@@ -535,7 +430,7 @@ async fn outbound(
         let txs = nonce(w).await - before;
         println!(
             "{} {:>5} {:>10.1}",
-            row(name, &p),
+            row(name, &p.lat, p.wall),
             txs,
             p.ars.len() as f64 / txs.max(1) as f64
         );
