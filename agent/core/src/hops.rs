@@ -1417,11 +1417,31 @@ pub fn list_changes(
         .ok_or(PrepareHopError::Unstamped)?;
     let policy = Policy::default();
     // The stamped components that still differ in `view`, among `families` (all: `None`).
+    // Only those families are hashed: a footer is tried at up to 24 lengths, and the
+    // attachments need not be hashed again for each.
     let differing = |view: &View, families: Option<&[Family]>| -> Vec<String> {
-        verify::compare_values(header, &view.got, Some(&view.aside), None, &policy)
+        let only;
+        let h = match families {
+            None => header,
+            Some(f) => {
+                let (names, digests) = header
+                    .names
+                    .iter()
+                    .zip(&header.digests)
+                    .filter(|(n, _)| f.contains(&n.family))
+                    .map(|(n, d)| (n.clone(), *d))
+                    .unzip();
+                only = StampHeader {
+                    names,
+                    digests,
+                    ..header.clone()
+                };
+                &only
+            }
+        };
+        verify::compare_values(h, &view.got, Some(&view.aside), None, &policy)
             .into_iter()
             .filter(|c| matches!(c.status, Status::Mismatch | Status::Missing | Status::Added))
-            .filter(|c| families.is_none_or(|f| c.family.is_some_and(|x| f.contains(&x))))
             .map(|c| c.name)
             .collect()
     };

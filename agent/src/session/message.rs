@@ -371,6 +371,10 @@ async fn list_copy_inner(
         );
         Some(Ok(ListCopy::AsItCame(why)))
     };
+    // Too big to stamp is too big to compare: it could not get a hop anyway.
+    if let Some(why) = mailstamp_core::oversized(raw) {
+        return as_it_came(format!("no hop: {why}"));
+    }
     let Some(msg) = mailstamp_core::parse(raw) else {
         return as_it_came("not an RFC 5322 message".into());
     };
