@@ -1429,7 +1429,7 @@ pub fn list_changes(
                     .iter()
                     .zip(&header.digests)
                     .filter(|(n, _)| f.contains(&n.family))
-                    .map(|(n, d)| (n.clone(), *d))
+                    .map(|(n, d)| (*n, *d))
                     .unzip();
                 only = StampHeader {
                     names,
